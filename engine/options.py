@@ -1,0 +1,52 @@
+"""Build options shared by the import operator, the reconstruct operator, the panel and the API.
+
+The names here are the names users see everywhere (``bpy.ops.da3.import_prediction(fusion=...)``,
+the panel, the command line), so they are defined once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+FUSION_MODES = ("REMESH",)
+
+
+@dataclass
+class BuildOptions:
+    output_points: bool = True
+    output_view_meshes: bool = False
+    output_surface: bool = True
+    output_cameras: bool = True
+    fusion: str = "REMESH"
+    voxel_size: float = 0.0  # 0: automatic from the scene's size
+    confidence_percentile: float = 40.0  # like DA3's exporter: clamp(1.05, P40, P90)
+    mask_sky: bool = True
+    crop_object: str = ""  # name of a Blender object whose bounds crop the result
+
+    def __post_init__(self):
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {', '.join(FUSION_MODES)}, not '{self.fusion}'")
+        if self.voxel_size < 0:
+            raise ValueError("voxel_size must be 0 (automatic) or positive")
+        if not 0 <= self.confidence_percentile <= 100:
+            raise ValueError("confidence_percentile must be between 0 and 100")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values) -> "BuildOptions":
+        """Options from any mapping or object with these names (a PropertyGroup, kwargs)."""
+        get = values.get if hasattr(values, "get") and not hasattr(values, "bl_rna") else None
+        picked = {}
+        for name in cls.names():
+            if get is not None:
+                if name in values:
+                    picked[name] = get(name)
+            elif hasattr(values, name):
+                picked[name] = getattr(values, name)
+        return cls(**picked)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

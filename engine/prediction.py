@@ -1,0 +1,168 @@
+"""The prediction file: DA3's own ``npz`` export layout plus a few extras of ours.
+
+DA3's exporter writes ``image`` (N,H,W,3 uint8), ``depth`` (N,H,W), ``conf`` (N,H,W),
+``extrinsics`` (N,3,4 world-to-camera, OpenCV axes) and ``intrinsics`` (N,3,3); its
+``mini_npz`` layout leaves out ``image``, and monocular models leave out ``conf`` and
+``extrinsics``. Our worker writes the same keys, so files from either side are interchangeable,
+and adds optional extras that the official tools simply do not have:
+
+``sky`` (N,H,W bool), ``is_metric`` (bool), ``source_paths`` (N str), ``frame_indices``
+(N int, -1 for still images), ``model`` (str), ``process_res`` (int).
+
+Everything is stored as plain arrays (no pickle), so ``np.load(allow_pickle=False)`` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_KEYS = ("depth", "intrinsics")
+
+
+class PredictionError(ValueError):
+    """A prediction file or array that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class Prediction:
+    depth: np.ndarray  # (N,H,W) float32, z-depth along the optical axis
+    intrinsics: np.ndarray  # (N,3,3) float64, pixels of the depth map
+    extrinsics: np.ndarray | None = None  # (N,3,4) world-to-camera, OpenCV axes
+    conf: np.ndarray | None = None  # (N,H,W) float32, >= 1 for DA3 any-view models
+    image: np.ndarray | None = None  # (N,H,W,3) uint8
+    sky: np.ndarray | None = None  # (N,H,W) bool, True where the model sees sky
+    is_metric: bool = False
+    source_paths: list[str] = field(default_factory=list)
+    frame_indices: np.ndarray | None = None  # (N,) int, -1 for stills
+    model: str = ""
+    process_res: int = 0
+
+    @property
+    def num_views(self) -> int:
+        return int(self.depth.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.depth.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.depth.shape[2])
+
+    @property
+    def is_video(self) -> bool:
+        return self.frame_indices is not None and bool(np.all(self.frame_indices >= 0))
+
+    def world_to_camera(self) -> np.ndarray:
+        """(N,4,4) world-to-camera matrices; identity for files without extrinsics (one view)."""
+        w2c = np.tile(np.eye(4), (self.num_views, 1, 1))
+        if self.extrinsics is not None:
+            w2c[:, :3, :4] = self.extrinsics
+        return w2c
+
+
+def save_prediction(pred: Prediction, path: str | os.PathLike, compress: bool = False) -> Path:
+    """Write ``pred`` to ``path`` atomically (a reader never sees a half-written file)."""
+    validate(pred)
+    path = Path(path)
+    arrays = {"depth": pred.depth.astype(np.float32), "intrinsics": pred.intrinsics}
+    optional = {"image": pred.image, "conf": pred.conf, "extrinsics": pred.extrinsics,
+                "sky": pred.sky, "frame_indices": pred.frame_indices}
+    arrays.update({k: v for k, v in optional.items() if v is not None})
+    if pred.source_paths:
+        arrays["source_paths"] = np.array(pred.source_paths, dtype=str)
+    arrays["is_metric"] = np.array(bool(pred.is_metric))
+    arrays["model"] = np.array(pred.model, dtype=str)
+    arrays["process_res"] = np.array(int(pred.process_res))
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_prediction(path: str | os.PathLike) -> Prediction:
+    """Read and validate a prediction file; PredictionError with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionError(f"'{path}' does not exist; choose a DA3 .npz prediction file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise PredictionError(
+            f"'{path.name}' is not a DA3 npz file ({type(exc).__name__}); export one with "
+            "DA3's 'npz' or 'mini_npz' format") from None
+    pred = _from_arrays(arrays, path.name)
+    validate(pred)
+    return pred
+
+
+def _from_arrays(arrays: dict, name: str) -> Prediction:
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise PredictionError(f"'{name}' lacks {', '.join(missing)}: not a DA3 prediction file")
+    depth = np.asarray(arrays["depth"], dtype=np.float32)
+    if depth.ndim == 2:  # a single view saved without its batch axis
+        depth = depth[None]
+
+    def opt(key, dtype=None):
+        return np.asarray(arrays[key], dtype=dtype) if key in arrays else None
+
+    paths = arrays.get("source_paths")
+    return Prediction(
+        depth=depth,
+        intrinsics=np.asarray(arrays["intrinsics"], dtype=np.float64).reshape(-1, 3, 3),
+        extrinsics=opt("extrinsics", np.float64),
+        conf=opt("conf", np.float32),
+        image=opt("image"),
+        sky=opt("sky", bool),
+        is_metric=bool(arrays["is_metric"]) if "is_metric" in arrays else False,
+        source_paths=[str(p) for p in paths] if paths is not None else [],
+        frame_indices=opt("frame_indices", np.int64),
+        model=str(arrays["model"]) if "model" in arrays else "",
+        process_res=int(arrays["process_res"]) if "process_res" in arrays else 0,
+    )
+
+
+def validate(pred: Prediction) -> None:
+    """Raise PredictionError naming the first thing that makes ``pred`` unusable."""
+    depth = pred.depth
+    if depth.ndim != 3:
+        raise PredictionError(f"depth has shape {depth.shape}; expected (views, height, width)")
+    n, h, w = depth.shape
+    if n == 0 or h < 2 or w < 2:
+        raise PredictionError(f"the prediction holds no usable view (depth shape {depth.shape})")
+    _check_shape("intrinsics", pred.intrinsics, (n, 3, 3))
+    _check_shape("extrinsics", pred.extrinsics, (n, 3, 4))
+    _check_shape("conf", pred.conf, (n, h, w))
+    _check_shape("image", pred.image, (n, h, w, 3))
+    _check_shape("sky", pred.sky, (n, h, w))
+    _check_shape("frame_indices", pred.frame_indices, (n,))
+    if pred.extrinsics is None and n > 1:
+        raise PredictionError(f"{n} views but no extrinsics: cannot place the views in one scene")
+    if pred.source_paths and len(pred.source_paths) != n:
+        raise PredictionError(f"{len(pred.source_paths)} source paths for {n} views")
+    if not np.all(np.isfinite(depth)):
+        raise PredictionError("depth holds NaN or infinite values: the file is corrupt")
+    if np.any(depth < 0):
+        raise PredictionError("depth holds negative values: the file is corrupt")
+    for key in ("intrinsics", "extrinsics", "conf"):
+        arr = getattr(pred, key)
+        if arr is not None and not np.all(np.isfinite(arr)):
+            raise PredictionError(f"{key} holds NaN or infinite values: the file is corrupt")
+    focal = pred.intrinsics[:, [0, 1], [0, 1]]
+    if np.any(focal <= 0):
+        raise PredictionError("a view has a zero or negative focal length in its intrinsics")
+    if pred.image is not None and pred.image.dtype != np.uint8:
+        raise PredictionError(f"image has dtype {pred.image.dtype}; expected uint8 RGB")
+
+
+def _check_shape(key: str, arr: np.ndarray | None, expected: tuple) -> None:
+    if arr is not None and arr.shape != expected:
+        raise PredictionError(f"{key} has shape {arr.shape}; expected {expected} to match depth")

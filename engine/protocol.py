@@ -1,0 +1,79 @@
+"""The worker protocol: a job file in, JSON events out.
+
+Blender writes a job (JSON) and starts ``python -m engine.worker JOB.json`` with the worker
+environment's interpreter. The worker prints one JSON object per line on stdout and nothing
+else; a line ``cancel`` on its stdin (or SIGTERM) stops it.
+
+Events (``"event"`` key):
+  stage     {"stage": one of STAGES, "message": str}
+  progress  {"stage": str, "done": int, "total": int, "eta_s": float | None}
+  warning   {"message": str}
+  done      {"result": path of the prediction file, "views": int, "seconds": float}
+  error     {"kind": one of ERROR_KINDS, "message": one line for the user, "traceback": str}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PROTOCOL_VERSION = 1
+
+STAGES = ("starting", "downloading_weights", "loading_model", "reading_frames", "inference",
+          "writing")
+ERROR_KINDS = ("bad_input", "missing_weights", "out_of_memory", "dependency", "cancelled",
+               "internal")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+CANCEL_LINE = "cancel"
+
+
+@dataclass
+class Job:
+    """Everything the worker needs; written by Blender, read by the worker."""
+
+    sources: list[str]  # a folder, image files, or one video file
+    output: str  # where the prediction .npz goes
+    model: str = "da3-small"
+    weights: str = ""  # a folder with config.json + model.safetensors; "" = models_dir/<model>
+    models_dir: str = ""  # where weights are found or downloaded to
+    allow_download: bool = False  # Blender's online-access setting decides
+    device: str = "auto"
+    process_res: int = 504
+    max_frames: int = 32  # video: how many frames to keep (0 = use fps)
+    fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
+    version: int = PROTOCOL_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Job":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        job = cls(**known)
+        if job.version != PROTOCOL_VERSION:
+            raise ValueError(f"job file version {job.version}; this worker speaks {PROTOCOL_VERSION}")
+        if job.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not '{job.device}'")
+        return job
+
+
+def encode(event: str, **fields) -> str:
+    """One protocol line (without the newline)."""
+    return json.dumps({"event": event, **fields}, ensure_ascii=True, default=str)
+
+
+def decode(line: str) -> dict:
+    """Parse one protocol line; a line that is not a JSON object becomes an 'internal' error."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict) or "event" not in obj:
+        return {"event": "error", "kind": "internal", "traceback": "",
+                "message": f"the worker printed something unexpected: {line.strip()[:200]}"}
+    return obj

@@ -1,0 +1,15 @@
+"""Operators: thin wrappers over ``api``; each module has one CLASSES tuple."""
+
+from . import drop, import_prediction, install_deps, reconstruct, set_scale
+
+_MODULES = (import_prediction, set_scale, reconstruct, install_deps, drop)
+
+
+def register():
+    for module in _MODULES:
+        module.register()
+
+
+def unregister():
+    for module in reversed(_MODULES):
+        module.unregister()

@@ -1,0 +1,70 @@
+"""Where the worker's Python, the models and the temporary job files live.
+
+Environment variables win (render farms and scripts set them), then the add-on preferences,
+then the defaults under the extension's per-user directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bpy
+
+from . import vendor_install
+
+ENV_WORKER_PYTHON = "DA3_WORKER_PYTHON"
+ENV_MODELS_DIR = "DA3_MODELS_DIR"
+
+
+def user_dir(*parts: str) -> Path:
+    """A folder under this extension's per-user directory, created on demand."""
+    root = Path(bpy.utils.extension_path_user(__package__, path="", create=True))
+    folder = root.joinpath(*parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def preferences():
+    addon = bpy.context.preferences.addons.get(__package__)
+    return addon.preferences if addon else None
+
+
+def worker_env_dir() -> Path:
+    """The worker environment that ``vendor_install`` creates by default."""
+    return user_dir() / "worker-env"
+
+
+def worker_python() -> Path:
+    """The interpreter that runs the worker."""
+    if os.environ.get(ENV_WORKER_PYTHON):
+        return Path(os.environ[ENV_WORKER_PYTHON])
+    prefs = preferences()
+    if prefs and prefs.worker_python:
+        return Path(bpy.path.abspath(prefs.worker_python))
+    return vendor_install.env_python(worker_env_dir())
+
+
+def models_dir() -> Path:
+    """Where weights are looked for and downloaded to (one sub-folder per preset)."""
+    if os.environ.get(ENV_MODELS_DIR):
+        return Path(os.environ[ENV_MODELS_DIR])
+    prefs = preferences()
+    if prefs and prefs.models_dir:
+        return Path(bpy.path.abspath(prefs.models_dir))
+    return user_dir("models")
+
+
+def jobs_dir() -> Path:
+    """Scratch space for job files and predictions; each job removes its own folder."""
+    return user_dir("jobs")
+
+
+def device() -> str:
+    prefs = preferences()
+    return prefs.device.lower() if prefs else "auto"
+
+
+def default_model() -> str:
+    prefs = preferences()
+    return prefs.default_model if prefs else "da3-small"

@@ -1,0 +1,69 @@
+"""Machine-wide settings: the worker environment, the compute device and the models folder."""
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import paths, vendor_install
+from .engine.presets import DEFAULT_MODEL, PRESETS
+
+DEVICE_ITEMS = (
+    ("AUTO", "Auto", "CUDA if present, else Apple MPS, else CPU"),
+    ("CUDA", "CUDA", "NVIDIA GPU"),
+    ("CPU", "CPU", "Processor only (slow for large models)"),
+    ("MPS", "Apple MPS", "Apple silicon GPU"),
+)
+
+
+def model_items(_self=None, _context=None):
+    return [(p.name, p.name, p.label) for p in PRESETS.values()]
+
+
+# Enum items from a callback must stay referenced, else Blender shows garbage.
+_MODEL_ITEMS = model_items()
+
+
+class DA3Preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    worker_python: StringProperty(
+        name="Worker Python",
+        description="Python interpreter that runs DA3; empty uses the environment that "
+        "'Install dependencies' creates",
+        subtype="FILE_PATH",
+    )
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="AUTO")
+    models_dir: StringProperty(
+        name="Models Folder",
+        description="Folder with one sub-folder of weights per model; empty uses the "
+        "extension's user folder",
+        subtype="DIR_PATH",
+    )
+    default_model: EnumProperty(name="Default Model", items=_MODEL_ITEMS, default=DEFAULT_MODEL)
+
+    def draw(self, _context):
+        layout = self.layout
+        status = vendor_install.env_status(paths.worker_python())
+        box = layout.box()
+        box.label(text=f"Worker environment: {status.summary}",
+                  icon="CHECKMARK" if status.ok else "ERROR")
+        box.label(text=str(paths.worker_python()))
+        if not status.ok:
+            box.operator("da3.install_dependencies", icon="IMPORT")
+        layout.prop(self, "worker_python")
+        layout.prop(self, "device")
+        layout.prop(self, "models_dir")
+        layout.label(text=f"Models: {paths.models_dir()}")
+        layout.prop(self, "default_model")
+
+
+CLASSES = (DA3Preferences,)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,100 @@
+"""User settings (one PropertyGroup on the Scene) and job state (on the WindowManager).
+
+The build options are declared once in ``BuildOptionProps`` and shared by the settings, the
+import operator and the reconstruct operator, so every place uses the same names and defaults
+as ``engine.options.BuildOptions``.
+"""
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from .engine.options import BuildOptions
+from .engine.presets import DEFAULT_MODEL, PRESETS
+
+_DEFAULTS = BuildOptions()
+
+FUSION_ITEMS = (
+    ("REMESH", "Remesh", "Join the per-view surfaces and voxel-remesh them in place"),
+)
+
+_MODEL_ITEMS = [(p.name, p.name, p.label) for p in PRESETS.values()]
+
+
+class BuildOptionProps:
+    """Mixin: the shared build options as Blender properties."""
+
+    output_points: BoolProperty(name="Points", default=_DEFAULTS.output_points,
+                                description="A coloured point cloud of all views")
+    output_view_meshes: BoolProperty(name="View Meshes", default=_DEFAULTS.output_view_meshes,
+                                     description="One triangulated surface per view")
+    output_surface: BoolProperty(name="Surface", default=_DEFAULTS.output_surface,
+                                 description="One fused, remeshed surface of all views")
+    output_cameras: BoolProperty(name="Cameras", default=_DEFAULTS.output_cameras,
+                                 description="One camera per view, with the frame as background")
+    fusion: EnumProperty(name="Fusion", items=FUSION_ITEMS, default=_DEFAULTS.fusion,
+                         description="How the views become one surface")
+    voxel_size: FloatProperty(name="Voxel Size", default=_DEFAULTS.voxel_size, min=0.0,
+                              soft_max=1.0, precision=4, subtype="DISTANCE",
+                              description="Detail of the surface; 0 picks it from the scene's size")
+    confidence_percentile: FloatProperty(
+        name="Confidence", default=_DEFAULTS.confidence_percentile, min=0.0, max=100.0,
+        subtype="PERCENTAGE",
+        description="Drop the least confident pixels: this percentile of the confidence "
+        "(clamped like DA3's exporter)")
+    mask_sky: BoolProperty(name="Mask Sky", default=_DEFAULTS.mask_sky,
+                           description="Leave out pixels the model marks as sky")
+    crop_object: StringProperty(name="Crop Object", default=_DEFAULTS.crop_object,
+                                description="Keep only what lies inside this object's bounds")
+
+    def build_options(self) -> BuildOptions:
+        return BuildOptions.from_mapping(self)
+
+
+class DA3Settings(BuildOptionProps, bpy.types.PropertyGroup):
+    """What the panel shows; saved with the .blend file."""
+
+    source: StringProperty(name="Source", subtype="FILE_PATH",
+                           description="A folder of images, an image or a video file")
+    model: EnumProperty(name="Model", items=_MODEL_ITEMS, default=DEFAULT_MODEL)
+    weights: StringProperty(name="Weights", subtype="DIR_PATH",
+                            description="Folder with config.json and model.safetensors; "
+                            "empty uses the models folder")
+    process_res: IntProperty(name="Resolution", default=504, min=140, max=2016, step=14,
+                             description="Longest side the model sees, in pixels (DA3 default 504)")
+    frame_sampling: EnumProperty(
+        name="Sampling",
+        items=(("COUNT", "Frames", "Take this many frames from the whole video"),
+               ("FPS", "Per Second", "Take this many frames per second of video")),
+        default="COUNT")
+    max_frames: IntProperty(name="Frames", default=32, min=1, max=5000)
+    fps: FloatProperty(name="FPS", default=2.0, min=0.01, max=120.0)
+
+
+class DA3JobState(bpy.types.PropertyGroup):
+    """The running job as the panel sees it; not saved in the .blend (lives on WindowManager)."""
+
+    running: BoolProperty(default=False)
+    stage: StringProperty(default="")
+    progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    done: IntProperty(default=0)
+    total: IntProperty(default=0)
+    eta_s: FloatProperty(default=-1.0)
+    message: StringProperty(default="")
+    error: StringProperty(default="")
+
+
+CLASSES = (DA3Settings, DA3JobState)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.da3 = PointerProperty(type=DA3Settings)
+    bpy.types.WindowManager.da3_job = PointerProperty(type=DA3JobState)
+
+
+def unregister():
+    del bpy.types.WindowManager.da3_job
+    del bpy.types.Scene.da3
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

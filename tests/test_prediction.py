@@ -1,0 +1,82 @@
+"""The prediction file: DA3's own npz layout in both directions, and clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.prediction import Prediction, PredictionError, load_prediction, save_prediction
+
+N, H, W = 3, 6, 8
+
+
+def official_arrays(rng) -> dict:
+    """What DA3's export_to_npz writes (same keys, dtypes and rounding)."""
+    K = np.array([[10.0, 0, W / 2], [0, 10.0, H / 2], [0, 0, 1]], dtype=np.float32)
+    ext = np.tile(np.eye(4, dtype=np.float32)[:3], (N, 1, 1))
+    ext[:, 0, 3] = np.arange(N)
+    return {
+        "image": rng.integers(0, 255, (N, H, W, 3), dtype=np.uint8),
+        "depth": np.round(rng.uniform(1, 3, (N, H, W)).astype(np.float32), 6),
+        "conf": np.round(rng.uniform(1, 5, (N, H, W)).astype(np.float32), 2),
+        "extrinsics": ext,
+        "intrinsics": np.tile(K, (N, 1, 1)),
+    }
+
+
+def test_reads_a_file_in_the_official_layout(tmp_path):
+    arrays = official_arrays(np.random.default_rng(0))
+    np.savez_compressed(tmp_path / "results.npz", **arrays)
+    pred = load_prediction(tmp_path / "results.npz")
+    assert pred.num_views == N and (pred.height, pred.width) == (H, W)
+    np.testing.assert_array_equal(pred.image, arrays["image"])
+    np.testing.assert_allclose(pred.extrinsics, arrays["extrinsics"])
+    assert not pred.is_metric and pred.sky is None and pred.source_paths == []
+
+
+def test_reads_mini_npz_without_images(tmp_path):
+    arrays = official_arrays(np.random.default_rng(1))
+    del arrays["image"]
+    np.savez_compressed(tmp_path / "mini.npz", **arrays)
+    assert load_prediction(tmp_path / "mini.npz").image is None
+
+
+def test_our_file_round_trips_and_keeps_the_official_keys(tmp_path):
+    arrays = official_arrays(np.random.default_rng(2))
+    pred = Prediction(**arrays, sky=np.zeros((N, H, W), bool), is_metric=True,
+                      source_paths=["a b/é.png", "c.png", "d.png"],
+                      frame_indices=np.array([-1, -1, -1]), model="da3-small", process_res=504)
+    path = save_prediction(pred, tmp_path / "ours.npz")
+    with np.load(path, allow_pickle=False) as npz:  # what the official tools' readers do
+        assert {"image", "depth", "conf", "extrinsics", "intrinsics"} <= set(npz.files)
+        assert npz["depth"].shape == (N, H, W) and npz["image"].dtype == np.uint8
+    back = load_prediction(path)
+    assert back.source_paths == pred.source_paths and back.model == "da3-small"
+    assert back.is_metric and back.process_res == 504 and not back.is_video
+    assert not (tmp_path / "ours.npz.partial").exists()
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda a: a.pop("depth"), "lacks depth"),
+    (lambda a: a.update(conf=a["conf"][:, :-1]), "conf has shape"),
+    (lambda a: a["depth"].__setitem__((0, 0, 0), np.nan), "NaN"),
+    (lambda a: a["depth"].__setitem__((0, 0, 0), -1.0), "negative"),
+    (lambda a: a["intrinsics"].__setitem__((1, 0, 0), 0.0), "focal length"),
+    (lambda a: a.pop("extrinsics"), "no extrinsics"),
+    (lambda a: [a.update({k: v[:0]}) for k, v in list(a.items())], "no usable view"),
+])
+def test_bad_files_are_refused_with_one_line(tmp_path, spoil, words):
+    arrays = official_arrays(np.random.default_rng(3))
+    spoil(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(PredictionError, match=words) as info:
+        load_prediction(tmp_path / "bad.npz")
+    assert "\n" not in str(info.value)
+
+
+def test_a_file_that_is_not_an_npz_is_refused(tmp_path):
+    (tmp_path / "photo.npz").write_bytes(b"\xff\xd8\xff\xe0 not a zip")
+    with pytest.raises(PredictionError, match="not a DA3 npz file"):
+        load_prediction(tmp_path / "photo.npz")
+    with pytest.raises(PredictionError, match="does not exist"):
+        load_prediction(tmp_path / "missing.npz")

@@ -1,0 +1,235 @@
+"""JobMonitor on its own (no Blender): events, cancel, crashes, cleanup, and what a tick costs.
+
+Most tests start a stand-in worker: a tiny ``engine/worker.py`` in a temporary folder whose
+behaviour the job's ``extra`` picks, run by this interpreter. One test runs the real worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.monitor import JobMonitor, ProcessMonitor
+from engine.protocol import Job
+
+FAKE_WORKER = textwrap.dedent('''
+    import json, signal, sys, threading, time
+
+    job = json.load(open(sys.argv[1]))
+    mode = job["extra"]["mode"]
+    cancelled = threading.Event()
+
+    def emit(event, **fields):
+        print(json.dumps({"event": event, **fields}), flush=True)
+
+    def watch_stdin():
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                cancelled.set()
+
+    if mode == "deaf":  # ignores the cancel line and SIGTERM: only SIGKILL ends it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        threading.Thread(target=watch_stdin, daemon=True).start()
+
+    emit("stage", stage="starting", message="hello")
+    if mode == "exit3":
+        print("Traceback: something broke badly", file=sys.stderr)
+        sys.exit(3)
+    if mode == "garbage":
+        print("this is not json", flush=True)
+        time.sleep(30)
+    if mode == "silent_exit":
+        sys.exit(0)
+    if mode == "flood":
+        for i in range(int(job["extra"]["n"])):
+            emit("progress", stage="inference", done=i + 1, total=int(job["extra"]["n"]), eta_s=None)
+    if mode in ("slow", "deaf"):
+        for i in range(600):
+            if cancelled.is_set():
+                emit("error", kind="cancelled", message="cancelled", traceback="")
+                sys.exit(1)
+            emit("progress", stage="inference", done=i, total=600, eta_s=60.0)
+            time.sleep(0.05)
+    if mode == "fail":
+        emit("error", kind="bad_input", message="no images in /nowhere", traceback="")
+        sys.exit(1)
+    open(job["output"], "wb").write(b"npz")
+    emit("done", result=job["output"], views=2, seconds=0.1)
+''')
+
+
+@pytest.fixture
+def fake_cwd(tmp_path) -> Path:
+    """A folder with a stand-in ``engine.worker`` module."""
+    root = tmp_path / "fake"
+    (root / "engine").mkdir(parents=True)
+    (root / "engine" / "__init__.py").write_text("")
+    (root / "engine" / "worker.py").write_text(FAKE_WORKER)
+    return root
+
+
+def start(fake_cwd, tmp_path, mode, grace_s=1.0, **extra) -> JobMonitor:
+    job_dir = tmp_path / "jobs" / "job-1"
+    job = Job(sources=["x"], output=str(job_dir / "prediction.npz"), extra={"mode": mode, **extra})
+    monitor = JobMonitor(grace_s=grace_s)
+    monitor.start(job, sys.executable, fake_cwd)
+    return monitor
+
+
+def collect(monitor, timeout=20.0) -> list[dict]:
+    events, deadline = [], time.monotonic() + timeout
+    while not monitor.finished:
+        assert time.monotonic() < deadline, "the monitor did not finish"
+        events += monitor.poll(timeout=0.05)
+    return events
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_success_reports_stages_and_result(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "ok")
+    events = collect(monitor)
+    assert [e["event"] for e in events] == ["stage", "done"]
+    assert monitor.state.succeeded and monitor.state.error == ""
+    assert monitor.result.read_bytes() == b"npz"
+    job_file = json.loads((monitor.job_dir / "job.json").read_text())
+    assert job_file["extra"] == {"mode": "ok"}
+    monitor.close()
+    assert not monitor.job_dir.exists()
+
+
+def test_poll_does_not_block(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "slow")
+    t0 = time.perf_counter()
+    monitor.poll()
+    assert time.perf_counter() - t0 < 0.5
+    monitor.close()
+
+
+def test_worker_error_is_the_final_event(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "fail")
+    events = collect(monitor)
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "bad_input"
+    assert monitor.state.error == "no images in /nowhere"
+    assert sum(e["event"] in ("done", "error") for e in events) == 1
+    monitor.close()
+
+
+def test_crash_becomes_an_error_with_the_exit_code(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "exit3")
+    events = collect(monitor)
+    assert events[-1]["event"] == "error"
+    assert "exit code 3" in monitor.state.error
+    assert "something broke badly" in monitor.state.error
+    assert "\n" not in monitor.state.error
+    monitor.close()
+
+
+def test_exit_without_result_is_an_error(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "silent_exit")
+    collect(monitor)
+    assert "without a result" in monitor.state.error
+
+
+def test_garbage_on_stdout_is_an_error_and_stops_the_worker(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "garbage", grace_s=0.5)
+    events = collect(monitor)
+    assert events[-1]["kind"] == "internal"
+    assert "this is not json" in monitor.state.error
+    assert not alive(monitor.process.pid)
+    monitor.close()
+
+
+def test_a_python_that_is_not_there_raises_on_start(tmp_path):
+    job = Job(sources=["x"], output=str(tmp_path / "j" / "p.npz"))
+    with pytest.raises(OSError):
+        JobMonitor().start(job, tmp_path / "no-python", tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["slow", "deaf"])
+def test_cancel_stops_the_worker_and_cleans_up(fake_cwd, tmp_path, mode):
+    monitor = start(fake_cwd, tmp_path, mode, grace_s=0.5)
+    while monitor.state.done < 2:
+        monitor.poll(timeout=0.05)
+    t0 = time.perf_counter()
+    monitor.cancel(wait=True)
+    took = time.perf_counter() - t0
+    print(f"cancel ({mode}) took {took * 1000:.0f} ms")
+    assert monitor.finished and monitor.state.final["kind"] == "cancelled"
+    assert not alive(monitor.process.pid)
+    monitor.close()
+    assert not monitor.job_dir.exists()
+    assert took < (0.5 if mode == "slow" else 3.0)
+
+
+def test_cancel_without_waiting_escalates_through_poll(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "deaf", grace_s=0.3)
+    monitor.poll(timeout=0.5)
+    monitor.cancel(wait=False)
+    collect(monitor, timeout=5)
+    assert monitor.state.final["kind"] == "cancelled"
+    assert monitor.process.returncode != 0
+    monitor.close()
+
+
+def test_close_while_running_kills_and_removes_the_job(fake_cwd, tmp_path):
+    monitor = start(fake_cwd, tmp_path, "deaf", grace_s=0.3)
+    monitor.poll(timeout=0.5)
+    monitor.close()
+    assert not alive(monitor.process.pid)
+    assert not monitor.job_dir.exists()
+
+
+def test_a_tick_stays_short_under_a_flood_of_events(fake_cwd, tmp_path):
+    """What a modal timer tick costs: draining everything that arrived since the last one."""
+    monitor = start(fake_cwd, tmp_path, "flood", n=20000)
+    worst, ticks = 0.0, 0
+    while not monitor.finished:
+        time.sleep(0.02)  # the modal timer's interval, shortened
+        t0 = time.perf_counter()
+        monitor.poll(budget_s=0.004)
+        worst = max(worst, time.perf_counter() - t0)
+        ticks += 1
+    print(f"{ticks} ticks for 20000 events, worst tick {worst * 1000:.2f} ms")
+    assert monitor.state.succeeded and monitor.state.done == 20000
+    assert worst < 0.1
+    monitor.close()
+
+
+def test_process_monitor_runs_any_json_lines_command(tmp_path):
+    script = tmp_path / "events.py"
+    script.write_text('print(\'{"event": "stage", "stage": "pip", "message": "installing"}\')\n'
+                      'print(\'{"event": "done", "result": "", "views": 0, "seconds": 0}\')\n')
+    monitor = ProcessMonitor()
+    monitor.start_process([sys.executable, script], tmp_path)
+    events = collect(monitor)
+    assert [e["event"] for e in events] == ["stage", "done"]
+    assert monitor.state.message == "installing"
+    monitor.close()
+
+
+def test_real_worker_reports_a_bad_input_as_one_line(worker_python, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    job = Job(sources=[str(tmp_path / "missing-folder")], output=str(tmp_path / "job" / "p.npz"),
+              models_dir=str(tmp_path / "models"), device="cpu")
+    monitor = JobMonitor()
+    monitor.start(job, worker_python, repo)
+    collect(monitor, timeout=120)
+    print("worker said:", monitor.state.error)
+    assert monitor.state.final["event"] == "error"
+    assert monitor.state.error and "\n" not in monitor.state.error
+    monitor.close()
+    assert not (tmp_path / "job").exists()

@@ -1,0 +1,304 @@
+"""Sources -> RGB frames: folders, image files and videos, as real-world files come.
+
+Runs in the worker (and in plain tests) with numpy + OpenCV only.
+
+* Paths are read with ``np.fromfile`` + ``cv2.imdecode``: ``cv2.imread`` fails on non-ASCII
+  paths on Windows. ``IMREAD_COLOR`` applies the EXIF orientation, turns grayscale into RGB,
+  drops alpha (as DA3's own ``PIL.convert("RGB")`` does), scales 16-bit PNGs to 8 bits and
+  decodes CMYK JPEGs (checked with OpenCV 4.11 and 5.0).
+* A folder is read in natural order (``frame2`` before ``frame10``); files whose extension is
+  not an image's are ignored; images that fail to decode are skipped and reported once.
+* A video is split into equal sampling windows (``max_frames`` of them, or as many as ``fps``
+  asks for) and the sharpest frame of each window (variance of the Laplacian on a small grey
+  copy) is kept, so motion-blurred frames lose to clean ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff",
+                              ".webp", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras"))
+VIDEO_EXTENSIONS = frozenset((".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
+                              ".wmv", ".flv", ".3gp", ".mts", ".m2ts", ".ts", ".ogv"))
+SHARPNESS_SIZE = 256  # long side of the grey copy that sharpness is measured on
+MAX_CANDIDATES_PER_WINDOW = 12  # frames scored per sampling window; the rest are only grabbed
+
+Progress = Callable[[int, int], None]
+IsCancelled = Callable[[], bool]
+
+
+class InputError(ValueError):
+    """Sources that give no usable frame; the message is one line for the user."""
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray  # (H,W,3) uint8
+    source: str  # the file it came from
+    index: int = -1  # frame number in a video, -1 for a still image
+
+
+@dataclass
+class Sources:
+    """What the job's sources are, before anything is decoded."""
+
+    images: list[Path] = field(default_factory=list)
+    video: Path | None = None
+    ignored: list[Path] = field(default_factory=list)  # folder entries that are not images
+
+    @property
+    def is_video(self) -> bool:
+        return self.video is not None
+
+
+@dataclass
+class FrameSet:
+    frames: list[Frame]
+    skipped: list[str]  # files that could not be decoded
+
+
+# --------------------------------------------------------------------------- discovery
+
+def natural_key(path: str | Path) -> list:
+    """Sort key that orders numbers by value: frame2 < frame10; case-insensitive."""
+    name = str(path)
+    return [int(part) if part.isdigit() else part.casefold()
+            for part in re.split(r"(\d+)", name)]
+
+
+def is_video_path(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def collect_sources(sources: list[str]) -> Sources:
+    """Classify the job's sources; InputError for missing paths or a video mixed with others."""
+    if not sources:
+        raise InputError("no input given: choose a folder, image files or a video")
+    paths = [Path(s).expanduser() for s in sources]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"input not found: {_short_list(missing)}")
+    videos = [p for p in paths if p.is_file() and is_video_path(p)]
+    if videos:
+        if len(paths) > 1:
+            raise InputError("a video must be the only input; got "
+                             f"{len(videos)} video(s) and {len(paths) - len(videos)} other input(s)")
+        return Sources(video=videos[0])
+    found = Sources()
+    for path in paths:
+        if path.is_dir():
+            _add_folder(found, path)
+        else:
+            found.images.append(path)
+    if not found.images:
+        raise InputError(f"no image files in {_short_list([str(p) for p in paths])}")
+    return found
+
+
+def _add_folder(found: Sources, folder: Path) -> None:
+    entries = sorted((p for p in folder.iterdir() if p.is_file()), key=natural_key)
+    for entry in entries:
+        if entry.suffix.lower() in IMAGE_EXTENSIONS:
+            found.images.append(entry)
+        else:
+            found.ignored.append(entry)
+
+
+def _short_list(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(f"'{i}'" for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def count_views(sources: Sources, max_frames: int, fps: float) -> int | None:
+    """How many views the sources will give at most (None: unknown until the video is read)."""
+    if not sources.is_video:
+        return len(sources.images)
+    if max_frames > 0 and fps <= 0:
+        return max_frames
+    return None
+
+
+# --------------------------------------------------------------------------- images
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """RGB uint8 (H,W,3) with EXIF orientation applied, or None if it cannot be decoded."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or min(bgr.shape[:2]) < 2:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_images(paths: list[Path], progress: Progress | None = None,
+                cancelled: IsCancelled | None = None,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
+    """Decode each image (``transform`` shrinks it at once so huge files do not pile up)."""
+    frames, skipped = [], []
+    for i, path in enumerate(paths):
+        if cancelled is not None and cancelled():
+            break
+        rgb = read_image(path)
+        if rgb is None:
+            skipped.append(str(path))
+        else:
+            frames.append(Frame(transform(rgb) if transform else rgb, str(path)))
+        if progress is not None:
+            progress(i + 1, len(paths))
+    return FrameSet(frames, skipped)
+
+
+# --------------------------------------------------------------------------- video
+
+def sharpness(rgb_or_bgr: np.ndarray) -> float:
+    """Variance of the Laplacian on a small grey copy: higher is sharper."""
+    grey = cv2.cvtColor(rgb_or_bgr, cv2.COLOR_BGR2GRAY)
+    h, w = grey.shape
+    scale = SHARPNESS_SIZE / max(h, w)
+    if scale < 1:
+        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def sampling_windows(total: int, video_fps: float, max_frames: int, fps: float) -> list[range]:
+    """Split frames [0, total) into equal windows, one kept frame each.
+
+    ``fps`` > 0 asks for that many frames per second of video (capped by ``max_frames`` when
+    it is also set); otherwise ``max_frames`` frames; both 0 keeps every frame.
+    """
+    if total <= 0:
+        return []
+    count = total
+    if fps > 0 and video_fps > 0:
+        count = math.ceil(total / video_fps * fps)
+        if max_frames > 0:
+            count = min(count, max_frames)
+    elif max_frames > 0:
+        count = max_frames
+    count = max(1, min(count, total))
+    edges = [round(i * total / count) for i in range(count + 1)]
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def _candidates(window: range) -> set[int]:
+    """At most MAX_CANDIDATES_PER_WINDOW evenly spread frames of a window to score."""
+    if len(window) <= MAX_CANDIDATES_PER_WINDOW:
+        return set(window)
+    step = len(window) / MAX_CANDIDATES_PER_WINDOW
+    return {window.start + int(i * step) for i in range(MAX_CANDIDATES_PER_WINDOW)}
+
+
+def _open_video(path: Path) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InputError(f"cannot open the video '{path.name}' (unsupported codec or damaged file)")
+    return cap
+
+
+def _count_frames(path: Path) -> int:
+    """Count by decoding: some containers report no or a wrong frame count."""
+    cap = _open_video(path)
+    try:
+        count = 0
+        while cap.grab():
+            count += 1
+        return count
+    finally:
+        cap.release()
+
+
+def _iter_frames(cap: cv2.VideoCapture, wanted: set[int], stop: int,
+                 cancelled: IsCancelled | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, BGR) for the wanted frames below ``stop``; the others are only grabbed."""
+    for index in range(stop):
+        if (cancelled is not None and cancelled()) or not cap.grab():
+            return
+        if index in wanted:
+            ok, bgr = cap.retrieve()
+            if ok and bgr is not None:
+                yield index, bgr
+
+
+def read_video(path: Path, max_frames: int, fps: float, progress: Progress | None = None,
+               cancelled: IsCancelled | None = None,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
+    """The sharpest frame of each sampling window, as RGB, in time order."""
+    cap = _open_video(path)
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        video_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        cap.release()
+    if total <= 0:
+        total = _count_frames(path)
+    windows = sampling_windows(total, video_fps, max_frames, fps)
+    if not windows:
+        raise InputError(f"the video '{path.name}' has no readable frame")
+    best = _pick_sharpest(path, windows, progress, cancelled)
+    frames = [Frame(transform(rgb) if transform else rgb, str(path), idx) for idx, rgb in best]
+    return FrameSet(frames, [])
+
+
+def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
+                   cancelled: IsCancelled | None) -> list[tuple[int, np.ndarray]]:
+    window_of, last_of = {}, {}
+    for w, window in enumerate(windows):
+        candidates = _candidates(window)
+        window_of.update(dict.fromkeys(candidates, w))
+        last_of[w] = max(candidates)
+    wanted = set(window_of)
+    best: dict[int, tuple[float, int, np.ndarray]] = {}
+    cap = _open_video(path)
+    try:
+        for index, bgr in _iter_frames(cap, wanted, windows[-1].stop, cancelled):
+            w = window_of[index]
+            score = sharpness(bgr)
+            if w not in best or score > best[w][0]:
+                best[w] = (score, index, bgr)
+            if progress is not None and index == last_of[w]:
+                progress(w + 1, len(windows))
+    finally:
+        cap.release()
+    return [(best[w][1], cv2.cvtColor(best[w][2], cv2.COLOR_BGR2RGB)) for w in sorted(best)]
+
+
+# --------------------------------------------------------------------------- everything
+
+def read_frames(sources: Sources, max_frames: int = 0, fps: float = 0.0,
+                progress: Progress | None = None, cancelled: IsCancelled | None = None,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
+    """Decode the sources; InputError when not a single frame can be used."""
+    if sources.is_video:
+        found = read_video(sources.video, max_frames, fps, progress, cancelled, transform)
+    else:
+        found = read_images(sources.images, progress, cancelled, transform)
+    if not found.frames and not (cancelled is not None and cancelled()):
+        raise InputError(_nothing_usable(sources, found))
+    return found
+
+
+def _nothing_usable(sources: Sources, found: FrameSet) -> str:
+    if sources.is_video:
+        return f"no frame could be decoded from the video '{sources.video.name}'"
+    return (f"none of the {len(found.skipped)} image file(s) could be read "
+            f"({_short_list([os.path.basename(s) for s in found.skipped])})")
+
+
+def skipped_warning(skipped: list[str]) -> str:
+    """One warning line for all the files that were skipped."""
+    names = [os.path.basename(s) for s in skipped]
+    return f"skipped {len(skipped)} unreadable file(s): {_short_list(names, limit=10)}"

@@ -1,0 +1,247 @@
+"""Find, download, check and load DA3 weights; save random ones in the same layout for tests.
+
+Layout (the model hub's): a folder with ``config.json`` (``{"model_name": "<network>"}``) and
+``model.safetensors`` whose keys all start with ``model.`` (the library wraps the network as
+``DepthAnything3.model``). The head shares one LayerNorm across four levels, so the file holds
+those tensors once and lists the duplicate names in its metadata (safetensors' ``save_model``).
+
+The library loads with ``strict=False``: a file with other keys loads silently and leaves random
+weights. Here every expected key must be in the file (a shared tensor counts for all its names)
+and nothing else may be, or loading stops with one line naming the problem.
+
+Command line (used by the tests' ``small_weights`` fixture)::
+
+    python -m engine.weights save-random --model da3-small --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .presets import ModelPreset, get_preset
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+KEY_PREFIX = "model."
+
+Progress = Callable[[int, int], None]
+
+
+class WeightsError(Exception):
+    """Weights that are missing or wrong; ``kind`` is the protocol's error kind."""
+
+    def __init__(self, message: str, kind: str = "missing_weights"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------- where
+
+def hub_url(preset: ModelPreset) -> str:
+    return f"https://huggingface.co/{preset.hub_repo}"
+
+
+def default_folder(models_dir: str | Path, preset: ModelPreset) -> Path:
+    return Path(models_dir).expanduser() / preset.name
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / WEIGHTS_FILE).is_file()
+
+
+def resolve_folder(weights: str, models_dir: str, preset: ModelPreset) -> Path:
+    """The folder the weights are (or will be downloaded) in: ``weights`` or models_dir/<name>."""
+    if weights:
+        path = Path(weights).expanduser()
+        return path.parent if path.suffix == ".safetensors" else path
+    if not models_dir:
+        raise WeightsError(f"no weights folder and no models folder given for {preset.name}; "
+                           "set the models folder in the preferences")
+    return default_folder(models_dir, preset)
+
+
+def missing_message(folder: Path, preset: ModelPreset) -> str:
+    return (f"no {preset.name} weights in '{folder}': put {CONFIG_FILE} and {WEIGHTS_FILE} from "
+            f"{hub_url(preset)} there, or allow online access to download them")
+
+
+# --------------------------------------------------------------------------- download
+
+def download(preset: ModelPreset, folder: Path, progress: Progress | None = None) -> Path:
+    """Fetch config.json + model.safetensors from the model hub into ``folder``.
+
+    ``huggingface_hub`` does the transfer (its own resume/caching of interrupted downloads,
+    proxies, tokens); ``progress(done_bytes, total_bytes)`` follows the weights file.
+    """
+    from huggingface_hub import hf_hub_download
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tqdm_class = _progress_tqdm(progress) if progress is not None else None
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        hf_hub_download(preset.hub_repo, name, local_dir=folder, tqdm_class=tqdm_class)
+    return folder
+
+
+def _progress_tqdm(progress: Progress):
+    """A tqdm class that reports byte counts to ``progress`` (and stays off stdout)."""
+    from tqdm.auto import tqdm
+
+    class ProgressTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = sys.stderr
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if self.total:
+                progress(int(self.n), int(self.total))
+            return shown
+
+    return ProgressTqdm
+
+
+# --------------------------------------------------------------------------- checking
+
+def read_config(folder: Path, preset: ModelPreset) -> None:
+    """config.json, when present, must name this preset's network."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("model_name", "")
+    except (ValueError, AttributeError, OSError) as exc:
+        raise WeightsError(f"'{path}' is not a readable DA3 config ({type(exc).__name__})") from None
+    if name and name not in (preset.network, preset.name):
+        raise WeightsError(f"the weights in '{folder}' are for {name}, not {preset.name}; "
+                           f"choose {name} or the right folder")
+
+
+def shared_groups(state_dict) -> list[set[str]]:
+    """Names that share one tensor in the module (stored once in the file)."""
+    groups: dict[tuple, set[str]] = {}
+    for name, tensor in state_dict.items():
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+               tuple(tensor.shape))
+        groups.setdefault(key, set()).add(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def check_keys(file_keys: set[str], expected: list[str], groups: list[set[str]],
+               preset: ModelPreset) -> None:
+    """WeightsError unless the file holds exactly the expected tensors (one per shared group)."""
+    covered = set(file_keys)
+    for group in groups:
+        if covered & group:
+            covered |= group
+    found = sum(1 for k in expected if k in covered)
+    if found == 0:
+        raise WeightsError(f"{WEIGHTS_FILE} has 0 of {len(expected)} expected keys; it is not a "
+                           f"{preset.name} checkpoint")
+    missing = [k for k in expected if k not in covered]
+    if missing:
+        raise WeightsError(f"{WEIGHTS_FILE} has {found} of {len(expected)} expected keys (missing "
+                           f"e.g. '{missing[0]}'); it is incomplete or not a {preset.name} checkpoint")
+    unexpected = sorted(file_keys - set(expected))
+    if unexpected:
+        raise WeightsError(f"{WEIGHTS_FILE} has {len(unexpected)} unexpected key(s) (e.g. "
+                           f"'{unexpected[0]}'); it is not a {preset.name} checkpoint")
+
+
+def _open_tensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"'{path}' is damaged or not a safetensors file ({exc}); delete it and "
+                           "download it again") from None
+
+
+def _check_shapes(tensors: dict, state_dict, preset: ModelPreset) -> None:
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(state_dict[name].shape):
+            raise WeightsError(f"{WEIGHTS_FILE}: '{name}' has shape {tuple(tensor.shape)}, "
+                               f"{preset.name} needs {tuple(state_dict[name].shape)}; it is "
+                               f"not a {preset.name} checkpoint")
+
+
+# --------------------------------------------------------------------------- load / save
+
+def hub_module(net):
+    """Wrap the bare network as the library does, so state-dict keys start with 'model.'."""
+    import torch
+
+    wrapper = torch.nn.Module()
+    wrapper.model = net
+    return wrapper
+
+
+def load_into(net, folder: Path, preset: ModelPreset):
+    """Load ``folder``'s weights into ``net`` after checking them strictly; returns ``net``."""
+    if not has_weights(folder):
+        raise WeightsError(missing_message(folder, preset))
+    read_config(folder, preset)
+    module = hub_module(net)
+    state = module.state_dict()
+    tensors = _open_tensors(folder / WEIGHTS_FILE)
+    groups = shared_groups(state)
+    check_keys(set(tensors), list(state), groups, preset)
+    _check_shapes(tensors, state, preset)
+    for group in groups:  # fill the duplicate names from the stored one
+        stored = next(n for n in sorted(group) if n in tensors)
+        tensors.update({n: tensors[stored] for n in group})
+    module.load_state_dict(tensors, strict=True)
+    return net
+
+
+def load_network(folder: Path, preset: ModelPreset):
+    """Build the preset's network and load checked weights (CPU, eval mode)."""
+    from .model import build_network
+
+    return load_into(build_network(preset.network), folder, preset)
+
+
+def save_network(net, folder: Path, preset: ModelPreset) -> Path:
+    """Save ``net`` in the model-hub layout (config.json + deduplicated model.safetensors)."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps({"model_name": preset.network}), encoding="utf-8")
+    partial = folder / (WEIGHTS_FILE + ".partial")  # a reader never sees half a file
+    save_model(hub_module(net), str(partial), metadata={"format": "pt"})
+    os.replace(partial, folder / WEIGHTS_FILE)
+    return folder
+
+
+def save_random(preset_name: str, folder: Path, seed: int = 0) -> Path:
+    """Random-initialised weights of a preset, for tests and benchmarks without the hub."""
+    import torch
+
+    from .model import build_network
+
+    preset = get_preset(preset_name)
+    torch.manual_seed(seed)
+    return save_network(build_network(preset.network), folder, preset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.weights")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rnd = sub.add_parser("save-random", help="save random-initialised weights in the hub layout")
+    rnd.add_argument("--model", default="da3-small")
+    rnd.add_argument("--out", required=True)
+    rnd.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folder = save_random(args.model, Path(args.out), args.seed)
+    print(f"saved random {args.model} weights to {folder}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""The DA3 worker: ``python -m engine.worker JOB.json`` (the worker environment's Python).
+
+Reads the job (``protocol.Job``), decodes and preprocesses the frames in a thread while the
+model loads, runs the network once for all views, and writes one prediction file
+(``prediction.save_prediction``). Progress goes out as ``protocol.encode`` lines on the real
+stdout; everything else any library prints lands on stderr (file descriptor 1 itself is pointed
+at stderr, so even C-level prints cannot corrupt the protocol).
+
+Cancel: a line ``cancel`` on stdin, SIGTERM or SIGINT. The main thread stops at the next step;
+if it is stuck in a forward pass, a watchdog removes the partial output, reports and ends the
+process after ``CANCEL_GRACE_S`` (ending the process is what frees GPU memory).
+
+Exit status: 0 done, 1 error (an ``error`` event says which), 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
+CANCEL_GRACE_S = 1.0  # then the watchdog ends the process; the contract is 2 s
+PROGRESS_INTERVAL_S = 0.2  # at most this often per stage, besides the last step
+
+
+class WorkerError(Exception):
+    """A failure with a protocol error kind and one line for the user."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Cancelled(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- events
+
+class Emitter:
+    """Writes protocol lines; after the final one (done/error) nothing else goes out."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lock = threading.RLock()
+        self.finished = False
+        self._last_progress: dict[str, float] = {}
+
+    def send(self, event: str, **fields) -> None:
+        from .protocol import encode
+
+        with self.lock:
+            if self.finished:
+                return
+            try:
+                self.stream.write(encode(event, **fields) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError) as exc:  # the parent is gone: nobody to report to
+                print(f"cannot write event {event}: {exc}", file=sys.stderr)
+
+    def final(self, event: str, **fields) -> bool:
+        with self.lock:
+            if self.finished:
+                return False
+            self.send(event, **fields)
+            self.finished = True
+            return True
+
+    def stage(self, stage: str, message: str) -> None:
+        self.send("stage", stage=stage, message=message)
+
+    def progress(self, stage: str, done: int, total: int, eta_s: float | None = None) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last_progress.get(stage, 0.0) < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress[stage] = now
+        self.send("progress", stage=stage, done=int(done), total=int(total), eta_s=eta_s)
+
+    def error(self, kind: str, message: str, tb: str = "") -> bool:
+        return self.final("error", kind=kind, message=one_line(message), traceback=tb)
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- cancellation
+
+@dataclass
+class Cleanup:
+    """Files this run may leave half-written."""
+
+    paths: list[Path] = field(default_factory=list)
+
+    def run(self) -> None:
+        for path in self.paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                print(f"could not remove partial output {path}: {exc}", file=sys.stderr)
+
+
+class CancelToken:
+    def __init__(self, emitter: Emitter, cleanup: Cleanup):
+        self.event = threading.Event()
+        self.emitter = emitter
+        self.cleanup = cleanup
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise Cancelled()
+
+    def request(self, reason: str) -> None:
+        if self.event.is_set():
+            return
+        print(f"cancel requested ({reason})", file=sys.stderr)
+        self.event.set()
+        threading.Thread(target=self._watchdog, name="cancel-watchdog", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        """End the process if the main thread has not stopped by itself in time."""
+        time.sleep(CANCEL_GRACE_S)
+        with self.emitter.lock:
+            if self.emitter.finished:
+                return
+            self.cleanup.run()
+            self.emitter.error("cancelled", "cancelled by the user")
+            os._exit(EXIT_CANCELLED)
+
+
+def listen_for_cancel(cancel: CancelToken) -> None:
+    """stdin 'cancel' lines and SIGTERM/SIGINT -> cancel.request, from daemon threads."""
+    from .protocol import CANCEL_LINE
+
+    def read_stdin():
+        for line in sys.stdin:  # EOF (no parent pipe) just ends the reader
+            if line.strip() == CANCEL_LINE:
+                cancel.request("stdin")
+
+    wanted = {signal.SIGTERM, signal.SIGINT}
+    posix = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
+    if posix:
+        # Blocked before any other thread starts (they inherit the mask; one that did not
+        # would die of SIGTERM's default action); a plain handler would only run once a
+        # forward pass returns to Python.
+        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    if sys.stdin is not None:
+        threading.Thread(target=read_stdin, name="stdin-reader", daemon=True).start()
+    if posix:
+
+        def wait_signals():
+            while True:
+                signum = signal.sigwait(wanted)
+                cancel.request(signal.Signals(signum).name)
+
+        threading.Thread(target=wait_signals, name="signal-waiter", daemon=True).start()
+    else:  # Windows: SIGTERM ends the process anyway; Ctrl+C reaches this handler
+        for signum in wanted:
+            signal.signal(signum, lambda s, f: cancel.request(signal.Signals(s).name))
+
+
+# --------------------------------------------------------------------------- the job
+
+@dataclass
+class Run:
+    job: object
+    preset: object
+    emitter: Emitter
+    cancel: CancelToken
+    timings: dict = field(default_factory=dict)
+
+
+def load_job(path: str):
+    from .presets import get_preset
+    from .protocol import Job
+
+    try:
+        job = Job.load(path)
+        preset = get_preset(job.model)
+    except FileNotFoundError:
+        raise WorkerError("bad_input", f"job file '{path}' not found") from None
+    except (ValueError, TypeError) as exc:
+        raise WorkerError("bad_input", f"bad job file: {exc}") from None
+    if job.process_res < 14:
+        raise WorkerError("bad_input", f"process_res {job.process_res} is too small (at least 14)")
+    return job, preset
+
+
+def find_sources(run: Run):
+    from .inputs import InputError, collect_sources, count_views
+
+    job = run.job
+    try:
+        sources = collect_sources(job.sources)
+    except InputError as exc:
+        raise WorkerError("bad_input", str(exc)) from None
+    for path in sources.ignored:
+        print(f"ignored (not an image): {path}", file=sys.stderr)
+    views = count_views(sources, job.max_frames, job.fps)
+    if not run.preset.multi_view and (views is None or views > 1):
+        raise_mono_error(run.preset, views)
+    return sources
+
+
+def raise_mono_error(preset, views: int | None) -> None:
+    from .presets import PRESETS
+
+    multi = next(p.name for p in PRESETS.values() if p.multi_view and p.commercial_use)
+    count = f"{views} images" if views else "a video"
+    raise WorkerError("bad_input", f"{preset.name} sees one image at a time but got {count}; "
+                      f"choose a multi-view model such as {multi}, or a single image")
+
+
+def read_frames_job(run: Run, sources):
+    """Decode + resize every frame (runs in a thread while the model loads)."""
+    from .inputs import read_frames
+    from .preprocess import resize_for_network
+
+    job, emitter = run.job, run.emitter
+    start = time.monotonic()
+    emitter.stage("reading_frames", f"reading {'the video' if sources.is_video else 'images'}")
+
+    def progress(done, total):
+        from .model import eta
+
+        emitter.progress("reading_frames", done, total, eta(done, total, time.monotonic() - start))
+
+    found = read_frames(sources, job.max_frames, job.fps, progress, run.cancel,
+                        transform=lambda rgb: resize_for_network(rgb, job.process_res))
+    run.timings["read_frames"] = round(time.monotonic() - start, 3)
+    return found
+
+
+def frames_or_error(future, run: Run):
+    from .inputs import InputError, skipped_warning
+
+    try:
+        found = future.result()
+    except InputError as exc:
+        raise WorkerError("bad_input", str(exc)) from None
+    run.cancel.check()
+    if found.skipped:
+        run.emitter.send("warning", message=skipped_warning(found.skipped))
+    if not run.preset.multi_view and len(found.frames) > 1:
+        raise_mono_error(run.preset, len(found.frames))
+    return found
+
+
+def weights_folder(run: Run) -> Path:
+    from .weights import WeightsError, download, has_weights, hub_url, missing_message, resolve_folder
+
+    job, preset, emitter = run.job, run.preset, run.emitter
+    folder = resolve_folder(job.weights, job.models_dir, preset)
+    if has_weights(folder):
+        return folder
+    if job.weights or not job.allow_download:
+        raise WeightsError(missing_message(folder, preset))
+    emitter.stage("downloading_weights",
+                  f"downloading {preset.name} ({preset.download_mb} MiB) from {hub_url(preset)}")
+    start = time.monotonic()
+
+    def progress(done, total):
+        from .model import eta
+
+        run.cancel.check()
+        emitter.progress("downloading_weights", done, total,
+                         eta(done, total, time.monotonic() - start))
+
+    try:
+        download(preset, folder, progress)
+    except (Cancelled, ImportError):
+        raise
+    except Exception as exc:  # the hub client raises many types; all mean "not downloaded"
+        raise WeightsError(f"could not download {preset.name} from {hub_url(preset)} "
+                           f"({type(exc).__name__}: {one_line(exc, 160)}); check the connection "
+                           f"or put {preset.name}'s files in '{folder}'") from exc
+    return folder
+
+
+def load_model(run: Run):
+    from .model import autocast_dtype, pick_device, skip_ray_branch
+    from .weights import load_network
+
+    folder = weights_folder(run)
+    run.cancel.check()
+    try:
+        device = pick_device(run.job.device)
+    except RuntimeError as exc:
+        raise WorkerError("dependency", str(exc)) from None
+    run.emitter.stage("loading_model", f"loading {run.preset.name} on {device.type}")
+    start = time.monotonic()
+    net = load_network(folder, run.preset)
+    skip_ray_branch(net)
+    run.cancel.check()
+    net = net.to(device)
+    run.timings["load_model"] = round(time.monotonic() - start, 3)
+    return net, device, autocast_dtype(device)
+
+
+def infer(run: Run, net, device, dtype, batch):
+    """All views in one pass (multi-view presets) or one at a time (monocular presets)."""
+    from .model import concat_views, eta, forward, to_views
+
+    n = batch.pixels.shape[0]
+    h, w = batch.size
+    run.emitter.stage("inference", f"{n} view(s) at {w}x{h} on {device.type}")
+    run.emitter.progress("inference", 0, n)
+    metric_raw = run.preset.metric and not run.preset.multi_view
+    start = time.monotonic()
+    try:
+        if run.preset.multi_view:
+            views = to_views(forward(net, batch.pixels, device, dtype), metric_raw)
+        else:
+            parts = []
+            for i in range(n):
+                run.cancel.check()
+                parts.append(to_views(forward(net, batch.pixels[i:i + 1], device, dtype),
+                                      metric_raw))
+                run.emitter.progress("inference", i + 1, n, eta(i + 1, n, time.monotonic() - start))
+            views = concat_views(parts)
+    except Exception as exc:
+        raise_if_out_of_memory(exc, device, n, w, h)
+        raise
+    run.timings["inference"] = round(time.monotonic() - start, 3)
+    run.emitter.progress("inference", n, n, 0.0)
+    return views
+
+
+def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -> None:
+    from .model import free_device_memory, is_out_of_memory
+
+    if not is_out_of_memory(exc):
+        return
+    free_device_memory()
+    raise WorkerError("out_of_memory", f"out of memory on {device.type} with {n} views at {w}x{h}: "
+                      "use fewer frames, a lower processing resolution or a smaller model") from exc
+
+
+def assemble(run: Run, views, batch, frames):
+    import numpy as np
+
+    from .model import identity_extrinsics
+    from .prediction import Prediction
+
+    n = views.depth.shape[0]
+    extrinsics = views.extrinsics if views.extrinsics is not None else identity_extrinsics(n)
+    return Prediction(
+        depth=views.depth, intrinsics=views.intrinsics, extrinsics=extrinsics, conf=views.conf,
+        image=batch.images, sky=views.sky, is_metric=views.is_metric,
+        source_paths=[f.source for f in frames],
+        frame_indices=np.array([f.index for f in frames], dtype=np.int64),
+        model=run.preset.name, process_res=int(run.job.process_res))
+
+
+def write(run: Run, pred) -> Path:
+    """Write next to the target, then move it in place and report done as one step."""
+    from .prediction import PredictionError, save_prediction
+
+    output = Path(run.job.output)
+    run.emitter.stage("writing", f"writing {output.name}")
+    start = time.monotonic()
+    tmp = output.with_name(output.name + ".tmp.npz")
+    run.cancel.cleanup.paths += [tmp, tmp.with_name(tmp.name + ".partial")]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        save_prediction(pred, tmp)
+    except PredictionError as exc:
+        raise WorkerError("internal", f"the network's output is unusable: {exc}") from None
+    except OSError as exc:
+        raise WorkerError("bad_input", f"cannot write '{output}': {exc.strerror or exc}") from None
+    run.timings["write"] = round(time.monotonic() - start, 3)
+    with run.emitter.lock:
+        run.cancel.check()
+        os.replace(tmp, output)
+        run.emitter.final("done", result=str(output), views=pred.num_views,
+                          seconds=round(time.monotonic() - run.timings["_start"], 3),
+                          timings={k: v for k, v in run.timings.items() if not k.startswith("_")})
+    return output
+
+
+def run_job(job_path: str, emitter: Emitter, cancel: CancelToken) -> None:
+    from .preprocess import make_batch
+
+    start = time.monotonic()
+    emitter.stage("starting", f"job {Path(job_path).name}")
+    job, preset = load_job(job_path)
+    run = Run(job, preset, emitter, cancel, {"_start": start})
+    sources = find_sources(run)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames") as pool:
+        frames_future = pool.submit(read_frames_job, run, sources)
+        try:
+            net, device, dtype = load_model(run)
+        except BaseException:
+            cancel.event.set()  # stops the reader at its next frame; it is not needed any more
+            raise
+        found = frames_or_error(frames_future, run)
+    batch = make_batch([f.rgb for f in found.frames])
+    cancel.check()
+    views = infer(run, net, device, dtype, batch)
+    del net
+    cancel.check()
+    write(run, assemble(run, views, batch, found.frames))
+
+
+# --------------------------------------------------------------------------- main
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(kind, one-line message) for any failure."""
+    from .weights import WeightsError
+
+    if isinstance(exc, WorkerError):
+        return exc.kind, str(exc)
+    if isinstance(exc, WeightsError):
+        return exc.kind, str(exc)
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None) or str(exc)
+        return "dependency", (f"the worker environment lacks '{name}' ({exc}); reinstall it "
+                              "from the add-on preferences")
+    if isinstance(exc, MemoryError):
+        return "out_of_memory", ("out of memory: use fewer frames, a lower processing resolution "
+                                 "or a smaller model")
+    return "internal", f"internal error: {type(exc).__name__}: {exc}"
+
+
+def redirect_stdout():
+    """Keep the real stdout for the protocol; everything else printed goes to stderr."""
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    emitter = Emitter(redirect_stdout())
+    cleanup = Cleanup()
+    cancel = CancelToken(emitter, cleanup)
+    listen_for_cancel(cancel)
+    if len(argv) != 1:
+        emitter.error("bad_input", "usage: python -m engine.worker JOB.json")
+        return EXIT_ERROR
+    try:
+        run_job(argv[0], emitter, cancel)
+        return EXIT_OK
+    except Cancelled:
+        with emitter.lock:
+            cleanup.run()
+            emitter.error("cancelled", "cancelled by the user")
+        return EXIT_CANCELLED
+    except Exception as exc:  # every failure becomes one error event; the traceback goes along
+        cleanup.run()
+        kind, message = classify(exc)
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr)
+        emitter.error(kind, message, tb)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Chunk alignment on a synthetic scene whose truth is known.
+
+The scene is a room (8 x 3 x 8 units) with two pillars, ray-cast analytically from cameras on a
+circle. Each chunk is handed back the way DA3 would: in its own frame (its first camera) and at
+its own random scale, with depth noise, outliers and slightly wrong poses. After the merge one
+global similarity must bring cameras and points within 0.5% of the room's size of the truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.align import (
+    AlignmentError,
+    ChunkMerger,
+    Sim3,
+    backproject,
+    camera_centres,
+    robust_sim3,
+    transform_extrinsics,
+    umeyama,
+)
+from engine.prediction import Prediction, validate
+
+ROOM_LOW, ROOM_HIGH = np.array([-4.0, -1.5, -4.0]), np.array([4.0, 1.5, 4.0])
+PILLARS = [(np.array([-0.6, -1.5, -0.6]), np.array([0.6, 1.5, 0.6])),
+           (np.array([2.6, -0.5, 2.6]), np.array([3.4, 1.5, 3.4]))]
+SCENE_SIZE = float(np.max(ROOM_HIGH - ROOM_LOW))
+
+
+# --- the synthetic scene -----------------------------------------------------------------------
+
+def look_extrinsics(centre: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """World-to-camera (3,4) of a camera at ``centre`` looking along ``forward``, y (down) ~ +y."""
+    f = forward / np.linalg.norm(forward)
+    x = np.cross([0.0, 1.0, 0.0], f)
+    x /= np.linalg.norm(x)
+    y = np.cross(f, x)
+    rot = np.stack([x, y, f])
+    return np.concatenate([rot, (-rot @ centre)[:, None]], axis=1)
+
+
+def circle_path(n: int, laps: float = 1.0, radius: float = 2.0) -> np.ndarray:
+    """(n,3,4) cameras on a circle, looking outwards and ahead, bobbing a little in height."""
+    out = []
+    for a in np.linspace(0, 2 * np.pi * laps, n, endpoint=False):
+        centre = np.array([radius * np.cos(a), 0.3 * np.sin(3 * a), radius * np.sin(a)])
+        look = np.array([np.cos(a + 0.9), 0.15, np.sin(a + 0.9)])
+        out.append(look_extrinsics(centre, look))
+    return np.array(out)
+
+
+def intrinsics_for(h: int, w: int, fov_deg: float = 70.0) -> np.ndarray:
+    f = 0.5 * w / np.tan(np.radians(fov_deg) / 2)
+    return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+
+
+def ray_cast(extrinsics: np.ndarray, k: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H,W) z-depth of the room and pillars seen by one camera."""
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    rays_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1)
+    rot = extrinsics[:, :3]
+    d = rays_cam.reshape(-1, 3) @ rot  # world directions with unit z in the camera
+    c = -rot.T @ extrinsics[:, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wall = np.where(d > 0, ROOM_HIGH, ROOM_LOW)
+        t = np.nanmin(np.where(d != 0, (wall - c) / d, np.inf), axis=1)
+        for low, high in PILLARS:
+            t1, t2 = (low - c) / d, (high - c) / d
+            near = np.nanmax(np.minimum(t1, t2), axis=1)
+            far = np.nanmin(np.maximum(t1, t2), axis=1)
+            hit = (far >= near) & (near > 0)
+            t = np.where(hit & (near < t), near, t)
+    return t.reshape(h, w)
+
+
+def room_truth(n: int, h: int = 48, w: int = 64, laps: float = 1.0) -> Prediction:
+    ext = circle_path(n, laps)
+    k = intrinsics_for(h, w)
+    depth = np.stack([ray_cast(e, k, h, w) for e in ext]).astype(np.float32)
+    return Prediction(depth=depth, intrinsics=np.tile(k, (n, 1, 1)), extrinsics=ext,
+                      conf=np.full(depth.shape, 2.0, np.float32))
+
+
+def chunk_spans(n: int, size: int, overlap: int) -> list[np.ndarray]:
+    spans, start = [], 0
+    while True:
+        end = min(start + size, n)
+        spans.append(np.arange(max(0, min(start, end - size)), end))
+        if end == n:
+            return spans
+        start = end - overlap
+
+
+def as_da3_chunk(truth: Prediction, idx: np.ndarray, rng: np.random.Generator,
+                 noise: float = 0.005, outliers: float = 0.05, pose_noise: float = 5e-4) -> dict:
+    """Views ``idx`` as DA3 would return them: in the first view's frame, at a random scale,
+    with relative depth noise, gross outliers (half of them with high confidence) and pose noise."""
+    scale = float(np.exp(rng.uniform(np.log(0.3), np.log(3.0))))
+    first = truth.extrinsics[idx[0]]
+    to_chunk = Sim3(scale, first[:, :3], scale * first[:, 3])
+    ext = transform_extrinsics(truth.extrinsics[idx], to_chunk)
+    ext[:, :, 3] += rng.normal(0, pose_noise * SCENE_SIZE * scale, (len(idx), 3))
+    depth = truth.depth[idx] * scale * (1 + rng.normal(0, noise, truth.depth[idx].shape))
+    bad = rng.random(depth.shape) < outliers
+    depth[bad] *= rng.uniform(0.4, 1.6, bad.sum())
+    conf = rng.uniform(1.5, 6.0, depth.shape)
+    conf[bad & (rng.random(depth.shape) < 0.5)] = 1.1
+    return {"depth": depth.astype(np.float32), "conf": conf.astype(np.float32),
+            "intrinsics": truth.intrinsics[idx].copy(), "extrinsics": ext,
+            "image": np.zeros(depth.shape + (3,), np.uint8)}
+
+
+def merge_synthetic(truth: Prediction, size: int, overlap: int, seed: int = 0, **options):
+    rng = np.random.default_rng(seed)
+    merger = ChunkMerger(truth.num_views, **options)
+    for idx in chunk_spans(truth.num_views, size, overlap):
+        merger.add(idx, as_da3_chunk(truth, idx, rng))
+    return merger.result(), merger.reports
+
+
+# --- measuring against the truth ---------------------------------------------------------------
+
+def world_points(pred: Prediction, stride: int = 4) -> np.ndarray:
+    """(N,M,3) points of every ``stride``-th pixel of each view."""
+    h, w = pred.depth.shape[1:]
+    rr, cc = np.meshgrid(np.arange(1, h, stride), np.arange(1, w, stride), indexing="ij")
+    rr, cc = rr.ravel(), cc.ravel()
+    return np.stack([backproject(pred.depth[i][rr, cc].astype(np.float64), pred.intrinsics[i],
+                                 pred.extrinsics[i], cc + 0.5, rr + 0.5)
+                     for i in range(pred.num_views)])
+
+
+def errors_vs_truth(merged: Prediction, truth: Prediction) -> dict:
+    """Camera-centre and point errors after one global similarity, as fractions of the room."""
+    to_truth = umeyama(camera_centres(merged.extrinsics), camera_centres(truth.extrinsics))
+    centre_err = np.linalg.norm(to_truth.apply(camera_centres(merged.extrinsics))
+                                - camera_centres(truth.extrinsics), axis=1)
+    point_err = np.linalg.norm(to_truth.apply(world_points(merged)) - world_points(truth), axis=-1)
+    return {"centre_max": centre_err.max() / SCENE_SIZE,
+            "point_median": float(np.median(point_err)) / SCENE_SIZE,
+            "point_p90": float(np.percentile(point_err, 90)) / SCENE_SIZE}
+
+
+def seam_double_surface(merged: Prediction, a: int, b: int) -> float:
+    """Median relative depth disagreement where view ``a``'s points land in view ``b``: a second,
+    shifted copy of a surface (ghosting) shows up as a disagreement between neighbouring views."""
+    h, w = merged.depth.shape[1:]
+    pts = world_points(merged.__class__(depth=merged.depth[[a]], intrinsics=merged.intrinsics[[a]],
+                                        extrinsics=merged.extrinsics[[a]]), stride=2)[0]
+    e, k = merged.extrinsics[b], merged.intrinsics[b]
+    cam = pts @ e[:, :3].T + e[:, 3]
+    u = (k[0, 0] * cam[:, 0] / cam[:, 2] + k[0, 2]).astype(int)
+    v = (k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]).astype(int)
+    ok = (cam[:, 2] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    rel = np.abs(merged.depth[b][v[ok], u[ok]] - cam[ok, 2]) / cam[ok, 2]
+    return float(np.median(rel[rel < 0.2]))
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+def test_umeyama_recovers_an_exact_similarity():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(50, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    true = Sim3(2.5, q * np.sign(np.linalg.det(q)), np.array([1.0, -2.0, 0.5]))
+    fit = umeyama(src, true.apply(src))
+    assert fit.scale == pytest.approx(2.5)
+    np.testing.assert_allclose(fit.matrix(), true.matrix(), atol=1e-9)
+    np.testing.assert_allclose(true.compose(true.inverse()).matrix(), np.eye(4), atol=1e-12)
+
+
+def test_robust_fit_ignores_a_third_of_gross_outliers():
+    rng = np.random.default_rng(2)
+    src = rng.uniform(-1, 1, size=(3000, 3)) + [0, 0, 4]
+    true = Sim3(0.7, np.eye(3), np.array([0.2, 0.0, -1.0]))
+    dst = true.apply(src) * (1 + rng.normal(0, 0.002, (3000, 1)))
+    dst[:1000] += rng.normal(0, 1.0, (1000, 3))
+    fit = robust_sim3(src, dst, depth=dst[:, 2])
+    assert fit.sim.scale == pytest.approx(0.7, rel=1e-3)
+    np.testing.assert_allclose(fit.sim.translation, true.translation, atol=5e-3)
+    assert 0.6 < fit.inlier_fraction < 0.72
+
+
+def test_moving_the_world_keeps_points_on_their_pixels():
+    truth = room_truth(2, 12, 16)
+    sim = Sim3(3.0, look_extrinsics(np.zeros(3), np.array([1.0, 0.2, 0.3]))[:, :3],
+               np.array([0.5, 1.0, -2.0]))
+    moved = transform_extrinsics(truth.extrinsics, sim)
+    u, v = np.array([3.5, 10.5]), np.array([2.5, 7.5])
+    before = backproject(np.array([2.0, 3.0]), truth.intrinsics[1], truth.extrinsics[1], u, v)
+    after = backproject(np.array([6.0, 9.0]), truth.intrinsics[1], moved[1], u, v)
+    np.testing.assert_allclose(sim.apply(before), after, atol=1e-9)
+
+
+def test_chunks_in_their_own_frames_come_back_within_half_a_percent():
+    truth = room_truth(60)
+    merged, reports = merge_synthetic(truth, size=16, overlap=6)
+    validate(merged)
+    err = errors_vs_truth(merged, truth)
+    assert len(reports) == 6
+    assert err["centre_max"] < 0.005, err
+    assert err["point_median"] < 0.005, err
+    # the shared views of neighbouring chunks land on each other: only the noise remains
+    assert max(r.ghosting for r in reports[1:]) < 0.01
+    assert min(r.inlier_fraction for r in reports[1:]) > 0.85
+
+
+def test_seams_show_no_more_double_surface_than_inside_a_chunk():
+    truth = room_truth(40)
+    merged, _ = merge_synthetic(truth, size=12, overlap=4)
+    spans = chunk_spans(40, 12, 4)
+    seams = [int(s[0]) for s in spans[1:]]  # first view of each later chunk vs the one before
+    inside = [i for i in range(1, 40) if all(abs(i - s) > 2 for s in seams)]
+    seam = np.median([seam_double_surface(merged, i - 1, i) for i in seams])
+    within = np.median([seam_double_surface(merged, i - 1, i) for i in inside])
+    assert seam < 1.5 * within + 0.002, (seam, within)
+
+
+def test_aligning_to_the_growing_result_drifts_no_more_than_to_the_neighbour():
+    truth = room_truth(96, laps=2.0)  # the second lap revisits the first
+    errors = {}
+    for mode in ("global", "neighbour"):
+        merged, reports = merge_synthetic(truth, size=12, overlap=4, seed=3, reference=mode)
+        errors[mode] = errors_vs_truth(merged, truth)
+        if mode == "global":
+            assert sum(r.covisible_views > 0 for r in reports) >= len(reports) // 2
+    assert errors["global"]["centre_max"] <= errors["neighbour"]["centre_max"] * 1.05, errors
+    assert errors["global"]["point_p90"] <= errors["neighbour"]["point_p90"] * 1.05, errors
+    assert errors["global"]["centre_max"] < 0.005, errors
+
+
+def test_average_merge_is_also_aligned():
+    truth = room_truth(30)
+    merged, _ = merge_synthetic(truth, size=12, overlap=6, overlap_merge="average")
+    assert errors_vs_truth(merged, truth)["point_median"] < 0.005
+
+
+def test_a_chunk_that_shares_nothing_is_refused():
+    truth = room_truth(20, 12, 16)
+    rng = np.random.default_rng(0)
+    merger = ChunkMerger(20)
+    merger.add(np.arange(10), as_da3_chunk(truth, np.arange(10), rng))
+    with pytest.raises(AlignmentError, match="shares no view"):
+        merger.add(np.arange(12, 20), as_da3_chunk(truth, np.arange(12, 20), rng))
+    with pytest.raises(AlignmentError, match="never predicted"):
+        merger.result()
+
+
+def test_footprint_of_a_300_frame_merge_is_about_half_a_gigabyte():
+    size = ChunkMerger.footprint_bytes(300, 378, 504)
+    assert 0.6e9 < size < 0.7e9

@@ -1,13 +1,50 @@
-import bpy
+"""``da3.import_prediction``: File > Import > DA3 Prediction (.npz); a thin wrapper over ``api``."""
+# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
-CLASSES = ()
+import bpy
+from bpy.props import StringProperty
+from bpy_extras.io_utils import ImportHelper
+
+from .. import api
+from ..engine.prediction import PredictionError
+from ..properties import BuildOptionProps
+
+
+class DA3_OT_import_prediction(BuildOptionProps, bpy.types.Operator, ImportHelper):
+    """Build a DA3 prediction (.npz, DA3's npz or mini_npz export) into a new collection"""
+
+    bl_idname = "da3.import_prediction"
+    bl_label = "Import DA3 Prediction"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".npz"
+    filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+
+    def execute(self, context):
+        try:
+            options = self.build_options()
+            collection = api.import_prediction(self.filepath, options, context=context)
+        except (PredictionError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Imported '{collection.name}' ({len(collection.all_objects)} objects)")
+        return {"FINISHED"}
+
+
+def menu_import(self, context):
+    self.layout.operator(DA3_OT_import_prediction.bl_idname, text="DA3 Prediction (.npz)")
+
+
+CLASSES = (DA3_OT_import_prediction,)
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
 
 
 def unregister():
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

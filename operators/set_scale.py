@@ -1,6 +1,57 @@
-import bpy
+"""``da3.set_scale``: give a DA3 result its real size from one known distance."""
+# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
-CLASSES = ()
+import bpy
+from bpy.props import FloatProperty
+
+from .. import api
+from ..builder.rescale import object_span, result_collection_of, selected_vertex_span
+
+
+class DA3_OT_set_scale(bpy.types.Operator):
+    """Rescale the whole DA3 result so the selected pair (two vertices, an edge or two objects)
+    is this far apart"""
+
+    bl_idname = "da3.set_scale"
+    bl_label = "Set Real Scale"
+    bl_options = {"REGISTER", "UNDO"}
+
+    distance: FloatProperty(name="Real Distance", default=1.0, min=1e-6, subtype="DISTANCE",
+                            description="The true distance between the selected pair")
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None or bool(context.selected_objects)
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        try:
+            collection, measured = measure(context)
+            factor = api.set_scale(collection, measured, self.distance)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Scaled '{collection.name}' by {factor:.4g}")
+        return {"FINISHED"}
+
+
+def measure(context):
+    """(result collection, measured distance) from the edit-mode selection or two objects."""
+    if context.mode == "EDIT_MESH":
+        obj = context.edit_object
+        span, candidates = selected_vertex_span(obj), [obj]
+    else:
+        candidates = list(context.selected_objects)
+        span = object_span(candidates)
+    collection = next(filter(None, map(result_collection_of, candidates)), None)
+    if collection is None:
+        raise ValueError("the selection is not part of a DA3 result collection")
+    return collection, span
+
+
+CLASSES = (DA3_OT_set_scale,)
 
 
 def register():

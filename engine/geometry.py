@@ -1,0 +1,321 @@
+"""From depth maps to geometry: masks, back-projection, axes, scale and triangulation (numpy only).
+
+Frames: DA3 cameras are OpenCV (x right, y down, z forward) and ``extrinsics`` are world-to-camera.
+The result is expressed in view 0's camera frame turned Z-up for Blender,
+``(x, y, z)_cv -> (x, z, -y)``, so the first camera sits at the origin looking along +Y with +Z up.
+
+Scale: metric predictions stay in metres. Relative ones are scaled so that the median depth of the
+kept pixels is ``RELATIVE_MEDIAN_DEPTH`` (2 m): a room-sized scene that Blender's default clip
+distances, grid and voxel sizes suit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .options import BuildOptions
+from .prediction import Prediction
+
+RELATIVE_MEDIAN_DEPTH = 2.0  # metres: what the median depth of a relative prediction becomes
+CONF_FLOOR = 1.05  # DA3's exporter: threshold = clamp(P_pct, 1.05, P90)
+CONF_CEILING_PERCENTILE = 90.0
+# A neighbour whose depth differs by more than this fraction is across a discontinuity. A smooth
+# surface changes by under 3% per pixel up to ~85 degrees of incidence at DA3's resolution.
+EDGE_TOLERANCE = 0.05
+
+# OpenCV camera axes -> Blender's Z-up world: (x, y, z) -> (x, z, -y).
+CV_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+# OpenCV camera axes -> Blender camera axes (Blender cameras look down -Z with +Y up).
+CV_TO_BLENDER_CAMERA = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass
+class Scene:
+    """Everything the Blender side needs, already in Blender's frame and scale."""
+
+    points: np.ndarray  # (N,H,W,3) float32 world positions of every pixel
+    valid: np.ndarray  # (N,H,W) bool, the pixels that survive every filter
+    colors: np.ndarray | None  # (N,H,W,4) float32 linear RGBA, None without images
+    cam_to_world: np.ndarray  # (N,4,4) Blender camera matrices (looking down -Z), scaled
+    scale: float  # metres per unit of the prediction's depth
+    conf_threshold: float | None
+
+    @property
+    def num_points(self) -> int:
+        return int(np.count_nonzero(self.valid))
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+def confidence_threshold(conf: np.ndarray, considered: np.ndarray, percentile: float) -> float:
+    """DA3's exporter rule: min(max(1.05, P_pct), P90) of the confidence of ``considered`` pixels."""
+    values = conf[considered]
+    if values.size == 0:
+        return CONF_FLOOR
+    low, high = np.percentile(values, [percentile, CONF_CEILING_PERCENTILE])
+    return float(min(max(CONF_FLOOR, low), high))
+
+
+def depth_jumps(a: np.ndarray, b: np.ndarray, tolerance: float = EDGE_TOLERANCE) -> np.ndarray:
+    """True where depths ``a`` and ``b`` differ by more than ``tolerance`` of the nearer one."""
+    near = np.minimum(a, b)
+    return np.abs(a - b) > tolerance * near
+
+
+def edge_mask(depth: np.ndarray, tolerance: float = EDGE_TOLERANCE) -> np.ndarray:
+    """(..., H, W) True at flying pixels: a 4-neighbour's depth jumps by more than ``tolerance``.
+
+    Both sides of a jump go: the interpolated depths DA3 predicts across an occlusion edge lie
+    between foreground and background, and neither side of such a pair can be trusted.
+    """
+    flying = np.zeros(depth.shape, dtype=bool)
+    across = depth_jumps(depth[..., :, 1:], depth[..., :, :-1], tolerance)
+    flying[..., :, 1:] |= across
+    flying[..., :, :-1] |= across
+    down = depth_jumps(depth[..., 1:, :], depth[..., :-1, :], tolerance)
+    flying[..., 1:, :] |= down
+    flying[..., :-1, :] |= down
+    return flying
+
+
+def valid_mask(pred: Prediction, options: BuildOptions) -> tuple[np.ndarray, float | None]:
+    """Pixels to keep (depth > 0, not sky, confident, not flying) and the confidence threshold."""
+    valid = pred.depth > 0
+    if options.mask_sky and pred.sky is not None:
+        valid &= ~pred.sky
+    threshold = None
+    if pred.conf is not None:
+        threshold = confidence_threshold(pred.conf, valid, options.confidence_percentile)
+        valid &= pred.conf >= threshold
+    valid &= ~edge_mask(pred.depth)
+    return valid, threshold
+
+
+# --- frames and scale ------------------------------------------------------------------------
+
+def relative_scale(depth: np.ndarray, valid: np.ndarray, is_metric: bool) -> float:
+    """Metres per depth unit: 1 for metric output, else what brings the median depth to 2 m."""
+    if is_metric:
+        return 1.0
+    kept = depth[valid]
+    median = float(np.median(kept)) if kept.size else 0.0
+    return RELATIVE_MEDIAN_DEPTH / median if median > 0 else 1.0
+
+
+def cameras_to_view0(world_to_camera: np.ndarray) -> np.ndarray:
+    """(N,4,4) camera-to-world matrices re-anchored on view 0 (DA3 may anchor on another view)."""
+    return world_to_camera[0] @ np.linalg.inv(world_to_camera)
+
+
+def blender_camera_matrices(cam_to_view0: np.ndarray, scale: float) -> np.ndarray:
+    """(N,4,4) Blender camera matrix_world: Z-up world, -Z viewing axis, translation scaled."""
+    out = np.tile(np.eye(4), (len(cam_to_view0), 1, 1))
+    out[:, :3, :3] = CV_TO_BLENDER @ cam_to_view0[:, :3, :3] @ CV_TO_BLENDER_CAMERA
+    out[:, :3, 3] = scale * (cam_to_view0[:, :3, 3] @ CV_TO_BLENDER.T)
+    return out
+
+
+def pixel_rays(intrinsics: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H,W,3) rays with z = 1 through pixel centres (pixel j spans [j, j+1))."""
+    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    k_inv = np.linalg.inv(intrinsics)
+    pix = np.stack([u, v, np.ones_like(u)], axis=-1)
+    return pix @ k_inv.T
+
+
+def backproject(pred: Prediction, scale: float) -> np.ndarray:
+    """(N,H,W,3) float32 positions of every pixel in Blender's world frame."""
+    to_world = cameras_to_view0(pred.world_to_camera())
+    out = np.empty(pred.depth.shape + (3,), dtype=np.float32)
+    for i in range(pred.num_views):
+        cam = pixel_rays(pred.intrinsics[i], pred.height, pred.width) * pred.depth[i][..., None]
+        rot = CV_TO_BLENDER @ to_world[i, :3, :3]
+        shift = CV_TO_BLENDER @ to_world[i, :3, 3]
+        out[i] = scale * (cam @ rot.T + shift)
+    return out
+
+
+def inside_box(points: np.ndarray, world_to_local: np.ndarray, low, high) -> np.ndarray:
+    """True for ``points`` (...,3) inside the box [low, high] of a frame given by ``world_to_local``."""
+    local = points @ world_to_local[:3, :3].T.astype(np.float32) + world_to_local[:3, 3]
+    return np.all((local >= np.asarray(low)) & (local <= np.asarray(high)), axis=-1)
+
+
+# --- colours ---------------------------------------------------------------------------------
+
+def _srgb_table() -> np.ndarray:
+    c = np.arange(256) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return linear.astype(np.float32)
+
+
+SRGB_TO_LINEAR = _srgb_table()
+
+
+def linear_colors(image: np.ndarray) -> np.ndarray:
+    """(…,3) uint8 sRGB -> (…,4) float32 linear RGBA, what Blender's float colour attributes hold."""
+    rgba = np.ones(image.shape[:-1] + (4,), dtype=np.float32)
+    rgba[..., :3] = SRGB_TO_LINEAR[image]
+    return rgba
+
+
+# --- the whole preparation -------------------------------------------------------------------
+
+def prepare(pred: Prediction, options: BuildOptions, crop=None) -> Scene:
+    """Filter, back-project and scale ``pred``; ``crop`` = (world_to_local, low, high) or None."""
+    valid, threshold = valid_mask(pred, options)
+    scale = relative_scale(pred.depth, valid, pred.is_metric)
+    points = backproject(pred, scale)
+    if crop is not None:
+        valid &= inside_box(points, *crop)
+    cameras = blender_camera_matrices(cameras_to_view0(pred.world_to_camera()), scale)
+    colors = linear_colors(pred.image) if pred.image is not None else None
+    return Scene(points, valid, colors, cameras, scale, threshold)
+
+
+# --- triangulation ---------------------------------------------------------------------------
+
+@dataclass
+class GridMesh:
+    """A triangulated depth grid: compact vertices and triangles over them."""
+
+    vertices: np.ndarray  # (V,3) float32
+    triangles: np.ndarray  # (T,3) int32, counter-clockwise seen from the camera in Blender
+    colors: np.ndarray | None  # (V,4) float32
+    pixel_index: np.ndarray  # (V,) int64 flat index of each vertex's pixel in its view
+
+
+def _grid_triangles(valid: np.ndarray, depth: np.ndarray, tolerance: float) -> np.ndarray:
+    """(T,3) flat pixel indices of the triangles of a valid grid that bridge no discontinuity.
+
+    Each grid cell (a, b / c, d) splits along a-d into (a, c, d) and (a, d, b); a triangle stays
+    when its three pixels are valid and no edge of it has a depth jump over ``tolerance``.
+    """
+    h, w = depth.shape
+    idx = np.arange(h * w).reshape(h, w)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    flat_valid, flat_depth = valid.ravel(), depth.ravel()
+    tris = []
+    for p, q, r in ((a, c, d), (a, d, b)):
+        p, q, r = p.ravel(), q.ravel(), r.ravel()
+        keep = flat_valid[p] & flat_valid[q] & flat_valid[r]
+        for s, t in ((p, q), (q, r), (r, p)):
+            keep &= ~depth_jumps(flat_depth[s], flat_depth[t], tolerance)
+        tris.append(np.stack([p[keep], q[keep], r[keep]], axis=1))
+    return np.concatenate(tris)
+
+
+def triangulate_view(points: np.ndarray, valid: np.ndarray, depth: np.ndarray,
+                     colors: np.ndarray | None = None, stride: int = 1,
+                     tolerance: float = EDGE_TOLERANCE) -> GridMesh:
+    """Triangulate one view's pixel grid (every ``stride``-th pixel) into a compact mesh."""
+    h, w = depth.shape
+    rows, cols = np.arange(0, h, stride), np.arange(0, w, stride)
+    sub = np.ix_(rows, cols)
+    tris = _grid_triangles(valid[sub], depth[sub], tolerance * stride)
+    pixel = (rows[:, None] * w + cols[None, :]).ravel()
+    used = np.zeros(pixel.size, dtype=bool)
+    used[tris.ravel()] = True
+    remap = np.cumsum(used, dtype=np.int64) - 1
+    vertices = points.reshape(-1, 3)[pixel[used]]
+    color = colors.reshape(-1, 4)[pixel[used]] if colors is not None else None
+    return GridMesh(np.ascontiguousarray(vertices, dtype=np.float32),
+                    np.ascontiguousarray(remap[tris], dtype=np.int32), color, pixel[used])
+
+
+def merge_meshes(meshes: list[GridMesh]) -> GridMesh:
+    """One mesh holding all of ``meshes`` (triangle indices shifted), e.g. to fuse the views."""
+    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+    has_color = all(m.colors is not None for m in meshes)
+    return GridMesh(
+        np.concatenate([m.vertices for m in meshes]),
+        np.concatenate([m.triangles + np.int32(o) for m, o in zip(meshes, offsets, strict=True)]),
+        np.concatenate([m.colors for m in meshes]) if has_color else None,
+        np.concatenate([m.pixel_index for m in meshes]),
+    )
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+def scene_extent(points: np.ndarray) -> float:
+    """Robust size of a point set: the longest side of its 1st-99th percentile box."""
+    if len(points) == 0:
+        return 0.0
+    sample = points[:: max(1, len(points) // 200_000)]
+    low, high = np.percentile(sample, [1, 99], axis=0)
+    return float(np.max(high - low))
+
+
+def occupied_voxels(points: np.ndarray, voxel_size: float) -> int:
+    """How many cubes of side ``voxel_size`` hold at least one of ``points``."""
+    cells = np.floor(points / voxel_size).astype(np.int64)
+    cells -= cells.min(axis=0)
+    span = cells.max(axis=0) + 1
+    return int(np.unique((cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]).size)
+
+
+def auto_voxel_size(points: np.ndarray, max_faces: int = 1_000_000, divisions: int = 256) -> float:
+    """Voxel size for the remesher: 1/``divisions`` of the extent, coarser if that gives too many faces.
+
+    A surface crosses about one voxel per voxel^2 of its area and the remeshed shell has two
+    walls, so it has about twice as many faces as ``points`` occupy voxels.
+    """
+    voxel = max(scene_extent(points) / divisions, 1e-4)
+    faces = 2 * occupied_voxels(points, voxel) if len(points) else 0
+    if faces > max_faces:
+        voxel *= float(np.sqrt(faces / max_faces))
+    return float(voxel)
+
+
+def surface_stride(scene: Scene, voxel_size: float, max_vertices: int = 2_000_000) -> int:
+    """Pixel step for the remesher's input: about two samples per voxel, at most ``max_vertices``."""
+    spacing = _median_pixel_spacing(scene)
+    by_voxel = int(voxel_size / (2.0 * spacing)) if spacing > 0 else 1
+    by_budget = int(np.ceil(np.sqrt(scene.num_points / max_vertices)))
+    return max(1, by_voxel, by_budget)
+
+
+def _median_pixel_spacing(scene: Scene) -> float:
+    """Median distance between horizontally adjacent kept pixels, in world units."""
+    pts, ok = scene.points, scene.valid
+    step = max(1, pts.shape[1] // 64)  # a sample of rows is plenty for a median
+    gaps = np.linalg.norm(pts[:, ::step, 1:] - pts[:, ::step, :-1], axis=-1)
+    both = ok[:, ::step, 1:] & ok[:, ::step, :-1]
+    return float(np.median(gaps[both])) if np.any(both) else 0.0
+
+
+def point_radius(scene: Scene) -> float:
+    """Display radius of the points: a little over half the spacing of neighbouring pixels."""
+    spacing = _median_pixel_spacing(scene)
+    return 0.6 * spacing if spacing > 0 else 0.005
+
+
+# --- what the builder asks for ---------------------------------------------------------------
+
+def kept_points(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:
+    """(P,3) positions and (P,4) colours (or None) of every kept pixel of every view."""
+    points = np.ascontiguousarray(scene.points[scene.valid])
+    colors = np.ascontiguousarray(scene.colors[scene.valid]) if scene.colors is not None else None
+    return points, colors
+
+
+def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1) -> list[GridMesh]:
+    """One triangulated grid per view (``depth`` is the prediction's, for the discontinuity test)."""
+    return [triangulate_view(scene.points[i], scene.valid[i], depth[i],
+                             None if scene.colors is None else scene.colors[i], stride)
+            for i in range(len(depth))]
+
+
+def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMesh:
+    """All views' grids, joined and thinned to about two samples per voxel: what gets remeshed."""
+    return merge_meshes(view_meshes(scene, depth, surface_stride(scene, voxel_size)))
+
+
+def voxel_size_for(scene: Scene, requested: float) -> float:
+    """``requested`` when set, else ``auto_voxel_size`` of the kept points (sampled every 2 pixels)."""
+    if requested > 0:
+        return requested
+    sample = scene.points[:, ::2, ::2][scene.valid[:, ::2, ::2]]
+    return auto_voxel_size(sample)

@@ -1,0 +1,339 @@
+"""Importing predictions into real Blender: geometry where it belongs, cameras that reproject,
+clean failures, and the operator matching the API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic_scenes import (
+    BOX_HIGH,
+    BOX_LOW,
+    PLANE_Z,
+    blender_to_world,
+    distance_to_scene,
+    make_prediction,
+)
+
+from engine.options import BuildOptions
+from engine.prediction import save_prediction
+
+ROLES = {"points", "view_mesh", "surface", "camera", "camera_track"}
+TRACKED = ("collections", "objects", "meshes", "materials", "cameras", "images", "node_groups",
+           "actions")
+
+
+def vertices_of(obj) -> np.ndarray:
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    return co.reshape(-1, 3) @ np.array(obj.matrix_world)[:3, :3].T + np.array(obj.matrix_world)[:3, 3]
+
+
+def by_role(collection, role):
+    return [o for o in collection.all_objects if o.get("da3_role") == role]
+
+
+def counts(bpy):
+    return {kind: len(getattr(bpy.data, kind)) for kind in TRACKED}
+
+
+@pytest.fixture
+def everything():
+    return BuildOptions(output_points=True, output_view_meshes=True, output_surface=True,
+                        output_cameras=True)
+
+
+# --- geometry lands where it should ------------------------------------------------------------
+
+def test_points_land_on_the_true_surface(addon, everything):
+    pred, _ = make_prediction(depth_scale=0.37)
+    coll = addon.api.import_prediction(pred, everything, name="synthetic")
+    (points,) = by_role(coll, "points")
+    world = blender_to_world(vertices_of(points), pred.extrinsics, coll["da3_scale"], 0.37)
+    assert len(world) > 0.8 * pred.depth.size
+    assert distance_to_scene(world).max() < 1e-4
+
+
+def test_relative_scale_puts_the_median_depth_at_two_metres(addon):
+    pred, _ = make_prediction(n_views=1, depth_scale=7.0)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    assert not coll["da3_is_metric"]
+    (points,) = by_role(coll, "points")
+    forward = vertices_of(points)[:, 1]  # view 0 looks along +Y
+    assert np.median(forward) == pytest.approx(2.0, rel=0.02)
+
+
+def test_metric_predictions_stay_in_metres(addon):
+    pred, _ = make_prediction(metric=True)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    assert coll["da3_is_metric"] and coll["da3_scale"] == 1.0
+    (points,) = by_role(coll, "points")
+    world = blender_to_world(vertices_of(points), pred.extrinsics, 1.0)
+    assert distance_to_scene(world).max() < 1e-4
+
+
+def test_the_first_camera_stands_upright_at_the_origin(addon):
+    pred, _ = make_prediction()
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False, output_points=False))
+    cam = next(o for o in by_role(coll, "camera") if o["da3_view_index"] == 0)
+    m = np.array(cam.matrix_world)
+    assert np.allclose(m[:3, 3], 0, atol=1e-6)
+    assert np.allclose(m[:3, 1], [0, 0, 1], atol=1e-6)  # camera up is +Z
+    assert np.allclose(-m[:3, 2], [0, 1, 0], atol=1e-6)  # looking along +Y
+
+
+def test_cameras_reproject_known_points_to_their_pixels(blender, addon):
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    pred, poses = make_prediction(n_views=3, width=80, height=60, depth_scale=0.5)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False, output_points=False))
+    scene = blender.context.scene
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (80, 60)
+    known = np.array([[*BOX_LOW[:2], BOX_LOW[2]], [BOX_HIGH[0], BOX_LOW[1], BOX_LOW[2]],
+                      [0.5, -0.3, BOX_LOW[2]], [2.0, 1.5, PLANE_Z]])
+    to_blender = _world_to_blender(pred.extrinsics, coll["da3_scale"], 0.5)
+    for cam in by_role(coll, "camera"):
+        i = cam["da3_view_index"]
+        expected = _project(pred.intrinsics[i], np.linalg.inv(poses[i]), known)
+        for point, (u, v) in zip(to_blender(known), expected, strict=True):
+            ndc = world_to_camera_view(scene, cam, Vector(point.tolist()))
+            assert ndc.x * 80 == pytest.approx(u, abs=1e-3)
+            assert (1 - ndc.y) * 60 == pytest.approx(v, abs=1e-3)
+
+
+def _project(k, w2c, points):
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    pix = cam @ k.T
+    return pix[:, :2] / pix[:, 2:]
+
+
+def _world_to_blender(extrinsics, scale, depth_scale):
+    cv_to_blender = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
+    w2c0 = np.eye(4)
+    w2c0[:3] = extrinsics[0]
+    return lambda pts: scale * ((pts * depth_scale) @ w2c0[:3, :3].T + w2c0[:3, 3]) @ cv_to_blender.T
+
+
+def test_view_meshes_never_bridge_the_box_outline(addon):
+    pred, _ = make_prediction(n_views=2, depth_scale=1.0)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_view_meshes=True,
+                                                          output_surface=False))
+    meshes = by_role(coll, "view_mesh")
+    assert sorted(o["da3_view_index"] for o in meshes) == [0, 1]
+    for obj in meshes:
+        verts = blender_to_world(vertices_of(obj), pred.extrinsics, coll["da3_scale"])
+        tris = np.empty(len(obj.data.polygons) * 3, np.int32)
+        obj.data.polygons.foreach_get("vertices", tris)
+        centroids = verts[tris.reshape(-1, 3)].mean(axis=1)
+        assert len(centroids) > 1000
+        # A triangle across the outline has its centre in mid-air, a metre from any surface.
+        assert distance_to_scene(centroids).max() < 0.05
+
+
+def test_remeshed_surface_exists_and_keeps_colours(addon):
+    pred, _ = make_prediction(n_views=3, width=96, height=72, focal=90.0)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, output_cameras=False))
+    (surface,) = by_role(coll, "surface")
+    mesh = surface.data
+    assert len(mesh.polygons) > 1000 and surface["da3_voxel_size"] > 0
+    colors = np.empty(len(mesh.vertices) * 4, np.float32)
+    mesh.color_attributes["Col"].data.foreach_get("color", colors)
+    colors = colors.reshape(-1, 4)
+    red = (colors[:, 0] > 0.3) & (colors[:, 1] < 0.1)
+    green = (colors[:, 1] > 0.2) & (colors[:, 0] < 0.1)
+    assert red.mean() > 0.05 and green.mean() > 0.3
+    assert mesh.materials[0].node_tree.nodes.get("Attribute").attribute_name == "Col"
+
+
+def test_points_render_as_coloured_points(blender, addon):
+    pred, _ = make_prediction(n_views=1)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    (points,) = by_role(coll, "points")
+    evaluated = points.evaluated_get(blender.context.evaluated_depsgraph_get())
+    assert evaluated.data is not None
+    group = points.modifiers[0].node_group
+    assert {n.bl_idname for n in group.nodes} >= {"GeometryNodeMeshToPoints",
+                                                   "GeometryNodeSetMaterial"}
+    assert len(points.data.color_attributes["Col"].data) == len(points.data.vertices)
+
+
+def test_every_object_has_a_role_and_one_collection_holds_them(blender, addon, everything):
+    before = {c.name for c in blender.data.collections}
+    pred, _ = make_prediction(n_views=3)
+    coll = addon.api.import_prediction(pred, everything, name="tagged")
+    assert {c.name for c in blender.data.collections} - before == {"tagged"}
+    assert coll.name in blender.context.scene.collection.children
+    roles = [o["da3_role"] for o in coll.all_objects]
+    assert set(roles) <= ROLES
+    assert roles.count("camera") == 3 and roles.count("points") == 1 and roles.count("surface") == 1
+    assert sorted(o["da3_view_index"] for o in by_role(coll, "camera")) == [0, 1, 2]
+
+
+def test_cameras_carry_the_frame_as_a_packed_background(addon):
+    pred, _ = make_prediction(n_views=2)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    for cam in by_role(coll, "camera"):
+        background = cam.data.background_images[0]
+        assert background.image.packed_file is not None
+        assert tuple(background.image.size) == (pred.width, pred.height)
+        pixels = np.array(background.image.pixels[:]).reshape(pred.height, pred.width, 4)
+        top_row = pred.image[cam["da3_view_index"], 0]  # Blender stores the bottom row first
+        assert np.allclose(pixels[-1, :, :3] * 255, top_row, atol=1)
+
+
+def test_a_video_gets_an_animated_camera_track(blender, addon):
+    pred, _ = make_prediction(n_views=4, video=True)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    (track,) = by_role(coll, "camera_track")
+    scene = blender.context.scene
+    for i, frame in enumerate(pred.frame_indices):
+        scene.frame_set(int(frame) + 1)
+        view = next(o for o in by_role(coll, "camera") if o["da3_view_index"] == i)
+        assert np.allclose(np.array(track.matrix_world), np.array(view.matrix_world), atol=1e-4)
+
+
+def test_crop_object_keeps_only_what_is_inside(blender, addon):
+    pred, _ = make_prediction(n_views=1)
+    crop = blender.data.objects.new("crop", None)  # an empty: its bounds are the unit cube
+    blender.context.scene.collection.objects.link(crop)
+    crop.location, crop.scale = (0.0, 1.1, 0.0), (0.2, 0.2, 0.2)  # around the box front
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False,
+                                                          crop_object="crop"))
+    verts = vertices_of(by_role(coll, "points")[0])
+    assert len(verts) > 0
+    assert np.all(np.abs(verts - [0.0, 1.1, 0.0]) <= 0.2 + 1e-5)
+    assert tuple(crop.location) == pytest.approx((0.0, 1.1, 0.0))
+
+
+def test_sky_pixels_are_left_out(addon):
+    pred, _ = make_prediction(n_views=1, depth_scale=1.0)
+    pred.sky = np.zeros(pred.depth.shape, bool)
+    pred.sky[:, : pred.height // 2] = True
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    kept = len(by_role(coll, "points")[0].data.vertices)
+    assert kept < 0.55 * pred.depth.size
+
+
+def test_low_confidence_is_dropped_like_da3s_exporter(addon):
+    pred, _ = make_prediction(n_views=1)
+    pred.conf[:, :, : pred.width // 2] = 1.0  # below DA3's floor of 1.05
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    assert coll["da3_conf_threshold"] == pytest.approx(1.05)
+    assert len(by_role(coll, "points")[0].data.vertices) < 0.55 * pred.depth.size
+
+
+# --- files and the operator ---------------------------------------------------------------------
+
+def test_operator_reads_a_file_like_the_api(blender, addon, tmp_path):
+    pred, _ = make_prediction(n_views=2)
+    path = save_prediction(pred, tmp_path / "room.npz")
+    assert blender.ops.da3.import_prediction(filepath=str(path), output_surface=False) == {"FINISHED"}
+    by_operator = blender.data.collections["room"]
+    by_api = addon.api.import_prediction(path, BuildOptions(output_surface=False), name="api")
+    a, b = (vertices_of(by_role(c, "points")[0]) for c in (by_operator, by_api))
+    assert np.array_equal(a, b)
+
+
+def test_official_mini_npz_without_images_imports(blender, tmp_path):
+    pred, _ = make_prediction(n_views=2)
+    path = tmp_path / "mini.npz"
+    np.savez_compressed(path, depth=pred.depth, conf=pred.conf, extrinsics=pred.extrinsics,
+                        intrinsics=pred.intrinsics)
+    assert blender.ops.da3.import_prediction(filepath=str(path)) == {"FINISHED"}
+    coll = blender.data.collections["mini"]
+    assert {o["da3_role"] for o in coll.all_objects} == {"points", "surface", "camera"}
+    assert all(not o.data.background_images for o in by_role(coll, "camera"))
+
+
+def test_import_is_in_the_file_import_menu(blender, addon):
+    draw_funcs = blender.types.TOPBAR_MT_file_import._dyn_ui_initialize()
+    assert addon.operators.import_prediction.menu_import in draw_funcs
+
+
+def test_operator_is_undoable(blender, addon, tmp_path):
+    op = addon.operators.import_prediction.DA3_OT_import_prediction
+    assert {"REGISTER", "UNDO"} <= op.bl_options
+    path = save_prediction(make_prediction(n_views=2)[0], tmp_path / "undo.npz")
+    blender.ops.ed.undo_push(message="before import")
+    before, resolution = counts(blender), resolution_of(blender)
+    blender.ops.da3.import_prediction("EXEC_DEFAULT", True, filepath=str(path))
+    assert counts(blender) != before
+    blender.ops.ed.undo()
+    assert counts(blender) == before
+    assert "undo" not in blender.data.collections
+    assert resolution_of(blender) == resolution
+
+
+# --- failures leave nothing behind ----------------------------------------------------------------
+
+def _bad_files(tmp_path):
+    pred, _ = make_prediction(n_views=2)
+    good = dict(depth=pred.depth, conf=pred.conf, extrinsics=pred.extrinsics,
+                intrinsics=pred.intrinsics, image=pred.image)
+    nan, negative, no_focal = pred.depth.copy(), pred.depth.copy(), pred.intrinsics.copy()
+    nan[0, 3, 3], negative[1, 2, 2], no_focal[1, 0, 0] = np.nan, -1.0, 0.0
+    cases = {
+        "missing_keys": {k: v for k, v in good.items() if k != "intrinsics"},
+        "shape_mismatch": {**good, "conf": pred.conf[:, :-1]},
+        "nan_depth": {**good, "depth": nan},
+        "inf_depth": {**good, "depth": np.where(nan != nan, np.inf, nan)},
+        "negative_depth": {**good, "depth": negative},
+        "zero_views": {**good, "depth": pred.depth[:0], "intrinsics": pred.intrinsics[:0],
+                       "extrinsics": pred.extrinsics[:0], "conf": pred.conf[:0],
+                       "image": pred.image[:0]},
+        "zero_focal": {**good, "intrinsics": no_focal},
+    }
+    paths = {}
+    for name, arrays in cases.items():
+        paths[name] = tmp_path / f"{name}.npz"
+        np.savez(paths[name], **arrays)
+    paths["not_an_npz"] = tmp_path / "not_an_npz.npz"
+    paths["not_an_npz"].write_text("this is not a zip archive")
+    paths["missing_file"] = tmp_path / "nowhere.npz"
+    return paths
+
+
+BAD = ("missing_keys", "shape_mismatch", "nan_depth", "inf_depth", "negative_depth", "zero_views",
+       "zero_focal", "not_an_npz", "missing_file")
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_files_fail_in_one_line_and_leave_nothing(blender, tmp_path, case):
+    path = _bad_files(tmp_path)[case]
+    before = counts(blender)
+    with pytest.raises(RuntimeError) as err:
+        blender.ops.da3.import_prediction(filepath=str(path))
+    message = str(err.value).strip()
+    assert message.startswith("Error:") and "\n" not in message and "Traceback" not in message
+    assert counts(blender) == before
+
+
+def test_a_failure_mid_build_removes_what_was_made(blender, addon, everything, monkeypatch):
+    pred, _ = make_prediction(n_views=2)
+    before = counts(blender)
+    resolution = resolution_of(blender)
+
+    def explode(build):
+        raise addon.engine.prediction.PredictionError("simulated failure after the cameras")
+
+    result = addon.builder.result
+    monkeypatch.setattr(result, "_PARTS", result._PARTS + (("output_cameras", explode, "boom"),))
+    with pytest.raises(ValueError, match="simulated"):
+        addon.api.import_prediction(pred, everything)
+    assert counts(blender) == before
+    assert resolution_of(blender) == resolution
+
+
+def test_nothing_survives_the_filters_is_an_error(blender, addon):
+    pred, _ = make_prediction(n_views=1)
+    far_away = blender.data.objects.new("far away", None)
+    blender.context.scene.collection.objects.link(far_away)
+    far_away.location = (100.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="no pixel survives"):
+        addon.api.import_prediction(pred, BuildOptions(crop_object="far away"))
+    assert "DA3 Prediction" not in blender.data.collections
+
+
+def resolution_of(bpy):
+    render = bpy.context.scene.render
+    return render.resolution_x, render.resolution_y

@@ -1,0 +1,116 @@
+"""DA3's resize/crop/normalise recipe (engine.preprocess) against the numbers of the recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import preprocess as pp
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((640, 480), (504, 378)),
+    ((1920, 1080), (504, 280)),
+    ((400, 300), (504, 378)),
+    ((504, 378), (504, 378)),
+    ((1080, 1920), (280, 504)),
+    ((64, 48), (504, 378)),
+])
+def test_processed_sizes_follow_the_recipe(size, expected):
+    w, h = size
+    assert pp.processed_size(w, h, 504) == expected
+    out = pp.resize_for_network(np.zeros((h, w, 3), np.uint8), 504)
+    assert out.shape == (expected[1], expected[0], 3)
+
+
+def test_small_process_res_used_by_the_tests():
+    assert pp.processed_size(64, 48, 140) == (140, 112)  # 105 -> 112: ties go up
+
+
+@pytest.mark.parametrize("x, expected", [(7, 14), (21, 28), (20, 14), (22, 28), (378, 378),
+                                         (280, 280), (283, 280), (3, 14)])
+def test_nearest_multiple_of_14_ties_up(x, expected):
+    assert pp.nearest_multiple(x) == expected
+
+
+def test_shrinking_uses_area_and_enlarging_cubic():
+    import cv2
+
+    img = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    grown = pp.resize_for_network(img, 140)
+    step1 = cv2.resize(img, (140, 105), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(grown, cv2.resize(step1, (140, 112), interpolation=cv2.INTER_CUBIC))
+    big = np.repeat(np.repeat(img, 10, 0), 10, 1)  # 640x480
+    shrunk = pp.resize_for_network(big, 504)
+    assert np.array_equal(shrunk, cv2.resize(big, (504, 378), interpolation=cv2.INTER_AREA))
+
+
+def test_intrinsics_scale_with_the_resize():
+    K = np.array([[800.0, 0, 320], [0, 780.0, 240], [0, 0, 1]])
+    batch = pp.preprocess([np.zeros((480, 640, 3), np.uint8)], 504, intrinsics=[K])
+    expected = K.copy()
+    expected[0] *= 504 / 640
+    expected[1] *= 378 / 480
+    np.testing.assert_allclose(batch.intrinsics[0], expected)
+
+
+def test_intrinsics_scale_per_axis_when_rounding_changes_the_aspect():
+    K = np.array([[1000.0, 0, 960], [0, 1000.0, 540], [0, 0, 1]])
+    out = pp.preprocess([np.zeros((1080, 1920, 3), np.uint8)], 504, intrinsics=[K]).intrinsics[0]
+    assert out[0, 0] == pytest.approx(1000 * 504 / 1920)
+    assert out[1, 1] == pytest.approx(1000 * 280 / 1080)  # 283.5 -> 284 -> 280
+    assert (out[0, 2], out[1, 2]) == pytest.approx((252.0, 140.0))
+
+
+def test_mixed_sizes_are_centre_cropped_to_the_smallest_and_cx_cy_shift():
+    landscape = np.zeros((480, 640, 3), np.uint8)  # -> 504x378
+    portrait = np.zeros((640, 480, 3), np.uint8)  # -> 378x504
+    wide = np.zeros((1080, 1920, 3), np.uint8)  # -> 504x280
+    Ks = [np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]),
+          np.array([[500.0, 0, 240], [0, 500.0, 320], [0, 0, 1]]),
+          np.array([[900.0, 0, 960], [0, 900.0, 540], [0, 0, 1]])]
+    batch = pp.preprocess([landscape, portrait, wide], 504, intrinsics=Ks)
+    assert batch.size == (280, 378)
+    assert batch.pixels.shape == (3, 3, 280, 378)
+    assert batch.images.shape == (3, 280, 378, 3)
+    # landscape 504x378: left (504-378)//2 = 63, top (378-280)//2 = 49
+    assert batch.intrinsics[0][0, 2] == pytest.approx(320 * 504 / 640 - 63)
+    assert batch.intrinsics[0][1, 2] == pytest.approx(240 * 378 / 480 - 49)
+    # portrait 378x504: left 0, top (504-280)//2 = 112
+    assert batch.intrinsics[1][1, 2] == pytest.approx(320 * 504 / 640 - 112)
+    # wide 504x280: left 63, top 0
+    assert batch.intrinsics[2][1, 2] == pytest.approx(140.0)
+
+
+def test_crop_takes_the_centre():
+    img = np.zeros((504, 378, 3), np.uint8)
+    img[63:63 + 378] = 255  # the middle rows
+    other = np.zeros((378, 504, 3), np.uint8)
+    batch = pp.make_batch([img, other])
+    assert batch.size == (378, 378)
+    assert batch.images[0].min() >= 254  # DA3 truncates after denormalising
+
+
+def test_normalisation_matches_torchvision_arithmetic():
+    img = (np.arange(14 * 28 * 3) % 256).astype(np.uint8).reshape(1, 14, 28, 3)
+    x = pp.normalise(img)
+    assert x.dtype == np.float32 and x.shape == (1, 3, 14, 28)
+    # ToTensor: float32 / 255, then Normalize: (x - mean) / std, all in float32
+    ref = ((img.astype(np.float32) / np.float32(255)) - pp.MEAN) / pp.STD
+    assert np.array_equal(x, ref.transpose(0, 3, 1, 2))
+
+
+def test_image_field_is_what_da3_stores():
+    img = (np.arange(14 * 28 * 3) % 256).astype(np.uint8).reshape(14, 28, 3)
+    batch = pp.make_batch([img])
+    # DA3 denormalises the float tensor and truncates: values may be one below the input
+    diff = img.astype(int) - batch.images[0].astype(int)
+    assert diff.min() >= 0 and diff.max() <= 1
+
+
+def test_default_intrinsics_have_the_documented_field_of_view():
+    K = pp.default_intrinsics(2, 378, 504)
+    assert K.shape == (2, 3, 3)
+    fov = 2 * np.degrees(np.arctan(252 / K[0, 0, 0]))
+    assert fov == pytest.approx(pp.DEFAULT_FOV_X_DEG)
+    assert (K[0, 0, 2], K[0, 1, 2]) == (252.0, 189.0)

@@ -21,7 +21,7 @@ class DA3_OT_set_scale(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return context.active_object is not None or bool(context.selected_objects)
+        return bool(context.view_layer.objects.selected)
 
     def invoke(self, context, event):
         return context.window_manager.invoke_props_dialog(self)
@@ -43,7 +43,8 @@ def measure(context):
         obj = context.edit_object
         span, candidates = selected_vertex_span(obj), [obj]
     else:
-        candidates = list(context.selected_objects)
+        # The view layer's selection: context.selected_objects needs a 3D view to exist.
+        candidates = list(context.view_layer.objects.selected)
         span = object_span(candidates)
     collection = next(filter(None, map(result_collection_of, candidates)), None)
     if collection is None:

@@ -1,11 +1,176 @@
-"""The headless command line: ``blender -c da3_reconstruct INPUT -o OUT.blend``."""
+"""The headless command line: ``blender -c da3_reconstruct INPUT -o OUT.blend [options]``.
 
+Reconstructs INPUT (a folder of images, image files or a video) into a new, empty scene, saves
+it as OUT.blend and optionally renders a preview PNG with Cycles. Exit codes: 0 done, 1 failed
+(one line on stderr saying why), 2 bad arguments, 130 interrupted. Blender as a Python module has
+no ``blender`` executable: ``scripts/da3_cli.py`` runs the same function there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import bpy
+
+from . import reconstruct
+from .engine.options import FUSION_MODES, BuildOptions
+from .engine.presets import DEFAULT_MODEL, PRESETS
+from .engine.protocol import DEVICES
+
+COMMAND = "da3_reconstruct"
+_DEFAULTS = BuildOptions()
 _handle = None
 
 
+class UsageError(Exception):
+    """Bad arguments: argparse's message, without its usage block and without exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "yes", "true", "1"):
+        return True
+    if value in ("off", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, not '{text}'")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"blender -c {COMMAND}",
+                     description="Reconstruct a 3D scene from images or a video with Depth Anything 3.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="a folder of images, image files, or one video file")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.blend", help=".blend file to write")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=list(PRESETS), metavar="MODEL",
+                        help=f"model preset (default {DEFAULT_MODEL}): {', '.join(PRESETS)}")
+    parser.add_argument("--weights", default="", metavar="DIR",
+                        help="folder with config.json and model.safetensors (default: the models folder)")
+    parser.add_argument("--device", default="", choices=DEVICES, help="compute device (default: preferences)")
+    parser.add_argument("--resolution", type=int, default=504, dest="process_res", metavar="PX",
+                        help="longest side the model sees, in pixels (default 504)")
+    frames = parser.add_mutually_exclusive_group()
+    frames.add_argument("--frames", type=int, default=32, dest="max_frames", metavar="N",
+                        help="video: number of frames to use (default 32)")
+    frames.add_argument("--fps", type=float, default=0.0, help="video: frames per second to use instead")
+    parser.add_argument("--render", default="", metavar="PREVIEW.png",
+                        help="also render a preview from the first camera (Cycles)")
+    parser.add_argument("--name", default="", help="name of the result's collection")
+    add_build_options(parser)
+    return parser
+
+
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("build options (same names as the panel and the Python API)")
+    for name in ("output_points", "output_view_meshes", "output_surface", "output_cameras", "mask_sky"):
+        default = "on" if getattr(_DEFAULTS, name) else "off"
+        group.add_argument(f"--{name.replace('_', '-')}", type=on_off, default=getattr(_DEFAULTS, name),
+                           metavar="on|off", help=f"default {default}")
+    group.add_argument("--fusion", default=_DEFAULTS.fusion, choices=FUSION_MODES)
+    group.add_argument("--voxel-size", type=float, default=_DEFAULTS.voxel_size, metavar="M",
+                       help="surface detail; 0 = automatic")
+    group.add_argument("--confidence-percentile", type=float, default=_DEFAULTS.confidence_percentile,
+                       metavar="P", help="drop the least confident pixels (0-100)")
+    group.add_argument("--crop-object", default="", metavar="NAME", help=argparse.SUPPRESS)
+
+
+def request_from(args: argparse.Namespace) -> reconstruct.Request:
+    options = BuildOptions.from_mapping(vars(args))
+    fps = args.fps if args.fps > 0 else 0.0
+    return reconstruct.Request(
+        sources=list(args.inputs), model=args.model, weights=args.weights, device=args.device,
+        process_res=args.process_res, max_frames=0 if fps else args.max_frames, fps=fps,
+        options=options, name=args.name)
+
+
+def main(argv: list[str]) -> int:
+    """The command: returns the exit code; failures print one line on stderr."""
+    parser = make_parser()
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        return 0
+    try:
+        args = parser.parse_args(argv)
+        request = request_from(args)
+    except (UsageError, ValueError) as exc:
+        return fail(f"{parser.prog}: error: {exc}", 2)
+    try:
+        reconstruct_and_save(request, Path(args.output), Path(args.render) if args.render else None)
+    except reconstruct.ReconstructCancelled:
+        return fail("da3_reconstruct: cancelled", 130)
+    except KeyboardInterrupt:
+        return fail("da3_reconstruct: interrupted", 130)
+    except (reconstruct.ReconstructError, ValueError, OSError, RuntimeError) as exc:
+        return fail(f"da3_reconstruct: {one_line(exc)}", 1)
+    return 0
+
+
+def reconstruct_and_save(request: reconstruct.Request, output: Path, preview: Path | None) -> None:
+    if output.suffix.lower() != ".blend":
+        raise ValueError(f"the output must be a .blend file, not '{output}'")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    collection = reconstruct.run(request, context=bpy.context, report=print)
+    print(f"DA3: built '{collection.name}' ({len(collection.all_objects)} objects)")
+    if preview is not None:
+        render_preview(preview)
+        print(f"DA3: preview {preview}")
+    bpy.ops.wm.save_as_mainfile(filepath=str(output.resolve()), check_existing=False)
+    print(f"DA3: saved {output}")
+
+
+def render_preview(path: Path, long_side: int = 640, samples: int = 16) -> None:
+    """A small Cycles render from the first reconstructed camera (the first view's viewpoint)."""
+    scene = bpy.context.scene
+    camera = first_camera(scene)
+    if camera is None:
+        raise ValueError("--render needs a camera: keep --output-cameras on")
+    scene.camera = camera
+    render = scene.render
+    scale = long_side / max(render.resolution_x, render.resolution_y, 1)
+    render.resolution_percentage = max(1, min(100, round(scale * 100)))
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.world = scene.world or bpy.data.worlds.new("DA3 Preview")
+    scene.world.color = (0.8, 0.8, 0.8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render.image_settings.file_format = "PNG"
+    render.filepath = str(path.resolve())
+    bpy.ops.render.render(write_still=True)
+    if not path.exists():
+        raise RuntimeError(f"the preview render did not write {path}")
+
+
+def first_camera(scene):
+    cameras = [o for o in scene.objects if o.get("da3_role") == "camera"]
+    cameras.sort(key=lambda o: o.get("da3_view_index", 0))
+    return cameras[0] if cameras else None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def fail(line: str, code: int) -> int:
+    print(line, file=sys.stderr)
+    return code
+
+
 def register():
-    pass
+    global _handle
+    _handle = bpy.utils.register_cli_command(COMMAND, main)
 
 
 def unregister():
-    pass
+    global _handle
+    if _handle is not None:
+        bpy.utils.unregister_cli_command(_handle)
+        _handle = None

@@ -1,13 +1,293 @@
-import bpy
+"""``da3.reconstruct`` and ``da3.cancel_reconstruct``: thin operators over ``reconstruct.py``.
 
-CLASSES = ()
+From the UI (invoke) the job runs modally: a window-manager timer ticks, each tick drains the
+worker's events within a few milliseconds, updates ``WindowManager.da3_job`` and redraws; Esc
+or the panel's Cancel button stops it. Called from a script (execute), and always in background
+mode, the same job runs to completion before the call returns.
+"""
+# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
+
+import atexit
+import time
+from pathlib import Path
+
+import bpy
+from bpy.app.handlers import persistent
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    StringProperty,
+)
+
+from .. import reconstruct
+from ..engine.presets import DEFAULT_MODEL, PRESETS
+from ..properties import BuildOptionProps
+
+TICK_S = 0.1  # modal timer interval
+TICK_BUDGET_S = 0.004  # the most a tick spends draining events
+
+MODEL_ITEMS = [(p.name, p.name, p.label) for p in PRESETS.values()]
+DEVICE_ITEMS = (
+    ("PREFERENCES", "Preferences", "The device chosen in the extension's preferences"),
+    ("AUTO", "Auto", "CUDA if present, else Apple MPS, else CPU"),
+    ("CUDA", "CUDA", "NVIDIA GPU"),
+    ("CPU", "CPU", "Processor only (slow for large models)"),
+    ("MPS", "Apple MPS", "Apple silicon GPU"),
+)
+SAMPLING_ITEMS = (
+    ("COUNT", "Frames", "Take this many frames from the whole video"),
+    ("FPS", "Per Second", "Take this many frames per second of video"),
+)
+# Settings the panel keeps on scene.da3 that a UI invocation starts from.
+_FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling", "max_frames", "fps",
+                  "output_points", "output_view_meshes", "output_surface", "output_cameras", "fusion",
+                  "voxel_size", "confidence_percentile", "mask_sky", "crop_object")
+
+
+class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
+    """Reconstruct a 3D scene from a folder of images, image files or a video with DA3"""
+
+    bl_idname = "da3.reconstruct"
+    bl_label = "Reconstruct from Images"
+    bl_options = {"UNDO"}
+
+    source: StringProperty(name="Source", subtype="FILE_PATH",
+                           description="A folder of images, an image or a video file")
+    directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    files: CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_movie: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
+    weights: StringProperty(name="Weights", subtype="DIR_PATH",
+                            description="Folder with config.json and model.safetensors; empty uses "
+                            "the models folder")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="PREFERENCES")
+    process_res: IntProperty(name="Resolution", default=504, min=14, soft_min=140, max=2016, step=14,
+                             description="Longest side the model sees, in pixels (DA3 default 504)")
+    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")
+    max_frames: IntProperty(name="Frames", default=32, min=1, max=5000,
+                            description="Video: how many frames to use")
+    fps: FloatProperty(name="FPS", default=2.0, min=0.01, max=120.0,
+                       description="Video: how many frames per second of video to use")
+    browse: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},
+                         description="Always open the file browser first")
+    use_modal: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},
+                            description="Run in the background of the UI (set by invoke)")
+
+    @classmethod
+    def poll(cls, _context):
+        if reconstruct.current() is not None:
+            cls.poll_message_set("A reconstruction is already running")
+            return False
+        return True
+
+    def invoke(self, context, _event):
+        self.use_modal = True
+        given = self.properties.is_property_set("source") or len(self.files) > 0
+        fill_unset_from(self, context.scene.da3)
+        if self.browse or not self.sources():
+            self.source = ""  # the file browser's choice (files or directory) decides
+            context.window_manager.fileselect_add(self)
+            return {"RUNNING_MODAL"}
+        if given:  # dropped files: let the user check the settings first
+            return context.window_manager.invoke_props_dialog(self, width=420)
+        return self.execute(context)
+
+    def draw(self, context):
+        from ..panels.main import draw_run_settings
+
+        draw_run_settings(self.layout, self, context)
+
+    def execute(self, context):
+        try:
+            request = self.request()
+            remember_source(context, self.sources())
+            if self.use_modal and not bpy.app.background and context.window is not None:
+                return self.start_modal(context, request)
+            return self.run_blocking(context, request)
+        except reconstruct.ReconstructCancelled:
+            self.report({"WARNING"}, "Reconstruction cancelled")
+            return {"CANCELLED"}
+        except (reconstruct.ReconstructError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+
+    # -- what to run --------------------------------------------------------------------------
+
+    def sources(self) -> list[str]:
+        """The chosen files (several from the file browser), else the directory or the source."""
+        directory = bpy.path.abspath(self.directory) if self.directory else ""
+        names = [f.name for f in self.files if f.name]
+        if names:
+            return [str(Path(directory) / name) for name in names]
+        if directory:
+            return [directory]
+        return [bpy.path.abspath(self.source)] if self.source else []
+
+    def request(self) -> reconstruct.Request:
+        counting = self.frame_sampling == "COUNT"
+        return reconstruct.Request(
+            sources=self.sources(),
+            model=self.model,
+            weights=bpy.path.abspath(self.weights) if self.weights else "",
+            device="" if self.device == "PREFERENCES" else self.device.lower(),
+            process_res=self.process_res,
+            max_frames=self.max_frames if counting else 0,
+            fps=0.0 if counting else self.fps,
+            options=self.build_options(),
+        )
+
+    # -- background mode and scripts: block until done --------------------------------------
+
+    def run_blocking(self, context, request):
+        collection = reconstruct.run(request, context=context, report=print)
+        self.report({"INFO"}, f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)")
+        return {"FINISHED"}
+
+    # -- the UI: a modal timer drives the run -------------------------------------------------
+
+    def start_modal(self, context, request):
+        run = reconstruct.start(request)
+        show_job(context.window_manager.da3_job, run)
+        self._timer = context.window_manager.event_timer_add(TICK_S, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        run = reconstruct.current()
+        if run is None:  # stopped from outside (unregister, file load)
+            return self.finish(context, None)
+        if event.type == "ESC" and event.value == "PRESS":
+            run.cancel(wait=False)
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER" or event.timer is not self._timer:
+            return {"PASS_THROUGH"}
+        return self.tick(context, run)
+
+    def tick(self, context, run):
+        advance(context.window_manager.da3_job, run)
+        redraw_sidebars(context)
+        if run.finished:
+            return self.finish(context, run)
+        return {"PASS_THROUGH"}
+
+    def finish(self, context, run):
+        context.window_manager.event_timer_remove(self._timer)
+        job = context.window_manager.da3_job
+        try:
+            if run is None:
+                raise reconstruct.ReconstructCancelled("reconstruction stopped")
+            collection = run.build(context)
+        except reconstruct.ReconstructCancelled:
+            end_job(job, "")
+            self.report({"WARNING"}, "Reconstruction cancelled")
+            return {"CANCELLED"}
+        except reconstruct.ReconstructError as exc:
+            end_job(job, str(exc))
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        finally:
+            if run is not None:
+                run.close()
+            redraw_sidebars(context)
+        end_job(job, "")
+        self.report({"INFO"}, f"Reconstructed '{collection.name}'")
+        return {"FINISHED"}
+
+    def cancel(self, context):
+        """Blender ends the modal operator (file load, quit): stop the worker too."""
+        context.window_manager.event_timer_remove(self._timer)
+        reconstruct.stop_all()
+        end_job(context.window_manager.da3_job, "")
+
+
+class DA3_OT_cancel_reconstruct(bpy.types.Operator):
+    """Stop the running reconstruction; nothing of it is kept"""
+
+    bl_idname = "da3.cancel_reconstruct"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, _context):
+        return reconstruct.current() is not None
+
+    def execute(self, _context):
+        reconstruct.current().cancel(wait=False)
+        return {"FINISHED"}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def fill_unset_from(op, settings) -> None:
+    """Start from the panel's settings wherever the caller did not set a property."""
+    for name in _FROM_SETTINGS:
+        if not op.properties.is_property_set(name) and hasattr(settings, name):
+            setattr(op, name, getattr(settings, name))
+
+
+def remember_source(context, sources: list[str]) -> None:
+    settings = getattr(context.scene, "da3", None)
+    if settings is not None and len(sources) == 1:
+        settings.source = sources[0]
+
+
+def advance(job, run) -> float:
+    """One timer tick: drain what the worker said, show it; returns the seconds it took."""
+    started = time.perf_counter()
+    run.tick(budget_s=TICK_BUDGET_S)
+    show_job(job, run)
+    return time.perf_counter() - started
+
+
+def show_job(job, run) -> None:
+    """Copy the run's state into WindowManager.da3_job for the panel."""
+    state = run.state
+    job.running = True
+    job.stage = state.stage
+    job.progress = run.progress()
+    job.done, job.total = state.done, state.total
+    job.eta_s = -1.0 if state.eta_s is None else float(state.eta_s)
+    job.message = run.status_line()
+    job.error = ""
+
+
+def end_job(job, error: str) -> None:
+    job.running = False
+    job.progress = 0.0
+    job.error = error
+    job.message = ""
+
+
+def redraw_sidebars(context) -> None:
+    screen = context.screen
+    for area in screen.areas if screen else ():
+        if area.type == "VIEW_3D":
+            area.tag_redraw()
+
+
+@persistent
+def stop_on_file_load(_dummy) -> None:
+    reconstruct.stop_all()
+
+
+CLASSES = (DA3_OT_reconstruct, DA3_OT_cancel_reconstruct)
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    bpy.app.handlers.load_pre.append(stop_on_file_load)
+    atexit.register(reconstruct.stop_all)
 
 
 def unregister():
+    reconstruct.stop_all()
+    atexit.unregister(reconstruct.stop_all)
+    if stop_on_file_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(stop_on_file_load)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -1,6 +1,215 @@
+"""The "DA3" tab in the 3D View sidebar: source, model, quality, build options, progress.
+
+Drawing lives in plain functions that take a layout, so tests can draw every state (no worker
+environment, idle, running, failed) with a recording layout: Blender never draws panels when it
+runs as a module.
+"""
+# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
+
+import os
+from pathlib import Path
+
 import bpy
 
-CLASSES = ()
+from .. import paths, reconstruct, vendor_install
+from ..engine.presets import get_preset
+from ..operators import install_deps
+
+
+class DA3_PT_main(bpy.types.Panel):
+    bl_idname = "DA3_PT_main"
+    bl_label = "DA3 Reconstruct"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DA3"
+
+    def draw(self, context):
+        draw_main(self.layout, context)
+
+
+class DA3_PT_model(bpy.types.Panel):
+    bl_idname = "DA3_PT_model"
+    bl_label = "Model and Quality"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DA3"
+    bl_parent_id = "DA3_PT_main"
+
+    def draw(self, context):
+        draw_model(self.layout, context.scene.da3)
+        draw_quality(self.layout, context.scene.da3, context)
+
+
+class DA3_PT_output(bpy.types.Panel):
+    bl_idname = "DA3_PT_output"
+    bl_label = "Output"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DA3"
+    bl_parent_id = "DA3_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        draw_build_options(self.layout, context.scene.da3)
+
+
+# -- the main panel ------------------------------------------------------------------------------
+
+def draw_main(layout, context) -> None:
+    settings = context.scene.da3
+    job = context.window_manager.da3_job
+    env_ok = draw_environment(layout)
+    if job.running:
+        draw_progress(layout, job)
+    elif job.error:
+        draw_error(layout, job.error)
+    draw_source(layout, settings, enabled=env_ok and not job.running)
+
+
+def draw_environment(layout) -> bool:
+    """Say when the worker environment is missing and offer to install it; True when ready."""
+    if install_deps.running():
+        box = layout.box()
+        box.label(text="Installing dependencies", icon="IMPORT")
+        state = install_deps.current_state()
+        box.progress(factor=state.fraction, type="BAR", text=state.message or state.stage or "Starting")
+        return False
+    status = worker_status()
+    if status.ok:
+        return True
+    box = layout.box()
+    box.label(text=f"Worker environment: {status.summary}", icon="ERROR")
+    if bpy.app.online_access:
+        box.operator("da3.install_dependencies", icon="IMPORT")
+    else:
+        box.label(text="Allow Online Access (Preferences > System) to install it", icon="INFO")
+    return False
+
+
+def draw_progress(layout, job) -> None:
+    box = layout.box()
+    box.progress(factor=job.progress, type="BAR", text=job.message or "Starting")
+    row = box.row()
+    if job.total > 0:
+        row.label(text=f"{job.done} / {job.total}")
+    if job.eta_s >= 0:
+        row.label(text=f"ETA {reconstruct.format_seconds(job.eta_s)}", icon="TIME")
+    box.operator("da3.cancel_reconstruct", text="Cancel (Esc)", icon="CANCEL")
+
+
+def draw_error(layout, error: str) -> None:
+    box = layout.box()
+    box.alert = True
+    box.label(text="Last run failed:", icon="ERROR")
+    for line in wrap(error, 48):
+        box.label(text=line)
+
+
+def draw_source(layout, settings, enabled: bool) -> None:
+    row = layout.row(align=True)
+    row.prop(settings, "source", text="")
+    browse = row.operator("da3.reconstruct", text="", icon="FILEBROWSER")
+    browse.browse = True
+    column = layout.column()
+    column.enabled = enabled
+    column.scale_y = 1.5
+    column.operator("da3.reconstruct", text="Reconstruct from images", icon="OUTLINER_OB_POINTCLOUD")
+
+
+# -- model, quality, build options ---------------------------------------------------------------
+
+def draw_model(layout, settings) -> None:
+    layout.prop(settings, "model")
+    preset = get_preset(settings.model)
+    column = layout.column(align=True)
+    usage = "commercial use allowed" if preset.commercial_use else "non-commercial only"
+    column.label(text=f"{preset.params_m:.0f}M parameters, {preset.download_mb} MiB")
+    column.label(text=f"{preset.licence} ({usage})",
+                 icon="CHECKMARK" if preset.commercial_use else "ERROR")
+    column.label(text="Metric scale (metres)" if preset.metric else "Relative scale",
+                 icon="DRIVER_DISTANCE")
+    draw_weights(layout, settings, preset)
+    layout.prop(settings, "weights")
+
+
+def draw_weights(layout, settings, preset) -> None:
+    if reconstruct.weights_present(preset.name, settings.weights):
+        layout.label(text="Weights present", icon="CHECKMARK")
+    elif bpy.app.online_access:
+        layout.label(text=f"Weights download on first run ({preset.download_mb} MiB)", icon="IMPORT")
+    else:
+        layout.label(text="Weights missing and online access is off", icon="ERROR")
+        layout.label(text=f"Put them in {paths.models_dir() / preset.name}")
+
+
+def draw_quality(layout, settings, context) -> None:
+    layout.prop(settings, "process_res")
+    layout.label(text="Video frames:")
+    row = layout.row(align=True)
+    row.prop(settings, "frame_sampling", expand=True)
+    layout.prop(settings, "max_frames" if settings.frame_sampling == "COUNT" else "fps")
+    prefs = paths.preferences()
+    if prefs is not None:
+        layout.prop(prefs, "device")
+
+
+def draw_build_options(layout, settings) -> None:
+    column = layout.column(heading="Build", align=True)
+    for name in ("output_points", "output_view_meshes", "output_surface", "output_cameras"):
+        column.prop(settings, name)
+    layout.prop(settings, "fusion")
+    layout.prop(settings, "voxel_size")
+    layout.prop(settings, "confidence_percentile")
+    layout.prop(settings, "mask_sky")
+    layout.prop_search(settings, "crop_object", bpy.data, "objects")
+
+
+def draw_run_settings(layout, op, _context) -> None:
+    """The reconstruct operator's dialog (after a drop): what the panel shows, on the operator."""
+    layout.prop(op, "source")
+    layout.prop(op, "model")
+    layout.prop(op, "process_res")
+    row = layout.row(align=True)
+    row.prop(op, "frame_sampling", expand=True)
+    layout.prop(op, "max_frames" if op.frame_sampling == "COUNT" else "fps")
+    layout.prop(op, "device")
+    draw_build_options(layout, op)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+_status_cache: dict = {}
+
+
+def worker_status() -> vendor_install.EnvStatus:
+    """The worker environment's status, checked again only when its interpreter changes."""
+    python = paths.worker_python()
+    key = (str(python), _mtime(python), install_deps.generation())
+    if _status_cache.get("key") != key:
+        _status_cache.update(key=key, status=vendor_install.env_status(python))
+    return _status_cache["status"]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Split a long one-line message into label-sized pieces at spaces."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+CLASSES = (DA3_PT_main, DA3_PT_model, DA3_PT_output)
 
 
 def register():
@@ -9,5 +218,6 @@ def register():
 
 
 def unregister():
+    _status_cache.clear()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -1,0 +1,307 @@
+"""The Python API for a whole run: images or a video -> the DA3 worker -> objects in Blender.
+
+    from bl_ext.<repo>.da3_reconstruct import reconstruct
+    collection = reconstruct.run(reconstruct.Request(["/photos/statue"], model="da3-small"))
+
+``start()`` writes the job into its own folder under ``paths.jobs_dir()`` and starts the worker
+(``paths.worker_python() -m engine.worker JOB.json``, cwd = this extension's folder) under an
+``engine.monitor.JobMonitor``. The caller then drives the returned ``Run``: ``tick()`` from a
+modal timer (the UI) or ``run()`` in a loop (background mode, the command line, scripts). When
+the worker is done, ``Run.build()`` imports the prediction with ``api.import_prediction`` on the
+calling (main) thread. ``Run.close()`` stops the worker and removes the job folder, whatever
+happened. One run at a time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+
+from . import paths, vendor_install
+from .engine import weights as weights_layout
+from .engine.monitor import JobMonitor, MonitorState
+from .engine.options import BuildOptions
+from .engine.presets import DEFAULT_MODEL, get_preset
+from .engine.protocol import DEVICES, Job
+
+EXTENSION_DIR = Path(__file__).resolve().parent
+
+# How much of the whole run each worker stage covers, for one overall progress bar.
+STAGE_SPANS = {
+    "starting": (0.0, 0.02),
+    "downloading_weights": (0.02, 0.30),
+    "loading_model": (0.30, 0.35),
+    "reading_frames": (0.35, 0.45),
+    "inference": (0.45, 0.92),
+    "writing": (0.92, 0.95),
+    "building": (0.95, 1.0),
+}
+STAGE_LABELS = {
+    "starting": "Starting",
+    "downloading_weights": "Downloading weights",
+    "loading_model": "Loading model",
+    "reading_frames": "Reading frames",
+    "inference": "Estimating depth",
+    "writing": "Writing result",
+    "building": "Building in Blender",
+}
+
+
+class ReconstructError(Exception):
+    """A run that failed; the message is one line for the user."""
+
+
+class ReconstructCancelled(ReconstructError):
+    """A run that the user cancelled."""
+
+
+@dataclass
+class Request:
+    """What to reconstruct and how; the same fields as the operator and the command line."""
+
+    sources: list[str]  # a folder, image files, or one video file
+    model: str = DEFAULT_MODEL
+    weights: str = ""  # a folder with config.json + model.safetensors; "" = models folder
+    device: str = ""  # auto | cuda | mps | cpu; "" = the preferences' device
+    process_res: int = 504
+    max_frames: int = 32  # video: frames to keep (0 = use fps)
+    fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
+    options: BuildOptions = field(default_factory=BuildOptions)
+    name: str = ""  # the result's collection; "" = after the source
+
+    def collection_name(self) -> str:
+        if self.name:
+            return self.name
+        first = Path(self.sources[0])
+        return first.parent.name if len(self.sources) > 1 else (first.stem or first.name)
+
+
+class Run:
+    """One running job: its monitor and what to build when the worker is done."""
+
+    def __init__(self, request: Request, monitor: JobMonitor):
+        self.request = request
+        self.monitor = monitor
+        self.started = time.monotonic()
+        self.building = False
+
+    @property
+    def state(self) -> MonitorState:
+        return self.monitor.state
+
+    @property
+    def finished(self) -> bool:
+        return self.monitor.finished
+
+    def tick(self, timeout: float = 0.0, budget_s: float | None = 0.005) -> list[dict]:
+        """Drain the worker's events (never blocks longer than ``timeout`` + ``budget_s``)."""
+        return self.monitor.poll(timeout=timeout, budget_s=budget_s)
+
+    def progress(self) -> float:
+        """Overall progress 0..1 across the stages."""
+        if self.building:
+            return STAGE_SPANS["building"][0]
+        low, high = STAGE_SPANS.get(self.state.stage, (0.0, 0.0))
+        return low + (high - low) * self.state.fraction
+
+    def status_line(self) -> str:
+        """'Estimating depth 3/8, about 12 s left' and the like."""
+        state = self.state
+        stage = "building" if self.building else state.stage
+        text = STAGE_LABELS.get(stage, stage.replace("_", " ").capitalize() or "Starting")
+        if state.total > 0 and not self.building:
+            text += f" {state.done}/{state.total}"
+        unfinished = state.total <= 0 or state.done < state.total
+        if state.eta_s is not None and state.eta_s >= 0.5 and unfinished and not self.building:
+            text += f", about {format_seconds(state.eta_s)} left"
+        return text
+
+    def cancel(self, wait: bool = False) -> None:
+        self.monitor.cancel(wait=wait)
+
+    def build(self, context=None) -> bpy.types.Collection:
+        """Import the worker's result; raises ReconstructError when there is none."""
+        state = self.state
+        if not state.succeeded:
+            if state.final and state.final.get("kind") == "cancelled":
+                raise ReconstructCancelled("reconstruction cancelled")
+            raise ReconstructError(state.error or "the worker has not finished")
+        from .api import import_prediction
+
+        self.building = True
+        try:
+            return import_prediction(self.monitor.result, self.request.options,
+                                     context=context, name=self.request.collection_name())
+        except ValueError as exc:
+            raise ReconstructError(str(exc)) from exc
+        finally:
+            self.building = False
+
+    def close(self) -> None:
+        """Stop the worker if it still runs and remove the job folder."""
+        global _current
+        self.monitor.close()
+        if _current is self:
+            _current = None
+
+
+_current: Run | None = None
+
+
+def current() -> Run | None:
+    """The run in progress, if any."""
+    return _current
+
+
+def start(request: Request) -> Run:
+    """Check the request, write the job and start the worker; raises ReconstructError."""
+    global _current
+    if _current is not None:
+        raise ReconstructError("a reconstruction is already running; cancel it or wait")
+    job = make_job(request)
+    monitor = JobMonitor()
+    try:
+        monitor.start(job, paths.worker_python(), EXTENSION_DIR)
+    except OSError as exc:
+        monitor.close()
+        raise ReconstructError(f"could not start the worker ({paths.worker_python()}): {exc}") from exc
+    _current = Run(request, monitor)
+    return _current
+
+
+def run(request: Request, *, context=None, report: Callable[[str], None] | None = print,
+        should_cancel: Callable[[], bool] | None = None) -> bpy.types.Collection:
+    """Reconstruct to completion, blocking; ``report`` receives one line per change of progress.
+
+    ``should_cancel`` is asked between events; when it says yes the worker is stopped and
+    ReconstructCancelled raised. Nothing is left behind on failure, cancel or Ctrl-C.
+    """
+    job = start(request)
+    try:
+        last = ""
+        while not job.finished:
+            job.tick(timeout=0.1, budget_s=None)
+            if should_cancel is not None and should_cancel():
+                job.cancel(wait=False)
+            last = _report_change(job, report, last)
+        if report is not None and job.state.succeeded:
+            report(f"DA3: {STAGE_LABELS['building']}")
+        return job.build(context)
+    finally:
+        job.close()
+
+
+def _report_change(job: Run, report, last: str) -> str:
+    line = job.status_line()
+    if report is not None and line != last:
+        report(f"DA3: {line}")
+    return line
+
+
+def stop_all() -> None:
+    """Stop the running worker and remove its files (unregister, file loads, exit)."""
+    if _current is not None:
+        _current.close()
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+def make_job(request: Request) -> Job:
+    """A Job for ``request`` in a new folder under ``paths.jobs_dir()``; ReconstructError if
+    the request cannot run (no source, unknown model, no worker environment, no weights)."""
+    check_request(request)
+    job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=paths.jobs_dir()))
+    return Job(
+        sources=[str(Path(s).expanduser()) for s in request.sources],
+        output=str(job_dir / "prediction.npz"),
+        model=request.model,
+        weights=request.weights,
+        models_dir=str(paths.models_dir()),
+        allow_download=bool(bpy.app.online_access),
+        device=request.device or paths.device(),
+        process_res=request.process_res,
+        max_frames=request.max_frames,
+        fps=request.fps,
+    )
+
+
+def check_request(request: Request) -> None:
+    for check in (_check_sources, _check_settings, _check_environment, _check_weights):
+        message = check(request)
+        if message:
+            raise ReconstructError(message)
+
+
+def _check_sources(request: Request) -> str:
+    if not request.sources or not any(str(s).strip() for s in request.sources):
+        return "no source given: choose a folder of images, image files or a video file"
+    for source in request.sources:
+        if not Path(source).expanduser().exists():
+            return f"source not found: {source}"
+    return ""
+
+
+def _check_settings(request: Request) -> str:
+    try:
+        get_preset(request.model)
+    except ValueError as exc:
+        return str(exc)
+    device = request.device or paths.device()
+    if device not in DEVICES:
+        return f"device must be one of {', '.join(DEVICES)}, not '{device}'"
+    if request.process_res < 14:
+        return "the processing resolution must be at least 14 pixels"
+    if request.max_frames <= 0 and request.fps <= 0:
+        return "give a number of frames or frames per second above zero"
+    return ""
+
+
+def _check_environment(_request: Request) -> str:
+    python = paths.worker_python()
+    status = vendor_install.env_status(python)
+    if status.ok:
+        return ""
+    return (f"the worker environment is {status.summary} ({python}): click 'Install dependencies' "
+            f"in the DA3 panel, or set {paths.ENV_WORKER_PYTHON} to a Python with DA3")
+
+
+def _check_weights(request: Request) -> str:
+    """Missing weights are an error before starting only when they cannot be downloaded."""
+    folder = weights_folder(request)
+    if weights_layout.has_weights(folder):
+        return ""
+    preset = get_preset(request.model)
+    if request.weights:
+        return f"no {weights_layout.WEIGHTS_FILE} in the weights folder '{folder}'"
+    if not bpy.app.online_access:
+        return (weights_layout.missing_message(folder, preset)
+                + " (Preferences > System > Network)")
+    return ""
+
+
+def weights_folder(request: Request) -> Path:
+    preset = get_preset(request.model)
+    return weights_layout.resolve_folder(request.weights, str(paths.models_dir()), preset)
+
+
+def weights_present(model: str, weights: str = "") -> bool:
+    """Whether ``model``'s weights are on disk (in ``weights`` or the models folder)."""
+    try:
+        return weights_layout.has_weights(weights_folder(Request([], model=model, weights=weights)))
+    except (ValueError, weights_layout.WeightsError):
+        return False
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 90:
+        return f"{minutes} min {seconds:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

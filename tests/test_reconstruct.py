@@ -1,0 +1,234 @@
+"""A whole run on real Blender with the real worker: images and a video in, objects out.
+
+bpy.app.background is True in the module, so ``bpy.ops.da3.reconstruct`` takes its blocking path
+(the modal path drives the same ``reconstruct.Run``; its tick is measured here too).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RES = 56  # processing resolution: tiny, for speed (a multiple of the 14-pixel patch)
+
+
+def write_images(folder: Path, count: int = 3, size=(64, 48)) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (size[1], size[0] * 2, 3), dtype=np.uint8)
+    for i in range(count):
+        shift = i * 4
+        cv2.imwrite(str(folder / f"img_{i:02d}.png"), base[:, shift:shift + size[0]])
+    return folder
+
+
+def write_video(path: Path, frames: int = 6, size=(64, 48)) -> Path:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (size[1], size[0] * 2, 3), dtype=np.uint8)
+    for i in range(frames):
+        writer.write(np.ascontiguousarray(base[:, i * 3:i * 3 + size[0]]))
+    writer.release()
+    assert path.stat().st_size > 0
+    return path
+
+
+def roles(bpy) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for obj in bpy.data.objects:
+        role = obj.get("da3_role")
+        if role:
+            found[role] = found.get(role, 0) + 1
+    return found
+
+
+def jobs_left(addon) -> list[str]:
+    paths = import_module(f"{addon.__name__}.paths")
+    return sorted(os.listdir(paths.jobs_dir()))
+
+
+@pytest.fixture
+def worker_env(monkeypatch, worker_python, tmp_path):
+    monkeypatch.setenv("DA3_WORKER_PYTHON", str(worker_python))
+    monkeypatch.setenv("DA3_MODELS_DIR", str(tmp_path / "models"))
+
+
+def test_images_end_to_end(blender, addon, worker_env, small_weights, tmp_path):
+    folder = write_images(tmp_path / "photos", count=3)
+    t0 = time.perf_counter()
+    result = blender.ops.da3.reconstruct(source=str(folder), model="da3-small",
+                                         weights=str(small_weights), process_res=RES, device="CPU")
+    print(f"3 images: {time.perf_counter() - t0:.1f} s, roles {roles(blender)}")
+    assert result == {"FINISHED"}
+    found = roles(blender)
+    assert found["camera"] == 3
+    assert found.get("points") == 1 and found.get("surface") == 1
+    assert "photos" in blender.data.collections
+    assert jobs_left(addon) == []
+
+
+def test_video_end_to_end(blender, addon, worker_env, small_weights, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=8)
+    result = blender.ops.da3.reconstruct(source=str(video), weights=str(small_weights),
+                                         process_res=RES, device="CPU", max_frames=4,
+                                         output_surface=False, output_view_meshes=True)
+    assert result == {"FINISHED"}
+    found = roles(blender)
+    print("video roles", found)
+    assert found["camera"] == 4 and found["view_mesh"] == 4
+    assert "surface" not in found
+    assert jobs_left(addon) == []
+
+
+def test_api_and_operator_agree(blender, addon, worker_env, small_weights, tmp_path):
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "api", count=2)
+    collection = reconstruct.run(reconstruct.Request([str(folder)], weights=str(small_weights),
+                                                     device="cpu", process_res=RES), report=None)
+    assert collection.name == "api"
+    assert sorted(o.get("da3_role") for o in collection.all_objects).count("camera") == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"source": "/no/such/folder"}, "source not found"),
+    ({"source": "", "directory": ""}, "no source given"),
+    ({"model": "da3-small", "weights": "/no/weights/here"}, "weights folder"),
+])
+def test_bad_requests_raise_one_line(blender, worker_env, tmp_path, kwargs, message):
+    kwargs.setdefault("source", str(write_images(tmp_path / "p", count=1)))
+    with pytest.raises(RuntimeError, match=message) as info:
+        blender.ops.da3.reconstruct(**kwargs)
+    assert "\n" not in str(info.value).strip()
+    assert len(blender.data.objects) == 0
+
+
+def test_missing_weights_offline_says_where_to_put_them(blender, worker_env, tmp_path):
+    folder = write_images(tmp_path / "p", count=1)
+    with pytest.raises(RuntimeError, match="no da3-small weights in .*models.*da3-small") as info:
+        blender.ops.da3.reconstruct(source=str(folder))
+    print(info.value)
+
+
+def test_missing_environment_is_one_line(blender, monkeypatch, tmp_path):
+    monkeypatch.setenv("DA3_WORKER_PYTHON", str(tmp_path / "none" / "python"))
+    folder = write_images(tmp_path / "p", count=1)
+    with pytest.raises(RuntimeError, match="worker environment"):
+        blender.ops.da3.reconstruct(source=str(folder))
+
+
+def test_worker_failure_leaves_nothing(blender, addon, worker_env, small_weights, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(RuntimeError) as info:
+        blender.ops.da3.reconstruct(source=str(empty), weights=str(small_weights), process_res=RES)
+    print("worker error:", info.value)
+    assert len(blender.data.objects) == 0 and jobs_left(addon) == []
+
+
+def test_cancel_mid_run_leaves_nothing(blender, addon, worker_env, small_weights, tmp_path):
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "many", count=6, size=(256, 192))
+    request = reconstruct.Request([str(folder)], weights=str(small_weights), device="cpu",
+                                  process_res=280)
+    seen, processes = [], []
+
+    def cancel_once_running():
+        run = reconstruct.current()
+        processes.append(run.monitor.process)
+        seen.append(run.state.stage)
+        return seen[-1] in ("loading_model", "reading_frames", "inference")
+
+    t0 = time.perf_counter()
+    with pytest.raises(reconstruct.ReconstructCancelled):
+        reconstruct.run(request, report=None, should_cancel=cancel_once_running)
+    print(f"cancelled at stage {seen[-1]!r} after {time.perf_counter() - t0:.2f} s")
+    assert reconstruct.current() is None
+    assert len(blender.data.objects) == 0 and len(blender.data.meshes) == 0
+    assert jobs_left(addon) == []
+    assert processes[-1].poll() is not None
+
+
+def test_cancel_is_quick_and_kills_the_worker(blender, addon, worker_env, small_weights, tmp_path):
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "many", count=6, size=(256, 192))
+    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
+                                                device="cpu", process_res=280))
+    try:
+        while run.state.stage in ("", "starting"):
+            run.tick(timeout=0.05)
+        t0 = time.perf_counter()
+        run.cancel(wait=True)
+        took = time.perf_counter() - t0
+        print(f"cancel during {run.state.stage!r}: {took * 1000:.0f} ms")
+        assert run.monitor.process.poll() is not None
+        assert took < 10
+    finally:
+        run.close()
+    assert jobs_left(addon) == []
+
+
+def test_modal_tick_is_short(blender, addon, worker_env, small_weights, tmp_path):
+    """The modal operator's tick (drain events, copy to WindowManager.da3_job) on a real run."""
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    modal = import_module(f"{addon.__name__}.operators.reconstruct")
+    job = blender.context.window_manager.da3_job
+    folder = write_images(tmp_path / "tick", count=3)
+    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
+                                                device="cpu", process_res=RES))
+    ticks = []
+    try:
+        while not run.finished:
+            time.sleep(modal.TICK_S / 4)
+            ticks.append(modal.advance(job, run))
+        assert job.running and job.progress > 0.9
+        collection = run.build(blender.context)
+    finally:
+        run.close()
+        modal.end_job(job, "")
+    ticks_ms = np.array(ticks) * 1000
+    print(f"{len(ticks)} ticks: median {np.median(ticks_ms):.3f} ms, max {ticks_ms.max():.3f} ms")
+    assert ticks_ms.max() < 100  # generous; the target (a few ms) belongs to benchmarks
+    assert len(collection.all_objects) > 0
+
+
+def test_one_job_at_a_time(blender, addon, worker_env, small_weights, tmp_path):
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "one", count=1)
+    request = reconstruct.Request([str(folder)], weights=str(small_weights), process_res=RES)
+    run = reconstruct.start(request)
+    try:
+        assert not blender.ops.da3.reconstruct.poll()
+        with pytest.raises(reconstruct.ReconstructError, match="already running"):
+            reconstruct.start(request)
+    finally:
+        run.close()
+    assert blender.ops.da3.reconstruct.poll()
+
+
+def test_disabling_the_extension_stops_the_worker(blender, addon, addon_module, worker_env,
+                                                  small_weights, tmp_path):
+    import addon_utils
+
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "off", count=3, size=(256, 192))
+    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
+                                                process_res=280))
+    run.tick(timeout=0.5)
+    process, job_dir = run.monitor.process, run.monitor.job_dir
+    addon_utils.disable(addon_module, default_set=True)
+    try:
+        assert process.poll() is not None
+        assert not job_dir.exists()
+    finally:
+        addon_utils.enable(addon_module, default_set=True)

@@ -179,6 +179,14 @@ class Run:
     emitter: Emitter
     cancel: CancelToken
     timings: dict = field(default_factory=dict)
+    frames_future: object = None
+
+    def check_frames(self, wait: bool = False) -> None:
+        """Raise now if reading the frames has already failed (or, with ``wait``, once it has)."""
+        future = self.frames_future
+        if future is not None and (wait or future.done()) and future.exception() is not None:
+            frames_or_error(future, self)
+        self.cancel.check()
 
 
 def load_job(path: str):
@@ -266,6 +274,7 @@ def weights_folder(run: Run) -> Path:
         return folder
     if job.weights or not job.allow_download:
         raise WeightsError(missing_message(folder, preset))
+    run.check_frames(wait=True)  # bad inputs must not cost a download
     emitter.stage("downloading_weights",
                   f"downloading {preset.name} ({preset.download_mb} MiB) from {hub_url(preset)}")
     start = time.monotonic()
@@ -293,7 +302,7 @@ def load_model(run: Run):
     from .weights import load_network
 
     folder = weights_folder(run)
-    run.cancel.check()
+    run.check_frames()
     try:
         device = pick_device(run.job.device)
     except RuntimeError as exc:
@@ -302,7 +311,7 @@ def load_model(run: Run):
     start = time.monotonic()
     net = load_network(folder, run.preset)
     skip_ray_branch(net)
-    run.cancel.check()
+    run.check_frames()
     net = net.to(device)
     run.timings["load_model"] = round(time.monotonic() - start, 3)
     return net, device, autocast_dtype(device)
@@ -398,13 +407,13 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken) -> None:
     run = Run(job, preset, emitter, cancel, {"_start": start})
     sources = find_sources(run)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames") as pool:
-        frames_future = pool.submit(read_frames_job, run, sources)
+        run.frames_future = pool.submit(read_frames_job, run, sources)
         try:
             net, device, dtype = load_model(run)
         except BaseException:
             cancel.event.set()  # stops the reader at its next frame; it is not needed any more
             raise
-        found = frames_or_error(frames_future, run)
+        found = frames_or_error(run.frames_future, run)
     batch = make_batch([f.rgb for f in found.frames])
     cancel.check()
     views = infer(run, net, device, dtype, batch)

@@ -1,0 +1,257 @@
+"""The worker end to end: a real subprocess, random da3-small weights in the hub layout.
+
+Images are tiny (64x48, process_res 140) so each run costs about the worker's start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.prediction import load_prediction
+from engine.protocol import ERROR_KINDS, STAGES, Job, decode
+from tests import media
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 140
+
+
+def job_file(tmp_path: Path, sources, weights="", **kw) -> tuple[Path, Path]:
+    output = tmp_path / "out" / "prediction.npz"
+    job = Job(sources=[str(s) for s in sources], output=str(output), weights=str(weights),
+              process_res=kw.pop("process_res", RES), device="cpu", **kw)
+    return job.save(tmp_path / "job.json"), output
+
+
+def run_worker(python, job: Path, timeout: float = 120) -> tuple[int, list[dict], str]:
+    proc = subprocess.run([str(python), "-m", "engine.worker", str(job)], cwd=REPO,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, parse_events(proc.stdout), proc.stderr
+
+
+def parse_events(stdout: str) -> list[dict]:
+    """Every stdout line must be a protocol event."""
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert all(isinstance(e, dict) and "event" in e for e in events), stdout
+    for e in events:
+        assert decode(json.dumps(e)) == e
+        if e["event"] in ("stage", "progress"):
+            assert e["stage"] in STAGES
+    return events
+
+
+def final(events: list[dict]) -> dict:
+    finals = [e for e in events if e["event"] in ("done", "error")]
+    assert len(finals) == 1, events
+    assert events[-1] is finals[0]
+    return finals[0]
+
+
+def assert_bad_input(python, job, words: str) -> dict:
+    code, events, stderr = run_worker(python, job)
+    end = final(events)
+    assert code == 1 and end["kind"] == "bad_input", (end, stderr[-2000:])
+    assert words in end["message"] and "\n" not in end["message"]
+    assert end["kind"] in ERROR_KINDS
+    return end
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    images = tmp_path / "my photos é"
+    for i in (10, 2, 1):
+        media.write(images / f"frame{i}.png", media.scene(seed=i))
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    (images / "notes.txt").write_text("ignored silently")
+    return images
+
+
+def test_folder_end_to_end(worker_python, small_weights, folder, tmp_path):
+    job, output = job_file(tmp_path, [folder], small_weights)
+    code, events, stderr = run_worker(worker_python, job)
+    end = final(events)
+    assert code == 0 and end["event"] == "done", stderr[-3000:]
+    assert end["result"] == str(output) and end["views"] == 3
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "broken.jpg" in warnings[0]["message"]
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    assert {"starting", "reading_frames", "loading_model", "inference", "writing"} <= set(stages)
+    assert any(e["event"] == "progress" and e["stage"] == "inference" for e in events)
+
+    pred = load_prediction(output)
+    assert pred.depth.shape == (3, 112, 140) and pred.image.shape == (3, 112, 140, 3)
+    assert pred.conf.shape == (3, 112, 140) and pred.extrinsics.shape == (3, 3, 4)
+    assert [Path(p).name for p in pred.source_paths] == ["frame1.png", "frame2.png",
+                                                         "frame10.png"]
+    assert list(pred.frame_indices) == [-1, -1, -1]
+    assert pred.model == "da3-small" and pred.process_res == RES and not pred.is_metric
+    assert not list(output.parent.glob("*.tmp*"))
+
+
+def test_output_reads_like_da3s_own_npz(worker_python, small_weights, folder, tmp_path):
+    job, output = job_file(tmp_path, [folder / "frame1.png"], small_weights)
+    code, events, _ = run_worker(worker_python, job)
+    assert code == 0
+    with np.load(output, allow_pickle=False) as npz:  # the keys DA3's npz export has
+        assert npz["image"].dtype == np.uint8 and npz["image"].shape == (1, 112, 140, 3)
+        assert npz["depth"].shape == (1, 112, 140) and npz["conf"].shape == (1, 112, 140)
+        assert npz["extrinsics"].shape == (1, 3, 4) and npz["intrinsics"].shape == (1, 3, 3)
+
+
+def test_video_end_to_end(worker_python, small_weights, tmp_path):
+    clip = media.video(tmp_path / "walk around.mp4", frames=24, blurred=[0, 1, 8, 9, 16, 17])
+    job, output = job_file(tmp_path, [clip], small_weights, max_frames=3)
+    code, events, stderr = run_worker(worker_python, job)
+    assert code == 0, stderr[-3000:]
+    pred = load_prediction(output)
+    assert pred.num_views == 3 and pred.is_video
+    assert all(i not in (0, 1, 8, 9, 16, 17) for i in pred.frame_indices)
+    assert list(pred.frame_indices) == sorted(pred.frame_indices)
+    assert set(pred.source_paths) == {str(clip)}
+
+
+def test_mixed_sizes_are_cropped_to_one_size(worker_python, small_weights, tmp_path):
+    a = media.write(tmp_path / "landscape.png", media.scene(48, 64))
+    b = media.write(tmp_path / "portrait.png", media.scene(64, 48))
+    job, output = job_file(tmp_path, [a, b], small_weights)
+    code, _, stderr = run_worker(worker_python, job)
+    assert code == 0, stderr[-3000:]
+    assert load_prediction(output).depth.shape == (2, 112, 112)
+
+
+def test_mono_preset_with_several_images_names_a_multi_view_model(worker_python, folder, tmp_path):
+    job, _ = job_file(tmp_path, [folder], model="da3mono-large")
+    end = assert_bad_input(worker_python, job, "choose a multi-view model such as da3-small")
+    assert "da3mono-large" in end["message"]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "input not found"),
+    ("empty_folder", "no image files"),
+    ("all_broken", "none of the 2 image file(s) could be read"),
+    ("video_and_image", "a video must be the only input"),
+    ("damaged_video", "video"),
+    ("unknown_model", "unknown model 'da3-huge'"),
+])
+def test_bad_inputs_are_one_line_errors(worker_python, small_weights, tmp_path, case, words):
+    sources, extra = [], {}
+    if case == "missing":
+        sources = [tmp_path / "nowhere"]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        sources = [tmp_path / "empty"]
+    elif case == "all_broken":
+        for name in ("a.jpg", "b.png"):
+            (tmp_path / name).write_bytes(b"garbage")
+        sources = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    elif case == "video_and_image":
+        sources = [media.video(tmp_path / "v.mp4", frames=3),
+                   media.write(tmp_path / "a.png", media.scene())]
+    elif case == "damaged_video":
+        (tmp_path / "v.mp4").write_bytes(b"\x00" * 500)
+        sources = [tmp_path / "v.mp4"]
+    elif case == "unknown_model":
+        sources, extra = [media.write(tmp_path / "a.png", media.scene())], {"model": "da3-huge"}
+    job, output = job_file(tmp_path, sources, small_weights, **extra)
+    assert_bad_input(worker_python, job, words)
+    assert not output.exists()
+
+
+def test_broken_job_file(worker_python, tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text("{not json")
+    assert_bad_input(worker_python, job, "bad job file")
+
+
+def test_missing_weights_say_where_to_put_them(worker_python, folder, tmp_path):
+    job = Job(sources=[str(folder)], output=str(tmp_path / "o.npz"), models_dir=str(tmp_path / "m"),
+              allow_download=False, process_res=RES).save(tmp_path / "job.json")
+    code, events, _ = run_worker(worker_python, job)
+    end = final(events)
+    assert code == 1 and end["kind"] == "missing_weights"
+    assert str(tmp_path / "m" / "da3-small") in end["message"]
+    assert "huggingface.co/depth-anything/DA3-SMALL" in end["message"]
+
+
+def test_wrong_weights_are_refused(worker_python, small_weights, folder, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "config.json").write_text('{"model_name": "da3-small"}')
+    (wrong / "model.safetensors").write_bytes(make_safetensors({"encoder.weight": [1.0]}))
+    job, _ = job_file(tmp_path, [folder], wrong)
+    code, events, _ = run_worker(worker_python, job)
+    end = final(events)
+    assert code == 1 and end["kind"] == "missing_weights"
+    assert end["message"] == ("model.safetensors has 0 of 443 expected keys; it is not a "
+                              "da3-small checkpoint")
+    assert "Traceback" in end["traceback"]
+
+
+def make_safetensors(tensors: dict[str, list[float]]) -> bytes:
+    header, data = {}, b""
+    for name, values in tensors.items():
+        raw = np.asarray(values, np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": [len(values)],
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    blob = json.dumps(header).encode()
+    return len(blob).to_bytes(8, "little") + blob + data
+
+
+# --------------------------------------------------------------------------- cancellation
+
+@pytest.fixture
+def slow_job(small_weights, tmp_path) -> tuple[Path, Path]:
+    """Six views at 504x378: several seconds of forward pass on a CPU."""
+    images = [media.write(tmp_path / f"v{i}.png", media.scene(seed=i)) for i in range(6)]
+    return job_file(tmp_path, images, small_weights, process_res=504)
+
+
+def start_and_wait_for_inference(python, job: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([str(python), "-m", "engine.worker", str(job)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "stage" and event["stage"] == "inference":
+            time.sleep(0.3)  # well inside the forward pass
+            return proc
+        assert event["event"] != "error", event
+    raise AssertionError("the worker ended before inference")
+
+
+def assert_cancelled_quickly(proc: subprocess.Popen, sent: float, output: Path) -> None:
+    rest = proc.stdout.read()
+    proc.wait(timeout=10)
+    elapsed = time.monotonic() - sent
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+    events = parse_events(rest)
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
+    assert proc.returncode == 3
+    assert not output.exists() and not list(output.parent.glob("*"))
+
+
+def test_cancel_line_on_stdin_stops_within_two_seconds(worker_python, slow_job):
+    job, output = slow_job
+    proc = start_and_wait_for_inference(worker_python, job)
+    sent = time.monotonic()
+    proc.stdin.write("cancel\n")
+    proc.stdin.flush()
+    assert_cancelled_quickly(proc, sent, output)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGTERM cannot be caught on Windows")
+def test_sigterm_stops_within_two_seconds(worker_python, slow_job):
+    job, output = slow_job
+    proc = start_and_wait_for_inference(worker_python, job)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert_cancelled_quickly(proc, sent, output)

@@ -145,7 +145,15 @@ def env_status(python: Path) -> EnvStatus:
     reason = marker_problem(target)
     if reason:
         return EnvStatus(False, f"{reason}: reinstall")
-    return EnvStatus(True, read_marker(target)["summary"])
+    return EnvStatus(True, status_line(read_marker(target)))
+
+
+def status_line(marker: dict) -> str:
+    """Short enough for one label in the preferences panel."""
+    versions = marker.get("versions", {})
+    return (f"ready: torch {versions.get('torch', '?')}, depth-anything-3 "
+            f"{versions.get('depth-anything-3', '?')}, device {marker.get('device', '?')}, "
+            f"{marker.get('size_mb', '?')} MB")
 
 
 def marker_problem(target: Path) -> str | None:
@@ -351,6 +359,9 @@ def check_target_usable(target: Path) -> None:
         return
     if not target.is_dir():
         raise InstallError(f"cannot create the environment: {target} is a file")
+    if Path(sys.prefix).resolve() == target.resolve():
+        raise InstallError(f"run the installer with a Python from outside {target}, "
+                           "which it may have to rebuild")
     if is_managed(target):
         return
     others = [p.name for p in target.iterdir() if p.name != LOCK_NAME]
@@ -374,6 +385,7 @@ def install_lock(target: Path, report: Progress):
     The lock file lives inside the folder and survives its clean-up, so it stays one inode.
     """
     with open(target / LOCK_NAME, "a+b") as handle:
+        handle.seek(0)  # Windows locks bytes from the current position: all must agree
         waited = False
         while not try_lock(handle):
             if not waited:

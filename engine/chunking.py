@@ -257,23 +257,36 @@ def predict_in_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
 
 # --- measuring on the device (torch only here) -------------------------------------------------
 
-def probe_peak_bytes(forward: Callable[[int], object], views: int, device: str) -> int:
-    """Extra peak memory of ``forward(views)`` on ``device`` over what was allocated before it.
+def allocated_bytes(device: str) -> int:
+    """What is allocated now: torch's CUDA allocator, or the process's resident size (CPU)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        return int(torch.cuda.memory_allocated())
+    return _rss_bytes()
+
+
+def probe_peak_bytes(forward: Callable[[int], object], views: int, device: str,
+                     baseline: int | None = None) -> int:
+    """Peak memory of ``forward(views)`` on ``device`` above ``baseline`` (default: now).
 
     CUDA: the allocator's own peak counter (exact). CPU and others: the process's resident size,
-    sampled every few milliseconds during the call (an estimate, good to tens of MB).
+    sampled every few milliseconds during the call (an estimate, good to tens of MB). Pass the
+    same ``baseline`` (``allocated_bytes`` before the first probe) to every probe: on the CPU
+    memory freed by one probe stays in the process and the next probe reuses it unseen.
     """
     if str(device).startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated() if baseline is None else baseline
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
         forward(views)
         torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
-    return _rss_peak_during(lambda: forward(views))
+        return max(0, int(torch.cuda.max_memory_allocated() - base))
+    return _rss_peak_during(lambda: forward(views), baseline)
 
 
 def free_device_bytes(device: str) -> int:
@@ -288,17 +301,21 @@ def free_device_bytes(device: str) -> int:
 
 
 def measure_chunk_size(forward: Callable[[int], object], device: str, *,
-                       probe_views: tuple[int, int] = (2, 4), safety: float = DEFAULT_SAFETY,
-                       max_views: int | None = None) -> tuple[int, MemoryModel]:
-    """Probe two forwards, fit the memory model and return the largest chunk that fits.
+                       probe_views: tuple[int, ...] = (2, 4), safety: float = DEFAULT_SAFETY,
+                       max_views: int | None = None) -> tuple[int, MemoryModel, list]:
+    """Probe forwards, fit the memory model and return the largest chunk that fits.
 
-    ``forward(k)`` runs the network on ``k`` views (any real frames, at the job's resolution).
+    ``forward(k)`` runs the network on ``k`` views (real frames, at the job's resolution).
+    Returns the chunk size, the fitted model and the probes ``[(views, bytes), ...]``.
     """
-    probes = [(k, probe_peak_bytes(forward, k, device)) for k in probe_views]
+    baseline = allocated_bytes(device)
+    probes = [(k, probe_peak_bytes(forward, k, device, baseline)) for k in probe_views]
     model = fit_memory_model(probes)
-    size = largest_chunk_size(probes, free_device_bytes(device), safety=safety,
-                              max_views=max_views)
-    return size, model
+    free = free_device_bytes(device)
+    if not str(device).startswith("cuda"):
+        free += max(0, _rss_bytes() - baseline)  # memory the probes took and the process keeps
+    size = largest_chunk_size(probes, free, safety=safety, max_views=max_views)
+    return size, model, probes
 
 
 def _rss_bytes() -> int:
@@ -312,8 +329,10 @@ def _rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _rss_peak_during(call: Callable[[], object], interval: float = 0.005) -> int:
-    base, peak, done = _rss_bytes(), [0], threading.Event()
+def _rss_peak_during(call: Callable[[], object], baseline: int | None = None,
+                     interval: float = 0.005) -> int:
+    base = _rss_bytes() if baseline is None else baseline
+    peak, done = [0], threading.Event()
 
     def sample():
         while not done.is_set():

@@ -178,7 +178,7 @@ def marker_problem(target: Path) -> str | None:
 def torch_requirement(variant: str) -> str:
     # The CPU index serves '+cpu' builds; pinning the local label means a missing CPU index
     # fails clearly instead of silently pulling multi-GB CUDA wheels from the default index.
-    if variant == "cpu" and sys.platform != "darwin":
+    if variant == "cpu":
         return f"torch=={TORCH_VERSION}+cpu"
     return f"torch=={TORCH_VERSION}"
 
@@ -216,14 +216,15 @@ def nvidia_gpu_present() -> bool:
 def resolve_variant(requested: str) -> str:
     """'auto', 'cpu' or 'cuda' -> the torch build to install: 'cuda', 'mps' or 'cpu'.
 
-    Apple silicon gets the default wheel, which supports both the CPU and MPS.
+    Apple silicon has one wheel (the default one) for both the CPU and MPS, so 'cpu' and
+    'auto' both mean 'mps' there; which device runs is the worker's choice.
     """
     if requested not in ("auto", "cpu", "cuda"):
         raise InstallError(f"--torch must be auto, cpu or cuda, not '{requested}'")
     if sys.platform == "darwin":
         if requested == "cuda":
             raise InstallError("CUDA builds of torch do not exist for macOS; use --torch auto")
-        return "mps" if requested == "auto" else "cpu"
+        return "mps"
     if requested == "auto":
         return "cuda" if nvidia_gpu_present() else "cpu"
     return requested
@@ -310,7 +311,7 @@ def build_environment(target: Path, variant: str, reason: str, report: Progress,
     if reason != "new environment":
         report.stage("venv", f"Recreating the environment ({reason})")
     clear_folder(target)
-    (target / STAMP_NAME).write_text("made by DA3 Reconstruct's vendor_install.py\n", encoding="utf-8")
+    write_file(target / STAMP_NAME, "made by DA3 Reconstruct's vendor_install.py\n")
     create_venv(target, report)
     report.advance(2)
     python = env_python(target)
@@ -539,12 +540,12 @@ NETWORK_HINTS = ("NewConnectionError", "Temporary failure in name resolution",
 
 
 def pip_failure_line(what: str, tail) -> str:
+    # Offline, pip's own last words ("no matching distribution") hide the real cause.
+    if any(hint in line for line in tail for hint in NETWORK_HINTS):
+        return f"pip could not reach the package index to install {what} (no network?)"
     errors = [line.strip()[len("ERROR:"):].strip() for line in tail if line.startswith("ERROR:")]
     detail = errors[0] if errors else last_meaningful_line(tail)
-    hint = ""
-    if any(h in line for line in tail for h in NETWORK_HINTS):
-        hint = " (no network? the package index could not be reached)"
-    return f"pip could not install {what}: {shorten(detail)}{hint}"
+    return f"pip could not install {what}: {shorten(detail)}"
 
 
 def last_meaningful_line(tail) -> str:
@@ -656,8 +657,15 @@ def folder_size_mb(folder: Path) -> int:
 def write_marker(target: Path, marker: dict) -> None:
     """Atomically, so a crash never leaves a half-written marker that looks valid."""
     temporary = target / (MARKER_NAME + ".tmp")
-    temporary.write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    write_file(temporary, json.dumps(marker, indent=1))
     os.replace(temporary, target / MARKER_NAME)
+
+
+def write_file(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:  # a full disk, most likely
+        raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def summary_line(marker: dict, seconds: float, reused: bool) -> str:

@@ -97,6 +97,15 @@ def test_second_run_is_a_fast_no_op(managed_env):
     assert seconds < 5, f"a no-op rerun took {seconds:.1f} s"
 
 
+def test_install_function_on_a_current_env_returns_at_once(managed_env):
+    marker = vi.read_marker(managed_env)
+    events = []
+    summary = vi.install(managed_env, torch=cli_variant(marker), progress=events.append)
+    assert summary.startswith("DA3 environment ready (already installed")
+    assert events[-1] == {"event": "progress", "done": len(vi.STAGES), "total": len(vi.STAGES)}
+    assert vi.read_marker(managed_env) == marker
+
+
 # ---------------------------------------------------------------- one full install: broken -> repaired
 
 def test_broken_env_is_reported_then_repaired_by_a_rerun(tmp_path):
@@ -151,17 +160,19 @@ def test_unsupported_python_fails_in_one_line_and_touches_nothing(tmp_path):
     assert not target.exists()
 
 
-def test_pip_failure_gives_one_line_and_leaves_an_incomplete_env(tmp_path):
+def test_no_network_gives_one_line_and_leaves_an_incomplete_env(tmp_path):
     target = tmp_path / "env"
     empty = tmp_path / "no-wheels"
     empty.mkdir()
-    # No index and no wheels: pip fails at once, as it would offline.
-    result = run_script("--target", target, "--torch", "cpu", "--events",
-                        env=pip_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(empty)))
+    # Offline, as pip sees it: its only index refuses connections and no local wheels.
+    offline = pip_env(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple",
+                      PIP_FIND_LINKS=str(empty), PIP_RETRIES="1")
+    result = run_script("--target", target, "--torch", "cpu", "--events", env=offline)
     assert result.returncode == 1
     error = events_of(result)[-1]
     assert error["event"] == "error" and error["kind"] == "dependency"
-    assert error["message"].startswith("pip could not install torch==")
+    assert error["message"] == ("pip could not reach the package index to install "
+                                f"{vi.torch_requirement('cpu')} (no network?)")
     assert "\n" not in error["message"]
     assert not (target / vi.MARKER_NAME).exists()
     status = vi.env_status(vi.env_python(target))

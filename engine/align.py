@@ -405,8 +405,10 @@ class ChunkMerger:
             missing = self.num_views - int(self.filled.sum())
             raise AlignmentError(f"{missing} views were never predicted: the chunks left a gap")
         a = self._arrays
-        return Prediction(depth=a["depth"], intrinsics=a["intrinsics"], extrinsics=a["extrinsics"],
-                          conf=a.get("conf"), image=a.get("image"), sky=a.get("sky"), **extras)
+        fields = {"depth": a["depth"], "intrinsics": a["intrinsics"], "extrinsics": a["extrinsics"],
+                  "conf": a.get("conf"), "image": a.get("image"), "sky": a.get("sky")}
+        fields.update(extras)  # e.g. the worker's own image array, never copied through chunks
+        return Prediction(**fields)
 
     @staticmethod
     def footprint_bytes(num_views: int, height: int, width: int, image: bool = True,

@@ -234,7 +234,9 @@ def predict_in_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
                       progress: Progress | None = None,
                       on_retry: Callable[[int, int, BaseException], None] | None = None,
                       on_aligned: Callable[[ChunkAlignment], None] | None = None,
-                      min_chunk: int = MIN_CHUNK, **merger_options
+                      min_chunk: int = MIN_CHUNK,
+                      is_oom: Callable[[BaseException], bool] = is_out_of_memory,
+                      **merger_options
                       ) -> tuple[Prediction, list[ChunkAlignment], ChunkRun]:
     """Predict ``num_views`` views in overlapping chunks and merge them into one prediction.
 
@@ -242,6 +244,7 @@ def predict_in_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
     metadata (model, source_paths, frame_indices, image when run_chunk gives none) is the
     caller's to fill. ``merger_options`` go to ``ChunkMerger`` (reference, overlap_merge, ...).
     ``on_aligned(report)`` sees how each chunk was placed (e.g. to log its ghosting).
+    ``is_oom`` decides which errors of ``run_chunk`` are out-of-memory (retried smaller).
     """
     merger = ChunkMerger(num_views, **merger_options)
 
@@ -251,7 +254,8 @@ def predict_in_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
             on_aligned(report)
 
     run = run_chunks(num_views, run_chunk, place, chunk_size=chunk_size, overlap=overlap,
-                     min_chunk=min_chunk, cancel=cancel, progress=progress, on_retry=on_retry)
+                     min_chunk=min_chunk, cancel=cancel, progress=progress, on_retry=on_retry,
+                     is_oom=is_oom)
     return merger.result(), merger.reports, run
 
 

@@ -159,3 +159,26 @@ def test_cpu_probe_sees_an_allocation():
 
     measured = probe_peak_bytes(forward, 8, "cpu")
     assert 60 * 1024**2 < measured < 200 * 1024**2
+
+
+def test_chunks_as_objects_without_images_take_the_callers_images():
+    """The worker's runner returns engine.model.Views-like objects (no image); the job's images
+    go in once at the end instead of being copied through every chunk."""
+    from types import SimpleNamespace
+
+    from engine.align import ChunkMerger, merge_chunks
+
+    truth = room_truth(16, 12, 16)
+    rng = np.random.default_rng(0)
+    chunks = []
+    for idx in plan_chunks(16, 8, 3):
+        arrays = as_da3_chunk(truth, np.asarray(idx), rng)
+        del arrays["image"]
+        chunks.append((idx, SimpleNamespace(sky=None, **arrays)))
+    merged, reports = merge_chunks(chunks, 16)
+    assert merged.image is None and merged.sky is None and len(reports) == 3
+    images = np.full((16, 12, 16, 3), 7, np.uint8)
+    merger = ChunkMerger(16)
+    for idx, chunk in chunks:
+        merger.add(idx, chunk)
+    assert merger.result(image=images, model="da3-small").image is images

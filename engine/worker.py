@@ -180,6 +180,7 @@ class Run:
     cancel: CancelToken
     timings: dict = field(default_factory=dict)
     frames_future: object = None
+    peak_gpu_mib: float | None = None
 
     def check_frames(self, wait: bool = False) -> None:
         """Raise now if reading the frames has already failed (or, with ``wait``, once it has)."""
@@ -342,8 +343,17 @@ def infer(run: Run, net, device, dtype, batch):
         raise_if_out_of_memory(exc, device, n, w, h)
         raise
     run.timings["inference"] = round(time.monotonic() - start, 3)
+    run.peak_gpu_mib = peak_gpu_mib(device)
     run.emitter.progress("inference", n, n, 0.0)
     return views
+
+
+def peak_gpu_mib(device) -> float | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -> None:
@@ -394,7 +404,8 @@ def write(run: Run, pred) -> Path:
         os.replace(tmp, output)
         run.emitter.final("done", result=str(output), views=pred.num_views,
                           seconds=round(time.monotonic() - run.timings["_start"], 3),
-                          timings={k: v for k, v in run.timings.items() if not k.startswith("_")})
+                          timings={k: v for k, v in run.timings.items() if not k.startswith("_")},
+                          peak_gpu_mib=run.peak_gpu_mib)
     return output
 
 

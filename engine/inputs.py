@@ -202,8 +202,21 @@ def _candidates(window: range) -> set[int]:
     return {window.start + int(i * step) for i in range(MAX_CANDIDATES_PER_WINDOW)}
 
 
+def _openable_path(path: Path) -> str:
+    """A path OpenCV's video backends can open: on Windows they take ANSI paths only, so a
+    non-ASCII path goes through its 8.3 short form (when the volume has short names)."""
+    text = str(path)
+    if os.name != "nt" or text.isascii():
+        return text
+    import ctypes
+
+    buffer = ctypes.create_unicode_buffer(32768)
+    length = ctypes.windll.kernel32.GetShortPathNameW(text, buffer, len(buffer))
+    return buffer.value if 0 < length < len(buffer) and buffer.value.isascii() else text
+
+
 def _open_video(path: Path) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture(_openable_path(path))
     if not cap.isOpened():
         raise InputError(f"cannot open the video '{path.name}' (unsupported codec or damaged file)")
     return cap

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocess import default_intrinsics
+from .preprocess import DEFAULT_FOV_X_DEG, default_intrinsics
 
 METRIC_FOCAL_DIVISOR = 300.0  # DA3 metric depth: metres = focal_px * output / 300
 SKY_THRESHOLD = 0.5  # OutputProcessor's ``sky >= 0.5`` (the network itself masks at 0.3)
@@ -176,17 +176,20 @@ def forward(net, pixels: np.ndarray, device, dtype=None) -> dict:
             for k, v in out.items() if k != "aux"}
 
 
-def to_views(raw: dict, metric_raw_depth: bool = False) -> Views:
+def to_views(raw: dict, metric_raw_depth: bool = False,
+             fov_x_deg: float = DEFAULT_FOV_X_DEG) -> Views:
     """Network outputs (batch of one) -> Views, as DA3's OutputProcessor does.
 
-    ``metric_raw_depth``: da3metric-large returns focal-normalised depth; it becomes metres
-    with the (default) focal length, which the library leaves to the caller.
+    Views without a predicted camera (monocular presets) get pinhole intrinsics with
+    ``fov_x_deg``. ``metric_raw_depth``: da3metric-large returns focal-normalised depth; it
+    becomes metres with that focal length (the library leaves this step to the caller).
     """
     depth = raw["depth"][0]
     if depth.ndim == 4:  # (N,H,W,1) from a one-channel head
         depth = depth[..., 0]
     n, h, w = depth.shape
-    intrinsics = raw["intrinsics"][0] if "intrinsics" in raw else default_intrinsics(n, h, w)
+    intrinsics = (raw["intrinsics"][0] if "intrinsics" in raw
+                  else default_intrinsics(n, h, w, fov_x_deg))
     if metric_raw_depth:
         focal = (intrinsics[:, 0, 0] + intrinsics[:, 1, 1]) / 2
         depth = depth * (focal[:, None, None] / METRIC_FOCAL_DIVISOR)

@@ -321,22 +321,24 @@ def load_model(run: Run):
 def infer(run: Run, net, device, dtype, batch):
     """All views in one pass (multi-view presets) or one at a time (monocular presets)."""
     from .model import concat_views, eta, forward, to_views
+    from .preprocess import DEFAULT_FOV_X_DEG
 
     n = batch.pixels.shape[0]
     h, w = batch.size
     run.emitter.stage("inference", f"{n} view(s) at {w}x{h} on {device.type}")
     run.emitter.progress("inference", 0, n)
     metric_raw = run.preset.metric and not run.preset.multi_view
+    fov = float(run.job.extra.get("fov_deg") or DEFAULT_FOV_X_DEG)
     start = time.monotonic()
     try:
         if run.preset.multi_view:
-            views = to_views(forward(net, batch.pixels, device, dtype), metric_raw)
+            views = to_views(forward(net, batch.pixels, device, dtype), metric_raw, fov)
         else:
             parts = []
             for i in range(n):
                 run.cancel.check()
                 parts.append(to_views(forward(net, batch.pixels[i:i + 1], device, dtype),
-                                      metric_raw))
+                                      metric_raw, fov))
                 run.emitter.progress("inference", i + 1, n, eta(i + 1, n, time.monotonic() - start))
             views = concat_views(parts)
     except Exception as exc:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -255,3 +256,60 @@ def test_sigterm_stops_within_two_seconds(worker_python, slow_job):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert_cancelled_quickly(proc, sent, output)
+
+
+def test_download_failure_is_a_missing_weights_error(worker_python, folder, tmp_path):
+    """The hub is unreachable in tests (HF_HUB_OFFLINE): the download path still reports well."""
+    job = Job(sources=[str(folder)], output=str(tmp_path / "o.npz"), models_dir=str(tmp_path / "m"),
+              allow_download=True, process_res=RES).save(tmp_path / "job.json")
+    code, events, _ = run_worker(worker_python, job)
+    end = final(events)
+    assert code == 1 and end["kind"] == "missing_weights"
+    assert end["message"].startswith("could not download da3-small from https://huggingface.co/")
+    assert any(e["event"] == "stage" and e["stage"] == "downloading_weights" for e in events)
+
+
+# --------------------------------------------------------------------------- post-processing
+
+def test_engine_worker_modules_import_without_torch_or_bpy():
+    code = ("import sys, engine.inputs, engine.preprocess, engine.model, engine.weights, "
+            "engine.worker; bad = {'torch', 'bpy'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def raw_output(n=1, h=28, w=42, **extra) -> dict:
+    out = {"depth": np.full((1, n, h, w), 2.0, np.float32)}
+    out.update({k: np.asarray(v) for k, v in extra.items()})
+    return out
+
+
+def test_metric_model_depth_becomes_metres_with_the_default_focal():
+    from engine.model import to_views
+    from engine.preprocess import default_intrinsics
+
+    sky = np.zeros((1, 1, 28, 42), np.float32)
+    sky[..., :5, :] = 0.9
+    views = to_views(raw_output(sky=sky), metric_raw_depth=True)
+    focal = default_intrinsics(1, 28, 42)[0, 0, 0]
+    np.testing.assert_allclose(views.depth, 2.0 * focal / 300, rtol=1e-6)
+    assert views.is_metric and views.conf is None and views.extrinsics is None
+    assert views.sky[0, :5].all() and not views.sky[0, 5:].any()  # OutputProcessor: sky >= 0.5
+
+
+def test_field_of_view_can_be_chosen_for_monocular_views():
+    from engine.model import to_views
+
+    views = to_views(raw_output(), fov_x_deg=90.0)
+    assert views.intrinsics[0, 0, 0] == pytest.approx(21.0)  # (w/2) / tan(45 degrees)
+    assert not views.is_metric
+
+
+def test_multi_view_outputs_pass_through():
+    from engine.model import to_views
+
+    ext = np.tile(np.eye(4)[:3], (1, 2, 1, 1))
+    K = np.tile(np.eye(3), (1, 2, 1, 1))
+    views = to_views(raw_output(n=2, depth_conf=np.full((1, 2, 28, 42), 3.0), extrinsics=ext,
+                                intrinsics=K, is_metric=1))
+    assert views.extrinsics.shape == (2, 3, 4) and views.conf.shape == (2, 28, 42)
+    assert views.is_metric  # nested models scale to metres themselves

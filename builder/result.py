@@ -13,7 +13,7 @@ from ..engine.options import BuildOptions
 from ..engine.prediction import Prediction, PredictionError
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
-from .meshes import mesh_from_arrays
+from .meshes import grid_mesh, mesh_from_arrays
 from .surface import build_surface
 
 
@@ -92,8 +92,7 @@ def add_view_meshes(build: Build) -> list[bpy.types.Object]:
     for i, grid in enumerate(grids):
         if len(grid.triangles) == 0:
             continue
-        mesh = mesh_from_arrays(f"{build.name} view {i} mesh", grid.vertices, grid.triangles,
-                                grid.colors)
+        mesh = grid_mesh(f"{build.name} view {i} mesh", grid)
         mesh.materials.append(build.material)
         objects.append(build.add_object(mesh.name, mesh, "view_mesh", da3_view_index=i))
     return objects

@@ -179,32 +179,74 @@ def prepare(pred: Prediction, options: BuildOptions, crop=None) -> Scene:
 
 @dataclass
 class GridMesh:
-    """A triangulated depth grid: compact vertices and triangles over them."""
+    """A triangulated depth grid: compact vertices and triangles over them.
+
+    ``edges`` and ``corner_edges`` (the edge after each triangle corner) come straight from the
+    grid's structure, so Blender need not derive the edges from the triangles (its slowest step
+    of building a mesh); they are None where a mesh was cut or joined.
+    """
 
     vertices: np.ndarray  # (V,3) float32
     triangles: np.ndarray  # (T,3) int32, counter-clockwise seen from the camera in Blender
     colors: np.ndarray | None  # (V,4) float32
     pixel_index: np.ndarray  # (V,) int64 flat index of each vertex's pixel in its view
+    edges: np.ndarray | None = None  # (E,2) int32
+    corner_edges: np.ndarray | None = None  # (T,3) int32, edge from corner k to corner k+1
 
 
-def _grid_triangles(valid: np.ndarray, depth: np.ndarray, tolerance: float) -> np.ndarray:
-    """(T,3) flat pixel indices of the triangles of a valid grid that bridge no discontinuity.
+def _kept_cells(valid: np.ndarray, depth: np.ndarray, tolerance: float):
+    """Which of the two triangles of each grid cell stay: (lower, upper), each (H-1, W-1) bool.
 
-    Each grid cell (a, b / c, d) splits along a-d into (a, c, d) and (a, d, b); a triangle stays
-    when its three pixels are valid and no edge of it has a depth jump over ``tolerance``.
+    Each cell (a b / c d) splits along a-d into lower (a, c, d) and upper (a, d, b); a triangle
+    stays when its three pixels are valid and none of its edges has a depth jump.
     """
-    h, w = depth.shape
+    a, b, c, d = (valid[:-1, :-1], valid[:-1, 1:], valid[1:, :-1], valid[1:, 1:])
+    za, zb, zc, zd = (depth[:-1, :-1], depth[:-1, 1:], depth[1:, :-1], depth[1:, 1:])
+    diagonal = a & d & ~depth_jumps(za, zd, tolerance)
+    lower = diagonal & c & ~depth_jumps(za, zc, tolerance) & ~depth_jumps(zc, zd, tolerance)
+    upper = diagonal & b & ~depth_jumps(za, zb, tolerance) & ~depth_jumps(zb, zd, tolerance)
+    return lower, upper
+
+
+def _grid_triangles(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(T,3) flat pixel indices: all kept lower triangles (a, c, d), then the upper (a, d, b)."""
+    h, w = lower.shape[0] + 1, lower.shape[1] + 1
     idx = np.arange(h * w).reshape(h, w)
     a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
-    flat_valid, flat_depth = valid.ravel(), depth.ravel()
-    tris = []
-    for p, q, r in ((a, c, d), (a, d, b)):
-        p, q, r = p.ravel(), q.ravel(), r.ravel()
-        keep = flat_valid[p] & flat_valid[q] & flat_valid[r]
-        for s, t in ((p, q), (q, r), (r, p)):
-            keep &= ~depth_jumps(flat_depth[s], flat_depth[t], tolerance)
-        tris.append(np.stack([p[keep], q[keep], r[keep]], axis=1))
-    return np.concatenate(tris)
+    return np.concatenate([np.stack([a[lower], c[lower], d[lower]], axis=1),
+                           np.stack([a[upper], d[upper], b[upper]], axis=1)])
+
+
+def _grid_edges(lower: np.ndarray, upper: np.ndarray):
+    """Edges of the kept triangles straight from the grid: (E,2) pixel pairs and, per triangle
+    corner in ``_grid_triangles`` order, the id of the edge to the next corner.
+
+    Horizontal edge (i,j)-(i,j+1) tops an upper triangle or bottoms the lower one above it;
+    vertical (i,j)-(i+1,j) is the left of a lower triangle or the right of an upper one;
+    diagonal (i,j)-(i+1,j+1) belongs to both triangles of its cell.
+    """
+    h, w = lower.shape[0] + 1, lower.shape[1] + 1
+    horizontal = np.zeros((h, w - 1), bool)
+    horizontal[:-1] |= upper
+    horizontal[1:] |= lower
+    vertical = np.zeros((h - 1, w), bool)
+    vertical[:, :-1] |= lower
+    vertical[:, 1:] |= upper
+    diagonal = lower | upper
+    ids, pairs, start = [], [], 0
+    idx = np.arange(h * w).reshape(h, w)
+    for exists, first, second in ((horizontal, idx[:, :-1], idx[:, 1:]),
+                                  (vertical, idx[:-1], idx[1:]),
+                                  (diagonal, idx[:-1, :-1], idx[1:, 1:])):
+        ids.append(np.cumsum(exists).reshape(exists.shape) - 1 + start)
+        pairs.append(np.stack([first[exists], second[exists]], axis=1))
+        start += int(exists.sum())
+    h_id, v_id, d_id = ids
+    corner_edges = np.concatenate([
+        np.stack([v_id[:, :-1][lower], h_id[1:][lower], d_id[lower]], axis=1),  # a-c, c-d, d-a
+        np.stack([d_id[upper], v_id[:, 1:][upper], h_id[:-1][upper]], axis=1),  # a-d, d-b, b-a
+    ])
+    return np.concatenate(pairs), corner_edges
 
 
 def triangulate_view(points: np.ndarray, valid: np.ndarray, depth: np.ndarray,
@@ -214,15 +256,17 @@ def triangulate_view(points: np.ndarray, valid: np.ndarray, depth: np.ndarray,
     h, w = depth.shape
     rows, cols = np.arange(0, h, stride), np.arange(0, w, stride)
     sub = np.ix_(rows, cols)
-    tris = _grid_triangles(valid[sub], depth[sub], tolerance * stride)
+    lower, upper = _kept_cells(valid[sub], depth[sub], tolerance * stride)
+    tris = _grid_triangles(lower, upper)
+    edges, corner_edges = _grid_edges(lower, upper)
     pixel = (rows[:, None] * w + cols[None, :]).ravel()
     used = np.zeros(pixel.size, dtype=bool)
     used[tris.ravel()] = True
-    remap = np.cumsum(used, dtype=np.int64) - 1
+    remap = (np.cumsum(used) - 1).astype(np.int32)
     vertices = points.reshape(-1, 3)[pixel[used]]
     color = colors.reshape(-1, 4)[pixel[used]] if colors is not None else None
-    return GridMesh(np.ascontiguousarray(vertices, dtype=np.float32),
-                    np.ascontiguousarray(remap[tris], dtype=np.int32), color, pixel[used])
+    return GridMesh(np.ascontiguousarray(vertices, dtype=np.float32), remap[tris], color,
+                    pixel[used], remap[edges], corner_edges.astype(np.int32))
 
 
 def merge_meshes(meshes: list[GridMesh]) -> GridMesh:
@@ -270,9 +314,9 @@ def auto_voxel_size(points: np.ndarray, max_faces: int = 1_000_000, divisions: i
 
 
 def surface_stride(scene: Scene, voxel_size: float, max_vertices: int = 2_000_000) -> int:
-    """Pixel step for the remesher's input: about two samples per voxel, at most ``max_vertices``."""
+    """Pixel step for the remesher's input: about a sample per voxel, at most ``max_vertices``."""
     spacing = _median_pixel_spacing(scene)
-    by_voxel = int(voxel_size / (2.0 * spacing)) if spacing > 0 else 1
+    by_voxel = int(voxel_size / spacing) if spacing > 0 else 1
     by_budget = int(np.ceil(np.sqrt(scene.num_points / max_vertices)))
     return max(1, by_voxel, by_budget)
 
@@ -309,8 +353,46 @@ def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1) -> list[GridMe
 
 
 def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMesh:
-    """All views' grids, joined and thinned to about two samples per voxel: what gets remeshed."""
-    return merge_meshes(view_meshes(scene, depth, surface_stride(scene, voxel_size)))
+    """What gets remeshed: all views' grids, thinned to about one sample per voxel, where they
+    overlap only the first view that covers a place, joined into one mesh.
+
+    Views of a video overlap many times over and the remesher's time grows with the area it
+    rasterises, so dropping covered triangles makes it several times faster without changing
+    the shell (sheets closer than a voxel fuse into one anyway).
+    """
+    grids = view_meshes(scene, depth, surface_stride(scene, voxel_size))
+    return drop_covered_triangles(grids, 2.0 * voxel_size)
+
+
+def drop_covered_triangles(meshes: list[GridMesh], cell: float) -> GridMesh:
+    """Join ``meshes`` keeping only the triangles that reach a ``cell``-sized cube no earlier mesh
+    reaches. Every cube still has a triangle: its first mesh keeps those touching it, so the
+    seams overlap by a triangle and leave no gap."""
+    merged = merge_meshes(meshes)
+    view = np.repeat(np.arange(len(meshes)), [len(m.vertices) for m in meshes])
+    _, first, inverse = np.unique(cell_keys(merged.vertices, cell), return_index=True,
+                                  return_inverse=True)
+    owner = view[first][inverse.ravel()]  # per vertex: the first mesh reaching its cube
+    triangle_view = view[merged.triangles[:, 0]]
+    keep = (owner[merged.triangles] == triangle_view[:, None]).any(axis=1)
+    return keep_triangles(merged, keep)
+
+
+def cell_keys(points: np.ndarray, cell: float) -> np.ndarray:
+    """One int64 per point naming its cube of side ``cell`` (21 bits per axis, clipped)."""
+    limit = 2**20 - 1
+    ijk = np.clip(np.floor(points / cell), -limit, limit).astype(np.int64) + limit
+    return (ijk[:, 0] << 42) | (ijk[:, 1] << 21) | ijk[:, 2]
+
+
+def keep_triangles(mesh: GridMesh, keep: np.ndarray) -> GridMesh:
+    """``mesh`` with only the triangles where ``keep`` is True, unused vertices removed."""
+    triangles = mesh.triangles[keep]
+    used = np.zeros(len(mesh.vertices), dtype=bool)
+    used[triangles.ravel()] = True
+    remap = (np.cumsum(used) - 1).astype(np.int32)
+    colors = mesh.colors[used] if mesh.colors is not None else None
+    return GridMesh(mesh.vertices[used], remap[triangles], colors, mesh.pixel_index[used])
 
 
 def voxel_size_for(scene: Scene, requested: float) -> float:

@@ -168,3 +168,18 @@ def test_surface_input_is_thinned_to_the_voxel():
     fine = g.surface_input(geo, pred.depth, voxel_size=1e-4)
     coarse = g.surface_input(geo, pred.depth, voxel_size=0.5)
     assert len(coarse.vertices) < len(fine.vertices) / 3
+
+
+def test_grid_edges_are_exactly_the_triangles_edges():
+    pred, _ = make_prediction(n_views=1, width=40, height=30)
+    pred.depth[0, 5:9, 5:12] = 0.0  # a hole, besides the box outline
+    geo = g.prepare(pred, BuildOptions())
+    (mesh,) = g.view_meshes(geo, pred.depth)
+    tris, edges, corner = mesh.triangles, mesh.edges, mesh.corner_edges
+    from_triangles = {tuple(sorted(p)) for t in tris.tolist() for p in ((t[0], t[1]), (t[1], t[2]),
+                                                                       (t[2], t[0]))}
+    listed = [tuple(sorted(e)) for e in edges.tolist()]
+    assert len(listed) == len(set(listed)) and set(listed) == from_triangles
+    for k in range(3):  # the edge after corner k joins corner k and corner k+1
+        joined = np.sort(edges[corner[:, k]], axis=1)
+        assert np.array_equal(joined, np.sort(tris[:, [k, (k + 1) % 3]], axis=1))

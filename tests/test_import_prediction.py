@@ -337,3 +337,10 @@ def test_nothing_survives_the_filters_is_an_error(blender, addon):
 def resolution_of(bpy):
     render = bpy.context.scene.render
     return render.resolution_x, render.resolution_y
+
+
+def test_meshes_built_from_arrays_are_valid(addon):
+    pred, _ = make_prediction(n_views=2)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_view_meshes=True))
+    for obj in by_role(coll, "view_mesh") + by_role(coll, "surface") + by_role(coll, "points"):
+        assert obj.data.validate() is False, f"{obj.name} needed fixing"

@@ -93,16 +93,49 @@ def free_device_memory() -> None:
 
 # --------------------------------------------------------------------------- network
 
-def build_network(network: str):
-    """The bare network (``DepthAnything3Net`` or the nested one), random-initialised, eval mode."""
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                  "xavier_uniform_", "xavier_normal_", "constant_", "zeros_", "ones_",
+                  "orthogonal_")
+
+
+def build_network(network: str, initialise: bool = True):
+    """The bare network (``DepthAnything3Net`` or the nested one) in eval mode.
+
+    ``initialise=False`` skips the random initialisation (5 s for da3-large on a CPU, most of
+    a giant's load time): only for a network whose every tensor is loaded next, strictly.
+    """
     from depth_anything_3.cfg import create_object, load_config
     from depth_anything_3.registry import MODEL_REGISTRY
 
     if network not in MODEL_REGISTRY:
         raise ValueError(f"depth-anything-3 has no network '{network}' "
                          f"(it knows {', '.join(MODEL_REGISTRY)})")
-    net = create_object(load_config(MODEL_REGISTRY[network]))
-    return net.eval()
+    config = load_config(MODEL_REGISTRY[network])
+    if initialise:
+        return create_object(config).eval()
+    with _initialisation_skipped():
+        return create_object(config).eval()
+
+
+class _initialisation_skipped:
+    """torch.nn.init functions as no-ops for the duration (parameters stay torch.empty)."""
+
+    def __enter__(self):
+        import torch
+
+        self.saved = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+        for name in INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, _leave_as_is)
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, function in self.saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def _leave_as_is(tensor, *args, **kwargs):
+    return tensor
 
 
 def skip_ray_branch(net) -> int:

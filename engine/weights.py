@@ -152,12 +152,12 @@ def check_keys(file_keys: set[str], expected: list[str], groups: list[set[str]],
                            f"'{unexpected[0]}'); it is not a {preset.name} checkpoint")
 
 
-def _open_tensors(path: Path) -> dict:
+def _open_tensors(path: Path, device: str = "cpu") -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"'{path}' is damaged or not a safetensors file ({exc}); delete it and "
                            "download it again") from None
@@ -182,29 +182,38 @@ def hub_module(net):
     return wrapper
 
 
-def load_into(net, folder: Path, preset: ModelPreset):
-    """Load ``folder``'s weights into ``net`` after checking them strictly; returns ``net``."""
+def load_into(net, folder: Path, preset: ModelPreset, device: str = "cpu"):
+    """Load ``folder``'s weights into ``net`` after checking them strictly; returns ``net``.
+
+    The file's tensors, read straight onto ``device``, become the parameters (``assign``):
+    no second copy, no CPU-to-GPU transfer of the whole model afterwards.
+    """
     if not has_weights(folder):
         raise WeightsError(missing_message(folder, preset))
     read_config(folder, preset)
     module = hub_module(net)
     state = module.state_dict()
-    tensors = _open_tensors(folder / WEIGHTS_FILE)
+    tensors = _open_tensors(folder / WEIGHTS_FILE, str(device))
     groups = shared_groups(state)
     check_keys(set(tensors), list(state), groups, preset)
     _check_shapes(tensors, state, preset)
     for group in groups:  # fill the duplicate names from the stored one
         stored = next(n for n in sorted(group) if n in tensors)
         tensors.update({n: tensors[stored] for n in group})
-    module.load_state_dict(tensors, strict=True)
+    module.load_state_dict(tensors, strict=True, assign=True)
     return net
 
 
-def load_network(folder: Path, preset: ModelPreset):
-    """Build the preset's network and load checked weights (CPU, eval mode)."""
+def load_network(folder: Path, preset: ModelPreset, device: str = "cpu"):
+    """Build the preset's network and load checked weights onto ``device`` (eval mode).
+
+    Random initialisation is skipped: the strict check guarantees that every tensor is
+    overwritten (and DA3's networks have no buffers outside the state dict).
+    """
     from .model import build_network
 
-    return load_into(build_network(preset.network), folder, preset)
+    net = build_network(preset.network, initialise=False)
+    return load_into(net, folder, preset, device)
 
 
 def save_network(net, folder: Path, preset: ModelPreset) -> Path:

@@ -11,6 +11,13 @@ if it is stuck in a forward pass, a watchdog removes the partial output, reports
 process after ``CANCEL_GRACE_S`` (ending the process is what frees GPU memory).
 
 Exit status: 0 done, 1 error (an ``error`` event says which), 3 cancelled.
+
+Output: DA3's npz keys (image, depth, conf, extrinsics, intrinsics) plus the extras of
+``prediction.py``. Monocular presets (``preset.multi_view`` False) take one image: they get
+pinhole intrinsics with a horizontal field of view of ``job.extra["fov_deg"]`` (default 60
+degrees, ``preprocess.DEFAULT_FOV_X_DEG``), identity extrinsics and no conf (as DA3 writes
+none); da3metric-large's depth is converted to metres with that focal length.
+The ``done`` event also carries ``timings`` (seconds per step) and ``peak_gpu_mib``.
 """
 
 from __future__ import annotations
@@ -310,10 +317,10 @@ def load_model(run: Run):
         raise WorkerError("dependency", str(exc)) from None
     run.emitter.stage("loading_model", f"loading {run.preset.name} on {device.type}")
     start = time.monotonic()
-    net = load_network(folder, run.preset)
+    net = load_network(folder, run.preset, device)
     skip_ray_branch(net)
     run.check_frames()
-    net = net.to(device)
+    net = net.to(device)  # a no-op unless the network has tensors outside the file
     run.timings["load_model"] = round(time.monotonic() - start, 3)
     return net, device, autocast_dtype(device)
 

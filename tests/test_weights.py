@@ -56,6 +56,10 @@ torch.manual_seed(0)
 ref = build_network("da3-small")
 results["round_trip_identical"] = all(
     torch.equal(a, b) for a, b in zip(ref.state_dict().values(), reloaded.state_dict().values()))
+x = torch.randn(1, 2, 3, 28, 42)
+with torch.inference_mode():  # loading skips the random initialisation: outputs must not care
+    a, b = ref(x, None, None, export_feat_layers=[]), reloaded(x, None, None, export_feat_layers=[])
+results["round_trip_forward_identical"] = all(torch.equal(a[k], b[k]) for k in a if k != "aux")
 results["no_prefix"] = error_of(variant("noprefix", lambda t: {k[6:]: v for k, v in t.items()}))
 results["one_missing"] = error_of(variant("missing", lambda t: dict(list(t.items())[1:])))
 results["extra_key"] = error_of(variant("extra", lambda t: {**t, "model.extra": torch.zeros(1)}))
@@ -66,7 +70,6 @@ damaged.mkdir()
 (damaged / "model.safetensors").write_bytes(b"\x00" * 100)
 results["damaged"] = error_of(damaged)
 
-x = torch.randn(1, 2, 3, 28, 42)
 with torch.inference_mode():
     full = net(x, None, None, export_feat_layers=[])
     skip_ray_branch(net)
@@ -105,6 +108,7 @@ def test_hub_layout_on_disk(small_weights):
 def test_saved_weights_load_back_bit_identical(torch_results):
     assert torch_results["state_keys"] == 443
     assert torch_results["round_trip_identical"]
+    assert torch_results["round_trip_forward_identical"]
 
 
 def test_wrong_prefix_is_refused_not_loaded_silently(torch_results):

@@ -19,7 +19,7 @@ def remesh_surface(build) -> bpy.types.Object:
     if len(joined.triangles) == 0:
         raise PredictionError("no surface to fuse: too few neighbouring pixels survive the filters")
     mesh = mesh_from_arrays(f"{build.name} surface", joined.vertices, joined.triangles,
-                            joined.colors if build.geo.colors is not None else None)
+                            joined.colors)
     obj = build.add_object(mesh.name, mesh, "surface")
     voxel_remesh(build.context, obj, voxel)
     mesh = obj.data  # the remesher may hand the object a new mesh

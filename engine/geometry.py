@@ -37,7 +37,7 @@ class Scene:
 
     points: np.ndarray  # (N,H,W,3) float32 world positions of every pixel
     valid: np.ndarray  # (N,H,W) bool, the pixels that survive every filter
-    colors: np.ndarray | None  # (N,H,W,4) float32 linear RGBA, None without images
+    image: np.ndarray | None  # (N,H,W,3) uint8 sRGB, None without images (made linear on use)
     cam_to_world: np.ndarray  # (N,4,4) Blender camera matrices (looking down -Z), scaled
     scale: float  # metres per unit of the prediction's depth
     conf_threshold: float | None
@@ -171,8 +171,7 @@ def prepare(pred: Prediction, options: BuildOptions, crop=None) -> Scene:
     if crop is not None:
         valid &= inside_box(points, *crop)
     cameras = blender_camera_matrices(cameras_to_view0(pred.world_to_camera()), scale)
-    colors = linear_colors(pred.image) if pred.image is not None else None
-    return Scene(points, valid, colors, cameras, scale, threshold)
+    return Scene(points, valid, pred.image, cameras, scale, threshold)
 
 
 # --- triangulation ---------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def _grid_edges(lower: np.ndarray, upper: np.ndarray):
 
 
 def triangulate_view(points: np.ndarray, valid: np.ndarray, depth: np.ndarray,
-                     colors: np.ndarray | None = None, stride: int = 1,
+                     image: np.ndarray | None = None, stride: int = 1,
                      tolerance: float = EDGE_TOLERANCE) -> GridMesh:
     """Triangulate one view's pixel grid (every ``stride``-th pixel) into a compact mesh."""
     h, w = depth.shape
@@ -264,7 +263,7 @@ def triangulate_view(points: np.ndarray, valid: np.ndarray, depth: np.ndarray,
     used[tris.ravel()] = True
     remap = (np.cumsum(used) - 1).astype(np.int32)
     vertices = points.reshape(-1, 3)[pixel[used]]
-    color = colors.reshape(-1, 4)[pixel[used]] if colors is not None else None
+    color = linear_colors(image.reshape(-1, 3)[pixel[used]]) if image is not None else None
     return GridMesh(np.ascontiguousarray(vertices, dtype=np.float32), remap[tris], color,
                     pixel[used], remap[edges], corner_edges.astype(np.int32))
 
@@ -341,14 +340,14 @@ def point_radius(scene: Scene) -> float:
 def kept_points(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:
     """(P,3) positions and (P,4) colours (or None) of every kept pixel of every view."""
     points = np.ascontiguousarray(scene.points[scene.valid])
-    colors = np.ascontiguousarray(scene.colors[scene.valid]) if scene.colors is not None else None
+    colors = linear_colors(scene.image[scene.valid]) if scene.image is not None else None
     return points, colors
 
 
 def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1) -> list[GridMesh]:
     """One triangulated grid per view (``depth`` is the prediction's, for the discontinuity test)."""
     return [triangulate_view(scene.points[i], scene.valid[i], depth[i],
-                             None if scene.colors is None else scene.colors[i], stride)
+                             None if scene.image is None else scene.image[i], stride)
             for i in range(len(depth))]
 
 

@@ -1,0 +1,293 @@
+"""How fast a prediction becomes a Blender scene, stage by stage, against the slower ways.
+
+    .venv/bin/python benchmarks/bench_import.py [--views 32 --width 504 --height 378]
+
+The input is a synthetic prediction of the default size (32 views of 504x378: a wall and a box
+ray-cast from a moving camera, so every view has real discontinuities), saved like DA3 saves it.
+Printed: seconds and vertices/s per stage (read, filter, triangulate, build, remesh, cameras)
+and the whole import with default options; the mesh build against per-element bmesh and
+``from_pydata`` on the same triangles; and the GLB route: DA3's own ``export_to_glb`` (run in the
+worker environment when trimesh is importable there, see --da3-python) and Blender's glTF import
+of its file, plus the glTF import of a GLB holding exactly our kept points (written with numpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TMP = Path(tempfile.mkdtemp(prefix="da3-bench-"))
+for var in ("HOME", "XDG_CACHE_HOME", "BLENDER_USER_RESOURCES"):  # bpy writes there on import
+    os.environ.setdefault(var, str(TMP / var.lower()))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def load_extension():
+    """The extension as a package (its API needs no registration)."""
+    spec = importlib.util.spec_from_file_location(
+        "da3_reconstruct", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["da3_reconstruct"] = package
+    spec.loader.exec_module(package)
+    import da3_reconstruct.api as api
+
+    return package, api
+
+
+class Report:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, stage: str, seconds: float, vertices: int | None = None, note: str = ""):
+        rate = f"{vertices / seconds / 1e6:8.2f} M/s" if vertices and seconds > 0 else " " * 12
+        self.rows.append(f"{stage:<34} {seconds:8.3f} s  {rate}  {note}")
+        print(self.rows[-1], flush=True)
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+# --- our stages ------------------------------------------------------------------------------
+
+def bench_stages(pkg, path, report: Report):
+    from da3_reconstruct.builder.meshes import grid_mesh, mesh_from_arrays
+    from da3_reconstruct.engine import geometry
+    from da3_reconstruct.engine.options import BuildOptions
+    from da3_reconstruct.engine.prediction import load_prediction
+
+    pred, t = timed(load_prediction, path)
+    report.add("read (np.load + validate)", t, pred.depth.size)
+    geo, t = timed(geometry.prepare, pred, BuildOptions())
+    report.add("filter + back-project", t, pred.depth.size, f"{geo.num_points:,} pixels kept")
+    grids, t = timed(geometry.view_meshes, geo, pred.depth)
+    verts = sum(len(g.vertices) for g in grids)
+    tris = sum(len(g.triangles) for g in grids)
+    report.add("triangulate (all views)", t, verts, f"{tris:,} triangles")
+    (points, colors), _ = timed(geometry.kept_points, geo)
+    _, t = timed(mesh_from_arrays, "bench points", points, colors=colors)
+    report.add("build points mesh (+colours)", t, len(points))
+    start = time.perf_counter()
+    for i, g in enumerate(grids):
+        grid_mesh(f"bench view {i}", g)
+    report.add("build view meshes (+colours)", time.perf_counter() - start, verts,
+               f"{len(grids)} meshes")
+    return pred, geo, grids
+
+
+def bench_remesh(api, pkg, pred, report: Report):
+    from da3_reconstruct.engine.options import BuildOptions
+
+    timings = {}
+    options = BuildOptions(output_points=False, output_cameras=False)
+    coll = api.import_prediction(pred, options, name="bench surface", timings=timings)
+    surface = next(o for o in coll.all_objects if o["da3_role"] == "surface")
+    report.add("surface: join + voxel remesh", timings["surface"], None,
+               f"voxel {surface['da3_voxel_size']:.4f}, {len(surface.data.polygons):,} faces")
+
+
+def bench_whole_import(api, path, report: Report):
+    """The whole import from the file: default options, and points + cameras only (what the
+    GLB route gives, so the like-for-like comparison)."""
+    from da3_reconstruct.engine.options import BuildOptions
+
+    for label, options in (("whole import, default options", BuildOptions()),
+                           ("whole import, points + cameras", BuildOptions(output_surface=False))):
+        timings = {}
+        coll, t = timed(api.import_prediction, path, options, name=label, timings=timings)
+        points = next(o for o in coll.all_objects if o["da3_role"] == "points")
+        report.add(label, t, len(points.data.vertices),
+                   ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    return points
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+def bench_baselines(pkg, grids, report: Report, repeats: int = 3):
+    """ours vs from_pydata vs per-element bmesh building the same view meshes (geometry only;
+    best of ``repeats``: the machine is shared and the minimum is the least disturbed run)."""
+    import bmesh
+    from da3_reconstruct.builder.meshes import grid_mesh
+
+    n = sum(len(g.vertices) for g in grids)
+    bare = [type(g)(g.vertices, g.triangles, None, g.pixel_index, g.edges, g.corner_edges)
+            for g in grids]
+    ours = best_of(repeats, lambda: [grid_mesh("ours", g) for g in bare])
+    report.add(f"ours (foreach_set), {len(grids)} views", ours, n, "no colours, like the others")
+    lists, to_list = timed(lambda: [(g.vertices.tolist(), g.triangles.tolist()) for g in grids])
+    pydata = best_of(repeats, lambda: [_pydata_build(v, t) for v, t in lists])
+    report.add("from_pydata (lists given)", pydata, n, f"ours x{pydata / ours:.1f} faster")
+    report.add("from_pydata + .tolist()", pydata + to_list, n,
+               f"ours x{(pydata + to_list) / ours:.1f} faster")
+    per_element = best_of(repeats, lambda: [_bmesh_build(bmesh, v, t) for v, t in lists])
+    report.add("bmesh per element", per_element, n, f"ours x{per_element / ours:.1f} faster")
+
+
+def best_of(repeats: int, build) -> float:
+    """Fastest of ``repeats`` runs of ``build``; the meshes it makes are removed after each."""
+    times = []
+    for _ in range(repeats):
+        before = set(bpy.data.meshes)
+        times.append(timed(build)[1])
+        bpy.data.batch_remove([m for m in bpy.data.meshes if m not in before])
+    return min(times)
+
+
+def _pydata_build(vlist, tlist):
+    mesh = bpy.data.meshes.new("pydata")
+    mesh.from_pydata(vlist, [], tlist)
+    mesh.update()
+
+
+def _bmesh_build(bmesh, vlist, tlist):
+    bm = bmesh.new()
+    new_vert = bm.verts.new
+    made = [new_vert(co) for co in vlist]
+    new_face = bm.faces.new
+    for a, b, c in tlist:
+        new_face((made[a], made[b], made[c]))
+    mesh = bpy.data.meshes.new("bmesh")
+    bm.to_mesh(mesh)
+    bm.free()
+
+
+# --- the GLB route ---------------------------------------------------------------------------
+
+DA3_EXPORT = r"""
+import sys, time, types, importlib
+import numpy as np
+sys.path.insert(0, sys.argv[3]) if len(sys.argv) > 3 else None
+import depth_anything_3.utils as u
+# Load the GLB exporter alone: the export package's __init__ pulls in gsplat/moviepy/pycolmap.
+pkg = types.ModuleType("depth_anything_3.utils.export"); pkg.__path__ = [u.__path__[0] + "/export"]
+sys.modules["depth_anything_3.utils.export"] = pkg
+vis = types.ModuleType("depth_anything_3.utils.export.depth_vis"); vis.export_to_depth_vis = None
+sys.modules["depth_anything_3.utils.export.depth_vis"] = vis
+glb = importlib.import_module("depth_anything_3.utils.export.glb")
+from depth_anything_3.specs import Prediction
+start = time.perf_counter()
+d = np.load(sys.argv[1])
+p = Prediction(depth=d["depth"], is_metric=0, conf=d["conf"], extrinsics=d["extrinsics"],
+               intrinsics=d["intrinsics"], processed_images=d["image"])
+out = glb.export_to_glb(p, sys.argv[2], export_depth_vis=False)
+print(time.perf_counter() - start)
+"""
+
+
+def bench_da3_glb(args, path, report: Report):
+    """DA3's own exporter in its own environment, then Blender's glTF importer on its file."""
+    if not args.da3_python or not Path(args.da3_python).exists():
+        print("  (DA3's exporter skipped: no --da3-python)")
+        return
+    cmd = [args.da3_python, "-c", DA3_EXPORT, str(path), str(TMP / "da3glb"), args.da3_path]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  (DA3's exporter failed: {done.stderr.strip().splitlines()[-1]})")
+        return
+    report.add("DA3 export_to_glb (1M-point cap)", float(done.stdout.strip().splitlines()[-1]))
+    before = set(bpy.data.meshes)
+    _, t = timed(bpy.ops.import_scene.gltf, filepath=str(TMP / "da3glb" / "scene.glb"))
+    points = max(len(m.vertices) for m in set(bpy.data.meshes) - before)
+    report.add("  + Blender glTF import of it", t, points, "(its points + camera wireframes)")
+
+
+def bench_gltf_of_our_points(points_obj, report: Report):
+    """glTF import of a GLB holding exactly our kept points and colours (a POINTS primitive)."""
+    mesh = points_obj.data
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    col = np.empty(len(mesh.vertices) * 4, np.float32)
+    mesh.color_attributes["Col"].data.foreach_get("color", col)
+    glb = TMP / "points.glb"
+    _, write = timed(write_point_glb, glb, co.reshape(-1, 3), col.reshape(-1, 4))
+    _, t = timed(bpy.ops.import_scene.gltf, filepath=str(glb))
+    report.add("glTF import, same points as ours", t, len(mesh.vertices),
+               f"(+{write:.2f} s to write the GLB)")
+
+
+def write_point_glb(path: Path, positions: np.ndarray, colors: np.ndarray) -> None:
+    """A binary glTF with one POINTS primitive: float positions, normalised uint8 RGBA colours."""
+    rgba = np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)
+    blob = positions.astype("<f4").tobytes() + rgba.tobytes()
+    gltf = {
+        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "mode": 0}]}],
+        "buffers": [{"byteLength": len(blob)}],
+        "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": positions.nbytes},
+                        {"buffer": 0, "byteOffset": positions.nbytes, "byteLength": rgba.nbytes}],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": len(positions), "type": "VEC3",
+             "min": positions.min(0).tolist(), "max": positions.max(0).tolist()},
+            {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(rgba),
+             "type": "VEC4"}],
+    }
+    text = json.dumps(gltf).encode()
+    text += b" " * (-len(text) % 4)
+    blob += b"\0" * (-len(blob) % 4)
+    chunks = (struct.pack("<II", len(text), 0x4E4F534A) + text
+              + struct.pack("<II", len(blob), 0x004E4942) + blob)
+    path.write_bytes(struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def synthetic_file(views: int, width: int, height: int) -> Path:
+    from synthetic_scenes import make_prediction
+
+    from engine.prediction import save_prediction
+
+    pred, _ = make_prediction(n_views=views, width=width, height=height, focal=0.8 * width,
+                              depth_scale=0.6, video=True)
+    # DA3's confidence varies smoothly over an image; give it such a spread (1..5).
+    v, u = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    phase = np.arange(views)[:, None, None] * 0.7
+    pred.conf = (3.0 + 2.0 * np.sin(6 * u + phase) * np.cos(5 * v - phase)).astype(np.float32)
+    return save_prediction(pred, TMP / "bench.npz", compress=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--views", type=int, default=32)
+    parser.add_argument("--width", type=int, default=504)
+    parser.add_argument("--height", type=int, default=378)
+    parser.add_argument("--baseline-views", type=int, default=4,
+                        help="views used for the bmesh / from_pydata comparison")
+    parser.add_argument("--da3-python", default=str(REPO / ".worker-env" / "bin" / "python"),
+                        help="a Python with depth_anything_3 (and trimesh) for DA3's GLB export")
+    parser.add_argument("--da3-path", default="", help="extra sys.path entry there (trimesh)")
+    args = parser.parse_args()
+
+    import addon_utils
+
+    addon_utils.enable("io_scene_gltf2")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    pkg, api = load_extension()
+    path = synthetic_file(args.views, args.width, args.height)
+    print(f"{args.views} views of {args.width}x{args.height} "
+          f"({args.views * args.width * args.height:,} pixels), {path.stat().st_size / 2**20:.0f} MiB")
+    report = Report()
+    pred, _, grids = bench_stages(pkg, path, report)
+    bench_remesh(api, pkg, pred, report)
+    bench_baselines(pkg, grids[: args.baseline_views], report)
+    points = bench_whole_import(api, path, report)
+    bench_da3_glb(args, path, report)
+    bench_gltf_of_our_points(points, report)
+
+
+if __name__ == "__main__":
+    main()

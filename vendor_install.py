@@ -452,9 +452,14 @@ def installed_versions(python: Path, names) -> dict | None:
 
 
 def clear_folder(target: Path) -> None:
-    """Empty ``target`` except the lock file (held by us while we rebuild)."""
-    for child in target.iterdir():
-        if child.name == LOCK_NAME:
+    """Empty ``target`` but for the lock (held while we rebuild) and the stamp.
+
+    The marker goes first and the stamp stays, so an interrupted clean-up leaves a folder
+    that is still recognised as ours and repaired next time, never trusted.
+    """
+    children = sorted(target.iterdir(), key=lambda child: child.name != MARKER_NAME)
+    for child in children:
+        if child.name in (LOCK_NAME, STAMP_NAME):
             continue
         try:
             if child.is_dir() and not child.is_symlink():

@@ -106,6 +106,25 @@ def test_install_function_on_a_current_env_returns_at_once(managed_env):
     assert vi.read_marker(managed_env) == marker
 
 
+def test_a_second_installer_waits_for_the_first(managed_env):
+    """The add-on's button and `make worker` may run at once: one waits, then finds it current."""
+    import fcntl
+
+    marker = vi.read_marker(managed_env)
+    with open(managed_env / vi.LOCK_NAME, "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        waiting = subprocess.Popen([sys.executable, str(SCRIPT), "--target", str(managed_env),
+                                    "--torch", cli_variant(marker), "--events"],
+                                   stdout=subprocess.PIPE, text=True)
+        first = json.loads(waiting.stdout.readline())
+        assert first["message"].startswith("Waiting for another installation")
+        time.sleep(1.5)
+        assert waiting.poll() is None
+    rest, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0
+    assert "already installed" in json.loads(rest.splitlines()[-1])["summary"]
+
+
 # ---------------------------------------------------------------- one full install: broken -> repaired
 
 def test_broken_env_is_reported_then_repaired_by_a_rerun(tmp_path):

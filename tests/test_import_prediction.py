@@ -150,11 +150,30 @@ def test_points_render_as_coloured_points(blender, addon):
     coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
     (points,) = by_role(coll, "points")
     evaluated = points.evaluated_get(blender.context.evaluated_depsgraph_get())
-    assert evaluated.data is not None
-    group = points.modifiers[0].node_group
-    assert {n.bl_idname for n in group.nodes} >= {"GeometryNodeMeshToPoints",
-                                                   "GeometryNodeSetMaterial"}
-    assert len(points.data.color_attributes["Col"].data) == len(points.data.vertices)
+    geometry = evaluated.evaluated_geometry()  # what the renderer gets; keep it alive
+    cloud = geometry.pointcloud
+    assert len(cloud.points) == len(points.data.vertices) > 0
+    assert {"Col", "radius"} <= {a.name for a in cloud.attributes}
+    assert cloud.materials[0].original == points.data.materials[0]
+    radius = np.empty(len(cloud.points), np.float32)
+    cloud.attributes["radius"].data.foreach_get("value", radius)
+    assert 0 < radius[0] < 0.05
+
+
+def test_points_render_in_cycles_with_the_input_colours(blender, addon, tmp_path):
+    pred, _ = make_prediction(n_views=1, width=64, height=48)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
+    scene = blender.context.scene
+    scene.camera = by_role(coll, "camera")[0]
+    scene.world = blender.data.worlds.new("white")
+    scene.world.color = (1.0, 1.0, 1.0)
+    scene.render.engine, scene.cycles.samples = "CYCLES", 4
+    scene.render.filepath = str(tmp_path / "render.png")
+    blender.ops.render.render(write_still=True)
+    image = blender.data.images.load(scene.render.filepath)
+    pixels = np.array(image.pixels[:]).reshape(48, 64, 4)[::-1]  # top row first
+    centre, corner = pixels[24, 32], pixels[3, 3]  # the red box, the green wall
+    assert centre[0] > 3 * centre[1] and corner[1] > 3 * corner[0]
 
 
 def test_every_object_has_a_role_and_one_collection_holds_them(blender, addon, everything):

@@ -74,10 +74,10 @@ def bench_stages(pkg, path, report: Report):
     report.add("read (np.load + validate)", t, pred.depth.size)
     geo, t = timed(geometry.prepare, pred, BuildOptions())
     report.add("filter + back-project", t, pred.depth.size, f"{geo.num_points:,} pixels kept")
-    grids, t = timed(geometry.view_meshes, geo, pred.depth)
+    grids, t = timed(geometry.view_meshes, geo, pred.depth, quads=True)
     verts = sum(len(g.vertices) for g in grids)
-    tris = sum(len(g.triangles) for g in grids)
-    report.add("triangulate (all views)", t, verts, f"{tris:,} triangles")
+    quads, tris = sum(len(g.quads) for g in grids), sum(len(g.triangles) for g in grids)
+    report.add("triangulate (all views)", t, verts, f"{quads:,} quads + {tris:,} triangles")
     (points, colors), _ = timed(geometry.kept_points, geo)
     _, t = timed(mesh_from_arrays, "bench points", points, colors=colors)
     report.add("build points mesh (+colours)", t, len(points))
@@ -118,17 +118,19 @@ def bench_whole_import(api, path, report: Report):
 # --- baselines -------------------------------------------------------------------------------
 
 def bench_baselines(pkg, grids, report: Report, repeats: int = 3):
-    """ours vs from_pydata vs per-element bmesh building the same view meshes (geometry only;
+    """ours vs from_pydata vs per-element bmesh building the same view meshes (the same quads
+    and triangles, geometry only;
     best of ``repeats``: the machine is shared and the minimum is the least disturbed run)."""
     import bmesh
     from da3_reconstruct.builder.meshes import grid_mesh
 
     n = sum(len(g.vertices) for g in grids)
-    bare = [type(g)(g.vertices, g.triangles, None, g.pixel_index, g.edges, g.corner_edges)
-            for g in grids]
+    bare = [type(g)(g.vertices, g.triangles, None, g.pixel_index, g.edges, g.corner_edges,
+                    g.quads, g.quad_corner_edges) for g in grids]
     ours = best_of(repeats, lambda: [grid_mesh("ours", g) for g in bare])
     report.add(f"ours (foreach_set), {len(grids)} views", ours, n, "no colours, like the others")
-    lists, to_list = timed(lambda: [(g.vertices.tolist(), g.triangles.tolist()) for g in grids])
+    lists, to_list = timed(lambda: [(g.vertices.tolist(), g.quads.tolist() + g.triangles.tolist())
+                                    for g in grids])
     pydata = best_of(repeats, lambda: [_pydata_build(v, t) for v, t in lists])
     report.add("from_pydata (lists given)", pydata, n, f"ours x{pydata / ours:.1f} faster")
     report.add("from_pydata + .tolist()", pydata + to_list, n,
@@ -153,13 +155,13 @@ def _pydata_build(vlist, tlist):
     mesh.update()
 
 
-def _bmesh_build(bmesh, vlist, tlist):
+def _bmesh_build(bmesh, vlist, flist):
     bm = bmesh.new()
     new_vert = bm.verts.new
     made = [new_vert(co) for co in vlist]
     new_face = bm.faces.new
-    for a, b, c in tlist:
-        new_face((made[a], made[b], made[c]))
+    for face in flist:
+        new_face([made[i] for i in face])
     mesh = bpy.data.meshes.new("bmesh")
     bm.to_mesh(mesh)
     bm.free()

@@ -88,9 +88,9 @@ def add_points(build: Build) -> bpy.types.Object:
 def add_view_meshes(build: Build) -> list[bpy.types.Object]:
     """One triangulated surface per view, never bridging an edge or a dropped pixel."""
     objects = []
-    grids = geometry.view_meshes(build.geo, build.prediction.depth)
+    grids = geometry.view_meshes(build.geo, build.prediction.depth, quads=True)
     for i, grid in enumerate(grids):
-        if len(grid.triangles) == 0:
+        if len(grid.triangles) + len(grid.quads) == 0:
             continue
         mesh = grid_mesh(f"{build.name} view {i} mesh", grid)
         mesh.materials.append(build.material)

@@ -11,7 +11,7 @@ distances, grid and voxel sizes suit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -178,11 +178,11 @@ def prepare(pred: Prediction, options: BuildOptions, crop=None) -> Scene:
 
 @dataclass
 class GridMesh:
-    """A triangulated depth grid: compact vertices and triangles over them.
+    """A depth grid turned into a compact mesh: vertices, triangles and (optionally) quads.
 
-    ``edges`` and ``corner_edges`` (the edge after each triangle corner) come straight from the
-    grid's structure, so Blender need not derive the edges from the triangles (its slowest step
-    of building a mesh); they are None where a mesh was cut or joined.
+    ``edges`` and the ``*_corner_edges`` (per face corner, the edge to the next corner) come
+    straight from the grid's structure, so Blender need not derive the edges from the faces
+    (its slowest step of building a mesh); they are None where a mesh was cut or joined.
     """
 
     vertices: np.ndarray  # (V,3) float32
@@ -191,6 +191,8 @@ class GridMesh:
     pixel_index: np.ndarray  # (V,) int64 flat index of each vertex's pixel in its view
     edges: np.ndarray | None = None  # (E,2) int32
     corner_edges: np.ndarray | None = None  # (T,3) int32, edge from corner k to corner k+1
+    quads: np.ndarray = field(default_factory=lambda: np.empty((0, 4), np.int32))  # (Q,4) int32
+    quad_corner_edges: np.ndarray | None = None  # (Q,4) int32
 
 
 def _kept_cells(valid: np.ndarray, depth: np.ndarray, tolerance: float):
@@ -207,65 +209,82 @@ def _kept_cells(valid: np.ndarray, depth: np.ndarray, tolerance: float):
     return lower, upper
 
 
-def _grid_triangles(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """(T,3) flat pixel indices: all kept lower triangles (a, c, d), then the upper (a, d, b)."""
-    h, w = lower.shape[0] + 1, lower.shape[1] + 1
+def _cell_corners(shape):
+    """Flat pixel indices of the corners a (top left), b, c, d (bottom right) of every cell."""
+    h, w = shape[0] + 1, shape[1] + 1
     idx = np.arange(h * w).reshape(h, w)
-    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
-    return np.concatenate([np.stack([a[lower], c[lower], d[lower]], axis=1),
+    return idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+
+
+def _grid_faces(lower: np.ndarray, upper: np.ndarray, quad: np.ndarray):
+    """Flat pixel indices of the faces: quads (a, c, d, b), then lower triangles (a, c, d),
+    then upper (a, d, b); the winding of all three agrees."""
+    a, b, c, d = _cell_corners(lower.shape)
+    quads = np.stack([a[quad], c[quad], d[quad], b[quad]], axis=1)
+    tris = np.concatenate([np.stack([a[lower], c[lower], d[lower]], axis=1),
                            np.stack([a[upper], d[upper], b[upper]], axis=1)])
+    return quads, tris
 
 
-def _grid_edges(lower: np.ndarray, upper: np.ndarray):
-    """Edges of the kept triangles straight from the grid: (E,2) pixel pairs and, per triangle
-    corner in ``_grid_triangles`` order, the id of the edge to the next corner.
+def _grid_edges(lower: np.ndarray, upper: np.ndarray, quad: np.ndarray):
+    """Edges of the faces of ``_grid_faces`` straight from the grid: (E,2) pixel pairs, and per
+    face corner the id of the edge to the next corner (triangles (T,3), quads (Q,4)).
 
-    Horizontal edge (i,j)-(i,j+1) tops an upper triangle or bottoms the lower one above it;
-    vertical (i,j)-(i+1,j) is the left of a lower triangle or the right of an upper one;
-    diagonal (i,j)-(i+1,j+1) belongs to both triangles of its cell.
+    Horizontal edge (i,j)-(i,j+1) tops an upper triangle or quad, or bottoms the face above;
+    vertical (i,j)-(i+1,j) is the left of a lower triangle or quad or the right of the face to
+    its left; diagonal (i,j)-(i+1,j+1) exists only in a cell holding a lone triangle.
     """
     h, w = lower.shape[0] + 1, lower.shape[1] + 1
     horizontal = np.zeros((h, w - 1), bool)
-    horizontal[:-1] |= upper
-    horizontal[1:] |= lower
+    horizontal[:-1] |= upper | quad
+    horizontal[1:] |= lower | quad
     vertical = np.zeros((h - 1, w), bool)
-    vertical[:, :-1] |= lower
-    vertical[:, 1:] |= upper
-    diagonal = lower | upper
+    vertical[:, :-1] |= lower | quad
+    vertical[:, 1:] |= upper | quad
     ids, pairs, start = [], [], 0
     idx = np.arange(h * w).reshape(h, w)
     for exists, first, second in ((horizontal, idx[:, :-1], idx[:, 1:]),
                                   (vertical, idx[:-1], idx[1:]),
-                                  (diagonal, idx[:-1, :-1], idx[1:, 1:])):
+                                  (lower | upper, idx[:-1, :-1], idx[1:, 1:])):
         ids.append(np.cumsum(exists).reshape(exists.shape) - 1 + start)
         pairs.append(np.stack([first[exists], second[exists]], axis=1))
         start += int(exists.sum())
     h_id, v_id, d_id = ids
-    corner_edges = np.concatenate([
-        np.stack([v_id[:, :-1][lower], h_id[1:][lower], d_id[lower]], axis=1),  # a-c, c-d, d-a
-        np.stack([d_id[upper], v_id[:, 1:][upper], h_id[:-1][upper]], axis=1),  # a-d, d-b, b-a
+    top, bottom, left, right = h_id[:-1], h_id[1:], v_id[:, :-1], v_id[:, 1:]
+    tri_edges = np.concatenate([
+        np.stack([left[lower], bottom[lower], d_id[lower]], axis=1),  # a-c, c-d, d-a
+        np.stack([d_id[upper], right[upper], top[upper]], axis=1),  # a-d, d-b, b-a
     ])
-    return np.concatenate(pairs), corner_edges
+    quad_edges = np.stack([left[quad], bottom[quad], right[quad], top[quad]], axis=1)
+    return np.concatenate(pairs), tri_edges, quad_edges
 
 
 def triangulate_view(points: np.ndarray, valid: np.ndarray, depth: np.ndarray,
                      image: np.ndarray | None = None, stride: int = 1,
-                     tolerance: float = EDGE_TOLERANCE) -> GridMesh:
-    """Triangulate one view's pixel grid (every ``stride``-th pixel) into a compact mesh."""
+                     tolerance: float = EDGE_TOLERANCE, quads: bool = False) -> GridMesh:
+    """Triangulate one view's pixel grid (every ``stride``-th pixel) into a compact mesh.
+
+    With ``quads`` a cell whose two triangles both stay becomes one quad: half the faces and a
+    third fewer corners and edges for the same surface.
+    """
     h, w = depth.shape
     rows, cols = np.arange(0, h, stride), np.arange(0, w, stride)
     sub = np.ix_(rows, cols)
     lower, upper = _kept_cells(valid[sub], depth[sub], tolerance * stride)
-    tris = _grid_triangles(lower, upper)
-    edges, corner_edges = _grid_edges(lower, upper)
+    quad = lower & upper if quads else np.zeros_like(lower)
+    lower, upper = lower & ~quad, upper & ~quad
+    quad_faces, tris = _grid_faces(lower, upper, quad)
+    edges, tri_edges, quad_edges = _grid_edges(lower, upper, quad)
     pixel = (rows[:, None] * w + cols[None, :]).ravel()
     used = np.zeros(pixel.size, dtype=bool)
     used[tris.ravel()] = True
+    used[quad_faces.ravel()] = True
     remap = (np.cumsum(used) - 1).astype(np.int32)
     vertices = points.reshape(-1, 3)[pixel[used]]
     color = linear_colors(image.reshape(-1, 3)[pixel[used]]) if image is not None else None
     return GridMesh(np.ascontiguousarray(vertices, dtype=np.float32), remap[tris], color,
-                    pixel[used], remap[edges], corner_edges.astype(np.int32))
+                    pixel[used], remap[edges], tri_edges.astype(np.int32), remap[quad_faces],
+                    quad_edges.astype(np.int32))
 
 
 def merge_meshes(meshes: list[GridMesh]) -> GridMesh:
@@ -344,10 +363,11 @@ def kept_points(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:
     return points, colors
 
 
-def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1) -> list[GridMesh]:
-    """One triangulated grid per view (``depth`` is the prediction's, for the discontinuity test)."""
+def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1,
+                quads: bool = False) -> list[GridMesh]:
+    """One meshed grid per view (``depth`` is the prediction's, for the discontinuity test)."""
     return [triangulate_view(scene.points[i], scene.valid[i], depth[i],
-                             None if scene.image is None else scene.image[i], stride)
+                             None if scene.image is None else scene.image[i], stride, quads=quads)
             for i in range(len(depth))]
 
 

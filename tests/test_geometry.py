@@ -124,14 +124,15 @@ def test_triangles_never_cross_a_depth_discontinuity():
     assert np.all((cols.max(axis=1) <= 2) | (cols.min(axis=1) >= 3))
 
 
-def test_triangles_face_the_camera():
-    pred, _ = make_prediction(n_views=1, with_box=False)
+def test_faces_face_the_camera():
+    pred, _ = make_prediction(n_views=1)
     geo = g.prepare(pred, BuildOptions())
-    (mesh,) = g.view_meshes(geo, pred.depth)
-    a, b, c = (mesh.vertices[mesh.triangles[:, k]] for k in range(3))
-    normals = np.cross(b - a, c - a)
-    towards_camera = -a  # view 0 sits at the origin
-    assert np.all(np.einsum("ij,ij->i", normals, towards_camera) > 0)
+    (mesh,) = g.view_meshes(geo, pred.depth, quads=True)
+    for faces in (mesh.triangles, mesh.quads):
+        a, b, c = (mesh.vertices[faces[:, k]] for k in range(3))
+        normals = np.cross(b - a, c - a)
+        towards_camera = -a  # view 0 sits at the origin
+        assert len(faces) and np.all(np.einsum("ij,ij->i", normals, towards_camera) > 0)
 
 
 def test_stride_thins_the_grid():
@@ -170,16 +171,27 @@ def test_surface_input_is_thinned_to_the_voxel():
     assert len(coarse.vertices) < len(fine.vertices) / 3
 
 
-def test_grid_edges_are_exactly_the_triangles_edges():
+@pytest.mark.parametrize("quads", [False, True])
+def test_grid_edges_are_exactly_the_faces_edges(quads):
     pred, _ = make_prediction(n_views=1, width=40, height=30)
     pred.depth[0, 5:9, 5:12] = 0.0  # a hole, besides the box outline
     geo = g.prepare(pred, BuildOptions())
-    (mesh,) = g.view_meshes(geo, pred.depth)
-    tris, edges, corner = mesh.triangles, mesh.edges, mesh.corner_edges
-    from_triangles = {tuple(sorted(p)) for t in tris.tolist() for p in ((t[0], t[1]), (t[1], t[2]),
-                                                                       (t[2], t[0]))}
-    listed = [tuple(sorted(e)) for e in edges.tolist()]
-    assert len(listed) == len(set(listed)) and set(listed) == from_triangles
-    for k in range(3):  # the edge after corner k joins corner k and corner k+1
-        joined = np.sort(edges[corner[:, k]], axis=1)
-        assert np.array_equal(joined, np.sort(tris[:, [k, (k + 1) % 3]], axis=1))
+    (mesh,) = g.view_meshes(geo, pred.depth, quads=quads)
+    assert (len(mesh.quads) > 0) == quads
+    from_faces = set()
+    for faces, corner in ((mesh.triangles, mesh.corner_edges), (mesh.quads, mesh.quad_corner_edges)):
+        k_max = faces.shape[1]
+        for k in range(k_max):  # the edge after corner k joins corner k and corner k+1
+            pair = np.sort(faces[:, [k, (k + 1) % k_max]], axis=1)
+            assert np.array_equal(np.sort(mesh.edges[corner[:, k]], axis=1), pair)
+            from_faces |= set(map(tuple, pair.tolist()))
+    listed = [tuple(sorted(e)) for e in mesh.edges.tolist()]
+    assert len(listed) == len(set(listed)) and set(listed) == from_faces
+
+
+def test_full_cells_become_quads():
+    depth = np.full((4, 5), 2.0, np.float32)
+    mesh = g.triangulate_view(np.zeros((4, 5, 3), np.float32), np.ones((4, 5), bool), depth,
+                              quads=True)
+    assert mesh.quads.shape == (12, 4) and len(mesh.triangles) == 0
+    assert len(mesh.edges) == 4 * 4 + 3 * 5  # horizontal + vertical, no diagonals

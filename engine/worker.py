@@ -468,7 +468,7 @@ def redirect_stdout():
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1)
+    return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1, newline="\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -313,3 +313,25 @@ def test_multi_view_outputs_pass_through():
                                 intrinsics=K, is_metric=1))
     assert views.extrinsics.shape == (2, 3, 4) and views.conf.shape == (2, 28, 42)
     assert views.is_metric  # nested models scale to metres themselves
+
+
+def test_out_of_memory_says_what_to_change(worker_python):
+    code = """
+import torch
+from engine.worker import WorkerError, raise_if_out_of_memory
+for exc in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9"),
+            RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)")):
+    try:
+        raise_if_out_of_memory(exc, torch.device("cpu"), 100, 504, 378)
+    except WorkerError as err:
+        print(err.kind, err)
+raise_if_out_of_memory(RuntimeError("shape mismatch"), torch.device("cpu"), 1, 14, 14)
+print("other errors pass through")
+"""
+    out = subprocess.run([str(worker_python), "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert len(out) == 4 and out[-1] == "other errors pass through"
+    for line in out[:3]:
+        assert line.startswith("out_of_memory out of memory on cpu with 100 views at 504x378")
+        assert "fewer frames, a lower processing resolution or a smaller model" in line

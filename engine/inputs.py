@@ -261,32 +261,44 @@ def read_video(path: Path, max_frames: int, fps: float, progress: Progress | Non
     windows = sampling_windows(total, video_fps, max_frames, fps)
     if not windows:
         raise InputError(f"the video '{path.name}' has no readable frame")
-    best = _pick_sharpest(path, windows, progress, cancelled)
-    frames = [Frame(transform(rgb) if transform else rgb, str(path), idx) for idx, rgb in best]
+    frames = _pick_sharpest(path, windows, progress, cancelled, transform)
     return FrameSet(frames, [])
 
 
 def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
-                   cancelled: IsCancelled | None) -> list[tuple[int, np.ndarray]]:
+                   cancelled: IsCancelled | None,
+                   transform: Callable[[np.ndarray], np.ndarray] | None) -> list[Frame]:
+    """One pass over the video; a window's winner is converted (and shrunk) as soon as the
+    window ends, so at most one full-size frame per window is held, and only while open."""
     window_of, last_of = {}, {}
     for w, window in enumerate(windows):
         candidates = _candidates(window)
         window_of.update(dict.fromkeys(candidates, w))
         last_of[w] = max(candidates)
-    wanted = set(window_of)
     best: dict[int, tuple[float, int, np.ndarray]] = {}
+    frames: list[Frame] = []
+
+    def finish(w: int) -> None:
+        _, index, bgr = best.pop(w)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        frames.append(Frame(transform(rgb) if transform else rgb, str(path), index))
+
     cap = _open_video(path)
     try:
-        for index, bgr in _iter_frames(cap, wanted, windows[-1].stop, cancelled):
+        for index, bgr in _iter_frames(cap, set(window_of), windows[-1].stop, cancelled):
             w = window_of[index]
             score = sharpness(bgr)
             if w not in best or score > best[w][0]:
                 best[w] = (score, index, bgr)
-            if progress is not None and index == last_of[w]:
-                progress(w + 1, len(windows))
+            if index == last_of[w]:
+                finish(w)
+                if progress is not None:
+                    progress(w + 1, len(windows))
     finally:
         cap.release()
-    return [(best[w][1], cv2.cvtColor(best[w][2], cv2.COLOR_BGR2RGB)) for w in sorted(best)]
+    for w in sorted(best):  # windows cut short by the end of the stream
+        finish(w)
+    return frames
 
 
 # --------------------------------------------------------------------------- everything

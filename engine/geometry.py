@@ -332,9 +332,11 @@ def auto_voxel_size(points: np.ndarray, max_faces: int = 1_000_000, divisions: i
 
 
 def surface_stride(scene: Scene, voxel_size: float, max_vertices: int = 2_000_000) -> int:
-    """Pixel step for the remesher's input: about a sample per voxel, at most ``max_vertices``."""
+    """Pixel step for the remesher's input: samples about 1.5 voxels apart (finer ones add
+    nothing the voxels can hold, and the remesher's time grows with its input), at most
+    ``max_vertices`` of them."""
     spacing = _median_pixel_spacing(scene)
-    by_voxel = int(voxel_size / spacing) if spacing > 0 else 1
+    by_voxel = int(round(1.5 * voxel_size / spacing)) if spacing > 0 else 1
     by_budget = int(np.ceil(np.sqrt(scene.num_points / max_vertices)))
     return max(1, by_voxel, by_budget)
 
@@ -372,7 +374,7 @@ def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1,
 
 
 def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMesh:
-    """What gets remeshed: all views' grids, thinned to about one sample per voxel, where they
+    """What gets remeshed: all views' grids, thinned to a sample per 1.5 voxels, where they
     overlap only the first view that covers a place, joined into one mesh.
 
     Views of a video overlap many times over and the remesher's time grows with the area it

@@ -39,5 +39,20 @@ build: validate
 	mkdir -p dist
 	$(DEV_PY) $(BLENDER_EXT) build --source-dir . --output-filepath $(ZIP)
 
+# The main job: reconstruct the bundled clip into out/demo.blend and a preview out/demo.png with
+# the headless command (scripts/da3_cli.py runs it on Blender as a Python module). Weights are
+# read from DA3_MODELS_DIR (default .cache/models) and downloaded there on the first run.
+# Blender's user files for the run stay under .cache/ too, away from the user's own Blender.
+DEMO_INPUT ?= samples/courtyard.mp4
+DEMO_ARGS ?= --frames 12
+DA3_MODELS_DIR ?= $(CURDIR)/.cache/models
+
+demo: dev worker
+	mkdir -p out
+	DA3_WORKER_PYTHON=$(WORKER_ENV)/bin/python DA3_MODELS_DIR=$(DA3_MODELS_DIR) \
+	BLENDER_USER_RESOURCES=$(CURDIR)/.cache/blender-user \
+	$(DEV_PY) scripts/da3_cli.py --online-mode $(DEMO_INPUT) -o out/demo.blend --render out/demo.png \
+	$(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) .worker-env .cache dist .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import bpy
@@ -115,14 +116,19 @@ def reconstruct_and_save(request: reconstruct.Request, output: Path, preview: Pa
     if output.suffix.lower() != ".blend":
         raise ValueError(f"the output must be a .blend file, not '{output}'")
     output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def say(line: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True)
+
     bpy.ops.wm.read_homefile(use_empty=True)
-    collection = reconstruct.run(request, context=bpy.context, report=print)
-    print(f"DA3: built '{collection.name}' ({len(collection.all_objects)} objects)")
+    collection = reconstruct.run(request, context=bpy.context, report=say)
+    say(f"DA3: built '{collection.name}' ({len(collection.all_objects)} objects)")
     if preview is not None:
         render_preview(preview)
-        print(f"DA3: preview {preview}")
+        say(f"DA3: rendered the preview {preview}")
     bpy.ops.wm.save_as_mainfile(filepath=str(output.resolve()), check_existing=False)
-    print(f"DA3: saved {output}")
+    say(f"DA3: saved {output}")
 
 
 def render_preview(path: Path, long_side: int = 640, samples: int = 16) -> None:
@@ -138,14 +144,25 @@ def render_preview(path: Path, long_side: int = 640, samples: int = 16) -> None:
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
-    scene.world = scene.world or bpy.data.worlds.new("DA3 Preview")
-    scene.world.color = (0.8, 0.8, 0.8)
+    light_evenly(scene)
     path.parent.mkdir(parents=True, exist_ok=True)
     render.image_settings.file_format = "PNG"
     render.filepath = str(path.resolve())
     bpy.ops.render.render(write_still=True)
     if not path.exists():
         raise RuntimeError(f"the preview render did not write {path}")
+
+
+def light_evenly(scene) -> None:
+    """A plain white world: the reconstruction's colours come from the photos, not from lights."""
+    world = scene.world or bpy.data.worlds.new("DA3 Preview")
+    scene.world = world
+    world.color = (1.0, 1.0, 1.0)
+    world.use_nodes = True
+    background = next((n for n in world.node_tree.nodes if n.type == "BACKGROUND"), None)
+    if background is not None:
+        background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+        background.inputs["Strength"].default_value = 1.0
 
 
 def first_camera(scene):

@@ -109,13 +109,21 @@ class Run:
         low, high = STAGE_SPANS.get(self.state.stage, (0.0, 0.0))
         return low + (high - low) * self.state.fraction
 
+    def counts(self) -> tuple[int, int, str]:
+        """(done, total, unit) of the current stage; downloads count MiB, not bytes."""
+        state = self.state
+        if state.stage == "downloading_weights":
+            return state.done // 2**20, state.total // 2**20, " MiB"
+        return state.done, state.total, ""
+
     def status_line(self) -> str:
         """'Estimating depth 3/8, about 12 s left' and the like."""
         state = self.state
         stage = "building" if self.building else state.stage
         text = STAGE_LABELS.get(stage, stage.replace("_", " ").capitalize() or "Starting")
         if state.total > 0 and not self.building:
-            text += f" {state.done}/{state.total}"
+            done, total, unit = self.counts()
+            text += f" {done}/{total}{unit}"
         unfinished = state.total <= 0 or state.done < state.total
         if state.eta_s is not None and state.eta_s >= 0.5 and unfinished and not self.building:
             text += f", about {format_seconds(state.eta_s)} left"

@@ -249,7 +249,7 @@ def show_job(job, run) -> None:
     job.running = True
     job.stage = state.stage
     job.progress = run.progress()
-    job.done, job.total = state.done, state.total
+    job.done, job.total, _unit = run.counts()
     job.eta_s = -1.0 if state.eta_s is None else float(state.eta_s)
     job.message = run.status_line()
     job.error = ""

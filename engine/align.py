@@ -525,7 +525,8 @@ class ChunkMerger:
         if conf is None or "conf" not in a:
             return  # without confidence nothing says the new side is better: keep the first
         old_conf = a["conf"][g]
-        new_better = np.median(conf) > np.median(old_conf)
+        # a median over every 4th pixel each way decides as well and costs 1/16 of the full one
+        new_better = np.median(conf[::4, ::4]) > np.median(old_conf[::4, ::4])
         if self.overlap_merge == "average":
             total = old_conf + conf
             a["depth"][g] = (a["depth"][g] * old_conf + depth * conf) / total

@@ -38,11 +38,18 @@ def voxel_remesh(context, obj: bpy.types.Object, voxel_size: float) -> None:
     mesh.remesh_voxel_size = voxel_size
     mesh.use_remesh_preserve_volume = True
     mesh.use_remesh_preserve_attributes = True
-    with context.temp_override(object=obj, active_object=obj, selected_objects=[obj],
-                               selected_editable_objects=[obj]):
-        result = bpy.ops.object.voxel_remesh()
+    try:
+        with context.temp_override(object=obj, active_object=obj, selected_objects=[obj],
+                                   selected_editable_objects=[obj]):
+            result = bpy.ops.object.voxel_remesh()
+    except RuntimeError as exc:  # the operator's own report, e.g. a voxel size it refuses
+        raise PredictionError(f"Blender's voxel remesher failed: {_first_line(exc)}") from None
     if result != {"FINISHED"}:
         raise PredictionError(f"Blender's voxel remesher did not run (voxel size {voxel_size:.4g})")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0].removeprefix("Error: ")
 
 
 SURFACE_BUILDERS = {"REMESH": remesh_surface}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .options import BuildOptions
-from .prediction import Prediction
+from .prediction import Prediction, PredictionError
 
 RELATIVE_MEDIAN_DEPTH = 2.0  # metres: what the median depth of a relative prediction becomes
 CONF_FLOOR = 1.05  # DA3's exporter: threshold = clamp(P_pct, 1.05, P90)
@@ -416,9 +416,21 @@ def keep_triangles(mesh: GridMesh, keep: np.ndarray) -> GridMesh:
     return GridMesh(mesh.vertices[used], remap[triangles], colors, mesh.pixel_index[used])
 
 
+MAX_SURFACE_FACES = 20_000_000  # beyond this a requested voxel size would exhaust memory
+
+
 def voxel_size_for(scene: Scene, requested: float) -> float:
-    """``requested`` when set, else ``auto_voxel_size`` of the kept points (sampled every 2 pixels)."""
-    if requested > 0:
-        return requested
+    """``requested`` when set (refused if absurdly fine for the scene), else ``auto_voxel_size``
+    of the kept points (sampled every 2 pixels)."""
     sample = scene.points[:, ::2, ::2][scene.valid[:, ::2, ::2]]
-    return auto_voxel_size(sample)
+    automatic = auto_voxel_size(sample)
+    if requested <= 0:
+        return automatic
+    # Surface area from the cubes it crosses at the automatic size; two walls of faces.
+    area = occupied_voxels(sample, automatic) * automatic**2
+    faces = int(2 * area / requested**2)
+    if faces > MAX_SURFACE_FACES:
+        raise PredictionError(
+            f"voxel size {requested:g} is too fine for this scene (about {faces:,} faces); "
+            f"use a larger one, or 0 for automatic ({automatic:.3g})")
+    return requested

@@ -153,6 +153,16 @@ def test_remeshed_surface_exists_and_keeps_colours(addon):
     assert mesh.materials[0].node_tree.nodes.get("Attribute").attribute_name == "Col"
 
 
+def test_a_requested_voxel_size_is_used_and_an_absurd_one_refused(blender, addon):
+    pred, _ = make_prediction(n_views=2)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, voxel_size=0.05))
+    assert by_role(coll, "surface")[0]["da3_voxel_size"] == pytest.approx(0.05)
+    before = counts(blender)
+    with pytest.raises(ValueError, match="too fine"):
+        addon.api.import_prediction(pred, BuildOptions(voxel_size=1e-6))
+    assert counts(blender) == before
+
+
 def test_points_render_as_coloured_points(blender, addon):
     pred, _ = make_prediction(n_views=1)
     coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))

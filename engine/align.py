@@ -345,6 +345,21 @@ class ChunkAlignment:
     ghosting: float  # median |p_result - p_chunk| / depth over the shared views' inlier pixels
     seconds: float
 
+    def doubt(self) -> str:
+        """One line for a warning event when this chunk's placement is not to be trusted, else ''.
+
+        Under half the pairs agreeing, or shared surfaces 3% of their depth apart after the fit,
+        mean the chunks disagree about the scene (a scene cut, a wrong pose inside a chunk).
+        """
+        first, last = self.views
+        if self.pairs and self.inlier_fraction < 0.5:
+            return (f"views {first}-{last}: only {self.inlier_fraction:.0%} of the overlap agrees "
+                    "with the rest; expect a visible seam (a larger chunk overlap helps)")
+        if self.ghosting > 0.03:
+            return (f"views {first}-{last}: shared surfaces stay {self.ghosting:.1%} of their "
+                    "depth apart after alignment; expect doubled surfaces at this seam")
+        return ""
+
 
 class ChunkMerger:
     """Aligns chunks as they arrive and writes them into one prediction allocated once.

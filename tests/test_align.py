@@ -205,6 +205,18 @@ def test_chunks_in_their_own_frames_come_back_within_half_a_percent():
     # the shared views of neighbouring chunks land on each other: only the noise remains
     assert max(r.ghosting for r in reports[1:]) < 0.01
     assert min(r.inlier_fraction for r in reports[1:]) > 0.85
+    assert not any(r.doubt() for r in reports)
+
+
+def test_a_chunk_that_disagrees_with_the_result_is_flagged():
+    truth = room_truth(20, 24, 32)
+    rng = np.random.default_rng(0)
+    merger = ChunkMerger(20)
+    merger.add(np.arange(12), as_da3_chunk(truth, np.arange(12), rng))
+    chunk = as_da3_chunk(truth, np.arange(8, 20), rng)
+    # the shared views are bent: depth off by -30% on the left to +30% on the right
+    chunk["depth"][:4] *= np.linspace(0.7, 1.3, 32, dtype=np.float32)
+    assert "seam" in merger.add(np.arange(8, 20), chunk).doubt()
 
 
 def test_seams_show_no_more_double_surface_than_inside_a_chunk():

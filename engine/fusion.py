@@ -41,6 +41,9 @@ BLOCK_VOXELS = BLOCK ** 3
 # bytes per allocated voxel: tsdf sum, weight, colour sum (3), colour weight (float32 each)
 BYTES_PER_VOXEL = 24
 Progress = Callable[[float, str], None]
+# A surface seen at more than ~84 degrees from its normal (or a depth jump) gets no vote; from
+# ~70 degrees on, full weight: rooms are mostly seen at such angles.
+GRAZING_COS, FULL_COS = 0.1, 0.35
 
 
 @dataclass
@@ -48,17 +51,21 @@ class TSDFOptions:
     """What the fusion can be told; every default is automatic from the scene.
 
     voxel_size: 0 chooses the longest side of the fused region / ``resolution``.
-    truncation: 0 chooses ``truncation_voxels`` voxels (at least 1% of the region's size,
-        because DA3's depth error is relative and scales with the scene).
+    truncation: 0 chooses ``truncation_voxels`` voxels, or ``truncation_depth`` times the
+        median depth when that is more: DA3's depth error is relative (2-3% of the depth), and
+        a band narrower than the disagreement between views tears the surface.
     confidence_percentile: pixels below this percentile of DA3's confidence get no vote.
     object_mode: isolate one object photographed from around it (see the module doc).
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying
         pixels), says at least that the space in front of it is empty, with this weight.
-    min_weight: a voxel needs this much confident evidence (about one confident view = 1)
-        to count as observed; in object mode less than that counts as solid.
+    min_weight: a voxel needs this much evidence (one confident view = 1) to count as
+        observed; less leaves it unknown, so the surface has a hole there.
+    solid_weight: object mode: a voxel with less evidence than this counts as solid (no
+        view could see into it; a stray vote through the object must not open a bubble).
     keep_largest: keep only the largest connected piece (default: object mode only).
+    min_component_faces: otherwise, pieces with fewer triangles are dropped as floaters.
     memory_mb: budget for the voxel blocks; the voxel size grows until they fit.
     """
 
@@ -66,13 +73,16 @@ class TSDFOptions:
     resolution: int = 256
     truncation: float = 0.0
     truncation_voxels: float = 4.0
-    confidence_percentile: float = 20.0
+    truncation_depth: float = 0.03
+    confidence_percentile: float = 5.0
     mask_sky: bool = True
     object_mode: bool = False
     crop_box: np.ndarray | None = None
-    min_weight: float = 1.5
+    min_weight: float = 0.3
+    solid_weight: float = 1.5
     free_space_weight: float = 0.25
     keep_largest: bool | None = None
+    min_component_faces: int = 200
     memory_mb: float = 1024.0
     chunk_voxels: int = 1 << 20
 
@@ -129,7 +139,8 @@ class Grid:
     truncation: float
     blocks: np.ndarray  # (3,) int, number of blocks along each axis
     object_mode: bool = False
-    floor: np.ndarray | None = None  # (4,) plane n.p + d = 0, n up; below + margin is free
+    floor: np.ndarray | None = None  # (4,) plane n.p + d = 0, n up; below + floor_cut is free
+    floor_cut: float = 0.0  # how far above the plane the object starts
 
     @property
     def block_extent(self) -> float:
@@ -209,7 +220,9 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     vertices, faces = extract_surface(grid, volume.keys, values, coarse)
     clock.lap("mesh")
     colors = vertex_colors(grid, volume, vertices)
-    vertices, faces, colors = clean_mesh(vertices, faces, colors, options, grid)
+    if not grid.object_mode:
+        faces = faces[seen_from_front(vertices, faces, views, grid.truncation)]
+    vertices, faces, colors = clean_mesh(vertices, faces, colors, options)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
@@ -271,8 +284,8 @@ def confidence_weights(conf: np.ndarray | None, percentile: float) -> np.ndarray
     return np.where(conf >= high, 1, ramp).astype(np.float32)  # flat confidence: all count
 
 
-def surface_angle_weights(depth: np.ndarray, K: np.ndarray, grazing_cos: float = 0.15,
-                          full_cos: float = 0.5) -> np.ndarray:
+def surface_angle_weights(depth: np.ndarray, K: np.ndarray, grazing_cos: float = GRAZING_COS,
+                          full_cos: float = FULL_COS) -> np.ndarray:
     """cos(angle between the viewing ray and the surface normal), ramped to [0,1].
 
     Depth discontinuities look like surfaces seen edge-on (cos ~ 0), so this one weight
@@ -329,22 +342,25 @@ def plan_grid(views: list[View], options: TSDFOptions) -> Grid:
     points = backproject_views(views)
     if len(points) < 10:
         raise ValueError("too few confident pixels to fuse")
-    floor = None
+    floor, spread = None, 0.0
     if options.object_mode:
-        low, high, floor = object_region(points, views, options.crop_box)
+        low, high, floor, spread = object_region(points, views, options.crop_box)
     elif options.crop_box is not None:
         low, high = options.crop_box
     else:
         low, high = np.percentile(points, 1, axis=0), np.percentile(points, 99, axis=0)
     size = float(np.max(high - low))
     voxel = options.voxel_size or size / options.resolution
-    trunc = options.truncation or max(options.truncation_voxels * voxel, 0.01 * size)
+    depth = float(np.median(np.concatenate([v.depth[v.weight > 0.5] for v in views])))
+    trunc = options.truncation or max(options.truncation_voxels * voxel,
+                                      options.truncation_depth * depth)
     pad = 0 if options.crop_box is not None else trunc + 2 * voxel
     low, high = low - pad, high + pad
     voxel = fit_memory_budget(voxel, low, high, options)
     blocks = np.maximum(np.ceil((high - low) / (voxel * BLOCK)).astype(np.int64), 1)
+    cut = max(2 * voxel, spread)
     return Grid(np.asarray(low, dtype=np.float64), float(voxel), float(trunc), blocks,
-                options.object_mode, floor)
+                options.object_mode, floor, cut)
 
 
 def fit_memory_budget(voxel: float, low: np.ndarray, high: np.ndarray,
@@ -365,17 +381,19 @@ def fit_memory_budget(voxel: float, low: np.ndarray, high: np.ndarray,
 
 
 def object_region(points: np.ndarray, views: list[View], crop_box: np.ndarray | None):
-    """Box around what every view looks at, above the floor; returns (low, high, floor)."""
+    """Box around what every view looks at, above the floor.
+
+    Returns (low, high, floor plane or None, floor roughness: how far its points stray).
+    """
     if crop_box is not None:
         inside = np.all((points >= crop_box[0]) & (points <= crop_box[1]), axis=1)
     else:
         inside = seen_by_fraction(points, views) >= 0.8
     region = points[inside] if np.count_nonzero(inside) >= 10 else points
-    floor = find_floor(region, views)
+    floor, spread = find_floor(region, views)
     above = region
     if floor is not None:
-        height = region @ floor[:3] + floor[3]
-        above = region[height > floor_margin(region)]
+        above = region[region @ floor[:3] + floor[3] > spread]
     if len(above) < 10:
         above = region
     low, high = np.percentile(above, 0.5, axis=0), np.percentile(above, 99.5, axis=0)
@@ -383,12 +401,7 @@ def object_region(points: np.ndarray, views: list[View], crop_box: np.ndarray | 
     low, high = low - pad, high + pad
     if crop_box is not None:
         low, high = np.maximum(low, crop_box[0]), np.minimum(high, crop_box[1])
-    return low, high, floor
-
-
-def floor_margin(points: np.ndarray) -> float:
-    """How far above the floor plane the object starts: DA3's floor is not perfectly flat."""
-    return 0.015 * float(np.max(np.ptp(points, axis=0)))
+    return low, high, floor, spread
 
 
 def seen_by_fraction(points: np.ndarray, views: list[View]) -> np.ndarray:
@@ -413,17 +426,18 @@ def find_floor(points: np.ndarray, views: list[View], iterations: int = 300,
                seed: int = 0) -> np.ndarray | None:
     """The dominant plane whose normal is within 35 degrees of the cameras' mean up vector.
 
-    Returns (4,) with the normal pointing towards the cameras, or None when no such plane
-    holds 15% of the points (a scene without a floor under the object).
+    The plane must have almost no point below it. Returns the plane (4,), normal up, and how
+    far its points stray from it (DA3's floor is not flat: a few % of depth); (None, 0) when no
+    such plane holds 15% of the points (nothing under the object).
     """
     if len(points) < 50:
-        return None
+        return None, 0.0
     up = np.mean([view.R.T @ np.array([0.0, -1.0, 0.0]) for view in views], axis=0)
     if np.linalg.norm(up) < 0.3:  # cameras of mixed orientation: no notion of up
-        return None
+        return None, 0.0
     up /= np.linalg.norm(up)
     rng = np.random.default_rng(seed)
-    tol = 0.005 * float(np.max(np.ptp(points, axis=0)))
+    tol = 0.02 * float(np.max(np.ptp(points, axis=0)))
     sample = points[rng.choice(len(points), min(len(points), 20000), replace=False)]
     tri = sample[rng.integers(0, len(sample), (iterations, 3))]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -433,14 +447,19 @@ def find_floor(points: np.ndarray, views: list[View], iterations: int = 300,
     normals *= np.sign(normals @ up)[:, None]
     ok = normals @ up > math.cos(math.radians(35))
     if not np.any(ok):
-        return None
+        return None, 0.0
     normals, tri = normals[ok], tri[ok]
     offsets = -np.sum(normals * tri[:, 0], axis=1)
-    inliers = np.abs(sample @ normals.T + offsets) < tol
-    best = int(np.argmax(inliers.sum(axis=0)))
-    if inliers[:, best].sum() < 0.15 * len(sample):
-        return None
-    return refine_plane(sample[inliers[:, best]], normals[best])
+    height = sample @ normals.T + offsets
+    inliers = np.abs(height) < tol
+    # a floor has (almost) nothing under it: this rejects the top of a box or a table
+    support = np.where(np.mean(height < -tol, axis=0) < 0.05, inliers.sum(axis=0), 0)
+    best = int(np.argmax(support))
+    if support[best] < 0.15 * len(sample):
+        return None, 0.0
+    plane = refine_plane(sample[inliers[:, best]], normals[best])
+    residual = np.abs(sample @ plane[:3] + plane[3])
+    return plane, float(np.median(residual[residual < tol]))
 
 
 def refine_plane(points: np.ndarray, normal: np.ndarray) -> np.ndarray:
@@ -497,7 +516,7 @@ def sample_view(view: View, points: np.ndarray):
 def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray,
                   options: TSDFOptions) -> np.ndarray:
     """Per-block value for meshing next to unallocated blocks: +-1, or NaN for unknown."""
-    observed = weight >= options.min_weight
+    observed = weight >= (options.solid_weight if grid.object_mode else options.min_weight)
     values = np.full(len(tsdf), np.nan, np.float32)
     values[observed] = np.where(tsdf[observed] >= 0, 1.0, -1.0)
     if grid.object_mode:
@@ -511,28 +530,44 @@ def outside_region(grid: Grid, points: np.ndarray) -> np.ndarray:
     if grid.floor is None:
         return np.zeros(len(points), bool)
     height = points @ grid.floor[:3] + grid.floor[3]
-    return height < 2.0 * grid.voxel_size + 0.5 * grid.truncation
+    return height < grid.floor_cut
 
 
 def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray,
                     options: TSDFOptions) -> np.ndarray:
     """Sorted keys of the blocks within truncation of an observed surface point.
 
-    Object mode also allocates every block that is not confidently free, so that the solid
-    inside and the cut at the floor are meshed at full resolution.
+    Object mode also allocates the solid blocks that touch free ones, so that the cut at the
+    floor and any surface the points missed are meshed at full resolution; deeper solid blocks
+    keep their coarse value.
     """
     marked = np.zeros(int(np.prod(grid.blocks)), bool)
     for view in views:
         for offset in (-grid.truncation, 0.0, grid.truncation):
             marked[surface_block_keys(grid, view, offset)] = True
     if grid.object_mode:
-        marked |= coarse < 0.5
+        solid = (coarse < 0).reshape(tuple(grid.blocks))
+        marked |= (solid & dilate(~solid)).ravel()
     keys = np.flatnonzero(marked)
     needed = len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20
     if needed > options.memory_mb:
         raise ValueError(f"the fused volume needs {needed:.0f} MB, over the {options.memory_mb:.0f} "
                          "MB budget: raise the voxel size")
     return keys
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    """3-D dilation by one cell, 26-neighbourhood."""
+    out = mask.copy()
+    for axis in range(3):
+        grown = out.copy()
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        grown[tuple(lo)] |= out[tuple(hi)]
+        grown[tuple(hi)] |= out[tuple(lo)]
+        out = grown
+    return out
 
 
 def surface_block_keys(grid: Grid, view: View, offset: float) -> np.ndarray:
@@ -636,7 +671,7 @@ def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions) -> np.ndarray
     Object mode: too little evidence means nobody could see in, so solid; below the floor cut
     and on the grid's outer layer is free, which closes the object at the floor and box faces.
     """
-    observed = volume.weight >= options.min_weight
+    observed = volume.weight >= (options.solid_weight if grid.object_mode else options.min_weight)
     values = np.where(observed, volume.tsdf / np.maximum(volume.weight, 1e-12), np.nan)
     if not grid.object_mode:
         return values.astype(np.float32)
@@ -840,13 +875,36 @@ def vertex_colors(grid: Grid, volume: Volume, vertices: np.ndarray) -> np.ndarra
     return (rgb / 255.0).astype(np.float32)
 
 
+def seen_from_front(vertices: np.ndarray, faces: np.ndarray, views: list[View],
+                    trunc: float) -> np.ndarray:
+    """Faces that some view saw from their front side, near where it saw a surface.
+
+    Where views disagree on the depth of a wall by more than the truncation, the views that
+    put it too far vote 'free' behind the others' band and a second, inside-out sheet appears
+    behind the wall. No camera ever faced such a sheet: this test removes it.
+    """
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    centres = (a + b + c) / 3
+    normals = np.cross(b - a, c - a)
+    seen = np.zeros(len(faces), bool)
+    for view in views:
+        d, pix, z = sample_view(view, centres)
+        near = (d > 0) & (np.abs(d - z) < 1.5 * trunc) & (view.weight.ravel()[pix] > 0)
+        eye = -view.R.T @ view.t
+        seen |= near & (np.sum(normals * (eye - centres), axis=1) > 0)
+    return seen
+
+
 def clean_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
-               options: TSDFOptions, grid: Grid):
-    """Keep the largest piece in object mode (or when asked); drop unused vertices."""
+               options: TSDFOptions):
+    """Keep the largest piece in object mode (or when asked), else drop pieces smaller than
+    ``options.min_component_faces`` (floaters); drop unused vertices."""
     keep_largest = options.object_mode if options.keep_largest is None else options.keep_largest
-    if keep_largest and len(faces):
+    if len(faces):
         labels = face_components(faces, len(vertices))
-        faces = faces[labels == np.bincount(labels).argmax()]
+        sizes = np.bincount(labels)
+        keep = labels == sizes.argmax() if keep_largest else sizes[labels] >= options.min_component_faces
+        faces = faces[keep]
     used = np.zeros(len(vertices), bool)
     used[faces.ravel()] = True
     remap = np.cumsum(used) - 1

@@ -1,0 +1,586 @@
+"""Synthetic scenes of known geometry, rendered with Cycles, and DA3-like predictions of them.
+
+A scene is built from analytic shapes (cylinder, torus, box, sphere, planes), so that its true
+surface can be sampled exactly, away from the parts hidden inside other shapes. Cycles renders
+colour and planar depth (compositor Depth -> 32-bit EXR) for every camera.
+
+``degrade`` then makes what DA3 would return: an unknown global scale, the world frame of view 0,
+a smooth 2-3% relative depth error per view, flying pixels at depth edges with low confidence,
+a low-confidence far background, and a little pose noise.
+
+``evaluate`` measures a mesh against the true surface: accuracy, completeness, precision,
+recall and F-score at a distance of 1% of the object's size, boundary edges and components.
+Nearest neighbours come from Blender's mathutils KD-tree (the tests run inside bpy anyway).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import fusion
+from engine.prediction import Prediction
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------
+# analytic shapes: a Blender mesh, surface samples and an inside test for each
+
+
+@dataclass
+class Shape:
+    name: str
+    vertices: np.ndarray
+    faces: list
+    color: tuple
+    sample: callable  # (n, rng) -> (n,3) points on the surface
+    inside: callable  # (P,3) -> bool, strictly inside the solid
+
+
+def cylinder(radius, height, centre=(0.0, 0.0), z0=0.0, segments=96, color=(0.7, 0.1, 0.1)):
+    a = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    ring = np.stack([radius * np.cos(a) + centre[0], radius * np.sin(a) + centre[1]], axis=1)
+    verts = np.concatenate([np.c_[ring, np.full(segments, z0)], np.c_[ring, np.full(segments, z0 + height)]])
+    faces = [(i, (i + 1) % segments, segments + (i + 1) % segments, segments + i) for i in range(segments)]
+    faces += [tuple(range(segments - 1, -1, -1)), tuple(range(segments, 2 * segments))]
+    cx, cy = centre
+
+    def sample(n, rng):
+        side = int(n * height / (height + radius / 2))
+        t = rng.uniform(0, 2 * np.pi, side)
+        pts = [np.c_[radius * np.cos(t) + cx, radius * np.sin(t) + cy, rng.uniform(z0, z0 + height, side)]]
+        r, t = radius * np.sqrt(rng.uniform(0, 1, n - side)), rng.uniform(0, 2 * np.pi, n - side)
+        pts.append(np.c_[r * np.cos(t) + cx, r * np.sin(t) + cy, np.full(n - side, z0 + height)])
+        return np.concatenate(pts)  # the bottom stands on the floor: never seen
+
+    def inside(p):
+        within = (p[:, 0] - cx) ** 2 + (p[:, 1] - cy) ** 2 < radius ** 2
+        return within & (p[:, 2] > z0) & (p[:, 2] < z0 + height)
+
+    return Shape("cylinder", verts, faces, color, sample, inside)
+
+
+def torus_xz(major, minor, centre, seg=96, minor_seg=32, color=(0.7, 0.1, 0.1)):
+    """A ring in the x-z plane (a mug's handle)."""
+    c = np.asarray(centre, float)
+    u = np.linspace(0, 2 * np.pi, seg, endpoint=False)
+    v = np.linspace(0, 2 * np.pi, minor_seg, endpoint=False)
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    verts = np.stack([(major + minor * np.cos(vv)) * np.cos(uu), minor * np.sin(vv),
+                      (major + minor * np.cos(vv)) * np.sin(uu)], -1).reshape(-1, 3) + c
+    def at(i, j):
+        return (i % seg) * minor_seg + j % minor_seg
+
+    faces = [(at(i, j), at(i + 1, j), at(i + 1, j + 1), at(i, j + 1))
+             for i in range(seg) for j in range(minor_seg)]
+
+    def sample(n, rng):
+        # area element is proportional to (major + minor cos v): rejection-sample v
+        uu = rng.uniform(0, 2 * np.pi, 3 * n)
+        vv = rng.uniform(0, 2 * np.pi, 3 * n)
+        keep = rng.uniform(0, major + minor, 3 * n) < major + minor * np.cos(vv)
+        uu, vv = uu[keep][:n], vv[keep][:n]
+        return np.stack([(major + minor * np.cos(vv)) * np.cos(uu), minor * np.sin(vv),
+                         (major + minor * np.cos(vv)) * np.sin(uu)], -1) + c
+
+    def inside(p):
+        q = p - c
+        return (np.hypot(q[:, 0], q[:, 2]) - major) ** 2 + q[:, 1] ** 2 < minor ** 2
+
+    return Shape("handle", verts, faces, color, sample, inside)
+
+
+def box(low, high, color=(0.2, 0.4, 0.7), inward=False, skip_bottom=True):
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    verts = np.array([[low[0] if i & 4 == 0 else high[0], low[1] if i & 2 == 0 else high[1],
+                       low[2] if i & 1 == 0 else high[2]] for i in range(8)])
+    faces = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    if inward:
+        faces = [f[::-1] for f in faces]
+    size = high - low
+    areas = np.array([size[1] * size[2]] * 2 + [size[0] * size[2]] * 2 + [size[0] * size[1]] * 2)
+    if skip_bottom:
+        areas[4] = 0  # face z = low: stands on the floor
+
+    def sample(n, rng):
+        face = rng.choice(6, n, p=areas / areas.sum())
+        p = rng.uniform(low, high, (n, 3))
+        axis, side = face // 2, face % 2
+        # faces are ordered -x, +x, -y, +y, -z, +z
+        p[np.arange(n), axis] = np.where(side == 0, low[axis], high[axis])
+        return p
+
+    def inside(p):
+        within = np.all((p > low) & (p < high), axis=1)
+        return ~within if inward else within  # a room's solid is outside its walls
+
+    return Shape("box", verts, faces, color, sample, inside)
+
+
+def sphere(centre, radius, color=(0.2, 0.7, 0.3), segments=64):
+    c = np.asarray(centre, float)
+    u = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    v = np.linspace(0, np.pi, segments // 2 + 1)[1:-1]
+    verts = [c + [0, 0, radius]]
+    for vv in v:
+        verts += list(c + radius * np.c_[np.sin(vv) * np.cos(u), np.sin(vv) * np.sin(u),
+                                         np.full(segments, np.cos(vv))])
+    verts.append(c - [0, 0, radius])
+    rows = len(v)
+    faces = [(0, 1 + (i + 1) % segments, 1 + i) for i in range(segments)]
+    for r in range(rows - 1):
+        a, b = 1 + r * segments, 1 + (r + 1) * segments
+        faces += [(a + i, a + (i + 1) % segments, b + (i + 1) % segments, b + i) for i in range(segments)]
+    last = 1 + (rows - 1) * segments
+    faces += [(last + i, last + (i + 1) % segments, len(verts) - 1) for i in range(segments)]
+
+    def sample(n, rng):
+        d = rng.normal(size=(n, 3))
+        return c + radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+
+    def inside(p):
+        return np.linalg.norm(p - c, axis=1) < radius
+
+    return Shape("sphere", np.array(verts), faces, color, sample, inside)
+
+
+def floor(size=8.0, color=(0.45, 0.45, 0.42)):
+    h = size / 2
+    verts = np.array([[-h, -h, 0], [h, -h, 0], [h, h, 0], [-h, h, 0]], float)
+    return Shape("floor", verts, [(0, 1, 2, 3)], color, lambda n, rng: np.zeros((0, 3)),
+                 lambda p: p[:, 2] < 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# scenes
+
+
+@dataclass
+class Scene:
+    """Rendered views and the true surface, in Blender's world (Z up)."""
+
+    name: str
+    image: np.ndarray  # (N,H,W,3) uint8
+    depth: np.ndarray  # (N,H,W) float32 planar depth, 0 where no surface
+    K: np.ndarray  # (3,3)
+    w2c: np.ndarray  # (N,3,4) OpenCV world-to-camera
+    surface: np.ndarray  # (P,3) samples of the true surface that the metrics use
+    size: float  # the object's (or room's) bounding-box diagonal
+    region: tuple  # (low, high): predicted geometry outside is not judged (the floor, far walls)
+
+
+def mug_shapes():
+    return [cylinder(0.5, 1.0), torus_xz(0.28, 0.07, (0.55, 0.0, 0.5)), floor()]
+
+
+def room_shapes():
+    return [box((-2, -1.5, 0), (2, 1.5, 2.5), color=(0.8, 0.75, 0.6), inward=True, skip_bottom=False),
+            box((0.6, 0.2, 0), (1.4, 0.9, 0.7)), sphere((-0.9, -0.6, 0.35), 0.35),
+            cylinder(0.2, 2.5, centre=(-1.2, 0.8), color=(0.6, 0.3, 0.6))]
+
+
+def ring_cameras(n, target, distance, elevations_deg):
+    eyes = []
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        el = math.radians(elevations_deg[i % len(elevations_deg)])
+        eyes.append(np.asarray(target) + distance * np.array([math.cos(a) * math.cos(el),
+                                                              math.sin(a) * math.cos(el), math.sin(el)]))
+    return [look_at(e, target) for e in eyes]
+
+
+def room_cameras(n):
+    """A slow turn in the middle of the room, looking up, level and down at each heading."""
+    out = []
+    for i in range(n):
+        a = 2 * np.pi * (i // 3) / (n // 3)
+        eye = np.array([0.6 * math.cos(a), 0.5 * math.sin(a), (1.2, 1.6)[i % 2]])
+        pitch = math.radians((25, -15, -50)[i % 3])
+        d = np.array([math.cos(a) * math.cos(pitch), math.sin(a) * math.cos(pitch), math.sin(pitch)])
+        out.append(look_at(eye, eye + d))
+    return out
+
+
+def look_at(eye, target, up=(0.0, 0.0, 1.0)):
+    """OpenCV world-to-camera (3,4) of a camera at ``eye`` looking at ``target``."""
+    f = np.asarray(target, float) - eye
+    f /= np.linalg.norm(f)
+    r = np.cross(f, up)
+    r /= np.linalg.norm(r)
+    R = np.stack([r, np.cross(f, r), f])
+    return np.c_[R, -R @ eye]
+
+
+def true_surface(shapes, n_per_unit_area, rng):
+    pts = []
+    for s in shapes:
+        p = s.sample(n_per_unit_area, rng)
+        hidden = np.zeros(len(p), bool)
+        for other in shapes:
+            if other is not s:
+                hidden |= other.inside(p)
+        pts.append(p[~hidden])
+    return np.concatenate(pts)
+
+
+def render_scene(name: str, width=128, height=96, samples=4) -> Scene:
+    """Render one of the two scenes ('mug' or 'room') with Cycles; the caller caches it."""
+    rng = np.random.default_rng(1)
+    if name == "mug":
+        shapes = mug_shapes()
+        cams = ring_cameras(24, (0.15, 0.0, 0.45), 2.8, (25, 50))
+        fov = 45
+        surface = true_surface(shapes[:2], 60000, rng)
+        low, high = np.array([-0.5, -0.5, 0.0]), np.array([0.9, 0.5, 1.0])
+        # not the floor, nor the band where the object meets it: nobody sees it, and DA3's floor
+        # is as rough as 5-8% of the object's height
+        region = (low - [0.1, 0.1, -0.08], high + 0.1)
+    else:
+        shapes = room_shapes()
+        cams = room_cameras(36)
+        fov = 90
+        surface = true_surface(shapes, 60000, rng)
+        low, high = np.array([-2, -1.5, 0]), np.array([2, 1.5, 2.5])
+        region = (low - 0.1, high + 0.1)
+    fx = (width / 2) / math.tan(math.radians(fov) / 2)
+    K = np.array([[fx, 0, width / 2], [0, fx, height / 2], [0, 0, 1.0]])
+    image, depth = cycles_render(shapes, cams, K, width, height, samples, lamp=name == "room")
+    cams = np.array(cams)
+    surface = surface[seen_by(surface, cams, K, depth) >= 2]  # judge only what could be seen
+    return Scene(name, image, depth, K, cams, surface, float(np.linalg.norm(high - low)), region)
+
+
+def seen_by(points, w2c, K, depth, tolerance=0.02):
+    """How many views see each point (its depth matches the view's depth map)."""
+    count = np.zeros(len(points), int)
+    h, w = depth.shape[1:]
+    for view, d in zip(w2c, depth, strict=True):
+        cam = points @ view[:, :3].T + view[:, 3]
+        z = np.maximum(cam[:, 2], 1e-9)
+        u = np.floor(K[0, 0] * cam[:, 0] / z + K[0, 2]).astype(int)
+        v = np.floor(K[1, 1] * cam[:, 1] / z + K[1, 2]).astype(int)
+        ok = (cam[:, 2] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        hit = np.zeros(len(points), bool)
+        hit[ok] = np.abs(d[v[ok], u[ok]] - z[ok]) < tolerance * z[ok]
+        count += hit
+    return count
+
+
+def cycles_render(shapes, cams, K, width, height, samples, lamp=False):
+    import bpy
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    setup_cycles(scene, width, height, samples)
+    if lamp:  # a closed room: the sun cannot reach in
+        light = bpy.data.objects.new("lamp", bpy.data.lights.new("lamp", "POINT"))
+        light.data.energy = 60.0
+        light.location = (0.0, 0.0, 2.2)
+        scene.collection.objects.link(light)
+    for s in shapes:
+        add_shape(scene, s)
+    cam = add_camera(scene, K, width)
+    out = Path(tempfile.mkdtemp(prefix="da3-scene-"))
+    depth_node_output(scene, out)
+    images, depths = [], []
+    for w2c in cams:
+        cam.matrix_world = blender_camera_matrix(w2c)
+        bpy.ops.render.render(write_still=False)
+        images.append(read_exr(out / "rgb.exr")[..., :3])
+        depths.append(read_exr(out / "depth.exr")[..., 0])
+    bpy.ops.wm.read_homefile(use_empty=True)
+    depth = np.array(depths, np.float32)
+    depth[depth > 1e6] = 0
+    return linear_to_srgb8(np.array(images)), depth
+
+
+def setup_cycles(scene, width, height, samples):
+    import bpy
+
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.cycles.device = "CPU"
+    scene.cycles.max_bounces = 1  # colour only has to be plausible; bounces cost time
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.render.resolution_percentage = 100
+    scene.view_layers[0].use_pass_z = True
+    world = bpy.data.worlds.new("world")
+    world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.3, 0.3, 0.35, 1)
+    scene.world = world
+    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
+    sun.data.energy = 3.0
+    sun.rotation_euler = (0.6, 0.2, 0.8)
+    scene.collection.objects.link(sun)
+
+
+def add_shape(scene, shape: Shape):
+    import bpy
+
+    mesh = bpy.data.meshes.new(shape.name)
+    mesh.from_pydata(shape.vertices.tolist(), [], [list(f) for f in shape.faces])
+    mat = bpy.data.materials.new(shape.name)
+    mat.diffuse_color = (*shape.color, 1)
+    mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*shape.color, 1)
+    mesh.materials.append(mat)
+    scene.collection.objects.link(bpy.data.objects.new(shape.name, mesh))
+
+
+def add_camera(scene, K, width):
+    import bpy
+
+    data = bpy.data.cameras.new("cam")
+    data.sensor_fit = "HORIZONTAL"
+    data.sensor_width = 36.0
+    data.lens = K[0, 0] * 36.0 / width
+    data.clip_start, data.clip_end = 0.01, 1000
+    cam = bpy.data.objects.new("cam", data)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    return cam
+
+
+def blender_camera_matrix(w2c):
+    from mathutils import Matrix
+
+    R, t = w2c[:, :3], w2c[:, 3]
+    m = np.eye(4)
+    m[:3, :3] = R.T @ np.diag([1.0, -1.0, -1.0])  # OpenCV camera axes -> Blender's
+    m[:3, 3] = -R.T @ t
+    return Matrix(m.tolist())
+
+
+def depth_node_output(scene, folder: Path):
+    import bpy
+
+    tree = bpy.data.node_groups.new("depth", "CompositorNodeTree")
+    scene.compositing_node_group = tree
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    out = tree.nodes.new("CompositorNodeOutputFile")
+    out.file_output_items.new("FLOAT", "depth")
+    out.file_output_items.new("RGBA", "rgb")
+    out.format.media_type = "IMAGE"
+    out.format.file_format = "OPEN_EXR"
+    out.format.color_depth = "32"
+    out.directory = str(folder)
+    out.file_name = ""
+    tree.links.new(layers.outputs["Depth"], out.inputs["depth"])
+    tree.links.new(layers.outputs["Image"], out.inputs["rgb"])
+
+
+def read_exr(path: Path) -> np.ndarray:
+    import bpy
+
+    img = bpy.data.images.load(str(path))
+    w, h = img.size
+    buf = np.empty(w * h * 4, np.float32)
+    img.pixels.foreach_get(buf)
+    bpy.data.images.remove(img)
+    return buf.reshape(h, w, 4)[::-1]  # Blender's rows run bottom-up
+
+
+def linear_to_srgb8(c):
+    c = np.clip(c, 0, 1)
+    s = np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1 / 2.4) - 0.055)
+    return np.round(s * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# DA3-like predictions
+
+
+@dataclass
+class Degraded:
+    prediction: Prediction
+    scale: float  # prediction units per scene unit
+    to_scene: np.ndarray  # (4,4): prediction world -> scene world
+
+
+def degrade(scene: Scene, seed=0, depth_error=0.025, pose_deg=0.2, pose_frac=0.002,
+            scale=0.37) -> Degraded:
+    """What DA3 would say about ``scene``; see the module doc."""
+    rng = np.random.default_rng(seed)
+    n, h, w = scene.depth.shape
+    R0, t0 = scene.w2c[0, :, :3], scene.w2c[0, :, 3]
+    ext, depth, conf = [], [], []
+    for i in range(n):
+        R = scene.w2c[i, :, :3] @ R0.T
+        t = scale * (scene.w2c[i, :, 3] - R @ t0)
+        if i:
+            R = small_rotation(rng, pose_deg) @ R
+            t = t + rng.normal(0, pose_frac * scene.size * scale / math.sqrt(3), 3)
+        ext.append(np.c_[R, t])
+        d, c = degrade_depth(scene.depth[i] * scale, rng, depth_error)
+        depth.append(d)
+        conf.append(c)
+    to_scene = np.eye(4)
+    to_scene[:3, :3] = R0.T
+    to_scene[:3, 3] = -R0.T @ t0
+    to_scene[:3, :3] /= scale
+    pred = Prediction(depth=np.array(depth, np.float32), intrinsics=np.tile(scene.K, (n, 1, 1)),
+                      extrinsics=np.array(ext), conf=np.array(conf, np.float32), image=scene.image)
+    return Degraded(pred, scale, to_scene)
+
+
+def small_rotation(rng, degrees):
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    a = math.radians(degrees) * rng.normal()
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * k @ k
+
+
+def smooth_field(rng, h, w, waves=4, max_cycles=1.5):
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    field = np.zeros((h, w))
+    for _ in range(waves):
+        fx, fy = rng.uniform(-max_cycles, max_cycles, 2)
+        field += rng.uniform(0.5, 1) * np.cos(2 * np.pi * (fx * x + fy * y) + rng.uniform(0, 2 * np.pi))
+    return field / np.abs(field).max()
+
+
+def degrade_depth(true, rng, depth_error):
+    """Relative error field, flying pixels at edges, far unconfident background."""
+    h, w = true.shape
+    hit = true > 0
+    far = true[hit].max() * 3 if hit.any() else 10.0
+    depth = np.where(hit, true, far * (1 + 0.1 * smooth_field(rng, h, w)))
+    depth *= (1 + depth_error * smooth_field(rng, h, w)) * (1 + rng.normal(0, 0.002, (h, w)))
+    conf = 6 + 4 * smooth_field(rng, h, w) ** 2 + rng.normal(0, 0.3, (h, w))
+    conf[~hit] = rng.uniform(1.0, 1.3, np.count_nonzero(~hit))
+    edge = depth_edges(depth, 0.05)
+    mix = rng.uniform(0, 1, (h, w))
+    blurred = box_blur(depth)
+    depth = np.where(edge, mix * depth + (1 - mix) * blurred, depth)
+    conf[edge] = rng.uniform(1.0, 1.5, np.count_nonzero(edge))
+    return depth.astype(np.float32), np.maximum(conf, 1.0).astype(np.float32)
+
+
+def depth_edges(depth, tol):
+    """Pixels within one pixel of a relative depth jump over ``tol``."""
+    jump = np.zeros(depth.shape, bool)
+    ratio_x = np.abs(np.diff(depth, axis=1)) / np.minimum(depth[:, 1:], depth[:, :-1])
+    ratio_y = np.abs(np.diff(depth, axis=0)) / np.minimum(depth[1:], depth[:-1])
+    jump[:, 1:] |= ratio_x > tol
+    jump[:, :-1] |= ratio_x > tol
+    jump[1:] |= ratio_y > tol
+    jump[:-1] |= ratio_y > tol
+    return jump
+
+
+def box_blur(a, r=2):
+    p = np.pad(a, r, mode="edge")
+    h, w = a.shape
+    n = 2 * r + 1
+    return sum(p[dy:dy + h, dx:dx + w] for dy in range(n) for dx in range(n)) / n ** 2
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+@dataclass
+class Quality:
+    accuracy: float  # mean distance, reconstruction -> truth, relative to the scene size
+    completeness: float  # mean distance, truth -> reconstruction, relative
+    precision: float
+    recall: float
+    fscore: float
+    boundary_edges: int
+    components: int
+    faces: int
+
+    def row(self, label):
+        return (f"{label:<14} {100 * self.accuracy:7.2f}% {100 * self.completeness:7.2f}% "
+                f"{self.precision:6.3f} {self.recall:6.3f} {self.fscore:6.3f} {self.boundary_edges:8d} "
+                f"{self.components:6d} {self.faces:8d}")
+
+
+HEADER = (f"{'method':<14} {'acc':>8} {'compl':>8} {'prec':>6} {'recall':>6} {'F@1%':>6} "
+          f"{'boundary':>8} {'parts':>6} {'faces':>8}")
+
+
+def evaluate(vertices, faces, scene: Scene, to_scene=None, tau=0.01, samples=60000, seed=0) -> Quality:
+    """Quality of a mesh (in prediction units unless ``to_scene`` maps it) against the truth."""
+    v = np.asarray(vertices, np.float64)
+    if to_scene is not None:
+        v = v @ to_scene[:3, :3].T + to_scene[:3, 3]
+    pts = sample_mesh(v, faces, samples, np.random.default_rng(seed))
+    low, high = scene.region
+    pts = pts[np.all((pts >= low) & (pts <= high), axis=1)]
+    truth = scene.surface[np.all((scene.surface >= low) & (scene.surface <= high), axis=1)]
+    d_pred = nearest_distances(truth, pts)
+    d_true = nearest_distances(pts, truth) if len(pts) else np.full(len(truth), np.inf)
+    t = tau * scene.size
+    precision = float(np.mean(d_pred < t)) if len(pts) else 0.0
+    recall = float(np.mean(d_true < t))
+    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    cap = 10 * t  # a mean that a few far-off triangles cannot dominate
+    return Quality(float(np.mean(np.minimum(d_pred, cap)) / scene.size) if len(pts) else 1.0,
+                   float(np.mean(np.minimum(d_true, cap)) / scene.size), precision, recall, f,
+                   fusion.boundary_edges(faces), fusion.count_components(faces, len(v)), len(faces))
+
+
+def sample_mesh(v, faces, n, rng):
+    if len(faces) == 0:
+        return np.zeros((0, 3))
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    tri = rng.choice(len(faces), n, p=area / area.sum())
+    r1, r2 = rng.uniform(size=(2, n, 1))
+    s = np.sqrt(r1)
+    return (1 - s) * a[tri] + s * (1 - r2) * b[tri] + s * r2 * c[tri]
+
+
+def nearest_distances(reference, queries):
+    """Distance from each query to its nearest reference point (mathutils KD-tree)."""
+    import bpy  # noqa: F401  (mathutils comes with it)
+    from mathutils.kdtree import KDTree
+
+    tree = KDTree(len(reference))
+    for i, p in enumerate(reference.tolist()):
+        tree.insert(p, i)
+    tree.balance()
+    return np.array([tree.find(q)[2] for q in queries.tolist()])
+
+
+# ---------------------------------------------------------------------------------------------
+# the REMESH baseline: the importer's per-view surfaces, voxel-remeshed by Blender
+
+
+def remesh_baseline(pred: Prediction, voxel_size: float = 0.0):
+    """Vertices (prediction units) and faces of what fusion='REMESH' builds.
+
+    Uses the importer's own filters and triangulation (engine.geometry) and Blender's voxel
+    remesher with the same settings as builder/surface.py.
+    """
+    import bpy
+
+    from engine import geometry
+    from engine.options import BuildOptions
+
+    geo = geometry.prepare(pred, BuildOptions(), None)
+    voxel = geometry.voxel_size_for(geo, voxel_size * geo.scale if voxel_size else 0.0)
+    joined = geometry.surface_input(geo, pred.depth, voxel)
+    mesh = bpy.data.meshes.new("remesh")
+    mesh.from_pydata(joined.vertices.tolist(), [], joined.triangles.tolist())
+    obj = bpy.data.objects.new("remesh", mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    mesh.remesh_voxel_size = voxel
+    mesh.use_remesh_preserve_volume = True
+    with bpy.context.temp_override(object=obj, active_object=obj, selected_objects=[obj],
+                                   selected_editable_objects=[obj]):
+        bpy.ops.object.voxel_remesh()
+    mesh = obj.data
+    v = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", v)
+    mesh.calc_loop_triangles()
+    f = np.empty(len(mesh.loop_triangles) * 3, np.int32)
+    mesh.loop_triangles.foreach_get("vertices", f)
+    bpy.data.objects.remove(obj)
+    to_cv = geometry.CV_TO_BLENDER.T / geo.scale  # Blender frame and scale -> prediction's
+    return v.reshape(-1, 3) @ to_cv.T, f.reshape(-1, 3), voxel / geo.scale

@@ -158,7 +158,8 @@ def light_evenly(scene) -> None:
     world = scene.world or bpy.data.worlds.new("DA3 Preview")
     scene.world = world
     world.color = (1.0, 1.0, 1.0)
-    world.use_nodes = True
+    if world.node_tree is None:  # Blender < 5.0 makes worlds without nodes
+        world.use_nodes = True
     background = next((n for n in world.node_tree.nodes if n.type == "BACKGROUND"), None)
     if background is not None:
         background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)

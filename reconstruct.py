@@ -24,7 +24,7 @@ import bpy
 
 from . import paths, vendor_install
 from .engine import weights as weights_layout
-from .engine.monitor import JobMonitor, MonitorState
+from .engine.monitor import JobMonitor, MonitorState, ProcessMonitor
 from .engine.options import BuildOptions
 from .engine.presets import DEFAULT_MODEL, get_preset
 from .engine.protocol import DEVICES, Job
@@ -82,11 +82,16 @@ class Request:
 
 
 class Run:
-    """One running job: its monitor and what to build when the worker is done."""
+    """One running job: its monitor and what to build when the worker is done.
 
-    def __init__(self, request: Request, monitor: JobMonitor):
+    A weights download (``start_download``) is a Run too, with nothing to build: one thing at a
+    time runs in the worker environment, and the panel shows either the same way.
+    """
+
+    def __init__(self, request: Request, monitor: ProcessMonitor, kind: str = "reconstruct"):
         self.request = request
         self.monitor = monitor
+        self.kind = kind
         self.started = time.monotonic()
         self.building = False
 
@@ -139,6 +144,8 @@ class Run:
             if state.final and state.final.get("kind") == "cancelled":
                 raise ReconstructCancelled("reconstruction cancelled")
             raise ReconstructError(state.error or "the worker has not finished")
+        if self.kind == "download":
+            return None
         from .api import import_prediction
 
         self.building = True
@@ -180,6 +187,52 @@ def start(request: Request) -> Run:
         raise ReconstructError(f"could not start the worker ({paths.worker_python()}): {exc}") from exc
     _current = Run(request, monitor)
     return _current
+
+
+def start_download(model: str) -> Run:
+    """Fetch ``model``'s weights into the models folder with the worker environment's Python."""
+    global _current
+    if _current is not None:
+        raise ReconstructError("a reconstruction or download is already running; cancel it or wait")
+    request = Request([], model=model)
+    message = _check_settings(request) or _check_environment(request)
+    if message:
+        raise ReconstructError(message)
+    if not bpy.app.online_access:
+        raise ReconstructError("online access is off: allow it in Preferences > System > Network")
+    monitor = ProcessMonitor()
+    argv = [paths.worker_python(), "-c", DOWNLOAD_SCRIPT, model, weights_folder(request)]
+    try:
+        monitor.start_process(argv, EXTENSION_DIR)
+    except OSError as exc:
+        raise ReconstructError(f"could not start the download ({paths.worker_python()}): {exc}") from exc
+    _current = Run(request, monitor, kind="download")
+    return _current
+
+
+# Runs in the worker environment (cwd = this folder): engine.weights.download with protocol events.
+DOWNLOAD_SCRIPT = """
+import sys
+from pathlib import Path
+from engine.presets import get_preset
+from engine.protocol import encode
+from engine.weights import download, hub_url
+
+preset, folder = get_preset(sys.argv[1]), Path(sys.argv[2])
+def say(event, **fields):
+    print(encode(event, **fields), flush=True)
+say("stage", stage="downloading_weights", message=f"downloading {preset.name} from {hub_url(preset)}")
+try:
+    download(preset, folder, lambda done, total: say("progress", stage="downloading_weights",
+                                                     done=done, total=total, eta_s=None))
+except Exception as exc:
+    detail = (str(exc).splitlines() or [""])[0][:200]
+    say("error", kind="missing_weights", traceback="",
+        message=f"could not download {preset.name} ({type(exc).__name__}: {detail}); "
+                f"check the connection or put its files in '{folder}'")
+    sys.exit(1)
+say("done", result=str(folder), views=0, seconds=0.0)
+"""
 
 
 def run(request: Request, *, context=None, report: Callable[[str], None] | None = print,

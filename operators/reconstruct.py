@@ -47,7 +47,62 @@ _FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling",
                   "voxel_size", "confidence_percentile", "mask_sky", "crop_object")
 
 
-class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
+class RunModal:
+    """The UI side of a ``reconstruct.Run``: a timer ticks it, Esc cancels, the end is reported."""
+
+    def watch(self, context, run):
+        show_job(context.window_manager.da3_job, run)
+        self._timer = context.window_manager.event_timer_add(TICK_S, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        run = reconstruct.current()
+        if run is None:  # stopped from outside (unregister, file load)
+            return self.finish(context, None)
+        if event.type == "ESC" and event.value == "PRESS":
+            run.cancel(wait=False)
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER" or event.timer is not self._timer:
+            return {"PASS_THROUGH"}
+        advance(context.window_manager.da3_job, run)
+        redraw_sidebars(context)
+        return self.finish(context, run) if run.finished else {"PASS_THROUGH"}
+
+    def finish(self, context, run):
+        context.window_manager.event_timer_remove(self._timer)
+        job = context.window_manager.da3_job
+        try:
+            if run is None:
+                raise reconstruct.ReconstructCancelled("stopped")
+            self.finish_run(context, run)
+        except reconstruct.ReconstructCancelled:
+            end_job(job, "")
+            self.report({"WARNING"}, "Cancelled")
+            return {"CANCELLED"}
+        except reconstruct.ReconstructError as exc:
+            end_job(job, str(exc))
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        finally:
+            if run is not None:
+                run.close()
+            redraw_sidebars(context)
+        end_job(job, "")
+        return {"FINISHED"}
+
+    def finish_run(self, context, run):
+        """Use the finished run's result; raise ReconstructError when there is none."""
+        raise NotImplementedError
+
+    def cancel(self, context):
+        """Blender ends the modal operator (file load, quit): stop the worker too."""
+        context.window_manager.event_timer_remove(self._timer)
+        reconstruct.stop_all()
+        end_job(context.window_manager.da3_job, "")
+
+
+class DA3_OT_reconstruct(RunModal, BuildOptionProps, bpy.types.Operator):
     """Reconstruct a 3D scene from a folder of images, image files or a video with DA3"""
 
     bl_idname = "da3.reconstruct"
@@ -148,61 +203,12 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
         self.report({"INFO"}, f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)")
         return {"FINISHED"}
 
-    # -- the UI: a modal timer drives the run -------------------------------------------------
-
     def start_modal(self, context, request):
-        run = reconstruct.start(request)
-        show_job(context.window_manager.da3_job, run)
-        self._timer = context.window_manager.event_timer_add(TICK_S, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
+        return self.watch(context, reconstruct.start(request))
 
-    def modal(self, context, event):
-        run = reconstruct.current()
-        if run is None:  # stopped from outside (unregister, file load)
-            return self.finish(context, None)
-        if event.type == "ESC" and event.value == "PRESS":
-            run.cancel(wait=False)
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER" or event.timer is not self._timer:
-            return {"PASS_THROUGH"}
-        return self.tick(context, run)
-
-    def tick(self, context, run):
-        advance(context.window_manager.da3_job, run)
-        redraw_sidebars(context)
-        if run.finished:
-            return self.finish(context, run)
-        return {"PASS_THROUGH"}
-
-    def finish(self, context, run):
-        context.window_manager.event_timer_remove(self._timer)
-        job = context.window_manager.da3_job
-        try:
-            if run is None:
-                raise reconstruct.ReconstructCancelled("reconstruction stopped")
-            collection = run.build(context)
-        except reconstruct.ReconstructCancelled:
-            end_job(job, "")
-            self.report({"WARNING"}, "Reconstruction cancelled")
-            return {"CANCELLED"}
-        except reconstruct.ReconstructError as exc:
-            end_job(job, str(exc))
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        finally:
-            if run is not None:
-                run.close()
-            redraw_sidebars(context)
-        end_job(job, "")
+    def finish_run(self, context, run):
+        collection = run.build(context)
         self.report({"INFO"}, f"Reconstructed '{collection.name}'")
-        return {"FINISHED"}
-
-    def cancel(self, context):
-        """Blender ends the modal operator (file load, quit): stop the worker too."""
-        context.window_manager.event_timer_remove(self._timer)
-        reconstruct.stop_all()
-        end_job(context.window_manager.da3_job, "")
 
 
 class DA3_OT_cancel_reconstruct(bpy.types.Operator):
@@ -218,6 +224,51 @@ class DA3_OT_cancel_reconstruct(bpy.types.Operator):
     def execute(self, _context):
         reconstruct.current().cancel(wait=False)
         return {"FINISHED"}
+
+
+class DA3_OT_download_weights(RunModal, bpy.types.Operator):
+    """Download the model's weights into the models folder (needs online access)"""
+
+    bl_idname = "da3.download_weights"
+    bl_label = "Download weights"
+
+    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
+    use_modal: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, _context):
+        if reconstruct.current() is not None:
+            cls.poll_message_set("A reconstruction or download is already running")
+            return False
+        return True
+
+    def invoke(self, context, _event):
+        self.use_modal = True
+        if not self.properties.is_property_set("model"):
+            self.model = context.scene.da3.model
+        return self.execute(context)
+
+    def execute(self, context):
+        try:
+            run = reconstruct.start_download(self.model)
+        except reconstruct.ReconstructError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if self.use_modal and not bpy.app.background and context.window is not None:
+            return self.watch(context, run)
+        try:
+            run.monitor.wait()
+            self.finish_run(context, run)
+        except reconstruct.ReconstructError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        finally:
+            run.close()
+        return {"FINISHED"}
+
+    def finish_run(self, _context, run):
+        run.build()
+        self.report({"INFO"}, f"Downloaded the {run.request.model} weights")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -274,7 +325,7 @@ def stop_on_file_load(_dummy) -> None:
     reconstruct.stop_all()
 
 
-CLASSES = (DA3_OT_reconstruct, DA3_OT_cancel_reconstruct)
+CLASSES = (DA3_OT_reconstruct, DA3_OT_cancel_reconstruct, DA3_OT_download_weights)
 
 
 def register():

@@ -137,6 +137,8 @@ def draw_weights(layout, settings, preset) -> None:
         layout.label(text="Weights present", icon="CHECKMARK")
     elif bpy.app.online_access:
         layout.label(text=f"Weights download on first run ({preset.download_mb} MiB)", icon="IMPORT")
+        download = layout.operator("da3.download_weights", text=f"Download now ({preset.download_mb} MiB)")
+        download.model = preset.name
     else:
         layout.label(text="Weights missing and online access is off", icon="ERROR")
         layout.label(text=f"Put them in {paths.models_dir() / preset.name}")

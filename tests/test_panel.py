@@ -5,6 +5,8 @@ operator (or operator argument) that does not exist fails the test instead of a 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 
@@ -191,3 +193,57 @@ def test_a_broken_draw_fails(blender):
         recorder.operator("da3.no_such_operator")
     with pytest.raises(AssertionError):
         recorder.operator("da3.reconstruct").no_such_argument = 1
+
+
+def test_online_without_weights_offers_the_download(blender, ready_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("DA3_MODELS_DIR", str(tmp_path / "models"))
+    blender.context.preferences.system.use_online_access = True
+    try:
+        calls = draw(blender, "DA3_PT_model")
+    finally:
+        blender.context.preferences.system.use_online_access = False
+    assert ("operator", "da3.download_weights", "Download now (131 MiB)") in calls
+
+
+def test_install_refuses_offline_with_one_line(blender):
+    with pytest.raises(RuntimeError, match="Online access is off") as info:
+        blender.ops.da3.install_dependencies()
+    assert "\n" not in str(info.value).strip()
+
+
+def test_download_refuses_offline_with_one_line(blender, ready_env):
+    with pytest.raises(RuntimeError, match="online access is off"):
+        blender.ops.da3.download_weights(model="da3-small")
+
+
+@pytest.fixture
+def fake_installer(blender, addon, monkeypatch, tmp_path):
+    """vendor_install's --events stand-in: the real one needs the network."""
+    from importlib import import_module
+
+    install_deps = import_module(f"{addon.__name__}.operators.install_deps")
+    script = tmp_path / "fake_install.py"
+    monkeypatch.setattr(install_deps, "install_command",
+                        lambda target, torch="auto": [sys.executable, str(script), str(target)])
+    blender.context.preferences.system.use_online_access = True
+    yield script
+    blender.context.preferences.system.use_online_access = False
+
+
+def test_install_runs_the_installer_and_reports_success(blender, fake_installer):
+    fake_installer.write_text(
+        "import json\n"
+        "for e in ({'event': 'stage', 'stage': 'venv', 'message': 'creating the environment'},\n"
+        "          {'event': 'progress', 'done': 1, 'total': 3},\n"
+        "          {'event': 'done', 'summary': 'DA3 environment ready'}):\n"
+        "    print(json.dumps(e), flush=True)\n")
+    assert blender.ops.da3.install_dependencies() == {"FINISHED"}
+
+
+def test_install_failure_is_one_line(blender, fake_installer):
+    fake_installer.write_text(
+        "import json, sys\n"
+        "print(json.dumps({'event': 'error', 'kind': 'dependency', 'message': 'pip failed: no torch'}))\n"
+        "sys.exit(1)\n")
+    with pytest.raises(RuntimeError, match="Installing the dependencies failed: pip failed: no torch"):
+        blender.ops.da3.install_dependencies()

@@ -232,3 +232,15 @@ def test_disabling_the_extension_stops_the_worker(blender, addon, addon_module, 
         assert not job_dir.exists()
     finally:
         addon_utils.enable(addon_module, default_set=True)
+
+
+def test_download_runs_in_the_worker_env_and_fails_in_one_line_offline(blender, worker_env, tmp_path):
+    """The hub is out of reach in tests (HF_HUB_OFFLINE): the script must still run and say so."""
+    blender.context.preferences.system.use_online_access = True
+    try:
+        with pytest.raises(RuntimeError, match="could not download da3-small") as info:
+            blender.ops.da3.download_weights(model="da3-small")
+    finally:
+        blender.context.preferences.system.use_online_access = False
+    print(info.value)
+    assert "models" in str(info.value) and "\n" not in str(info.value).strip()

@@ -1,9 +1,11 @@
-"""``da3.reconstruct`` and ``da3.cancel_reconstruct``: thin operators over ``reconstruct.py``.
+"""``da3.reconstruct``, ``da3.download_weights``, ``da3.cancel_reconstruct`` and the modal
+``da3.watch_job``: thin operators over ``reconstruct.py``.
 
-From the UI (invoke) the job runs modally: a window-manager timer ticks, each tick drains the
-worker's events within a few milliseconds, updates ``WindowManager.da3_job`` and redraws; Esc
-or the panel's Cancel button stops it. Called from a script (execute), and always in background
-mode, the same job runs to completion before the call returns.
+From the UI (invoke) the operator starts the job and hands it to ``da3.watch_job``: a
+window-manager timer ticks, each tick drains the worker's events within a few milliseconds,
+updates ``WindowManager.da3_job`` and redraws; Esc or the panel's Cancel button stops it; at the
+end the result is built on the main thread. Called from a script (execute), and always in
+background mode, the same job runs to completion before the call returns.
 """
 # ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
@@ -47,10 +49,22 @@ _FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling",
                   "voxel_size", "confidence_percentile", "mask_sky", "crop_object")
 
 
-class RunModal:
-    """The UI side of a ``reconstruct.Run``: a timer ticks it, Esc cancels, the end is reported."""
+class DA3_OT_watch_job(bpy.types.Operator):
+    """Follow the running job: a timer ticks it, Esc cancels, the result is built at the end.
 
-    def watch(self, context, run):
+    The reconstruct and download operators start the job and hand it to this modal operator
+    (a modal handler started from their execute() would be 'modal from exec', which Blender
+    only tolerates), so every UI path (panel button, file browser, drop dialog) works the same.
+    """
+
+    bl_idname = "da3.watch_job"
+    bl_label = "Reconstruct"
+    bl_options = {"INTERNAL", "UNDO"}
+
+    def invoke(self, context, _event):
+        run = reconstruct.current()
+        if run is None:
+            return {"CANCELLED"}
         show_job(context.window_manager.da3_job, run)
         self._timer = context.window_manager.event_timer_add(TICK_S, window=context.window)
         context.window_manager.modal_handler_add(self)
@@ -75,7 +89,7 @@ class RunModal:
         try:
             if run is None:
                 raise reconstruct.ReconstructCancelled("stopped")
-            self.finish_run(context, run)
+            self.report({"INFO"}, finished_message(run, run.build(context)))
         except reconstruct.ReconstructCancelled:
             end_job(job, "")
             self.report({"WARNING"}, "Cancelled")
@@ -91,10 +105,6 @@ class RunModal:
         end_job(job, "")
         return {"FINISHED"}
 
-    def finish_run(self, context, run):
-        """Use the finished run's result; raise ReconstructError when there is none."""
-        raise NotImplementedError
-
     def cancel(self, context):
         """Blender ends the modal operator (file load, quit): stop the worker too."""
         context.window_manager.event_timer_remove(self._timer)
@@ -102,7 +112,25 @@ class RunModal:
         end_job(context.window_manager.da3_job, "")
 
 
-class DA3_OT_reconstruct(RunModal, BuildOptionProps, bpy.types.Operator):
+def finished_message(run, collection) -> str:
+    if collection is None:
+        return f"Downloaded the {run.request.model} weights"
+    return f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)"
+
+
+def follow_in_ui(run) -> None:
+    """Hand a started run to the modal watcher; a run nobody follows is stopped at once."""
+    try:
+        result = bpy.ops.da3.watch_job("INVOKE_DEFAULT")
+    except RuntimeError as exc:
+        run.close()
+        raise reconstruct.ReconstructError(f"could not follow the job in this window: {exc}") from exc
+    if "RUNNING_MODAL" not in result:
+        run.close()
+        raise reconstruct.ReconstructError("could not follow the job in this window")
+
+
+class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
     """Reconstruct a 3D scene from a folder of images, image files or a video with DA3"""
 
     bl_idname = "da3.reconstruct"
@@ -200,15 +228,12 @@ class DA3_OT_reconstruct(RunModal, BuildOptionProps, bpy.types.Operator):
 
     def run_blocking(self, context, request):
         collection = reconstruct.run(request, context=context, report=print)
-        self.report({"INFO"}, f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)")
+        self.report({"INFO"}, finished_message(None, collection))
         return {"FINISHED"}
 
-    def start_modal(self, context, request):
-        return self.watch(context, reconstruct.start(request))
-
-    def finish_run(self, context, run):
-        collection = run.build(context)
-        self.report({"INFO"}, f"Reconstructed '{collection.name}'")
+    def start_modal(self, _context, request):
+        follow_in_ui(reconstruct.start(request))
+        return {"FINISHED"}
 
 
 class DA3_OT_cancel_reconstruct(bpy.types.Operator):
@@ -226,7 +251,7 @@ class DA3_OT_cancel_reconstruct(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DA3_OT_download_weights(RunModal, bpy.types.Operator):
+class DA3_OT_download_weights(bpy.types.Operator):
     """Download the model's weights into the models folder (needs online access)"""
 
     bl_idname = "da3.download_weights"
@@ -255,20 +280,18 @@ class DA3_OT_download_weights(RunModal, bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         if self.use_modal and not bpy.app.background and context.window is not None:
-            return self.watch(context, run)
+            follow_in_ui(run)
+            return {"FINISHED"}
         try:
             run.monitor.wait()
-            self.finish_run(context, run)
+            run.build()
         except reconstruct.ReconstructError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         finally:
             run.close()
+        self.report({"INFO"}, finished_message(run, None))
         return {"FINISHED"}
-
-    def finish_run(self, _context, run):
-        run.build()
-        self.report({"INFO"}, f"Downloaded the {run.request.model} weights")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -325,7 +348,7 @@ def stop_on_file_load(_dummy) -> None:
     reconstruct.stop_all()
 
 
-CLASSES = (DA3_OT_reconstruct, DA3_OT_cancel_reconstruct, DA3_OT_download_weights)
+CLASSES = (DA3_OT_watch_job, DA3_OT_reconstruct, DA3_OT_cancel_reconstruct, DA3_OT_download_weights)
 
 
 def register():

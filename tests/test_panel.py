@@ -247,3 +247,15 @@ def test_install_failure_is_one_line(blender, fake_installer):
         "sys.exit(1)\n")
     with pytest.raises(RuntimeError, match="Installing the dependencies failed: pip failed: no torch"):
         blender.ops.da3.install_dependencies()
+
+
+def test_the_drop_dialog_draws_the_operators_settings(blender, addon):
+    from importlib import import_module
+    from types import SimpleNamespace
+
+    panels = import_module(f"{addon.__name__}.panels.main")
+    op = SimpleNamespace(bl_rna=blender.ops.da3.reconstruct.get_rna_type(), frame_sampling="FPS")
+    calls = []
+    panels.draw_run_settings(Recorder(calls, blender), op, blender.context)
+    drawn = [c[1] for c in calls if c[0] in ("prop", "prop_search")]
+    assert {"source", "model", "process_res", "fps", "device", "output_surface"} <= set(drawn)

@@ -244,3 +244,16 @@ def test_download_runs_in_the_worker_env_and_fails_in_one_line_offline(blender, 
         blender.context.preferences.system.use_online_access = False
     print(info.value)
     assert "models" in str(info.value) and "\n" not in str(info.value).strip()
+
+
+def test_loading_a_file_stops_the_run(blender, addon, worker_env, small_weights, tmp_path):
+    """A job belongs to the open file: loading another one stops the worker and removes its files.
+    (In the module operators are never invoked, only executed, so this is the load_pre handler.)"""
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "ui", count=3, size=(256, 192))
+    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
+                                                process_res=280))
+    process, job_dir = run.monitor.process, run.monitor.job_dir
+    blender.ops.wm.read_homefile(use_empty=True)
+    assert reconstruct.current() is None
+    assert process.poll() is not None and not job_dir.exists()

@@ -243,25 +243,38 @@ def run(request: Request, *, context=None, report: Callable[[str], None] | None 
     ReconstructCancelled raised. Nothing is left behind on failure, cancel or Ctrl-C.
     """
     job = start(request)
+    reporter = _Reporter(report)
     try:
-        last = ""
         while not job.finished:
             job.tick(timeout=0.1, budget_s=None)
             if should_cancel is not None and should_cancel():
                 job.cancel(wait=False)
-            last = _report_change(job, report, last)
-        if report is not None and job.state.succeeded:
-            report(f"DA3: {STAGE_LABELS['building']}")
+            reporter.show(job)
+        if job.state.succeeded:
+            reporter.say(STAGE_LABELS["building"])
         return job.build(context)
     finally:
         job.close()
 
 
-def _report_change(job: Run, report, last: str) -> str:
-    line = job.status_line()
-    if report is not None and line != last:
-        report(f"DA3: {line}")
-    return line
+class _Reporter:
+    """Progress lines for a terminal: every new stage, and within a stage at most once a second."""
+
+    def __init__(self, report: Callable[[str], None] | None, interval_s: float = 1.0):
+        self.report, self.interval_s = report, interval_s
+        self.line, self.stage, self.at = "", None, 0.0
+
+    def show(self, job: Run) -> None:
+        line, stage, now = job.status_line(), job.state.stage, time.monotonic()
+        finished_stage = job.state.total > 0 and job.state.done >= job.state.total
+        due = stage != self.stage or finished_stage or now - self.at >= self.interval_s
+        if line != self.line and due:
+            self.say(line)
+            self.line, self.stage, self.at = line, stage, now
+
+    def say(self, line: str) -> None:
+        if self.report is not None:
+            self.report(f"DA3: {line}")
 
 
 def stop_all() -> None:

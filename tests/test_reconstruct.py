@@ -165,14 +165,14 @@ def test_cancel_is_quick_and_kills_the_worker(blender, addon, worker_env, small_
     run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
                                                 device="cpu", process_res=280))
     try:
-        while run.state.stage in ("", "starting"):
+        while run.state.stage != "inference" and not run.finished:
             run.tick(timeout=0.05)
         t0 = time.perf_counter()
         run.cancel(wait=True)
         took = time.perf_counter() - t0
         print(f"cancel during {run.state.stage!r}: {took * 1000:.0f} ms")
         assert run.monitor.process.poll() is not None
-        assert took < 10
+        assert took < 10  # the worker's own watchdog ends it ~1 s after the cancel line
     finally:
         run.close()
     assert jobs_left(addon) == []

@@ -39,7 +39,7 @@ def object_span(objects) -> float:
 def rescale_collection(collection: bpy.types.Collection, factor: float) -> None:
     """Scale every object of ``collection`` about the origin by ``factor``; cameras only move
     (their intrinsics do not depend on scale) and animated camera tracks have their path scaled."""
-    for obj in collection.all_objects:
+    for obj in list(collection.all_objects):  # a live iterator dies if its cache is rebuilt
         if obj.parent is None:
             obj.location = obj.location * factor
         if obj.type != "CAMERA":

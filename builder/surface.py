@@ -31,12 +31,12 @@ def remesh_surface(build) -> bpy.types.Object:
 def voxel_remesh(context, obj: bpy.types.Object, voxel_size: float) -> None:
     """Remesh ``obj`` in place with ``voxel_size``; colour attributes carry over.
 
-    Volume preservation is what makes the remesher accept an open sheet: it then returns a closed,
-    thin shell around it instead of nothing.
+    The input is made of closed slabs (``geometry.surface_input``), so the remesher needs no
+    volume preservation (which only rescues open sheets, as a shell that pinches into holes).
     """
     mesh = obj.data
     mesh.remesh_voxel_size = voxel_size
-    mesh.use_remesh_preserve_volume = True
+    mesh.use_remesh_preserve_volume = False
     mesh.use_remesh_preserve_attributes = True
     try:
         with context.temp_override(object=obj, active_object=obj, selected_objects=[obj],

@@ -332,11 +332,11 @@ def auto_voxel_size(points: np.ndarray, max_faces: int = 1_000_000, divisions: i
 
 
 def surface_stride(scene: Scene, voxel_size: float, max_vertices: int = 2_000_000) -> int:
-    """Pixel step for the remesher's input: samples about 1.5 voxels apart (finer ones add
-    nothing the voxels can hold, and the remesher's time grows with its input), at most
-    ``max_vertices`` of them."""
+    """Pixel step for the remesher's input: samples about 2 voxels apart (a flat triangle
+    rasterises exactly at any size, finer ones add little the voxels can hold, and the
+    remesher's time grows with its input), at most ``max_vertices`` of them."""
     spacing = _median_pixel_spacing(scene)
-    by_voxel = int(round(1.5 * voxel_size / spacing)) if spacing > 0 else 1
+    by_voxel = int(round(2.0 * voxel_size / spacing)) if spacing > 0 else 1
     by_budget = int(np.ceil(np.sqrt(scene.num_points / max_vertices)))
     return max(1, by_voxel, by_budget)
 
@@ -373,22 +373,33 @@ def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1,
             for i in range(len(depth))]
 
 
+SLAB_THICKNESS_VOXELS = 1.5
+
+
 def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMesh:
-    """What gets remeshed: all views' grids, thinned to a sample per 1.5 voxels, where they
-    overlap only the first view that covers a place, joined into one mesh.
+    """What gets remeshed: every view's grid, thinned to a sample per 2 voxels, cut to what no
+    earlier view covers (in 3-voxel cubes), made a closed slab, all joined into one mesh.
 
     Views of a video overlap many times over and the remesher's time grows with the area it
-    rasterises, so dropping covered triangles makes it several times faster without changing
-    the shell (sheets closer than a voxel fuse into one anyway).
+    rasterises, so dropping covered triangles makes it several times faster (sheets closer than
+    a voxel fuse into one anyway). An open sheet remeshes into a shell only half a voxel thick
+    that pinches into holes wherever it runs slanted to the voxel grid; a closed slab
+    ``SLAB_THICKNESS_VOXELS`` thick, extruded away from its camera, remeshes cleanly with its
+    front exactly on the measured surface.
     """
     grids = view_meshes(scene, depth, surface_stride(scene, voxel_size))
-    return drop_covered_triangles(grids, 2.0 * voxel_size)
+    kept = drop_covered_triangles(grids, 3.0 * voxel_size)
+    eyes = scene.cam_to_world[:, :3, 3]
+    thickness = SLAB_THICKNESS_VOXELS * voxel_size
+    slabs = [solidify(m, eye, thickness) for m, eye in zip(kept, eyes, strict=True)
+             if len(m.triangles)]
+    return merge_meshes(slabs) if slabs else keep_triangles(grids[0], np.zeros(0, bool))
 
 
-def drop_covered_triangles(meshes: list[GridMesh], cell: float) -> GridMesh:
-    """Join ``meshes`` keeping only the triangles that reach a ``cell``-sized cube no earlier mesh
-    reaches. Every cube still has a triangle: its first mesh keeps those touching it, so the
-    seams overlap by a triangle and leave no gap."""
+def drop_covered_triangles(meshes: list[GridMesh], cell: float) -> list[GridMesh]:
+    """Each of ``meshes`` cut to the triangles that reach a ``cell``-sized cube no earlier mesh
+    reaches. Every cube keeps a triangle: its first mesh keeps those touching it, so the seams
+    overlap by a triangle and leave no gap."""
     merged = merge_meshes(meshes)
     view = np.repeat(np.arange(len(meshes)), [len(m.vertices) for m in meshes])
     _, first, inverse = np.unique(cell_keys(merged.vertices, cell), return_index=True,
@@ -396,7 +407,34 @@ def drop_covered_triangles(meshes: list[GridMesh], cell: float) -> GridMesh:
     owner = view[first][inverse.ravel()]  # per vertex: the first mesh reaching its cube
     triangle_view = view[merged.triangles[:, 0]]
     keep = (owner[merged.triangles] == triangle_view[:, None]).any(axis=1)
-    return keep_triangles(merged, keep)
+    splits = np.cumsum([len(m.triangles) for m in meshes])[:-1]
+    return [keep_triangles(m, k) for m, k in zip(meshes, np.split(keep, splits), strict=True)]
+
+
+def solidify(mesh: GridMesh, eye: np.ndarray, thickness: float) -> GridMesh:
+    """A closed slab: ``mesh`` (facing the camera at ``eye``), a copy pushed ``thickness`` away
+    along the camera's rays with its faces turned around, and walls along the open border."""
+    n = len(mesh.vertices)
+    rays = mesh.vertices - eye.astype(np.float32)
+    rays /= np.maximum(np.linalg.norm(rays, axis=1, keepdims=True), 1e-12)
+    back = mesh.vertices + np.float32(thickness) * rays
+    tris = mesh.triangles
+    border = border_edges(tris)  # (B,2), directed as in their face
+    u, v = border[:, 0], border[:, 1]
+    walls = np.concatenate([np.stack([u, u + n, v + n], 1), np.stack([u, v + n, v], 1)])
+    faces = np.concatenate([tris, tris[:, ::-1] + n, walls]).astype(np.int32)
+    colors = np.concatenate([mesh.colors, mesh.colors]) if mesh.colors is not None else None
+    return GridMesh(np.concatenate([mesh.vertices, back]), faces, colors,
+                    np.concatenate([mesh.pixel_index, mesh.pixel_index]))
+
+
+def border_edges(triangles: np.ndarray) -> np.ndarray:
+    """(B,2) the edges used by one triangle only, directed as that triangle runs them."""
+    directed = triangles[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2).astype(np.int64)
+    low, high = directed.min(axis=1), directed.max(axis=1)
+    keys = low * (int(triangles.max()) + 1) + high
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return directed[counts[inverse.ravel()] == 1]
 
 
 def cell_keys(points: np.ndarray, cell: float) -> np.ndarray:

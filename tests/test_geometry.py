@@ -195,3 +195,30 @@ def test_full_cells_become_quads():
                               quads=True)
     assert mesh.quads.shape == (12, 4) and len(mesh.triangles) == 0
     assert len(mesh.edges) == 4 * 4 + 3 * 5  # horizontal + vertical, no diagonals
+
+
+def test_solidify_makes_a_closed_outward_slab():
+    pred, _ = make_prediction(n_views=1, width=40, height=30)
+    geo = g.prepare(pred, BuildOptions())
+    (mesh,) = g.view_meshes(geo, pred.depth)
+    slab = g.solidify(mesh, geo.cam_to_world[0, :3, 3], 0.05)
+    tris = slab.triangles
+    directed = tris[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    # Closed and consistently wound: every directed edge appears once, its reverse once.
+    assert len(g.border_edges(tris)) == 0
+    assert len({tuple(e) for e in directed.tolist()}) == len(directed)
+    a, b, c = (slab.vertices[tris[:, k]].astype(np.float64) for k in range(3))
+    volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6
+    assert volume > 0  # normals point outwards
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)[: len(mesh.triangles)].sum()
+    assert volume == pytest.approx(area * 0.05, rel=0.1)
+
+
+def test_surface_input_keeps_each_place_once():
+    pred, _ = make_prediction(n_views=4, width=60, height=45)
+    geo = g.prepare(pred, BuildOptions())
+    grids = g.view_meshes(geo, pred.depth)
+    kept = g.drop_covered_triangles(grids, 0.1)
+    assert len(kept[0].triangles) == len(grids[0].triangles)  # the first view keeps everything
+    later = sum(len(m.triangles) for m in kept[1:])
+    assert later < 0.5 * sum(len(m.triangles) for m in grids[1:])

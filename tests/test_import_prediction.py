@@ -153,6 +153,27 @@ def test_remeshed_surface_exists_and_keeps_colours(addon):
     assert mesh.materials[0].node_tree.nodes.get("Attribute").attribute_name == "Col"
 
 
+def test_remeshed_surface_lies_on_the_scene_and_has_no_holes(blender, addon):
+    from mathutils import Vector
+    from mathutils.bvhtree import BVHTree
+
+    pred, _ = make_prediction(n_views=3, width=120, height=90, focal=100.0, with_box=False)
+    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, output_cameras=False))
+    (surface,) = by_role(coll, "surface")
+    voxel, scale = surface["da3_voxel_size"], coll["da3_scale"]
+    world = blender_to_world(vertices_of(surface), pred.extrinsics, scale)
+    distance = distance_to_scene(world, with_box=False) * scale  # in scene units
+    assert np.median(distance) < voxel and distance.max() < 2.5 * voxel
+    # Rays from view 0 through the middle of its image all meet the surface: no pinholes.
+    tree = BVHTree.FromObject(surface, blender.context.evaluated_depsgraph_get())
+    misses = 0
+    for x in np.linspace(-0.4, 0.4, 25):
+        for z in np.linspace(-0.3, 0.3, 19):
+            location, *_ = tree.ray_cast(Vector((0, 0, 0)), Vector((x, 1.0, z)).normalized())
+            misses += location is None
+    assert misses == 0
+
+
 def test_a_requested_voxel_size_is_used_and_an_absurd_one_refused(blender, addon):
     pred, _ = make_prediction(n_views=2)
     coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, voxel_size=0.05))

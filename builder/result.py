@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import bpy
 
@@ -30,7 +31,7 @@ class Build:
     material: bpy.types.Material
     timings: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def far(self) -> float:
         """The farthest kept depth, in scene units (for the cameras' clip distance)."""
         return float(self.prediction.depth[self.geo.valid].max()) * self.geo.scale

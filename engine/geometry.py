@@ -360,8 +360,9 @@ def point_radius(scene: Scene) -> float:
 
 def kept_points(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:
     """(P,3) positions and (P,4) colours (or None) of every kept pixel of every view."""
-    points = np.ascontiguousarray(scene.points[scene.valid])
-    colors = linear_colors(scene.image[scene.valid]) if scene.image is not None else None
+    keep = scene.valid.ravel()  # a flat mask indexes several times faster than a 3-D one
+    points = scene.points.reshape(-1, 3)[keep]
+    colors = linear_colors(scene.image.reshape(-1, 3)[keep]) if scene.image is not None else None
     return points, colors
 
 

@@ -3,6 +3,9 @@ animated camera track."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import bpy
 import numpy as np
 from mathutils import Matrix
@@ -28,14 +31,31 @@ def set_intrinsics(camera: bpy.types.Camera, k: np.ndarray, width: int, height: 
 
 
 def image_from_rgb(name: str, rgb: np.ndarray) -> bpy.types.Image:
-    """A packed image datablock holding ``rgb`` (H,W,3 uint8); no file on disk involved."""
+    """A packed image datablock holding ``rgb`` (H,W,3 uint8); no file on disk involved.
+
+    The PNG is encoded here (zlib level 1: ~5 ms a frame) and packed as the image's file:
+    setting float pixels and letting Blender pack them costs ~45 ms a frame.
+    """
     height, width = rgb.shape[:2]
     image = bpy.data.images.new(name, width, height)
-    rgba = np.ones((height, width, 4), dtype=np.float32)
-    rgba[..., :3] = rgb[::-1] / np.float32(255)  # Blender's rows start at the bottom
-    image.pixels.foreach_set(rgba.reshape(-1))
-    image.pack()
+    png = encode_png(rgb)
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
     return image
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """``rgb`` (H,W,3 uint8) as the bytes of an 8-bit RGB PNG file."""
+    height, width = rgb.shape[:2]
+    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # filter byte 0: none
+    rows[:, 1:] = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, -1)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _png_chunk(b"IEND", b""))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def set_background(camera: bpy.types.Camera, image: bpy.types.Image) -> None:

@@ -239,6 +239,20 @@ def test_cameras_carry_the_frame_as_a_packed_background(addon):
         assert np.allclose(pixels[-1, :, :3] * 255, top_row, atol=1)
 
 
+def test_the_result_survives_saving_and_reopening(blender, addon, tmp_path):
+    pred, _ = make_prediction(n_views=2)
+    addon.api.import_prediction(pred, BuildOptions(output_view_meshes=True), name="saved")
+    path = str(tmp_path / "scene.blend")
+    blender.ops.wm.save_as_mainfile(filepath=path)
+    blender.ops.wm.open_mainfile(filepath=path)
+    coll = blender.data.collections["saved"]
+    assert {o["da3_role"] for o in coll.all_objects} == {"points", "view_mesh", "surface", "camera"}
+    cam = next(o for o in by_role(coll, "camera") if o["da3_view_index"] == 1)
+    pixels = np.array(cam.data.background_images[0].image.pixels[:]).reshape(pred.height,
+                                                                              pred.width, 4)
+    assert np.allclose(pixels[::-1, :, :3] * 255, pred.image[1], atol=1)
+
+
 def test_a_video_gets_an_animated_camera_track(blender, addon):
     pred, _ = make_prediction(n_views=4, video=True)
     coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))

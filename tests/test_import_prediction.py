@@ -317,6 +317,20 @@ def test_official_mini_npz_without_images_imports(blender, tmp_path):
     assert all(not o.data.background_images for o in by_role(coll, "camera"))
 
 
+def test_a_monocular_prediction_imports(blender, tmp_path):
+    """da3metric/da3mono output: one view, depth + sky, no confidence, no extrinsics."""
+    pred, _ = make_prediction(n_views=1)
+    sky = np.zeros(pred.depth.shape, bool)
+    sky[:, :5] = True
+    path = tmp_path / "mono.npz"
+    np.savez(path, depth=pred.depth, intrinsics=pred.intrinsics, image=pred.image, sky=sky,
+             is_metric=np.array(True))
+    assert blender.ops.da3.import_prediction(filepath=str(path)) == {"FINISHED"}
+    coll = blender.data.collections["mono"]
+    assert coll["da3_is_metric"] and coll["da3_scale"] == 1.0
+    assert len(by_role(coll, "points")[0].data.vertices) < pred.depth.size - 5 * pred.width
+
+
 def test_import_is_in_the_file_import_menu(blender, addon):
     draw_funcs = blender.types.TOPBAR_MT_file_import._dyn_ui_initialize()
     assert addon.operators.import_prediction.menu_import in draw_funcs

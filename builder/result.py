@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import bpy
@@ -29,7 +29,6 @@ class Build:
     geo: geometry.Scene
     collection: bpy.types.Collection
     material: bpy.types.Material
-    timings: dict = field(default_factory=dict)
 
     @cached_property
     def far(self) -> float:
@@ -56,7 +55,7 @@ def build_result(context, pred: Prediction, options: BuildOptions, name: str, cr
         raise PredictionError("no pixel survives the filters (confidence, sky, edges, crop): "
                               "lower the confidence percentile or check the crop object")
     build = Build(context, pred, options, name, geo, _new_collection(context, name, pred, geo),
-                  color_material(name), timings)
+                  color_material(name))
     for wanted, part, stage in _PARTS:
         if getattr(options, wanted):
             with _timed(timings, stage):

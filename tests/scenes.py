@@ -227,12 +227,15 @@ def true_surface(shapes, n_per_unit_area, rng):
     return np.concatenate(pts)
 
 
-def render_scene(name: str, width=128, height=96, samples=4) -> Scene:
-    """Render one of the two scenes ('mug' or 'room') with Cycles; the caller caches it."""
+def render_scene(name: str, width=128, height=96, samples=4, views=0) -> Scene:
+    """Render one of the two scenes ('mug' or 'room') with Cycles; the caller caches it.
+
+    ``views``: 0 for the scene's own count (24 around the mug, 36 in the room).
+    """
     rng = np.random.default_rng(1)
     if name == "mug":
         shapes = mug_shapes()
-        cams = ring_cameras(24, (0.15, 0.0, 0.45), 2.8, (25, 50))
+        cams = ring_cameras(views or 24, (0.15, 0.0, 0.45), 2.8, (25, 50))
         fov = 45
         surface = true_surface(shapes[:2], 60000, rng)
         low, high = np.array([-0.5, -0.5, 0.0]), np.array([0.9, 0.5, 1.0])
@@ -241,7 +244,7 @@ def render_scene(name: str, width=128, height=96, samples=4) -> Scene:
         region = (low - [0.1, 0.1, -0.08], high + 0.1)
     else:
         shapes = room_shapes()
-        cams = room_cameras(36)
+        cams = room_cameras(views or 36)
         fov = 90
         surface = true_surface(shapes, 60000, rng)
         low, high = np.array([-2, -1.5, 0]), np.array([2, 1.5, 2.5])

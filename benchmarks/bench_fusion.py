@@ -1,0 +1,157 @@
+"""TSDF fusion against the REMESH route: quality on scenes of known geometry, speed and memory.
+
+    .venv/bin/python benchmarks/bench_fusion.py [--views 30 --width 504 --height 378
+                                                 --resolution 256 --scenes mug room]
+
+Each scene is rendered with Cycles (tests/scenes.py; cached under .cache/bench-fusion/) and
+degraded like a DA3 prediction. Printed per scene: accuracy and completeness (mean distance,
+% of the object's size), precision, recall and F-score at 1% of that size, boundary edges,
+connected pieces and faces for REMESH (the importer's own per-view surfaces + Blender's voxel
+remesher) and TSDF (numpy; and torch in the worker environment when one is found, see
+--worker-python); then seconds per stage, peak traced memory (tracemalloc, a second run) and
+peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TMP = Path(tempfile.mkdtemp(prefix="da3-bench-"))
+for var in ("HOME", "XDG_CACHE_HOME", "BLENDER_USER_RESOURCES"):  # bpy writes there on import
+    os.environ.setdefault(var, str(TMP / var.lower()))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import numpy as np  # noqa: E402
+import scenes  # noqa: E402
+
+from engine import fusion  # noqa: E402
+from engine.prediction import save_prediction  # noqa: E402
+
+CACHE = REPO / ".cache" / "bench-fusion"
+
+
+def main() -> None:
+    args = parse_args()
+    for name in args.scenes:
+        scene = cached_scene(name, args)
+        degraded = scenes.degrade(scene, seed=0)
+        pred = degraded.prediction
+        print(f"\n== {name}: {pred.num_views} views {pred.width}x{pred.height}, "
+              f"F-score at {0.01 * scene.size:.3f} (1% of {scene.size:.2f})")
+        options = fusion.TSDFOptions(resolution=args.resolution, object_mode=name == "mug")
+        (v, f, _), seconds = timed(scenes.remesh_baseline, pred)
+        rows = [("REMESH", (v, f), seconds)]
+        mesh, seconds = timed(fusion.fuse_tsdf, pred, options)
+        rows.append(("TSDF numpy", (mesh.vertices, mesh.faces), seconds))
+        torch_result = run_torch(pred, options, args)
+        if torch_result is not None:
+            rows.append(("TSDF torch", torch_result["mesh"], torch_result["seconds"]))
+        print(scenes.HEADER + f" {'seconds':>8}")
+        for label, (v, f), secs in rows:
+            print(scenes.evaluate(v, f, scene, degraded.to_scene).row(label) + f" {secs:8.2f}")
+        print_cost(mesh, pred, options, torch_result)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--views", type=int, default=30)
+    parser.add_argument("--width", type=int, default=504)
+    parser.add_argument("--height", type=int, default=378)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--scenes", nargs="+", default=["mug", "room"], choices=["mug", "room"])
+    parser.add_argument("--worker-python", default=os.environ.get("DA3_WORKER_PYTHON")
+                        or str(REPO / ".worker-env" / "bin" / "python"))
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    return parser.parse_args()
+
+
+def cached_scene(name: str, args) -> scenes.Scene:
+    path = CACHE / f"{name}-{args.views}-{args.width}x{args.height}-{args.samples}.pkl"
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    start = time.perf_counter()
+    scene = scenes.render_scene(name, args.width, args.height, args.samples, args.views)
+    print(f"rendered {name} in {time.perf_counter() - start:.1f} s")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(scene, f)
+    return scene
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def run_torch(pred, options, args) -> dict | None:
+    """The torch path in the worker's interpreter (torch never enters this process)."""
+    python = Path(args.worker_python)
+    if not python.exists():
+        print(f"(no worker environment at {python}: torch path skipped)")
+        return None
+    npz = save_prediction(pred, TMP / "pred.npz")
+    out = TMP / "torch.npz"
+    code = (
+        "import sys, json, time, resource, numpy as np\n"
+        "from engine import fusion, fusion_torch\n"
+        "from engine.prediction import load_prediction\n"
+        "pred = load_prediction(sys.argv[1])\n"
+        "opts = fusion.TSDFOptions(**json.loads(sys.argv[3]))\n"
+        "dev = sys.argv[4] if sys.argv[4] != 'None' else None\n"
+        "fusion_torch.fuse_tsdf(pred, fusion.TSDFOptions(resolution=32), device=dev)  # warm-up\n"
+        "t = time.perf_counter(); m = fusion_torch.fuse_tsdf(pred, opts, device=dev)\n"
+        "s = time.perf_counter() - t\n"
+        "np.savez(sys.argv[2], v=m.vertices, f=m.faces)\n"
+        "print(json.dumps(dict(seconds=s, device=m.stats['device'], timings=m.stats['timings'],"
+        " gpu_peak_mb=m.stats.get('gpu_peak_mb'),"
+        " rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))\n")
+    opts = {"resolution": options.resolution, "object_mode": options.object_mode}
+    done = subprocess.run([str(python), "-c", code, str(npz), str(out), json.dumps(opts),
+                           str(args.device)], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        print("torch path failed:", done.stderr.strip().splitlines()[-1:])
+        return None
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    arrays = np.load(out)
+    result["mesh"] = (arrays["v"], arrays["f"])
+    return result
+
+
+def print_cost(mesh, pred, options, torch_result) -> None:
+    stats = mesh.stats
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in stats["timings"].items())
+    print(f"numpy stages (s): {stages}")
+    print(f"grid {stats['grid_shape']} voxel {mesh.voxel_size:.4g} trunc {mesh.truncation:.4g}; "
+          f"{stats['blocks']} blocks allocated = {stats['voxels'] / 1e6:.1f} M voxels, "
+          f"{stats['volume_mb']:.0f} MB of votes")
+    tracemalloc.start()
+    fusion.fuse_tsdf(pred, options)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"numpy peak traced memory {peak:.0f} MB; process peak RSS {rss:.0f} MB "
+          "(includes Blender, the scenes and the REMESH run)")
+    if torch_result is not None:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in torch_result["timings"].items())
+        print(f"torch on {torch_result['device']}: {torch_result['seconds']:.2f} s ({stages}); "
+              f"worker peak RSS {torch_result['rss_mb']:.0f} MB"
+              + (f", GPU peak {torch_result['gpu_peak_mb']:.0f} MB"
+                 if torch_result.get("gpu_peak_mb") else ""))
+
+
+if __name__ == "__main__":
+    main()

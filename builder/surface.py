@@ -5,7 +5,9 @@ a new fusion mode (e.g. TSDF) is one more function ``(build) -> Object`` and one
 
 from __future__ import annotations
 
+import bmesh
 import bpy
+import numpy as np
 
 from ..engine import geometry
 from ..engine.prediction import PredictionError
@@ -23,6 +25,7 @@ def remesh_surface(build) -> bpy.types.Object:
     obj = build.add_object(mesh.name, mesh, "surface")
     voxel_remesh(build.context, obj, voxel)
     mesh = obj.data  # the remesher may hand the object a new mesh
+    remove_small_islands(mesh, max(MIN_ISLAND_FACES, int(MIN_ISLAND_SHARE * len(mesh.polygons))))
     mesh.materials.append(build.material)
     obj["da3_voxel_size"] = voxel
     return obj
@@ -46,6 +49,35 @@ def voxel_remesh(context, obj: bpy.types.Object, voxel_size: float) -> None:
         raise PredictionError(f"Blender's voxel remesher failed: {_first_line(exc)}") from None
     if result != {"FINISHED"}:
         raise PredictionError(f"Blender's voxel remesher did not run (voxel size {voxel_size:.4g})")
+
+
+MIN_ISLAND_FACES = 64  # a speck from a few stray pixels remeshes into fewer faces than this
+MIN_ISLAND_SHARE = 0.001
+
+
+def remove_small_islands(mesh: bpy.types.Mesh, min_faces: int) -> int:
+    """Delete, in place, the connected parts of ``mesh`` with fewer than ``min_faces`` faces;
+    returns how many vertices went. Found with numpy, deleted with bmesh."""
+    if not len(mesh.polygons):
+        return 0
+    edges = _read(mesh.attributes[".edge_verts"].data, "value", 2 * len(mesh.edges)).reshape(-1, 2)
+    corners = _read(mesh.attributes[".corner_vert"].data, "value", len(mesh.loops))
+    starts = _read(mesh.polygons, "loop_start", len(mesh.polygons))
+    doomed = geometry.small_island_vertices(edges, corners[starts], len(mesh.vertices), min_faces)
+    if len(doomed):
+        bm = bmesh.new()
+        bm.from_mesh(mesh)
+        bm.verts.ensure_lookup_table()
+        bmesh.ops.delete(bm, geom=[bm.verts[i] for i in doomed.tolist()], context="VERTS")
+        bm.to_mesh(mesh)
+        bm.free()
+    return len(doomed)
+
+
+def _read(collection, attribute: str, count: int) -> np.ndarray:
+    values = np.empty(count, dtype=np.int32)
+    collection.foreach_get(attribute, values)
+    return values
 
 
 def _first_line(exc: Exception) -> str:

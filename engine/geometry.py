@@ -473,3 +473,34 @@ def voxel_size_for(scene: Scene, requested: float) -> float:
             f"voxel size {requested:g} is too fine for this scene (about {faces:,} faces); "
             f"use a larger one, or 0 for automatic ({automatic:.3g})")
     return requested
+
+
+# --- clean-up --------------------------------------------------------------------------------
+
+def island_labels(edges: np.ndarray, num_vertices: int) -> np.ndarray:
+    """(V,) the smallest vertex index of each vertex's connected part (vectorised union-find:
+    hook every edge to the smaller label, then jump pointers until nothing changes)."""
+    labels = np.arange(num_vertices)
+    a, b = edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64)
+    while True:
+        low = np.minimum(labels[a], labels[b])
+        hooked = labels.copy()
+        np.minimum.at(hooked, labels[a], low)
+        np.minimum.at(hooked, labels[b], low)
+        while True:  # pointer jumping: point every vertex at its root
+            jumped = hooked[hooked]
+            if np.array_equal(jumped, hooked):
+                break
+            hooked = jumped
+        if np.array_equal(hooked, labels):
+            return labels
+        labels = hooked
+
+
+def small_island_vertices(edges: np.ndarray, face_first_vertex: np.ndarray, num_vertices: int,
+                          min_faces: int) -> np.ndarray:
+    """Indices of the vertices of connected parts with fewer than ``min_faces`` faces: the
+    specks a stray group of pixels leaves after remeshing."""
+    labels = island_labels(edges, num_vertices)
+    faces_per_island = np.bincount(labels[face_first_vertex], minlength=num_vertices)
+    return np.flatnonzero(faces_per_island[labels] < min_faces)

@@ -222,3 +222,20 @@ def test_surface_input_keeps_each_place_once():
     assert len(kept[0].triangles) == len(grids[0].triangles)  # the first view keeps everything
     later = sum(len(m.triangles) for m in kept[1:])
     assert later < 0.5 * sum(len(m.triangles) for m in grids[1:])
+
+
+def test_islands_are_found_and_small_ones_picked():
+    # Two squares of two triangles each and a lone triangle: three parts.
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2],
+                      [4, 5], [5, 6], [6, 7], [7, 4], [4, 6],
+                      [8, 9], [9, 10], [10, 8]])
+    labels = g.island_labels(edges, 11)
+    assert labels.tolist() == [0] * 4 + [4] * 4 + [8] * 3
+    first_vertex = np.array([0, 0, 4, 4, 8])
+    assert g.small_island_vertices(edges, first_vertex, 11, 2).tolist() == [8, 9, 10]
+
+
+def test_island_labels_on_a_long_chain_converge():
+    n = 5000
+    edges = np.stack([np.arange(n - 1), np.arange(1, n)], 1)[::-1]
+    assert np.all(g.island_labels(edges, n) == 0)

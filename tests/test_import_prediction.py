@@ -174,6 +174,30 @@ def test_remeshed_surface_lies_on_the_scene_and_has_no_holes(blender, addon):
     assert misses == 0
 
 
+def test_specks_of_stray_pixels_leave_no_islands(blender, addon):
+    pred, _ = make_prediction(n_views=1, width=120, height=90, focal=100.0, with_box=False)
+    pred.depth[0, 10:16, 10:16] *= 0.5  # a few pixels floating in mid-air
+    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, output_cameras=False))
+    import bmesh
+
+    bm = bmesh.new()
+    bm.from_mesh(by_role(coll, "surface")[0].data)
+    seen, parts = set(), 0
+    for face in bm.faces:  # count connected parts
+        if face.index in seen:
+            continue
+        parts += 1
+        stack = [face]
+        while stack:
+            f = stack.pop()
+            if f.index in seen:
+                continue
+            seen.add(f.index)
+            stack.extend(g for e in f.edges for g in e.link_faces if g.index not in seen)
+    bm.free()
+    assert parts == 1
+
+
 def test_a_requested_voxel_size_is_used_and_an_absurd_one_refused(blender, addon):
     pred, _ = make_prediction(n_views=2)
     coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, voxel_size=0.05))

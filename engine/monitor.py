@@ -158,6 +158,8 @@ class ProcessMonitor:
         try:
             if timeout > 0 and not self._stdout_closed:
                 return self._events.get(timeout=timeout)
+            if timeout > 0:  # output over, process not yet gone: wait without spinning
+                time.sleep(min(timeout, 0.05))
             return self._events.get_nowait()
         except queue.Empty:
             return None

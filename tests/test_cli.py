@@ -45,7 +45,7 @@ def test_success_writes_a_blend_that_reloads(blender, cli, small_weights, tmp_pa
 
 def test_render_writes_a_preview(blender, cli, small_weights, tmp_path):
     out, png = tmp_path / "s.blend", tmp_path / "s.png"
-    photos = write_images(tmp_path / "photos", count=2)
+    photos = write_images(tmp_path / "photos", count=3)
     code = cli.main([str(photos), "-o", str(out), "--weights", str(small_weights),
                      "--resolution", str(RES), "--render", str(png)])
     assert code == 0 and png.stat().st_size > 0
@@ -103,7 +103,7 @@ def test_help_lists_the_build_options(cli, capsys):
 
 def test_runner_script_for_the_python_module(worker_python, small_weights, tmp_path):
     """scripts/da3_cli.py: the same command where Blender is only a Python module (pip's bpy)."""
-    photos = write_images(tmp_path / "p", count=2)
+    photos = write_images(tmp_path / "p", count=3)
     out = tmp_path / "runner.blend"
     env = {"DA3_WORKER_PYTHON": str(worker_python), "DA3_MODELS_DIR": str(tmp_path / "models"),
            "HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}

@@ -92,11 +92,11 @@ def test_video_end_to_end(blender, addon, worker_env, small_weights, tmp_path):
 
 def test_api_and_operator_agree(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
-    folder = write_images(tmp_path / "api", count=2)
+    folder = write_images(tmp_path / "api", count=3)
     collection = reconstruct.run(reconstruct.Request([str(folder)], weights=str(small_weights),
                                                      device="cpu", process_res=RES), report=None)
     assert collection.name == "api"
-    assert sorted(o.get("da3_role") for o in collection.all_objects).count("camera") == 2
+    assert sorted(o.get("da3_role") for o in collection.all_objects).count("camera") == 3
 
 
 @pytest.mark.parametrize("kwargs, message", [

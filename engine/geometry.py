@@ -394,7 +394,10 @@ def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMes
     thickness = SLAB_THICKNESS_VOXELS * voxel_size
     slabs = [solidify(m, eye, thickness) for m, eye in zip(kept, eyes, strict=True)
              if len(m.triangles)]
-    return merge_meshes(slabs) if slabs else keep_triangles(grids[0], np.zeros(0, bool))
+    if not slabs:  # no two neighbouring pixels survived anywhere
+        return GridMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), None,
+                        np.zeros(0, np.int64))
+    return merge_meshes(slabs)
 
 
 def drop_covered_triangles(meshes: list[GridMesh], cell: float) -> list[GridMesh]:

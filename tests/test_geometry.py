@@ -239,3 +239,10 @@ def test_island_labels_on_a_long_chain_converge():
     n = 5000
     edges = np.stack([np.arange(n - 1), np.arange(1, n)], 1)[::-1]
     assert np.all(g.island_labels(edges, n) == 0)
+
+
+def test_surface_input_of_isolated_pixels_is_empty():
+    pred, _ = make_prediction(n_views=1, width=20, height=16, with_box=False)
+    pred.depth[0, ::2, :] = 0.0  # every other row missing: no cell has valid corners
+    geo = g.prepare(pred, BuildOptions())
+    assert len(g.surface_input(geo, pred.depth, 0.05).triangles) == 0

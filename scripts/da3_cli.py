@@ -24,6 +24,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import bpy  # first: it puts Blender's own modules (addon_utils) on the path
+
 EXTENSION_ID = "da3_reconstruct"
 REPO_NAME = "da3cli"
 SOURCE_TREE = Path(__file__).resolve().parents[1]
@@ -59,7 +61,6 @@ def enable_extension(repo_dir: Path):
     import importlib
 
     import addon_utils
-    import bpy
 
     bpy.context.preferences.use_preferences_save = False
     bpy.ops.preferences.extension_repo_add(name=REPO_NAME, type="LOCAL", custom_directory=str(repo_dir),
@@ -80,8 +81,6 @@ def main(argv: list[str]) -> int:
     if not extension.exists():
         print(f"da3_cli: no extension at {extension}", file=sys.stderr)
         return 2
-    import bpy
-
     if online:
         bpy.context.preferences.system.use_online_access = True
     repo_dir = Path(tempfile.mkdtemp(prefix="da3-cli-repo-"))

@@ -170,7 +170,7 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
 
     def invoke(self, context, _event):
         self.use_modal = True
-        given = self.properties.is_property_set("source") or len(self.files) > 0
+        given = self.properties.is_property_set("source", ghost=False) or len(self.files) > 0
         fill_unset_from(self, context.scene.da3)
         if self.browse or not self.sources():
             self.source = ""  # the file browser's choice (files or directory) decides
@@ -269,7 +269,7 @@ class DA3_OT_download_weights(bpy.types.Operator):
 
     def invoke(self, context, _event):
         self.use_modal = True
-        if not self.properties.is_property_set("model"):
+        if not self.properties.is_property_set("model", ghost=False):
             self.model = context.scene.da3.model
         return self.execute(context)
 
@@ -297,9 +297,13 @@ class DA3_OT_download_weights(bpy.types.Operator):
 # -- helpers -----------------------------------------------------------------------------------
 
 def fill_unset_from(op, settings) -> None:
-    """Start from the panel's settings wherever the caller did not set a property."""
+    """Start from the panel's settings wherever the caller did not set a property.
+
+    ``ghost=False``: a value Blender remembered from the last run does not count as set, so the
+    panel's current settings win over it.
+    """
     for name in _FROM_SETTINGS:
-        if not op.properties.is_property_set(name) and hasattr(settings, name):
+        if not op.properties.is_property_set(name, ghost=False) and hasattr(settings, name):
             setattr(op, name, getattr(settings, name))
 
 

@@ -166,9 +166,14 @@ def draw_build_options(layout, settings) -> None:
     layout.prop_search(settings, "crop_object", bpy.data, "objects")
 
 
-def draw_run_settings(layout, op, _context) -> None:
-    """The reconstruct operator's dialog (after a drop): what the panel shows, on the operator."""
-    layout.prop(op, "source")
+def draw_run_settings(layout, op, context) -> None:
+    """The reconstruct operator's dialog (after a drop): what the panel shows, on the operator.
+
+    In the file browser's sidebar the chosen files are the source, so the field is left out.
+    """
+    space = getattr(context, "space_data", None)
+    if space is None or space.type != "FILE_BROWSER":
+        layout.prop(op, "source")
     layout.prop(op, "model")
     layout.prop(op, "process_res")
     row = layout.row(align=True)

@@ -50,3 +50,24 @@ def test_the_dialog_accepts_what_a_drop_passes(blender, tmp_path):
 
     with pytest.raises(RuntimeError, match="source not found"):
         blender.ops.da3.reconstruct_drop(directory=str(tmp_path), files=[{"name": "gone.mp4"}])
+
+
+def test_the_dialog_starts_from_the_panel_settings_except_what_was_passed(blender, addon):
+    """invoke() fills what the caller did not pass (a drop passes only the source) from scene.da3;
+    a value Blender remembered from the last run (a 'ghost') does not count as passed."""
+    from importlib import import_module
+
+    modal = import_module(f"{addon.__name__}.operators.reconstruct")
+    settings = blender.context.scene.da3
+    settings.model, settings.process_res, settings.output_view_meshes = "da3-base", 280, True
+
+    class Props:
+        def is_property_set(self, name, ghost=True):
+            assert ghost is False
+            return name == "source"
+
+    op = SimpleNamespace(properties=Props(), source="/dropped.mp4", model="da3-small", process_res=504,
+                         output_view_meshes=False)
+    modal.fill_unset_from(op, settings)
+    assert (op.source, op.model, op.process_res, op.output_view_meshes) == (
+        "/dropped.mp4", "da3-base", 280, True)

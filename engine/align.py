@@ -493,6 +493,9 @@ class ChunkMerger:
             return []
         placed = self.filled.copy()
         placed[indices] = False
+        if self.reports:  # the previous chunk speaks through the shared views already; older
+            first, last = self.reports[-1].views  # views are what hold drift back
+            placed[first:last + 1] = False
         earlier = np.flatnonzero(placed)
         if len(earlier) == 0:
             return []

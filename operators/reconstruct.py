@@ -137,7 +137,7 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
     bl_label = "Reconstruct from Images"
     bl_options = {"UNDO"}
 
-    source: StringProperty(name="Source", subtype="FILE_PATH",
+    source: StringProperty(name="Source", subtype="FILE_PATH", options={"SKIP_SAVE"},
                            description="A folder of images, an image or a video file")
     directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
     files: CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
@@ -188,8 +188,8 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
     def execute(self, context):
         try:
             request = self.request()
-            remember_source(context, self.sources())
             if self.use_modal and not bpy.app.background and context.window is not None:
+                remember_source(context, self.sources())
                 return self.start_modal(context, request)
             return self.run_blocking(context, request)
         except reconstruct.ReconstructCancelled:

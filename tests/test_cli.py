@@ -116,3 +116,20 @@ def test_runner_script_for_the_python_module(worker_python, small_weights, tmp_p
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("blender -c da3_reconstruct: error:")
+
+
+def test_the_demo_runs_the_command_on_the_shipped_sample():
+    """`make demo`'s recipe (dry run) and the sample it needs: small, readable, enough frames."""
+    import cv2
+
+    sample = REPO / "samples" / "courtyard.mp4"
+    assert 0 < sample.stat().st_size < 500_000
+    video = cv2.VideoCapture(str(sample))
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, first = video.read()
+    video.release()
+    assert ok and first.shape == (240, 320, 3) and frames >= 24
+    recipe = subprocess.run(["make", "-n", "-s", "demo"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    assert "scripts/da3_cli.py" in recipe and "samples/courtyard.mp4" in recipe
+    assert "--render out/demo.png" in recipe and "-o out/demo.blend" in recipe

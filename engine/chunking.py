@@ -12,6 +12,7 @@ cancellation between and inside chunks. torch is imported only inside the probin
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -176,8 +177,9 @@ def run_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
 
     Parameters
     ----------
-    run_chunk : ``run_chunk(indices) -> chunk`` predicts the views ``indices`` (a Prediction or a
-        mapping with depth/conf/intrinsics/extrinsics/...). It must free its memory when it raises.
+    run_chunk : ``run_chunk(indices) -> chunk`` predicts the views ``indices`` (a Prediction, a
+        mapping or an object with depth/conf/intrinsics/extrinsics/...; never None). After an
+        out-of-memory error the driver collects garbage and empties torch's CUDA cache itself.
     on_chunk : ``on_chunk(indices, chunk)``, e.g. ``merger.add``; called before the next chunk runs,
         so only one chunk's output is alive at a time.
     chunk_size, overlap : the plan; an out-of-memory error halves ``chunk_size`` for this and every
@@ -196,6 +198,7 @@ def run_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
         begin, end = next_chunk(covered, num_views, size, overlap)
         indices = np.arange(begin, end)
         lap = time.perf_counter()
+        chunk = None
         try:
             chunk = run_chunk(indices)
         except Exception as exc:  # only out-of-memory is retried; anything else propagates
@@ -204,6 +207,8 @@ def run_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
             retries.append((size, size // 2, f"{type(exc).__name__}: {exc}"[:200]))
             if on_retry is not None:
                 on_retry(size, size // 2, exc)
+        if chunk is None:
+            _release_memory()  # outside the except: the traceback no longer holds the tensors
             size //= 2
             continue
         _stop_if(cancel)
@@ -217,6 +222,14 @@ def run_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
         chunks.append((begin, end))
         _report(progress, covered, num_views, clock.eta(num_views - covered))
     return ChunkRun(chunks, retries, time.perf_counter() - start)
+
+
+def _release_memory() -> None:
+    """Free what a failed chunk left: its tensors (collected) and torch's cached CUDA blocks."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # only if the runner uses it; never imported here
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _stop_if(cancel: CancelCheck | None) -> None:

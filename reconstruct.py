@@ -92,7 +92,6 @@ class Run:
         self.request = request
         self.monitor = monitor
         self.kind = kind
-        self.started = time.monotonic()
         self.building = False
 
     @property

@@ -35,6 +35,11 @@ class Build:
         """The farthest kept depth, in scene units (for the cameras' clip distance)."""
         return float(self.prediction.depth[self.geo.valid].max()) * self.geo.scale
 
+    def note(self, line: str) -> None:
+        """Record something the user should know (a part left out) on the collection."""
+        notes = self.collection.get("da3_notes", "")
+        self.collection["da3_notes"] = f"{notes}; {line}" if notes else line
+
     def add_object(self, name: str, data, role: str, **props) -> bpy.types.Object:
         """A new object in the result collection, tagged with its ``da3_role``."""
         obj = bpy.data.objects.new(name, data)

@@ -389,8 +389,9 @@ def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMes
     front exactly on the measured surface.
     """
     grids = view_meshes(scene, depth, surface_stride(scene, voxel_size))
-    kept = drop_covered_triangles(grids, 3.0 * voxel_size)
     eyes = scene.cam_to_world[:, :3, 3]
+    kept = [keep_triangles(m, facing(m, eye)) for m, eye in
+            zip(drop_covered_triangles(grids, 3.0 * voxel_size), eyes, strict=True)]
     thickness = SLAB_THICKNESS_VOXELS * voxel_size
     slabs = [solidify(m, eye, thickness) for m, eye in zip(kept, eyes, strict=True)
              if len(m.triangles)]
@@ -413,6 +414,21 @@ def drop_covered_triangles(meshes: list[GridMesh], cell: float) -> list[GridMesh
     keep = (owner[merged.triangles] == triangle_view[:, None]).any(axis=1)
     splits = np.cumsum([len(m.triangles) for m in meshes])[:-1]
     return [keep_triangles(m, k) for m, k in zip(meshes, np.split(keep, splits), strict=True)]
+
+
+MIN_FACING_COSINE = 0.1  # ~84 degrees from the line of sight
+
+
+def facing(mesh: GridMesh, eye: np.ndarray, min_cosine: float = MIN_FACING_COSINE) -> np.ndarray:
+    """True for the triangles of ``mesh`` that face the camera at ``eye`` by more than a grazing
+    angle. Edge-on (or zero-area) triangles would extrude into slabs without volume, and
+    Blender's voxel remesher crashes on those (seen with a random-weight two-view prediction)."""
+    a, b, c = (mesh.vertices[mesh.triangles[:, k]].astype(np.float64) for k in range(3))
+    normal = np.cross(b - a, c - a)
+    to_eye = eye - (a + b + c) / 3
+    lengths = np.linalg.norm(normal, axis=1) * np.linalg.norm(to_eye, axis=1)
+    cosine = np.einsum("ij,ij->i", normal, to_eye) / np.maximum(lengths, 1e-30)
+    return (cosine > min_cosine) & (lengths > 0)
 
 
 def solidify(mesh: GridMesh, eye: np.ndarray, thickness: float) -> GridMesh:

@@ -246,3 +246,10 @@ def test_surface_input_of_isolated_pixels_is_empty():
     pred.depth[0, ::2, :] = 0.0  # every other row missing: no cell has valid corners
     geo = g.prepare(pred, BuildOptions())
     assert len(g.surface_input(geo, pred.depth, 0.05).triangles) == 0
+
+
+def test_facing_drops_edge_on_triangles():
+    vertices = np.array([[0, 1, 0], [1, 1, 0], [0, 1, 1],  # faces a camera at the origin
+                         [0, 1, 0], [0, 2, 0], [0, 1, 1]], np.float32)  # contains the line of sight
+    mesh = g.GridMesh(vertices, np.array([[0, 1, 2], [3, 4, 5]], np.int32), None, np.arange(6))
+    assert g.facing(mesh, np.zeros(3)).tolist() == [True, False]

@@ -3,6 +3,8 @@ clean failures, and the operator matching the API."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from synthetic_scenes import (
@@ -353,6 +355,19 @@ def test_a_monocular_prediction_imports(blender, tmp_path):
     coll = blender.data.collections["mono"]
     assert coll["da3_is_metric"] and coll["da3_scale"] == 1.0
     assert len(by_role(coll, "points")[0].data.vertices) < pred.depth.size - 5 * pred.width
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_random_weight_views_seen_edge_on_import_without_a_surface(blender):
+    """A real two-view prediction of da3-small with random weights: fy = 2.1e7, so every view
+    sees its pixels edge-on. Slabs of those had no volume and crashed Blender's remesher."""
+    path = DATA / "random_weights_two_views.npz"
+    assert blender.ops.da3.import_prediction(filepath=str(path)) == {"FINISHED"}
+    coll = blender.data.collections["random_weights_two_views"]
+    assert {o["da3_role"] for o in coll.all_objects} == {"points", "camera"}
+    assert coll["da3_notes"].startswith("no surface")
 
 
 def test_import_is_in_the_file_import_menu(blender, addon):

@@ -698,16 +698,32 @@ def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions) -> np.ndarray
     and on the grid's outer layer is free, which closes the object at the floor and box faces.
     """
     observed = volume.weight >= (options.solid_weight if grid.object_mode else options.min_weight)
-    values = np.where(observed, volume.tsdf / np.maximum(volume.weight, 1e-12), np.nan)
+    values = volume.tsdf / np.maximum(volume.weight, np.float32(1e-12))
     if not grid.object_mode:
-        return values.astype(np.float32)
+        values[~observed] = np.nan
+        return values
     values[~observed] = -1.0
-    idx = volume.coords[:, None, :] * BLOCK + local_offsets()[None]
-    points = grid.origin + idx * grid.voxel_size
-    free = outside_region(grid, points.reshape(-1, 3)).reshape(values.shape)
-    free |= np.any((idx == 0) | (idx == grid.blocks * BLOCK - 1), axis=-1)
-    values[free] = 1.0
-    return values.astype(np.float32)
+    values[forced_free(grid, volume.coords)] = 1.0
+    return values
+
+
+def forced_free(grid: Grid, coords: np.ndarray) -> np.ndarray:
+    """(M,512) object mode: voxels below the floor cut or on the grid's outer layer.
+
+    Computed per block plus per voxel offset, so no (M,512,3) array of positions is made.
+    """
+    local = local_offsets()
+    last = grid.blocks * BLOCK - 1
+    free = np.zeros((len(coords), BLOCK_VOXELS), bool)
+    for axis in range(3):
+        idx_block = coords[:, axis, None] * BLOCK
+        free |= (idx_block + local[None, :, axis] == 0) | (idx_block + local[None, :, axis] == last[axis])
+    if grid.floor is not None:
+        n = grid.floor[:3]
+        per_block = grid.origin @ n + grid.floor[3] + grid.voxel_size * BLOCK * (coords @ n)
+        per_voxel = grid.voxel_size * (local @ n)
+        free |= (per_block[:, None] + per_voxel[None, :]) < grid.floor_cut
+    return free
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,7 +740,7 @@ CORNER_OFFSETS = np.array([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(8)])
 def tet_case_table() -> np.ndarray:
     """(16, 2, 3) tet-edge indices of up to two triangles per sign case (-1: none).
 
-    Bit i of the case is set when corner i is negative. Winding is fixed later per triangle.
+    Bit i of the case is set when corner i is negative; see wound_case_table for the winding.
     """
     edge_of = {tuple(e): i for i, e in enumerate(TET_EDGES.tolist())}
 
@@ -745,7 +761,30 @@ def tet_case_table() -> np.ndarray:
     return table
 
 
-TET_CASES = tet_case_table()
+def wound_case_table() -> np.ndarray:
+    """(6, 16, 2, 3): the case table wound, for each Kuhn tetrahedron, so that every triangle's
+    normal points from the negative corners to the positive ones.
+
+    A plane cut of a tetrahedron keeps its orientation wherever its corners slide along their
+    edges, so the winding is fixed by the case alone: evaluated once here at mid-edges.
+    """
+    table = np.repeat(tet_case_table()[None], 6, axis=0)
+    for k, tet in enumerate(KUHN_TETS):
+        corners = CORNER_OFFSETS[tet].astype(float)
+        for case in range(1, 15):
+            negative = np.array([case >> i & 1 for i in range(4)], bool)
+            uphill = corners[~negative].mean(axis=0) - corners[negative].mean(axis=0)
+            for slot in range(2):
+                edges = table[k, case, slot]
+                if edges[0] < 0:
+                    continue
+                mid = corners[TET_EDGES[edges]].mean(axis=1)  # (3,3) mid-edge points
+                if np.cross(mid[1] - mid[0], mid[2] - mid[0]) @ uphill < 0:
+                    table[k, case, slot] = edges[::-1]
+    return table
+
+
+TET_CASES = wound_case_table()
 
 
 def extract_surface(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
@@ -831,7 +870,7 @@ def march_blocks(grid: Grid, chunk: np.ndarray, padded: np.ndarray, key_base: in
 def march_tets(grid: Grid, cube_origin: np.ndarray, cube_values: np.ndarray, key_base: int):
     tet_values = cube_values[:, KUHN_TETS]  # (n,6,4)
     case = ((tet_values < 0) * (1 << np.arange(4))).sum(axis=-1)
-    tri_edges = TET_CASES[case]  # (n,6,2,3)
+    tri_edges = TET_CASES[np.arange(6), case]  # (n,6,2,3)
     cube, tet, slot = np.nonzero(tri_edges[..., 0] >= 0)
     edges = tri_edges[cube, tet, slot]  # (T,3) tet-edge indices
     corner_a = KUHN_TETS[tet[:, None], TET_EDGES[edges, 0]]  # cube corners (T,3)
@@ -843,7 +882,6 @@ def march_tets(grid: Grid, cube_origin: np.ndarray, cube_values: np.ndarray, key
     t = (va / (va - vb))[..., None]
     pos = pa + t * (pb - pa)  # (T,3,3) voxel units
     keys = edge_keys(grid, pa, pb)
-    pos, keys = wind_outwards(pos, keys, cube_values[cube], tet)
     indices = key_base + np.arange(keys.size).reshape(-1, 3)
     return keys.ravel(), pos.reshape(-1, 3), indices
 
@@ -859,20 +897,6 @@ def edge_keys(grid: Grid, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
     n = grid.blocks * BLOCK + 1
     flat = (lower[..., 0].astype(np.int64) * n[1] + lower[..., 1]) * n[2] + lower[..., 2]
     return flat * 8 + direction
-
-
-def wind_outwards(pos: np.ndarray, keys: np.ndarray, cube_values: np.ndarray, tet: np.ndarray):
-    """Flip triangles whose normal points to negative values (into the solid)."""
-    tv = np.take_along_axis(cube_values, KUHN_TETS[tet], axis=1)  # (T,4)
-    offsets = CORNER_OFFSETS[KUHN_TETS[tet]]  # (T,4,3)
-    positive = (tv >= 0)[..., None]
-    uphill = (np.sum(np.where(positive, offsets, 0), axis=1) / positive.sum(axis=1)
-              - np.sum(np.where(positive, 0, offsets), axis=1) / (~positive).sum(axis=1))
-    normal = np.cross(pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0])
-    flip = np.sum(normal * uphill, axis=1) < 0
-    pos[flip] = pos[flip][:, ::-1]
-    keys[flip] = keys[flip][:, ::-1]
-    return pos, keys
 
 
 def drop_degenerate(faces: np.ndarray) -> np.ndarray:

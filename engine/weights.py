@@ -73,36 +73,84 @@ def missing_message(folder: Path, preset: ModelPreset) -> str:
 # --------------------------------------------------------------------------- download
 
 def download(preset: ModelPreset, folder: Path, progress: Progress | None = None) -> Path:
-    """Fetch config.json + model.safetensors from the model hub into ``folder``.
+    """Fetch config.json + model.safetensors from the model hub into ``folder``, resumably.
 
-    ``huggingface_hub`` does the transfer (its own resume/caching of interrupted downloads,
-    proxies, tokens); ``progress(done_bytes, total_bytes)`` follows the weights file.
+    The weights arrive in ``model.safetensors.part``; an interrupted download (lost connection,
+    cancel, crash) continues from where that file ends with an HTTP Range request. The hub
+    client supplies the URL, the session (proxies, certificates) and the headers (token);
+    ``progress(done_bytes, total_bytes)`` follows the weights file. Where the hub gives the
+    file's SHA-256 (its LFS/Xet ETag), the finished file is checked against it.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session
 
+    if constants.HF_HUB_OFFLINE:
+        raise WeightsError("the model hub is switched off here (HF_HUB_OFFLINE is set)")
     folder.mkdir(parents=True, exist_ok=True)
-    tqdm_class = _progress_tqdm(progress) if progress is not None else None
+    session, headers = get_session(), build_hf_headers()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        hf_hub_download(preset.hub_repo, name, local_dir=folder, tqdm_class=tqdm_class)
+        url = hf_hub_url(preset.hub_repo, name)
+        fetch_resumable(session, url, folder / name, headers,
+                        progress if name == WEIGHTS_FILE else None)
     return folder
 
 
-def _progress_tqdm(progress: Progress):
-    """A tqdm class that reports byte counts to ``progress`` (and stays off stdout)."""
-    from tqdm.auto import tqdm
+CHUNK_BYTES = 1 << 20
 
-    class ProgressTqdm(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["file"] = sys.stderr
-            super().__init__(*args, **kwargs)
 
-        def update(self, n=1):
-            shown = super().update(n)
-            if self.total:
-                progress(int(self.n), int(self.total))
-            return shown
+def fetch_resumable(session, url: str, dest: Path, headers: dict,
+                    progress: Progress | None = None) -> Path:
+    """GET ``url`` into ``dest`` through ``dest.part``, continuing a partial ``.part`` file."""
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request_headers = {**headers, **({"Range": f"bytes={have}-"} if have else {})}
+    with session.stream("GET", url, headers=request_headers, follow_redirects=True,
+                        timeout=60) as response:
+        if response.status_code == 416 and have:  # nothing after what we have: it is complete
+            os.replace(part, dest)
+            return dest
+        response.raise_for_status()
+        if response.status_code != 206:  # the server ignored the range: start over
+            have = 0
+        total = have + int(response.headers.get("content-length") or 0)
+        sha256 = _announced_sha256(response)
+        with open(part, "ab" if have else "wb") as f:
+            for chunk in response.iter_bytes(CHUNK_BYTES):
+                f.write(chunk)
+                have += len(chunk)
+                if progress is not None:
+                    progress(have, max(total, have))
+    if total and have != total:
+        raise WeightsError(f"the download of {dest.name} stopped at {have} of {total} bytes; "
+                           "try again to continue it")
+    _verify_sha256(part, sha256)
+    os.replace(part, dest)
+    return dest
 
-    return ProgressTqdm
+
+def _announced_sha256(response) -> str | None:
+    """The file's SHA-256 as the hub announces it (LFS/Xet files: X-Linked-Etag), if any."""
+    for step in [*getattr(response, "history", []), response]:
+        for key in ("x-linked-etag", "etag"):
+            tag = (step.headers.get(key) or "").strip('W/"')
+            if len(tag) == 64 and all(c in "0123456789abcdef" for c in tag):
+                return tag
+    return None
+
+
+def _verify_sha256(path: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK_BYTES * 8), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        path.unlink()
+        raise WeightsError(f"the downloaded {path.name[:-5]} is corrupt (SHA-256 mismatch); "
+                           "it was removed: try again")
 
 
 # --------------------------------------------------------------------------- checking

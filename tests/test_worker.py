@@ -5,11 +5,15 @@ Images are tiny (64x48, process_res 140) so each run costs about the worker's st
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,10 +35,10 @@ def job_file(tmp_path: Path, sources, weights="", **kw) -> tuple[Path, Path]:
     return job.save(tmp_path / "job.json"), output
 
 
-def run_worker(python, job: Path, timeout: float = 120) -> tuple[int, list[dict], str]:
+def run_worker(python, job: Path, timeout: float = 120, env=None) -> tuple[int, list[dict], str]:
     proc = subprocess.run([str(python), "-m", "engine.worker", str(job)], cwd=REPO,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=None if env is None else {**os.environ, **env})
     return proc.returncode, parse_events(proc.stdout), proc.stderr
 
 
@@ -335,3 +339,91 @@ print("other errors pass through")
     for line in out[:3]:
         assert line.startswith("out_of_memory out of memory on cpu with 100 views at 504x378")
         assert "fewer frames, a lower processing resolution or a smaller model" in line
+
+
+# --------------------------------------------------------------------------- download
+
+class HubStub(http.server.BaseHTTPRequestHandler):
+    """A local stand-in for the model hub's resolve URLs, with HTTP ranges; it can cut the
+    first transfer of the weights half-way, like a lost connection."""
+
+    def do_GET(self):
+        server = self.server
+        data = server.files.get(self.path.rsplit("/", 1)[-1])
+        if data is None:
+            self.send_error(404)
+            return
+        wanted = self.headers.get("Range")
+        start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
+        server.requests.append((self.path.rsplit("/", 1)[-1], start))
+        if start >= len(data):
+            self.send_error(416)
+            return
+        body = data[start:]
+        self.send_response(206 if wanted else 200)
+        self.send_header("Content-Length", str(len(body)))
+        digest = hashlib.sha256(data if not server.lie else data + b"x").hexdigest()
+        self.send_header("X-Linked-Etag", f'"{digest}"')
+        self.end_headers()
+        if server.cut_next and len(data) > 1000:
+            server.cut_next = False
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        """Quiet: the test asserts on ``requests`` instead."""
+
+
+@pytest.fixture
+def hub_stub(small_weights):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubStub)
+    server.files = {name: (small_weights / name).read_bytes()
+                    for name in ("config.json", "model.safetensors")}
+    server.requests, server.cut_next, server.lie = [], True, False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def stub_env(server) -> dict:
+    return {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_OFFLINE": "0",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def download_job(folder: Path, tmp_path: Path) -> Path:
+    return Job(sources=[str(folder)], output=str(tmp_path / "o.npz"),
+               models_dir=str(tmp_path / "models"), allow_download=True, process_res=RES,
+               device="cpu").save(tmp_path / "job.json")
+
+
+def test_interrupted_download_resumes_where_it_stopped(worker_python, hub_stub, folder, tmp_path):
+    env, job, models = stub_env(hub_stub), download_job(folder, tmp_path), tmp_path / "models"
+
+    code, events, _ = run_worker(worker_python, job, env=env)  # the connection drops
+    assert code == 1 and final(events)["kind"] == "missing_weights"
+    part = models / "da3-small" / "model.safetensors.part"
+    size = len(hub_stub.files["model.safetensors"])
+    partial = part.stat().st_size
+    assert 0 < partial < size
+
+    code, events, stderr = run_worker(worker_python, job, env=env)  # continues, then runs
+    assert code == 0 and final(events)["event"] == "done", stderr[-3000:]
+    starts = [start for name, start in hub_stub.requests if name == "model.safetensors"]
+    assert starts == [0, partial]  # the second request asked only for the missing bytes
+    assert not part.exists()
+    assert (models / "da3-small" / "model.safetensors").stat().st_size == size
+    progress = [e for e in events if e["event"] == "progress" and e["stage"] == "downloading_weights"]
+    assert progress and progress[-1]["done"] == progress[-1]["total"] == size
+
+
+def test_corrupt_download_is_removed_and_reported(worker_python, hub_stub, folder, tmp_path):
+    hub_stub.cut_next, hub_stub.lie = False, True
+    code, events, _ = run_worker(worker_python, download_job(folder, tmp_path),
+                                 env=stub_env(hub_stub))
+    end = final(events)
+    assert code == 1 and end["kind"] == "missing_weights" and "SHA-256 mismatch" in end["message"]
+    assert not list((tmp_path / "models" / "da3-small").glob("model.safetensors*"))

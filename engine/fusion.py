@@ -673,8 +673,10 @@ def update_chunk(volume: Volume, blocks: np.ndarray, cam: np.ndarray, view: View
     u = np.float32(view.K[0, 0]) * x * inv + np.float32(view.K[0, 2])
     v = np.float32(view.K[1, 1]) * y * inv + np.float32(view.K[1, 2])
     ok = (z > 1e-9) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    # truncation is the floor here: only non-negative coordinates are kept
-    pix = np.where(ok, v.astype(np.int32) * w + u.astype(np.int32), h * w)
+    # truncation is the floor here: only non-negative coordinates are kept; voxels behind the
+    # camera project to inf, whose cast is garbage that ``ok`` throws away
+    with np.errstate(invalid="ignore"):
+        pix = np.where(ok, v.astype(np.int32) * w + u.astype(np.int32), h * w)
     sdf = maps["depth"][pix] - z
     wt = np.where(sdf >= trunc, maps["free_weight"][pix],
                   np.where(sdf > -trunc, maps["weight"][pix], np.float32(0)))
@@ -856,13 +858,16 @@ def march_blocks(grid: Grid, chunk: np.ndarray, padded: np.ndarray, key_base: in
     Returns per triangle-corner edge keys and positions (in voxel units) and (T,3) indices
     into them, offset by ``key_base`` so chunks can be concatenated.
     """
-    corners = np.stack([padded[:, o[0]:o[0] + BLOCK, o[1]:o[1] + BLOCK, o[2]:o[2] + BLOCK]
-                        for o in CORNER_OFFSETS], axis=-1)  # (m,8,8,8,8)
-    lo, hi = corners.min(axis=-1), corners.max(axis=-1)
-    b, x, y, z = np.nonzero((lo < 0) & (hi >= 0))  # NaN compares false: unknown cubes skip
+    corners = [padded[:, o[0]:o[0] + BLOCK, o[1]:o[1] + BLOCK, o[2]:o[2] + BLOCK]
+               for o in CORNER_OFFSETS]  # 8 views of (m,8,8,8)
+    lo, hi = corners[0].copy(), corners[0].copy()
+    for c in corners[1:]:  # pairwise: a reduction over a length-8 axis is slow in numpy
+        np.minimum(lo, c, out=lo)
+        np.maximum(hi, c, out=hi)
+    b, x, y, z = np.nonzero((lo < 0) & (hi >= 0))  # NaN propagates and compares false: skipped
     if len(b) == 0:
         return np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.int64)
-    cube_values = corners[b, x, y, z]  # (n,8)
+    cube_values = np.stack([padded[b, x + o[0], y + o[1], z + o[2]] for o in CORNER_OFFSETS], 1)
     cube_origin = grid.block_coords(chunk)[b] * BLOCK + np.stack([x, y, z], axis=1)
     return march_tets(grid, cube_origin, cube_values, key_base)
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from engine import preprocess as pp
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("size, expected", [
@@ -114,3 +120,39 @@ def test_default_intrinsics_have_the_documented_field_of_view():
     fov = 2 * np.degrees(np.arctan(252 / K[0, 0, 0]))
     assert fov == pytest.approx(pp.DEFAULT_FOV_X_DEG)
     assert (K[0, 0, 2], K[0, 1, 2]) == (252.0, 189.0)
+
+
+LIBRARY_CHECK = r"""
+import sys, types
+sys.path.append(sys.argv[1])  # torchvision (+ imageio) for DA3's own InputProcessor
+# a torchvision wheel built for another torch cannot register its C++ ops; transforms need none
+sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+import numpy as np
+from depth_anything_3.utils.io.input_processor import InputProcessor
+from engine import preprocess as pp
+from tests import media
+rng = np.random.default_rng(0)
+cases = [[media.scene(480, 640, 1)], [media.scene(1080, 1920, 2)], [media.scene(300, 400, 3)],
+         [media.scene(48, 64, 4)], [rng.integers(0, 255, (517, 333, 3), dtype=np.uint8)],
+         [media.scene(480, 640, 5), media.scene(640, 480, 6), media.scene(1080, 1920, 7)]]
+for imgs in cases:
+    for res in (504, 140):
+        K = np.stack([np.array([[500., 0, im.shape[1] / 2], [0, 480., im.shape[0] / 2], [0, 0, 1]],
+                               np.float32) for im in imgs])
+        lib, _, lib_k = InputProcessor()(imgs, None, K, res, "upper_bound_resize", num_workers=1)
+        ours = pp.preprocess(imgs, res, intrinsics=list(K))
+        assert np.array_equal(lib.numpy(), ours.pixels), (res, [im.shape for im in imgs])
+        assert np.allclose(lib_k.numpy(), ours.intrinsics, rtol=1e-6, atol=1e-4)
+print("identical")
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("DA3_TORCHVISION_PATH"),
+                    reason="set DA3_TORCHVISION_PATH to a folder with torchvision and imageio")
+def test_bit_identical_to_da3s_own_input_processor(worker_python):
+    """DA3's InputProcessor needs torchvision, which the worker does without; this check runs
+    it from an extra folder (pip install --no-deps --target DIR torchvision imageio)."""
+    out = subprocess.run([str(worker_python), "-c", LIBRARY_CHECK,
+                          os.environ["DA3_TORCHVISION_PATH"]], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "DA3_LOG_LEVEL": "ERROR"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("identical"), out.stderr[-3000:]

@@ -331,28 +331,29 @@ def auto_voxel_size(points: np.ndarray, max_faces: int = 1_000_000, divisions: i
     return float(voxel)
 
 
-def surface_stride(scene: Scene, voxel_size: float, max_vertices: int = 2_000_000) -> int:
-    """Pixel step for the remesher's input: samples about 2 voxels apart (a flat triangle
-    rasterises exactly at any size, finer ones add little the voxels can hold, and the
-    remesher's time grows with its input), at most ``max_vertices`` of them."""
-    spacing = _median_pixel_spacing(scene)
-    by_voxel = int(round(2.0 * voxel_size / spacing)) if spacing > 0 else 1
+def surface_strides(scene: Scene, voxel_size: float, max_vertices: int = 2_000_000) -> list[int]:
+    """Pixel step per view for the remesher's input: samples about 2 voxels apart (a flat
+    triangle rasterises exactly at any size, finer ones add little the voxels can hold, and the
+    remesher's time grows with its input), at most ``max_vertices`` in all. Per view, because
+    views of one scene can see it at very different scales (a zoom, a close-up)."""
     by_budget = int(np.ceil(np.sqrt(scene.num_points / max_vertices)))
-    return max(1, by_voxel, by_budget)
+    return [max(1, by_budget, int(round(2.0 * voxel_size / spacing)) if spacing > 0 else 1)
+            for spacing in pixel_spacings(scene)]
 
 
-def _median_pixel_spacing(scene: Scene) -> float:
-    """Median distance between horizontally adjacent kept pixels, in world units."""
+def pixel_spacings(scene: Scene) -> np.ndarray:
+    """(N,) median distance between horizontally adjacent kept pixels of each view (0: none)."""
     pts, ok = scene.points, scene.valid
     step = max(1, pts.shape[1] // 64)  # a sample of rows is plenty for a median
     gaps = np.linalg.norm(pts[:, ::step, 1:] - pts[:, ::step, :-1], axis=-1)
     both = ok[:, ::step, 1:] & ok[:, ::step, :-1]
-    return float(np.median(gaps[both])) if np.any(both) else 0.0
+    return np.array([np.median(g[b]) if b.any() else 0.0 for g, b in zip(gaps, both, strict=True)])
 
 
 def point_radius(scene: Scene) -> float:
     """Display radius of the points: a little over half the spacing of neighbouring pixels."""
-    spacing = _median_pixel_spacing(scene)
+    spacings = pixel_spacings(scene)
+    spacing = float(np.median(spacings[spacings > 0])) if np.any(spacings > 0) else 0.0
     return 0.6 * spacing if spacing > 0 else 0.005
 
 
@@ -366,11 +367,14 @@ def kept_points(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:
     return points, colors
 
 
-def view_meshes(scene: Scene, depth: np.ndarray, stride: int = 1,
+def view_meshes(scene: Scene, depth: np.ndarray, stride: int | list[int] = 1,
                 quads: bool = False) -> list[GridMesh]:
-    """One meshed grid per view (``depth`` is the prediction's, for the discontinuity test)."""
+    """One meshed grid per view (``depth`` is the prediction's, for the discontinuity test);
+    ``stride`` for all views or one per view."""
+    strides = [stride] * len(depth) if isinstance(stride, int) else stride
     return [triangulate_view(scene.points[i], scene.valid[i], depth[i],
-                             None if scene.image is None else scene.image[i], stride, quads=quads)
+                             None if scene.image is None else scene.image[i], strides[i],
+                             quads=quads)
             for i in range(len(depth))]
 
 
@@ -388,7 +392,7 @@ def surface_input(scene: Scene, depth: np.ndarray, voxel_size: float) -> GridMes
     ``SLAB_THICKNESS_VOXELS`` thick, extruded away from its camera, remeshes cleanly with its
     front exactly on the measured surface.
     """
-    grids = view_meshes(scene, depth, surface_stride(scene, voxel_size))
+    grids = view_meshes(scene, depth, surface_strides(scene, voxel_size))
     eyes = scene.cam_to_world[:, :3, 3]
     kept = [keep_triangles(m, facing(m, eye)) for m, eye in
             zip(drop_covered_triangles(grids, 3.0 * voxel_size), eyes, strict=True)]

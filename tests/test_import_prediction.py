@@ -360,12 +360,21 @@ def test_a_monocular_prediction_imports(blender, tmp_path):
 DATA = Path(__file__).parent / "data"
 
 
-def test_random_weight_views_seen_edge_on_import_without_a_surface(blender):
-    """A real two-view prediction of da3-small with random weights: fy = 2.1e7, so every view
-    sees its pixels edge-on. Slabs of those had no volume and crashed Blender's remesher."""
+def test_random_weight_views_seen_edge_on_import_without_crashing(blender):
+    """A real two-view prediction of da3-small with random weights: fy = 2.1e7, so the views
+    see their pixels almost edge-on. Slabs of those had no volume and crashed Blender's
+    remesher; now edge-on triangles stay out of the remesh input."""
     path = DATA / "random_weights_two_views.npz"
     assert blender.ops.da3.import_prediction(filepath=str(path)) == {"FINISHED"}
     coll = blender.data.collections["random_weights_two_views"]
+    roles = {o["da3_role"] for o in coll.all_objects}
+    assert roles >= {"points", "camera"} and ("surface" in roles or "da3_notes" in coll)
+
+
+def test_a_scene_seen_only_edge_on_keeps_points_and_cameras_without_a_surface(blender, addon):
+    pred, _ = make_prediction(n_views=1, with_box=False)
+    pred.intrinsics[:, 1, 1] = 1e9  # no vertical field of view: all rays in one plane
+    coll = addon.api.import_prediction(pred)
     assert {o["da3_role"] for o in coll.all_objects} == {"points", "camera"}
     assert coll["da3_notes"].startswith("no surface")
 

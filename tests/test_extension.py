@@ -7,10 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-import addon_utils
-import bpy
 import pytest
 from conftest import REPO
+
+# isort: off
+import bpy  # addon_utils needs bpy imported first
+import addon_utils
+# isort: on
 
 BLENDER_EXT = Path(bpy.utils.system_resource("SCRIPTS"), "addons_core", "bl_pkg", "cli",
                    "blender_ext.py")

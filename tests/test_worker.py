@@ -427,3 +427,64 @@ def test_corrupt_download_is_removed_and_reported(worker_python, hub_stub, folde
     end = final(events)
     assert code == 1 and end["kind"] == "missing_weights" and "SHA-256 mismatch" in end["message"]
     assert not list((tmp_path / "models" / "da3-small").glob("model.safetensors*"))
+
+
+# --------------------------------------------------------------------------- interchangeability
+
+DA3_PIPELINE = r"""
+import contextlib, importlib.abc, importlib.machinery, os, sys, types
+sys.path.append(sys.argv[1])  # torchvision + imageio, which the worker does without
+sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+
+
+class Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    # empty modules for exporters that an npz export never calls
+    roots = {"moviepy", "pycolmap", "trimesh", "open3d", "gsplat", "e3nn", "plyfile", "matplotlib"}
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in self.roots:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+
+        def attribute(name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return type(name, (), {})
+        module.__getattr__ = attribute
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, Stub())
+import torch
+torch.autocast = lambda *a, **k: contextlib.nullcontext()  # fp32, as the worker on a CPU
+from depth_anything_3.api import DepthAnything3
+weights, out, images = sys.argv[2], sys.argv[3], sys.argv[4:]
+model = DepthAnything3.from_pretrained(weights).eval()
+model.inference(images, process_res=140, export_dir=out, export_format="npz")
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("DA3_TORCHVISION_PATH"),
+                    reason="set DA3_TORCHVISION_PATH to a folder with torchvision and imageio")
+def test_same_file_as_da3s_own_pipeline(worker_python, small_weights, tmp_path):
+    """DA3's DepthAnything3.inference + npz export and our worker, same images and weights."""
+    images = [media.write(tmp_path / f"v{i}.png", media.scene(seed=i)) for i in range(3)]
+    subprocess.run([str(worker_python), "-c", DA3_PIPELINE, os.environ["DA3_TORCHVISION_PATH"],
+                    str(small_weights), str(tmp_path / "da3"), *map(str, images)], cwd=REPO,
+                   check=True, capture_output=True, env={**os.environ, "DA3_LOG_LEVEL": "ERROR"})
+    job, output = job_file(tmp_path, images, small_weights)
+    assert run_worker(worker_python, job)[0] == 0
+    theirs = np.load(tmp_path / "da3" / "exports" / "npz" / "results.npz")
+    ours = np.load(output)
+    assert set(theirs.files) <= set(ours.files)
+    assert np.array_equal(theirs["image"], ours["image"])
+    np.testing.assert_allclose(ours["depth"], theirs["depth"], atol=1e-6)  # DA3 rounds to 6 places
+    np.testing.assert_allclose(ours["conf"], theirs["conf"], atol=0.0051)  # ...and conf to 2
+    np.testing.assert_allclose(ours["extrinsics"], theirs["extrinsics"], atol=1e-6)
+    np.testing.assert_allclose(ours["intrinsics"], theirs["intrinsics"], rtol=1e-6)

@@ -213,6 +213,17 @@ def load_job(path: str):
     return job, preset
 
 
+def check_output_folder(output: Path) -> None:
+    """Fail before any work when the prediction could not be written at the end."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkerError("bad_input", f"cannot create the output folder '{output.parent}': "
+                          f"{exc.strerror or exc}") from None
+    if output.is_dir() or not os.access(output.parent, os.W_OK):
+        raise WorkerError("bad_input", f"cannot write the prediction to '{output}'")
+
+
 def find_sources(run: Run):
     from .inputs import InputError, collect_sources, count_views
 
@@ -425,6 +436,7 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken) -> None:
     emitter.stage("starting", f"job {Path(job_path).name}")
     job, preset = load_job(job_path)
     run = Run(job, preset, emitter, cancel, {"_start": start})
+    check_output_folder(Path(job.output))
     sources = find_sources(run)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames") as pool:
         run.frames_future = pool.submit(read_frames_job, run, sources)

@@ -145,6 +145,7 @@ def test_mono_preset_with_several_images_names_a_multi_view_model(worker_python,
     ("video_and_image", "a video must be the only input"),
     ("damaged_video", "video"),
     ("unknown_model", "unknown model 'da3-huge'"),
+    ("output_is_a_folder", "cannot write the prediction"),
 ])
 def test_bad_inputs_are_one_line_errors(worker_python, small_weights, tmp_path, case, words):
     sources, extra = [], {}
@@ -165,9 +166,13 @@ def test_bad_inputs_are_one_line_errors(worker_python, small_weights, tmp_path, 
         sources = [tmp_path / "v.mp4"]
     elif case == "unknown_model":
         sources, extra = [media.write(tmp_path / "a.png", media.scene())], {"model": "da3-huge"}
+    elif case == "output_is_a_folder":
+        sources = [media.write(tmp_path / "a.png", media.scene())]
     job, output = job_file(tmp_path, sources, small_weights, **extra)
+    if case == "output_is_a_folder":
+        output.mkdir(parents=True)
     assert_bad_input(worker_python, job, words)
-    assert not output.exists()
+    assert output.is_dir() if case == "output_is_a_folder" else not output.exists()
 
 
 def test_broken_job_file(worker_python, tmp_path):

@@ -1,5 +1,4 @@
 """One prediction -> one new collection holding points, view meshes, surface and cameras."""
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 from __future__ import annotations
 

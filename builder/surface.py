@@ -1,7 +1,6 @@
 """Fusing the views into one surface. ``SURFACE_BUILDERS`` maps ``options.fusion`` to a builder;
 a new fusion mode (e.g. TSDF) is one more function ``(build) -> Object`` and one more entry.
 """
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
 """``da3.import_prediction``: File > Import > DA3 Prediction (.npz); a thin wrapper over ``api``."""
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 import bpy
 from bpy.props import StringProperty

@@ -5,7 +5,6 @@ interpreter as a child process (Blender's Python itself is never modified) and r
 JSON-lines events with the same monitor as the worker. Asks first (with the download size),
 refuses while Blender's online access is off.
 """
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 import sys
 from pathlib import Path

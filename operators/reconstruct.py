@@ -7,7 +7,6 @@ updates ``WindowManager.da3_job`` and redraws; Esc or the panel's Cancel button 
 end the result is built on the main thread. Called from a script (execute), and always in
 background mode, the same job runs to completion before the call returns.
 """
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 import atexit
 import time

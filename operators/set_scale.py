@@ -1,5 +1,4 @@
 """``da3.set_scale``: give a DA3 result its real size from one known distance."""
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 import bpy
 from bpy.props import FloatProperty

@@ -4,7 +4,6 @@ Drawing lives in plain functions that take a layout, so tests can draw every sta
 environment, idle, running, failed) with a recording layout: Blender never draws panels when it
 runs as a module.
 """
-# ruff: noqa: TID252  (an extension loads as bl_ext.<repo>.<id>: imports must be relative)
 
 import os
 from pathlib import Path

@@ -7,10 +7,12 @@ DEV_PY := $(VENV)/bin/python
 BLENDER_EXT := $(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' blender_manifest.toml)
 ZIP := dist/da3_reconstruct-$(VERSION).zip
-TORCH ?= cpu
+# The demo uses the machine's best torch build; tests need only the small CPU one.
+TORCH ?= auto
 
 .PHONY: test dev worker lint pytest build validate demo clean
 
+test: TORCH = cpu
 test: dev worker lint pytest
 
 dev: $(VENV)/.installed

@@ -191,6 +191,45 @@ def _main_head(self, fused, ph, pw, H, W):
 
 # --------------------------------------------------------------------------- running
 
+def progress_steps(net) -> list:
+    """Modules that run once each per forward pass: the transformer blocks, then the heads."""
+    named = list(net.named_modules())
+    blocks = [m for name, m in named if name.rsplit(".", 2)[-2:-1] == ["blocks"]]
+    heads = [m for name, m in named if name.split(".")[-1] == "head"]
+    return blocks + heads
+
+
+class reporting_steps:
+    """Calls ``callback(done, total)`` after each block and head of a forward pass.
+
+    Blocks take similar time, so the count gives an honest ETA inside one long pass, and the
+    callback may raise (a cancel) to stop the pass between blocks.
+    """
+
+    def __init__(self, net, callback):
+        self.steps = progress_steps(net)
+        self.callback = callback
+        self.done = 0
+        self.handles = []
+
+    @property
+    def total(self) -> int:
+        return len(self.steps)
+
+    def _after_step(self, module, args, output):
+        self.done += 1
+        self.callback(min(self.done, self.total), self.total)
+
+    def __enter__(self):
+        self.done = 0
+        self.handles = [m.register_forward_hook(self._after_step) for m in self.steps]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
 def forward(net, pixels: np.ndarray, device, dtype=None) -> dict:
     """One raw network call on (N,3,H,W) normalised views seen together; outputs on the CPU.
 

@@ -338,20 +338,27 @@ def load_model(run: Run):
 
 def infer(run: Run, net, device, dtype, batch):
     """All views in one pass (multi-view presets) or one at a time (monocular presets)."""
-    from .model import concat_views, eta, forward, to_views
+    from .model import concat_views, eta, forward, reporting_steps, to_views
     from .preprocess import DEFAULT_FOV_X_DEG
 
     n = batch.pixels.shape[0]
     h, w = batch.size
     run.emitter.stage("inference", f"{n} view(s) at {w}x{h} on {device.type}")
-    run.emitter.progress("inference", 0, n)
     metric_raw = run.preset.metric and not run.preset.multi_view
     fov = float(run.job.extra.get("fov_deg") or DEFAULT_FOV_X_DEG)
     start = time.monotonic()
+
+    def step_done(done, total):  # inside the forward pass, between blocks
+        run.cancel.check()
+        run.emitter.progress("inference", done, total, eta(done, total, time.monotonic() - start))
+
     try:
         if run.preset.multi_view:
-            views = to_views(forward(net, batch.pixels, device, dtype), metric_raw, fov)
+            with reporting_steps(net, step_done) as steps:
+                run.emitter.progress("inference", 0, steps.total)
+                views = to_views(forward(net, batch.pixels, device, dtype), metric_raw, fov)
         else:
+            run.emitter.progress("inference", 0, n)
             parts = []
             for i in range(n):
                 run.cancel.check()
@@ -364,7 +371,6 @@ def infer(run: Run, net, device, dtype, batch):
         raise
     run.timings["inference"] = round(time.monotonic() - start, 3)
     run.peak_gpu_mib = peak_gpu_mib(device)
-    run.emitter.progress("inference", n, n, 0.0)
     return views
 
 

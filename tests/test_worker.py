@@ -89,7 +89,8 @@ def test_folder_end_to_end(worker_python, small_weights, folder, tmp_path):
     assert len(warnings) == 1 and "broken.jpg" in warnings[0]["message"]
     stages = [e["stage"] for e in events if e["event"] == "stage"]
     assert {"starting", "reading_frames", "loading_model", "inference", "writing"} <= set(stages)
-    assert any(e["event"] == "progress" and e["stage"] == "inference" for e in events)
+    steps = [e for e in events if e["event"] == "progress" and e["stage"] == "inference"]
+    assert steps[0]["done"] == 0 and steps[-1]["done"] == steps[-1]["total"] == 13  # 12 blocks + head
 
     pred = load_prediction(output)
     assert pred.depth.shape == (3, 112, 140) and pred.image.shape == (3, 112, 140, 3)

@@ -116,7 +116,7 @@ def raw_forwards(model: str, weights: Path, images: list[Path], args) -> dict:
 
     device = pick_device(args.device)
     dtype = autocast_dtype(device)
-    net = load_network(weights, get_preset(model)).to(device)
+    net = load_network(weights, get_preset(model), str(device))  # as the worker loads it
     timer = HeadTimer(net, device)
     batch = pp.preprocess([media_read(p) for p in images], args.process_res)
     timed_forward(net, batch.pixels[:1], device, dtype, timer)  # lazy initialisation
@@ -158,7 +158,8 @@ def run_worker(model: str, weights: Path, images: list[Path], args, tmp: Path) -
     if done.get("event") != "done":
         raise RuntimeError(f"worker failed: {done}")
     output.unlink()
-    return {"wall": wall, "peak_rss_mib": rss, "timings": done.get("timings", {})}
+    return {"wall": wall, "peak_rss_mib": rss, "timings": done.get("timings", {}),
+            "worker_gpu_mib": done.get("peak_gpu_mib")}
 
 
 def wait_for_peak_rss(proc: subprocess.Popen) -> float | None:
@@ -190,7 +191,8 @@ def bench(model: str, n: int, args, root: Path) -> dict:
 COLUMNS = [("model", "{}"), ("views", "{}"), ("device", "{}"), ("size", "{}"),
            ("fwd_full", "{:.2f}"), ("fwd", "{:.2f}"), ("head_full", "{:.2f}"), ("head", "{:.2f}"),
            ("s_per_view", "{:.2f}"), ("wall", "{:.2f}"), ("fixed", "{:.2f}"), ("overhead_pct", "{:.0f}%"),
-           ("img_per_s", "{:.2f}"), ("peak_rss_mib", "{:.0f}"), ("peak_gpu_mib", "{:.0f}")]
+           ("img_per_s", "{:.2f}"), ("peak_rss_mib", "{:.0f}"), ("peak_gpu_mib", "{:.0f}"),
+           ("worker_gpu_mib", "{:.0f}")]
 
 
 def print_table(rows: list[dict]) -> None:

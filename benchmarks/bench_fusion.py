@@ -27,7 +27,7 @@ import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TMP = Path(tempfile.mkdtemp(prefix="da3-bench-"))
+TMP = Path(tempfile.mkdtemp(prefix="da3-bench-fusion-"))
 for var in ("HOME", "XDG_CACHE_HOME", "BLENDER_USER_RESOURCES"):  # bpy writes there on import
     os.environ.setdefault(var, str(TMP / var.lower()))
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -50,16 +50,18 @@ def main() -> None:
         print(f"\n== {name}: {pred.num_views} views {pred.width}x{pred.height}, "
               f"F-score at {0.01 * scene.size:.3f} (1% of {scene.size:.2f})")
         options = fusion.TSDFOptions(resolution=args.resolution, object_mode=name == "mug")
-        (v, f, _), seconds = timed(scenes.remesh_baseline, pred)
+        (v, f, _), *seconds = timed(scenes.remesh_baseline, pred)
         rows = [("REMESH", (v, f), seconds)]
-        mesh, seconds = timed(fusion.fuse_tsdf, pred, options)
+        mesh, *seconds = timed(fusion.fuse_tsdf, pred, options)
         rows.append(("TSDF numpy", (mesh.vertices, mesh.faces), seconds))
         torch_result = run_torch(pred, options, args)
         if torch_result is not None:
-            rows.append(("TSDF torch", torch_result["mesh"], torch_result["seconds"]))
-        print(scenes.HEADER + f" {'seconds':>8}")
-        for label, (v, f), secs in rows:
-            print(scenes.evaluate(v, f, scene, degraded.to_scene).row(label) + f" {secs:8.2f}")
+            label = f"TSDF {torch_result['device']}"  # 'numpy' when the worker has no CUDA
+            rows.append((label[:14], torch_result["mesh"], torch_result["seconds"]))
+        print(scenes.HEADER + f" {'wall s':>7} {'cpu s':>7}")
+        for label, (v, f), (wall, cpu) in rows:
+            quality = scenes.evaluate(v, f, scene, degraded.to_scene)
+            print(quality.row(label) + f" {wall:7.2f} {cpu:7.2f}")
         print_cost(mesh, pred, options, torch_result)
 
 
@@ -92,9 +94,10 @@ def cached_scene(name: str, args) -> scenes.Scene:
 
 
 def timed(fn, *args):
-    start = time.perf_counter()
+    """Result, wall seconds and CPU seconds of this process (the machine may be shared)."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_torch(pred, options, args) -> dict | None:
@@ -103,6 +106,7 @@ def run_torch(pred, options, args) -> dict | None:
     if not python.exists():
         print(f"(no worker environment at {python}: torch path skipped)")
         return None
+    TMP.mkdir(parents=True, exist_ok=True)  # shared /tmp: someone may have tidied it
     npz = save_prediction(pred, TMP / "pred.npz")
     out = TMP / "torch.npz"
     code = (
@@ -113,8 +117,9 @@ def run_torch(pred, options, args) -> dict | None:
         "opts = fusion.TSDFOptions(**json.loads(sys.argv[3]))\n"
         "dev = sys.argv[4] if sys.argv[4] != 'None' else None\n"
         "fusion_torch.fuse_tsdf(pred, fusion.TSDFOptions(resolution=32), device=dev)  # warm-up\n"
-        "t = time.perf_counter(); m = fusion_torch.fuse_tsdf(pred, opts, device=dev)\n"
-        "s = time.perf_counter() - t\n"
+        "t, c = time.perf_counter(), time.process_time()\n"
+        "m = fusion_torch.fuse_tsdf(pred, opts, device=dev)\n"
+        "s = [time.perf_counter() - t, time.process_time() - c]\n"
         "np.savez(sys.argv[2], v=m.vertices, f=m.faces)\n"
         "print(json.dumps(dict(seconds=s, device=m.stats['device'], timings=m.stats['timings'],"
         " gpu_peak_mb=m.stats.get('gpu_peak_mb'),"
@@ -147,7 +152,8 @@ def print_cost(mesh, pred, options, torch_result) -> None:
           "(includes Blender, the scenes and the REMESH run)")
     if torch_result is not None:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in torch_result["timings"].items())
-        print(f"torch on {torch_result['device']}: {torch_result['seconds']:.2f} s ({stages}); "
+        print(f"worker entry point (engine.fusion_torch) on {torch_result['device']}: "
+              f"{torch_result['seconds'][0]:.2f} s ({stages}); "
               f"worker peak RSS {torch_result['rss_mb']:.0f} MB"
               + (f", GPU peak {torch_result['gpu_peak_mb']:.0f} MB"
                  if torch_result.get("gpu_peak_mb") else ""))

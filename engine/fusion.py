@@ -105,7 +105,7 @@ class FusedMesh:
     """The fused surface, in the prediction's world frame (OpenCV axes, DA3's units).
 
     vertices (V,3) float32; faces (F,3) int32, counter-clockwise seen from outside (normals
-    point into free space); colors (V,3) float32 linear-free sRGB in [0,1] or None;
+    point into free space); colors (V,3) float32 sRGB-encoded (as the images) in [0,1] or None;
     ``stats`` holds the voxel size, truncation, counts, memory and timings of each stage.
     """
 
@@ -217,11 +217,11 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("integrate")
     values = voxel_values(grid, volume, options)
     report(0.85, "meshing")
-    vertices, faces = extract_surface(grid, volume.keys, values, coarse)
+    front = None if grid.object_mode else (
+        lambda points, normals: seen_from_front(points, normals, views, grid.truncation))
+    vertices, faces = extract_surface(grid, volume.keys, values, coarse, front)
     clock.lap("mesh")
     colors = vertex_colors(grid, volume, vertices)
-    if not grid.object_mode:
-        faces = faces[seen_from_front(vertices, faces, views, grid.truncation)]
     vertices, faces, colors = clean_mesh(vertices, faces, colors, options)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
@@ -790,17 +790,19 @@ TET_CASES = wound_case_table()
 
 
 def extract_surface(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
-                    chunk_blocks: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+                    cube_filter=None, chunk_blocks: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Marching tetrahedra over the allocated blocks (and the cubes that border them).
 
-    Returns world vertices (V,3) and faces (F,3) wound towards positive values.
+    ``cube_filter(centres, normals) -> bool mask`` may veto sign-changing cubes (world centres,
+    normals along the value gradient). Returns world vertices (V,3) and faces (F,3) wound
+    towards positive values.
     """
     mesh_keys = meshing_blocks(grid, keys)
     edge_keys, edge_pos, tris = [], [], []
     for start in range(0, len(mesh_keys), chunk_blocks):
         padded = padded_blocks(grid, keys, values, coarse, mesh_keys[start:start + chunk_blocks])
         k, p, t = march_blocks(grid, mesh_keys[start:start + chunk_blocks], padded,
-                               sum(len(e) for e in edge_keys))
+                               sum(len(e) for e in edge_keys), cube_filter)
         edge_keys.append(k)
         edge_pos.append(p)
         tris.append(t)
@@ -852,7 +854,8 @@ def block_values(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.nd
     return out.reshape(-1, BLOCK, BLOCK, BLOCK)
 
 
-def march_blocks(grid: Grid, chunk: np.ndarray, padded: np.ndarray, key_base: int):
+def march_blocks(grid: Grid, chunk: np.ndarray, padded: np.ndarray, key_base: int,
+                 cube_filter=None):
     """Triangles of the cubes of these blocks whose corners change sign.
 
     Returns per triangle-corner edge keys and positions (in voxel units) and (T,3) indices
@@ -869,6 +872,10 @@ def march_blocks(grid: Grid, chunk: np.ndarray, padded: np.ndarray, key_base: in
         return np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.int64)
     cube_values = np.stack([padded[b, x + o[0], y + o[1], z + o[2]] for o in CORNER_OFFSETS], 1)
     cube_origin = grid.block_coords(chunk)[b] * BLOCK + np.stack([x, y, z], axis=1)
+    if cube_filter is not None:
+        centres = grid.origin + (cube_origin + 0.5) * grid.voxel_size
+        keep = cube_filter(centres, cube_values @ (2 * CORNER_OFFSETS - 1))
+        cube_origin, cube_values = cube_origin[keep], cube_values[keep]
     return march_tets(grid, cube_origin, cube_values, key_base)
 
 
@@ -930,18 +937,16 @@ def vertex_colors(grid: Grid, volume: Volume, vertices: np.ndarray) -> np.ndarra
     return (rgb / 255.0).astype(np.float32)
 
 
-def seen_from_front(vertices: np.ndarray, faces: np.ndarray, views: list[View],
+def seen_from_front(centres: np.ndarray, normals: np.ndarray, views: list[View],
                     trunc: float) -> np.ndarray:
-    """Faces that some view saw from their front side, near where it saw a surface.
+    """Surface pieces that some view saw from their front side, near where it saw a surface.
 
     Where views disagree on the depth of a wall by more than the truncation, the views that
     put it too far vote 'free' behind the others' band and a second, inside-out sheet appears
-    behind the wall. No camera ever faced such a sheet: this test removes it.
+    behind the wall. No camera ever faced such a sheet: this test removes it (per cube, before
+    meshing: eight times fewer tests than per triangle).
     """
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
-    centres = (a + b + c) / 3
-    normals = np.cross(b - a, c - a)
-    seen = np.zeros(len(faces), bool)
+    seen = np.zeros(len(centres), bool)
     for view in views:
         d, pix, z = sample_view(view, centres)
         near = (d > 0) & (np.abs(d - z) < 1.5 * trunc) & (view.weight.ravel()[pix] > 0)

@@ -41,9 +41,10 @@ BLOCK_VOXELS = BLOCK ** 3
 # bytes per allocated voxel: tsdf sum, weight, colour sum (3), colour weight (float32 each)
 BYTES_PER_VOXEL = 24
 Progress = Callable[[float, str], None]
-# A surface seen at more than ~84 degrees from its normal (or a depth jump) gets no vote; from
-# ~70 degrees on, full weight: rooms are mostly seen at such angles.
-GRAZING_COS, FULL_COS = 0.1, 0.35
+# A surface seen at more than ~87 degrees from its normal (or a depth jump) gets no vote; from
+# ~75 degrees on, full weight. Rooms are mostly seen at such angles, and a wall that only
+# grazing views saw is better than a hole in it.
+GRAZING_COS, FULL_COS = 0.05, 0.25
 
 
 @dataclass
@@ -78,7 +79,7 @@ class TSDFOptions:
     mask_sky: bool = True
     object_mode: bool = False
     crop_box: np.ndarray | None = None
-    min_weight: float = 0.3
+    min_weight: float = 0.15
     solid_weight: float = 1.5
     free_space_weight: float = 0.25
     keep_largest: bool | None = None
@@ -547,7 +548,8 @@ def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray,
             marked[surface_block_keys(grid, view, offset)] = True
     if grid.object_mode:
         solid = (coarse < 0).reshape(tuple(grid.blocks))
-        marked |= (solid & dilate(~solid)).ravel()
+        free = np.pad(~solid, 1, constant_values=True)  # beyond the grid is free: a cut object
+        marked |= (solid & dilate(free)[1:-1, 1:-1, 1:-1]).ravel()  # must be meshed there
     keys = np.flatnonzero(marked)
     needed = len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20
     if needed > options.memory_mb:

@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     mod.add_argument("--chunk", type=int, default=6, help="0: from the memory probes")
     mod.add_argument("--overlap", type=int, default=2)
     mod.add_argument("--res", type=int, default=504)
-    mod.add_argument("--probes", type=int, nargs="+", default=[2, 4],
+    mod.add_argument("--probes", type=int, nargs="+", default=[2, 8],
                      help="views of the memory probes")
     mod.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)

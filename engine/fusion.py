@@ -142,6 +142,7 @@ class Grid:
     object_mode: bool = False
     floor: np.ndarray | None = None  # (4,) plane n.p + d = 0, n up; below + floor_cut is free
     floor_cut: float = 0.0  # how far above the plane the object starts
+    crop_box: np.ndarray | None = None  # (2,3): nothing outside it is surface
 
     @property
     def block_extent(self) -> float:
@@ -361,7 +362,7 @@ def plan_grid(views: list[View], options: TSDFOptions) -> Grid:
     blocks = np.maximum(np.ceil((high - low) / (voxel * BLOCK)).astype(np.int64), 1)
     cut = max(2 * voxel, spread)
     return Grid(np.asarray(low, dtype=np.float64), float(voxel), float(trunc), blocks,
-                options.object_mode, floor, cut)
+                options.object_mode, floor, cut, options.crop_box)
 
 
 def fit_memory_budget(voxel: float, low: np.ndarray, high: np.ndarray,
@@ -520,9 +521,15 @@ def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray,
     observed = weight >= (options.solid_weight if grid.object_mode else options.min_weight)
     values = np.full(len(tsdf), np.nan, np.float32)
     values[observed] = np.where(tsdf[observed] >= 0, 1.0, -1.0)
+    centres = grid.block_centres(all_block_coords(grid))
+    beyond = np.zeros(len(values), bool)
+    if grid.crop_box is not None:
+        beyond = np.any((centres < grid.crop_box[0]) | (centres > grid.crop_box[1]), axis=1)
     if grid.object_mode:
         values[~observed] = -1.0  # nobody could see in: inside the object
-        values[outside_region(grid, grid.block_centres(all_block_coords(grid)))] = 1.0
+        values[outside_region(grid, centres) | beyond] = 1.0
+    else:
+        values[beyond] = np.nan
     return values
 
 
@@ -704,11 +711,24 @@ def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions) -> np.ndarray
     observed = volume.weight >= (options.solid_weight if grid.object_mode else options.min_weight)
     values = volume.tsdf / np.maximum(volume.weight, np.float32(1e-12))
     if not grid.object_mode:
-        values[~observed] = np.nan
+        values[~observed | outside_box(grid, volume.coords)] = np.nan
         return values
     values[~observed] = -1.0
     values[forced_free(grid, volume.coords)] = 1.0
     return values
+
+
+def outside_box(grid: Grid, coords: np.ndarray) -> np.ndarray:
+    """(M,512) voxels outside the crop box (none without one); the grid is whole blocks, so it
+    reaches past the box."""
+    out = np.zeros((len(coords), BLOCK_VOXELS), bool)
+    if grid.crop_box is None:
+        return out
+    local = local_offsets()
+    for axis in range(3):
+        x = grid.origin[axis] + grid.voxel_size * (coords[:, axis, None] * BLOCK + local[None, :, axis])
+        out |= (x < grid.crop_box[0, axis]) | (x > grid.crop_box[1, axis])
+    return out
 
 
 def forced_free(grid: Grid, coords: np.ndarray) -> np.ndarray:
@@ -718,7 +738,7 @@ def forced_free(grid: Grid, coords: np.ndarray) -> np.ndarray:
     """
     local = local_offsets()
     last = grid.blocks * BLOCK - 1
-    free = np.zeros((len(coords), BLOCK_VOXELS), bool)
+    free = outside_box(grid, coords)
     for axis in range(3):
         idx_block = coords[:, axis, None] * BLOCK
         free |= (idx_block + local[None, :, axis] == 0) | (idx_block + local[None, :, axis] == last[axis])

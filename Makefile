@@ -10,10 +10,10 @@ ZIP := dist/da3_reconstruct-$(VERSION).zip
 # The demo uses the machine's best torch build; tests need only the small CPU one.
 TORCH ?= auto
 
-.PHONY: test dev worker lint pytest build validate demo clean
+.PHONY: test dev worker reference lint pytest build validate demo clean
 
 test: TORCH = cpu
-test: dev worker lint pytest
+test: dev worker reference lint pytest
 
 dev: $(VENV)/.installed
 
@@ -26,12 +26,21 @@ $(VENV)/.installed: requirements-dev.txt
 worker:
 	$(PYTHON) vendor_install.py --target $(WORKER_ENV) --torch $(TORCH)
 
+# DA3's own input processor and exporter need torchvision + imageio, which the worker does without.
+# Tests that compare our pre-processing and files with the library's load them from this folder.
+REFERENCE := $(CURDIR)/.cache/da3-reference
+reference: $(REFERENCE)/.installed
+
+$(REFERENCE)/.installed:
+	$(WORKER_ENV)/bin/python -m pip install -q --no-deps --target $(REFERENCE) torchvision==0.28.0 imageio==2.38.1
+	touch $@
+
 lint: dev
 	$(VENV)/bin/ruff check .
 
 # pytest exits 5 when it collects nothing; that is reported, not hidden behind a red build.
 pytest: dev
-	DA3_WORKER_PYTHON=$(WORKER_ENV)/bin/python $(DEV_PY) -m pytest $(PYTEST_ARGS); \
+	DA3_WORKER_PYTHON=$(WORKER_ENV)/bin/python DA3_TORCHVISION_PATH=$(REFERENCE) $(DEV_PY) -m pytest $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 validate: dev

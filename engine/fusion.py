@@ -230,7 +230,8 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
                  volume_mb=len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20,
                  grid_shape=tuple(int(b) * BLOCK for b in grid.blocks),
-                 floor=grid.floor, origin=grid.origin, timings=clock.laps)
+                 floor=None if grid.floor is None else grid.floor.tolist(),
+                 origin=grid.origin.tolist(), timings=clock.laps)  # JSON-ready for the worker
     return FusedMesh(vertices.astype(np.float32), faces.astype(np.int32), colors,
                      grid.voxel_size, grid.truncation, stats)
 

@@ -25,6 +25,7 @@ STAGES = ("starting", "downloading_weights", "loading_model", "reading_frames", 
 ERROR_KINDS = ("bad_input", "missing_weights", "out_of_memory", "dependency", "cancelled",
                "internal")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+SAMPLINGS = ("count", "fps", "motion")
 CANCEL_LINE = "cancel"
 
 
@@ -42,6 +43,12 @@ class Job:
     process_res: int = 504
     max_frames: int = 32  # video: how many frames to keep (0 = use fps)
     fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
+    # video: "count" and "fps" split it into windows by max_frames / fps (as before this field);
+    # "motion" keeps frames by parallax (engine.keyframes), at most max_frames
+    sampling: str = "count"
+    keyframe_cache: str = ""  # "motion": folder of cached selections (shared with the panel)
+    chunk_size: int = 0  # views per forward pass; 0 = all that fit (measured above 16 views)
+    chunk_overlap: int = 0  # views shared by consecutive chunks; 0 = half a chunk
     version: int = PROTOCOL_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -59,6 +66,10 @@ class Job:
             raise ValueError(f"job file version {job.version}; this worker speaks {PROTOCOL_VERSION}")
         if job.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not '{job.device}'")
+        if job.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, not '{job.sampling}'")
+        if job.chunk_size < 0 or job.chunk_overlap < 0:
+            raise ValueError("chunk_size and chunk_overlap must be >= 0")
         return job
 
 

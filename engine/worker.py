@@ -338,7 +338,7 @@ def load_model(run: Run):
 
 def infer(run: Run, net, device, dtype, batch):
     """All views in one pass (multi-view presets) or one at a time (monocular presets)."""
-    from .model import concat_views, eta, forward, reporting_steps, to_views
+    from .model import concat_views, eta, forward, to_views
     from .preprocess import DEFAULT_FOV_X_DEG
 
     n = batch.pixels.shape[0]
@@ -354,9 +354,7 @@ def infer(run: Run, net, device, dtype, batch):
 
     try:
         if run.preset.multi_view:
-            with reporting_steps(net, step_done) as steps:
-                run.emitter.progress("inference", 0, steps.total)
-                views = to_views(forward(net, batch.pixels, device, dtype), metric_raw, fov)
+            views = infer_multi_view(run, net, device, dtype, batch, step_done, fov)
         else:
             run.emitter.progress("inference", 0, n)
             parts = []
@@ -372,6 +370,108 @@ def infer(run: Run, net, device, dtype, batch):
     run.timings["inference"] = round(time.monotonic() - start, 3)
     run.peak_gpu_mib = peak_gpu_mib(device)
     return views
+
+
+def infer_multi_view(run: Run, net, device, dtype, batch, step_done, fov: float):
+    """One pass when the views fit (measured above ``CHUNK_PROBE_ABOVE`` views), else chunks
+    aligned by Sim(3); an out-of-memory error in the one pass turns into chunks."""
+    from .model import forward, is_out_of_memory, reporting_steps, to_views
+
+    n = batch.pixels.shape[0]
+    size = chunk_size_for(run, net, device, dtype, batch)
+    if size >= n:
+        try:
+            with reporting_steps(net, step_done) as steps:
+                run.emitter.progress("inference", 0, steps.total)
+                return to_views(forward(net, batch.pixels, device, dtype), False, fov)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or n // 2 < MIN_CHUNK:
+                raise
+            size = n // 2
+        free_after_oom(run, n, size)
+    return infer_in_chunks(run, net, device, dtype, batch, size, fov)
+
+
+CHUNK_PROBE_ABOVE = 16  # up to this many views run as one pass without measuring memory
+MIN_CHUNK = 2
+
+
+def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
+    """The job's chunk size, or the views that fit as measured by two probe forwards."""
+    from .chunking import measure_chunk_size
+    from .model import forward
+
+    n = batch.pixels.shape[0]
+    if run.job.chunk_size > 0:
+        return max(MIN_CHUNK, run.job.chunk_size)
+    if n <= CHUNK_PROBE_ABOVE:
+        return n
+    start = time.monotonic()
+    size, model, probes = measure_chunk_size(
+        lambda k: forward(net, batch.pixels[:k], device, dtype), str(device), max_views=n)
+    run.cancel.check()
+    run.timings["probe_memory"] = round(time.monotonic() - start, 3)
+    print(f"memory probes {probes}: {size} of {n} views per pass", file=sys.stderr)
+    return size
+
+
+def free_after_oom(run: Run, n: int, size: int) -> None:
+    import gc
+
+    from .model import free_device_memory
+
+    gc.collect()  # outside the except block: the traceback no longer holds the tensors
+    free_device_memory()
+    run.emitter.send("warning", message=f"out of memory with {n} views in one pass; "
+                     f"continuing in chunks of {size}")
+
+
+def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
+    """Overlapping chunks, each in its own frame, merged into view 0's frame and scale."""
+    from .align import AlignmentError
+    from .chunking import Cancelled as ChunkCancelled
+    from .chunking import predict_in_chunks
+    from .model import Views, forward, is_out_of_memory, reporting_steps, to_views
+
+    n, emitter = batch.pixels.shape[0], run.emitter
+    overlap = run.job.chunk_overlap or max(1, size // 2)
+    covered, metric, eta_at = [0], [False], [None, 0.0]  # eta_at: (ETA, when it was given)
+
+    def run_chunk(indices):
+        new = indices[-1] + 1 - covered[0]  # views this chunk adds
+
+        def step_done(done, total):  # inside the chunk's forward pass
+            run.cancel.check()
+            eta_s, at = eta_at
+            left = None if eta_s is None else round(max(0.0, eta_s - (time.monotonic() - at)), 1)
+            emitter.progress("inference", covered[0] + new * done // (total + 1), n, left)
+
+        with reporting_steps(net, step_done):
+            views = to_views(forward(net, batch.pixels[indices], device, dtype), False, fov)
+        metric[0] = views.is_metric
+        return views
+
+    def progress(done, total, eta_s):
+        covered[0], eta_at[:] = done, [eta_s, time.monotonic()]
+        emitter.progress("inference", done, total, None if eta_s is None else round(eta_s, 1))
+
+    emitter.stage("inference", f"{n} views in chunks of {size} (overlap {overlap})")
+    try:
+        merged, reports, chunks = predict_in_chunks(
+            n, run_chunk, chunk_size=size, overlap=overlap, cancel=run.cancel, progress=progress,
+            on_retry=lambda a, b, e: emitter.send(
+                "warning", message=f"out of memory with {a} views per chunk; continuing with {b}"),
+            on_aligned=lambda r: r.doubt() and emitter.send("warning", message=r.doubt()),
+            is_oom=is_out_of_memory)
+    except ChunkCancelled:
+        raise Cancelled() from None
+    except AlignmentError as exc:
+        raise WorkerError("bad_input", str(exc)) from None
+    print(f"chunks {chunks.chunks}, retries {chunks.retries}, alignment "
+          f"{[(r.views, round(r.residual, 4), round(r.ghosting, 4)) for r in reports]}",
+          file=sys.stderr)
+    return Views(merged.depth, merged.intrinsics, merged.extrinsics, merged.conf, merged.sky,
+                 metric[0])
 
 
 def peak_gpu_mib(device) -> float | None:

@@ -10,7 +10,8 @@ Runs in the worker (and in plain tests) with numpy + OpenCV only.
   not an image's are ignored; images that fail to decode are skipped and reported once.
 * A video is split into equal sampling windows (``max_frames`` of them, or as many as ``fps``
   asks for) and the sharpest frame of each window (variance of the Laplacian on a small grey
-  copy) is kept, so motion-blurred frames lose to clean ones.
+  copy) is kept, so motion-blurred frames lose to clean ones; or (sampling "motion") the
+  keyframes of ``engine.keyframes``: enough parallax between kept frames, no blur, no duplicates.
 """
 
 from __future__ import annotations
@@ -301,13 +302,65 @@ def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
     return frames
 
 
+def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None = None,
+                         cancelled: IsCancelled | None = None,
+                         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                         cache_dir: str | None = None) -> FrameSet:
+    """Keyframes by motion (``engine.keyframes``, at most ``max_frames``), then a second pass
+    that decodes only those. The selection is cached in ``cache_dir`` (shared with the panel's
+    count, so a counted video is not analysed twice)."""
+    from .keyframes import KeyframeOptions, select_video_keyframes
+
+    options = KeyframeOptions(max_keyframes=max(0, max_frames))
+    analysed = _analysed_frames(path, options.analysis_fps)
+    try:
+        selection = select_video_keyframes(
+            path, options, cache_dir=cache_dir or None, cancel=cancelled,
+            progress=None if progress is None else lambda k: progress(min(k, analysed), analysed))
+    except InterruptedError:
+        return FrameSet([], [])
+    if not selection.kept:
+        raise InputError(f"the video '{path.name}' has no readable frame")
+    cap = _open_video(path)
+    try:
+        frames = [Frame(transform(rgb) if transform else rgb, str(path), index)
+                  for index, rgb in ((i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) for i, bgr in
+                                     _iter_frames(cap, set(selection.kept),
+                                                  selection.kept[-1] + 1, cancelled))]
+    finally:
+        cap.release()
+    if progress is not None:
+        progress(analysed, analysed)
+    return FrameSet(frames, [])
+
+
+def _analysed_frames(path: Path, analysis_fps: float) -> int:
+    """About how many frames the keyframe analysis looks at (for its progress)."""
+    cap = _open_video(path)
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        video_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        cap.release()
+    stride = max(1, round(video_fps / analysis_fps)) if video_fps > 0 and analysis_fps > 0 else 1
+    return max(1, math.ceil(total / stride))
+
+
 # --------------------------------------------------------------------------- everything
 
 def read_frames(sources: Sources, max_frames: int = 0, fps: float = 0.0,
                 progress: Progress | None = None, cancelled: IsCancelled | None = None,
-                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
-    """Decode the sources; InputError when not a single frame can be used."""
-    if sources.is_video:
+                transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                sampling: str = "count", keyframe_cache: str | None = None) -> FrameSet:
+    """Decode the sources; InputError when not a single frame can be used.
+
+    Videos: ``sampling`` "motion" keeps keyframes by parallax (at most ``max_frames``); any other
+    value the sharpest frame of each window that ``max_frames`` / ``fps`` set.
+    """
+    if sources.is_video and sampling == "motion":
+        found = read_video_keyframes(sources.video, max_frames, progress, cancelled, transform,
+                                     keyframe_cache)
+    elif sources.is_video:
         found = read_video(sources.video, max_frames, fps, progress, cancelled, transform)
     else:
         found = read_images(sources.images, progress, cancelled, transform)

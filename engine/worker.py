@@ -256,7 +256,9 @@ def read_frames_job(run: Run, sources):
 
     job, emitter = run.job, run.emitter
     start = time.monotonic()
-    emitter.stage("reading_frames", f"reading {'the video' if sources.is_video else 'images'}")
+    what = "images" if not sources.is_video else (
+        "the video's keyframes" if job.sampling == "motion" else "the video")
+    emitter.stage("reading_frames", f"reading {what}")
 
     def progress(done, total):
         from .model import eta
@@ -264,7 +266,8 @@ def read_frames_job(run: Run, sources):
         emitter.progress("reading_frames", done, total, eta(done, total, time.monotonic() - start))
 
     found = read_frames(sources, job.max_frames, job.fps, progress, run.cancel,
-                        transform=lambda rgb: resize_for_network(rgb, job.process_res))
+                        transform=lambda rgb: resize_for_network(rgb, job.process_res),
+                        sampling=job.sampling, keyframe_cache=job.keyframe_cache)
     run.timings["read_frames"] = round(time.monotonic() - start, 3)
     return found
 

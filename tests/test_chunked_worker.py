@@ -3,6 +3,7 @@ da3-small weights): chunks forced by ``chunk_size`` on a few tiny images."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -110,3 +111,46 @@ def test_motion_sampling_keeps_frames_by_parallax(worker_python, small_weights, 
     assert sum(i < 15 for i in kept) == 1 and sum(i > 25 for i in kept) <= 1  # stills: one view
     assert pred.num_views == len(kept) and set(pred.source_paths) == {str(clip)}
     assert list(tmp_path.joinpath("cache").glob("keyframes-*.json"))  # shared with the panel
+
+
+OOM_FALLBACK = """
+import io, json
+import numpy as np
+import torch
+from engine import model, worker
+from engine.preprocess import make_batch
+
+
+def fake_forward(net, pixels, device, dtype=None):  # a flat wall seen by 1 camera; OOM above 4
+    k, _, h, w = pixels.shape
+    if k > 4:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+    K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1.0]])
+    return {"depth": np.full((1, k, h, w), 2.0, np.float32) + np.arange(w) / (10 * w),
+            "depth_conf": np.full((1, k, h, w), 2.0, np.float32),
+            "intrinsics": np.tile(K, (1, k, 1, 1)),
+            "extrinsics": np.tile(np.eye(4), (1, k, 1, 1))}
+
+
+model.forward = fake_forward
+out = io.StringIO()
+emitter = worker.Emitter(out)
+cancel = worker.CancelToken(emitter, worker.Cleanup())
+job = type("J", (), {"chunk_size": 0, "chunk_overlap": 0, "extra": {}})()
+preset = type("P", (), {"multi_view": True, "metric": False})()
+run = worker.Run(job, preset, emitter, cancel)
+batch = make_batch([np.zeros((48, 64, 3), np.uint8) + i for i in range(7)])
+views = worker.infer(run, torch.nn.Module(), torch.device("cpu"), None, batch)
+print(json.dumps({"views": views.depth.shape[0], "events": out.getvalue().splitlines()}))
+"""
+
+
+def test_out_of_memory_in_one_pass_continues_in_chunks(worker_python):
+    done = subprocess.run([str(worker_python), "-c", OOM_FALLBACK], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["views"] == 7
+    warnings = [json.loads(e)["message"] for e in result["events"] if '"warning"' in e]
+    assert warnings[0] == "out of memory with 7 views in one pass; continuing in chunks of 3"
+    assert "chunks [(0, 3), (2, 5), (4, 7)]" in done.stderr  # overlap: half a chunk

@@ -14,6 +14,10 @@ happened. One run at a time.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +31,7 @@ from .engine import weights as weights_layout
 from .engine.monitor import JobMonitor, MonitorState, ProcessMonitor
 from .engine.options import BuildOptions
 from .engine.presets import DEFAULT_MODEL, get_preset
-from .engine.protocol import DEVICES, Job
+from .engine.protocol import DEVICES, SAMPLINGS, Job
 
 EXTENSION_DIR = Path(__file__).resolve().parent
 
@@ -71,6 +75,7 @@ class Request:
     process_res: int = 504
     max_frames: int = 32  # video: frames to keep (0 = use fps)
     fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
+    sampling: str = "count"  # video: "count" | "fps" (windows) | "motion" (keyframes by parallax)
     options: BuildOptions = field(default_factory=BuildOptions)
     name: str = ""  # the result's collection; "" = after the source
 
@@ -280,6 +285,7 @@ def stop_all() -> None:
     """Stop the running worker and remove its files (unregister, file loads, exit)."""
     if _current is not None:
         _current.close()
+    _frame_counts.stop()
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -300,7 +306,24 @@ def make_job(request: Request) -> Job:
         process_res=request.process_res,
         max_frames=request.max_frames,
         fps=request.fps,
+        sampling=request.sampling,
+        keyframe_cache=str(keyframe_cache_dir()),
     )
+
+
+def sampling_fields(frame_sampling: str, max_frames: int, fps: float) -> dict:
+    """Request fields for the panel's frame sampling ('COUNT', 'FPS' or 'MOTION')."""
+    mode = frame_sampling.lower()
+    if mode not in SAMPLINGS:
+        raise ValueError(f"frame sampling must be one of {', '.join(s.upper() for s in SAMPLINGS)}")
+    if mode == "fps":
+        return {"sampling": mode, "max_frames": 0, "fps": fps}
+    return {"sampling": mode, "max_frames": max_frames, "fps": 0.0}
+
+
+def keyframe_cache_dir() -> Path:
+    """Keyframe selections of videos, shared by the panel's count and the worker's run."""
+    return paths.user_dir("keyframes")
 
 
 def check_request(request: Request) -> None:
@@ -329,7 +352,9 @@ def _check_settings(request: Request) -> str:
         return f"device must be one of {', '.join(DEVICES)}, not '{device}'"
     if request.process_res < 14:
         return "the processing resolution must be at least 14 pixels"
-    if request.max_frames <= 0 and request.fps <= 0:
+    if request.sampling not in SAMPLINGS:
+        return f"sampling must be one of {', '.join(SAMPLINGS)}, not '{request.sampling}'"
+    if request.sampling != "motion" and request.max_frames <= 0 and request.fps <= 0:
         return "give a number of frames or frames per second above zero"
     return ""
 
@@ -378,3 +403,157 @@ def format_seconds(seconds: float) -> str:
     if minutes < 90:
         return f"{minutes} min {seconds:02d} s"
     return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+# -- how many frames a run will use (the panel shows it before the run) ---------------------------
+
+# engine.inputs' extensions (that module needs OpenCV, which Blender's Python lacks)
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff",
+                            ".webp", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras"))
+VIDEO_SUFFIXES = frozenset((".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
+                            ".wmv", ".flv", ".3gp", ".mts", ".m2ts", ".ts", ".ogv"))
+
+# Runs in the worker environment (cwd = this folder): the video's frame count and rate as JSON.
+VIDEO_INFO_SCRIPT = """
+import json, sys
+from pathlib import Path
+import cv2
+from engine.inputs import _count_frames, _open_video
+path = Path(sys.argv[1])
+cap = _open_video(path)
+total, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+cap.release()
+print(json.dumps({"frames": total if total > 0 else _count_frames(path), "fps": fps}))
+"""
+
+
+def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> str:
+    """What the panel says about the frames a run on ``source`` will use; never blocks.
+
+    Folders are listed (cached by modification time). A video's facts come from a background
+    process in the worker environment, cached per file: its frame count and rate for 'count' and
+    'fps' (the same windows as ``engine.inputs.sampling_windows``), or its keyframe selection for
+    'motion' (``python -m engine.keyframes``, in the cache the worker reads too). "" = say nothing.
+    """
+    path = Path(source).expanduser() if source else None
+    if path is None or not path.exists():
+        return ""
+    if path.is_dir():
+        count = _images_in(str(path), path.stat().st_mtime_ns)
+        return f"{count} image{'s' * (count != 1)}"
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        return "1 image" if path.suffix.lower() in IMAGE_SUFFIXES else ""
+    fields = sampling_fields(sampling, max_frames, fps)
+    mode, max_frames, fps = fields["sampling"], fields["max_frames"], fields["fps"]
+    info = _frame_counts.answer(path, "motion" if mode == "motion" else "info")
+    if info is None:
+        return "Finding keyframes..." if mode == "motion" else "Counting video frames..."
+    if "error" in info:
+        return info["error"]
+    if mode == "motion":
+        return (f"{min(info['count'], max_frames) if max_frames > 0 else info['count']} keyframes "
+                f"of {info['frames_analysed']} frames analysed")
+    return f"{window_count(info['frames'], info['fps'], max_frames, fps)} of {info['frames']} frames"
+
+
+def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> int:
+    """How many frames ``engine.inputs.sampling_windows`` keeps (one per window)."""
+    if total <= 0:
+        return 0
+    count = total
+    if fps > 0 and video_fps > 0:
+        count = math.ceil(total / video_fps * fps)
+        if max_frames > 0:
+            count = min(count, max_frames)
+    elif max_frames > 0:
+        count = max_frames
+    return max(1, min(count, total))
+
+
+_image_counts: dict = {}
+
+
+def _images_in(folder: str, mtime_ns: int) -> int:
+    key = (folder, mtime_ns)
+    if key not in _image_counts:
+        with os.scandir(folder) as entries:
+            _image_counts[key] = sum(1 for e in entries if e.is_file()
+                                     and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+    return _image_counts[key]
+
+
+class _FrameCounts:
+    """Background processes that read videos in the worker environment; answers cached per
+    (file, size, modification time, kind). A timer redraws the sidebar when one finishes."""
+
+    def __init__(self):
+        self.answers: dict[tuple, dict] = {}
+        self.running: dict[tuple, tuple[subprocess.Popen, Path]] = {}
+
+    def answer(self, path: Path, kind: str) -> dict | None:
+        """The answer, or None while it is being worked out (started here if need be)."""
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, kind)
+        if key in self.answers:
+            return self.answers[key]
+        if key not in self.running:
+            self._start(key, path, kind)
+        self.poll()
+        return self.answers.get(key)
+
+    def _start(self, key: tuple, path: Path, kind: str) -> None:
+        python = paths.worker_python()
+        if not python.exists():
+            self.answers[key] = {"error": "Frames: counted once the worker environment is installed"}
+            return
+        if kind == "motion":
+            argv = [python, "-m", "engine.keyframes", str(path), "--cache", str(keyframe_cache_dir())]
+        else:
+            argv = [python, "-c", VIDEO_INFO_SCRIPT, str(path)]
+        handle, name = tempfile.mkstemp(prefix="frames-", suffix=".json", dir=paths.user_dir("counts"))
+        os.close(handle)
+        out = Path(name)
+        with open(out, "wb") as stdout:
+            proc = subprocess.Popen(argv, cwd=EXTENSION_DIR, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=subprocess.DEVNULL)
+        self.running[key] = (proc, out)
+        if not bpy.app.timers.is_registered(_tick_frame_counts):
+            bpy.app.timers.register(_tick_frame_counts, first_interval=0.25)
+
+    def poll(self) -> bool:
+        """Collect finished processes; True if any finished."""
+        finished = False
+        for key, (proc, out) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[key]
+            try:
+                self.answers[key] = json.loads(out.read_text(encoding="utf-8").splitlines()[-1])
+            except (OSError, ValueError, IndexError):
+                self.answers[key] = {"error": "Frames: the video could not be read"}
+            out.unlink(missing_ok=True)
+            finished = True
+        return finished
+
+    def stop(self) -> None:
+        """Stop every background count and its timer (unregister, exit)."""
+        if bpy.app.timers.is_registered(_tick_frame_counts):
+            bpy.app.timers.unregister(_tick_frame_counts)
+        for proc, out in self.running.values():
+            proc.kill()
+            proc.wait()
+            out.unlink(missing_ok=True)
+        self.running.clear()
+
+
+_frame_counts = _FrameCounts()
+
+
+def _tick_frame_counts() -> float | None:
+    """Timer: redraw the sidebar once a count is in; ends itself when none is running."""
+    if _frame_counts.poll():
+        for window in bpy.context.window_manager.windows:
+            for area in window.screen.areas:
+                if area.type == "VIEW_3D":
+                    area.tag_redraw()
+    return 0.25 if _frame_counts.running else None

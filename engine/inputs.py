@@ -309,9 +309,9 @@ def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None 
     """Keyframes by motion (``engine.keyframes``, at most ``max_frames``), then a second pass
     that decodes only those. The selection is cached in ``cache_dir`` (shared with the panel's
     count, so a counted video is not analysed twice)."""
-    from .keyframes import KeyframeOptions, select_video_keyframes
+    from .keyframes import KeyframeOptions, select_video_keyframes, thin_to_budget
 
-    options = KeyframeOptions(max_keyframes=max(0, max_frames))
+    options = KeyframeOptions()  # no budget here: one cached selection serves every max_frames
     analysed = _analysed_frames(path, options.analysis_fps)
     try:
         selection = select_video_keyframes(
@@ -319,6 +319,7 @@ def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None 
             progress=None if progress is None else lambda k: progress(min(k, analysed), analysed))
     except InterruptedError:
         return FrameSet([], [])
+    thin_to_budget(selection, max_frames)
     if not selection.kept:
         raise InputError(f"the video '{path.name}' has no readable frame")
     cap = _open_video(path)

@@ -148,7 +148,11 @@ def draw_quality(layout, settings, context) -> None:
     layout.label(text="Video frames:")
     row = layout.row(align=True)
     row.prop(settings, "frame_sampling", expand=True)
-    layout.prop(settings, "max_frames" if settings.frame_sampling == "COUNT" else "fps")
+    layout.prop(settings, "fps" if settings.frame_sampling == "FPS" else "max_frames")
+    used = reconstruct.frames_to_use(bpy.path.abspath(settings.source), settings.frame_sampling,
+                                     settings.max_frames, settings.fps)
+    if used:
+        layout.label(text=used, icon="SEQUENCE")
     prefs = paths.preferences()
     if prefs is not None:
         layout.prop(prefs, "device")
@@ -177,7 +181,7 @@ def draw_run_settings(layout, op, context) -> None:
     layout.prop(op, "process_res")
     row = layout.row(align=True)
     row.prop(op, "frame_sampling", expand=True)
-    layout.prop(op, "max_frames" if op.frame_sampling == "COUNT" else "fps")
+    layout.prop(op, "fps" if op.frame_sampling == "FPS" else "max_frames")
     layout.prop(op, "device")
     draw_build_options(layout, op)
 

@@ -6,6 +6,7 @@ operator (or operator argument) that does not exist fails the test instead of a 
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -259,3 +260,36 @@ def test_the_drop_dialog_draws_the_operators_settings(blender, addon):
     panels.draw_run_settings(Recorder(calls, blender), op, blender.context)
     drawn = [c[1] for c in calls if c[0] in ("prop", "prop_search")]
     assert {"source", "model", "process_res", "fps", "device", "output_surface"} <= set(drawn)
+
+
+def wait_for_counts(reconstruct, timeout=20.0):
+    end = time.monotonic() + timeout
+    while reconstruct._frame_counts.running and time.monotonic() < end:
+        reconstruct._frame_counts.poll()
+        time.sleep(0.05)
+
+
+def test_the_panel_says_how_many_frames_a_run_uses(blender, addon, ready_env, tmp_path):
+    from importlib import import_module
+
+    from tests.test_reconstruct import write_images, write_video
+
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    settings = blender.context.scene.da3
+    settings.source = str(write_images(tmp_path / "photos", count=3))
+    assert ("label", "3 images") in draw(blender, "DA3_PT_model")
+    settings.source = str(write_video(tmp_path / "clip.mp4", frames=20))
+    started = time.perf_counter()
+    calls = draw(blender, "DA3_PT_model")
+    assert time.perf_counter() - started < 0.2  # the count runs in the background
+    assert ("label", "Counting video frames...") in calls
+    wait_for_counts(reconstruct)
+    settings.max_frames = 8
+    assert ("label", "8 of 20 frames") in draw(blender, "DA3_PT_model")
+    settings.frame_sampling, settings.fps = "FPS", 2.0
+    assert ("label", "4 of 20 frames") in draw(blender, "DA3_PT_model")  # 2 s of 10 fps video
+    assert reconstruct.frames_to_use(settings.source, "MOTION", 8, 0.0) == "Finding keyframes..."
+    wait_for_counts(reconstruct)
+    assert reconstruct.frames_to_use(settings.source, "MOTION", 8, 0.0).endswith(
+        "keyframes of 20 frames analysed")
+    assert not reconstruct._frame_counts.running

@@ -258,3 +258,21 @@ def test_loading_a_file_stops_the_run(blender, addon, worker_env, small_weights,
     blender.ops.wm.read_homefile(use_empty=True)
     assert reconstruct.current() is None
     assert process.poll() is not None and not job_dir.exists()
+
+
+def test_motion_sampling_through_the_api(blender, addon, worker_env, small_weights, tmp_path):
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    assert reconstruct.sampling_fields("MOTION", 4, 2.0) == {"sampling": "motion", "max_frames": 4,
+                                                              "fps": 0.0}
+    assert reconstruct.sampling_fields("FPS", 4, 2.0)["max_frames"] == 0
+    video = write_video(tmp_path / "clip.mp4", frames=8)
+    request = reconstruct.Request([str(video)], weights=str(small_weights), device="cpu",
+                                  process_res=RES, **reconstruct.sampling_fields("MOTION", 4, 0.0))
+    job = reconstruct.make_job(request)
+    assert job.sampling == "motion" and Path(job.keyframe_cache).is_dir()
+    Path(job.output).parent.rmdir()
+    collection = reconstruct.run(request, report=None)
+    cameras = [o for o in collection.all_objects if o.get("da3_role") == "camera"]
+    assert 1 <= len(cameras) <= 4
+    assert list(Path(job.keyframe_cache).glob("keyframes-*.json"))  # the panel's count reuses it
+    assert jobs_left(addon) == []

@@ -69,7 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def add_build_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("build options (same names as the panel and the Python API)")
-    for name in ("output_points", "output_view_meshes", "output_surface", "output_cameras", "mask_sky"):
+    for name in (n for n in BuildOptions.names() if isinstance(getattr(_DEFAULTS, n), bool)):
         default = "on" if getattr(_DEFAULTS, name) else "off"
         group.add_argument(f"--{name.replace('_', '-')}", type=on_off, default=getattr(_DEFAULTS, name),
                            metavar="on|off", help=f"default {default}")

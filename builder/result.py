@@ -28,6 +28,7 @@ class Build:
     geo: geometry.Scene
     collection: bpy.types.Collection
     material: bpy.types.Material
+    crop: tuple | None = None  # (world_to_local, low, high) of the crop object, Blender frame
 
     @cached_property
     def far(self) -> float:
@@ -59,7 +60,7 @@ def build_result(context, pred: Prediction, options: BuildOptions, name: str, cr
         raise PredictionError("no pixel survives the filters (confidence, sky, edges, crop): "
                               "lower the confidence percentile or check the crop object")
     build = Build(context, pred, options, name, geo, _new_collection(context, name, pred, geo),
-                  color_material(name))
+                  color_material(name), crop)
     for wanted, part, stage in _PARTS:
         if getattr(options, wanted):
             with _timed(timings, stage):

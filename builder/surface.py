@@ -1,5 +1,5 @@
-"""Fusing the views into one surface. ``SURFACE_BUILDERS`` maps ``options.fusion`` to a builder;
-a new fusion mode (e.g. TSDF) is one more function ``(build) -> Object`` and one more entry.
+"""Fusing the views into one surface. ``SURFACE_BUILDERS`` maps ``options.fusion`` to a builder:
+a function ``(build) -> Object | None`` (None: nothing to fuse, noted on the collection).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import bmesh
 import bpy
 import numpy as np
 
-from ..engine import geometry
+from ..engine import fusion, geometry
 from ..engine.prediction import PredictionError
 from .meshes import mesh_from_arrays
 
@@ -84,7 +84,52 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0].removeprefix("Error: ")
 
 
-SURFACE_BUILDERS = {"REMESH": remesh_surface}
+def tsdf_surface(build) -> bpy.types.Object | None:
+    """Fuse every view into one signed-distance volume (``engine.fusion``) and mesh it.
+
+    Fusion works in the prediction's own frame and units; the mesh is moved into the result's
+    frame afterwards. It weighs pixels by confidence itself (a hard percentile cut costs it
+    recall), so ``confidence_percentile`` applies to points and view meshes only.
+    """
+    pred, geo, options = build.prediction, build.geo, build.options
+    tsdf_options = fusion.TSDFOptions(
+        voxel_size=options.voxel_size / geo.scale, mask_sky=options.mask_sky,
+        object_mode=options.object_mode,
+        crop_box=None if build.crop is None else geometry.box_in_prediction_frame(
+            build.crop, pred, geo.scale))
+    try:
+        with _window_progress(build.context) as progress:
+            fused = fusion.fuse_tsdf(pred, tsdf_options, progress)
+    except ValueError as exc:  # no usable pixel, or nothing fits: keep the rest of the result
+        build.note(f"no TSDF surface: {exc}")
+        return None
+    if len(fused.faces) == 0:
+        build.note("no TSDF surface: the views agree on no surface (try fusion='REMESH')")
+        return None
+    colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
+    vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
+    mesh = mesh_from_arrays(f"{build.name} surface", vertices, fused.faces, colors)
+    mesh.materials.append(build.material)
+    obj = build.add_object(mesh.name, mesh, "surface")
+    obj["da3_voxel_size"] = fused.voxel_size * geo.scale
+    return obj
+
+
+class _window_progress:
+    """Blender's progress cursor while fusing (a no-op in background mode)."""
+
+    def __init__(self, context):
+        self.wm = context.window_manager
+
+    def __enter__(self):
+        self.wm.progress_begin(0.0, 1.0)
+        return lambda fraction, _message: self.wm.progress_update(fraction)
+
+    def __exit__(self, *exc):
+        self.wm.progress_end()
+
+
+SURFACE_BUILDERS = {"TSDF": tsdf_surface, "REMESH": remesh_surface}
 
 
 def build_surface(build) -> bpy.types.Object | None:

@@ -137,6 +137,35 @@ def backproject(pred: Prediction, scale: float) -> np.ndarray:
     return out
 
 
+def prediction_to_blender(pred: Prediction) -> np.ndarray:
+    """(4,4) rigid map from the prediction's world frame to Blender's (before scaling):
+    view 0's camera frame, turned Z-up. A proper rotation, so triangle winding survives."""
+    out = np.eye(4)
+    w2c0 = pred.world_to_camera()[0]
+    out[:3, :3] = CV_TO_BLENDER @ w2c0[:3, :3]
+    out[:3, 3] = CV_TO_BLENDER @ w2c0[:3, 3]
+    return out
+
+
+def points_to_blender(points: np.ndarray, pred: Prediction, scale: float) -> np.ndarray:
+    """(…,3) points of the prediction's world frame in Blender's frame and scale (float32)."""
+    m = prediction_to_blender(pred)
+    return (scale * (points @ m[:3, :3].T + m[:3, 3])).astype(np.float32)
+
+
+def box_in_prediction_frame(crop, pred: Prediction, scale: float) -> np.ndarray:
+    """(2,3) axis-aligned box in the prediction's frame that holds the crop box ``crop``
+    = (world_to_local, low, high) given in Blender's frame (a rotated box grows to fit)."""
+    world_to_local, low, high = crop
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
+                        for z in (low[2], high[2])], dtype=np.float64)
+    local_to_world = np.linalg.inv(world_to_local)
+    blender = corners @ local_to_world[:3, :3].T + local_to_world[:3, 3]
+    to_pred = np.linalg.inv(prediction_to_blender(pred))
+    points = (blender / scale) @ to_pred[:3, :3].T + to_pred[:3, 3]
+    return np.stack([points.min(axis=0), points.max(axis=0)])
+
+
 def inside_box(points: np.ndarray, world_to_local: np.ndarray, low, high) -> np.ndarray:
     """True for ``points`` (...,3) inside the box [low, high] of a frame given by ``world_to_local``."""
     local = points @ world_to_local[:3, :3].T.astype(np.float32) + world_to_local[:3, 3]
@@ -152,6 +181,14 @@ def _srgb_table() -> np.ndarray:
 
 
 SRGB_TO_LINEAR = _srgb_table()
+
+
+def linear_from_srgb(colors: np.ndarray) -> np.ndarray:
+    """(…,3) float sRGB-encoded in [0,1] -> (…,4) float32 linear RGBA."""
+    c = np.clip(colors, 0.0, 1.0)
+    rgba = np.ones(colors.shape[:-1] + (4,), dtype=np.float32)
+    rgba[..., :3] = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return rgba
 
 
 def linear_colors(image: np.ndarray) -> np.ndarray:

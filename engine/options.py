@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-FUSION_MODES = ("REMESH",)
+# TSDF first: it is the default (clearly better F-score and fewer holes on objects and rooms;
+# see benchmarks/bench_fusion.py), REMESH the faster, simpler alternative.
+FUSION_MODES = ("TSDF", "REMESH")
 
 
 @dataclass
@@ -17,11 +19,12 @@ class BuildOptions:
     output_view_meshes: bool = False
     output_surface: bool = True
     output_cameras: bool = True
-    fusion: str = "REMESH"
+    fusion: str = "TSDF"
     voxel_size: float = 0.0  # 0: automatic from the scene's size
     confidence_percentile: float = 40.0  # like DA3's exporter: clamp(1.05, P40, P90)
     mask_sky: bool = True
     crop_object: str = ""  # name of a Blender object whose bounds crop the result
+    object_mode: bool = False  # TSDF: one object seen from around it -> one closed object
 
     def __post_init__(self):
         if self.fusion not in FUSION_MODES:

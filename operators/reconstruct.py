@@ -24,6 +24,7 @@ from bpy.props import (
 )
 
 from .. import reconstruct
+from ..engine.options import BuildOptions
 from ..engine.presets import DEFAULT_MODEL, PRESETS
 from ..properties import BuildOptionProps
 
@@ -44,8 +45,7 @@ SAMPLING_ITEMS = (
 )
 # Settings the panel keeps on scene.da3 that a UI invocation starts from.
 _FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling", "max_frames", "fps",
-                  "output_points", "output_view_meshes", "output_surface", "output_cameras", "fusion",
-                  "voxel_size", "confidence_percentile", "mask_sky", "crop_object")
+                  *BuildOptions.names())
 
 
 class DA3_OT_watch_job(bpy.types.Operator):

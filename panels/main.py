@@ -13,6 +13,7 @@ import bpy
 from .. import paths, reconstruct, vendor_install
 from ..engine.presets import get_preset
 from ..operators import install_deps
+from ..properties import FUSION_HINTS
 
 
 class DA3_PT_main(bpy.types.Panel):
@@ -163,6 +164,9 @@ def draw_build_options(layout, settings) -> None:
     for name in ("output_points", "output_view_meshes", "output_surface", "output_cameras"):
         column.prop(settings, name)
     layout.prop(settings, "fusion")
+    layout.label(text=FUSION_HINTS[settings.fusion], icon="INFO")
+    if settings.fusion == "TSDF":
+        layout.prop(settings, "object_mode")
     layout.prop(settings, "voxel_size")
     layout.prop(settings, "confidence_percentile")
     layout.prop(settings, "mask_sky")

@@ -142,7 +142,8 @@ def face_centres(mesh, verts):
 
 def test_remeshed_surface_exists_and_keeps_colours(addon):
     pred, _ = make_prediction(n_views=3, width=96, height=72, focal=90.0)
-    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, output_cameras=False))
+    coll = addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", output_points=False,
+                                                          output_cameras=False))
     (surface,) = by_role(coll, "surface")
     mesh = surface.data
     assert len(mesh.polygons) > 1000 and surface["da3_voxel_size"] > 0
@@ -160,7 +161,8 @@ def test_remeshed_surface_lies_on_the_scene_and_has_no_holes(blender, addon):
     from mathutils.bvhtree import BVHTree
 
     pred, _ = make_prediction(n_views=3, width=120, height=90, focal=100.0, with_box=False)
-    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, output_cameras=False))
+    coll = addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", output_points=False,
+                                                          output_cameras=False))
     (surface,) = by_role(coll, "surface")
     voxel, scale = surface["da3_voxel_size"], coll["da3_scale"]
     world = blender_to_world(vertices_of(surface), pred.extrinsics, scale)
@@ -179,7 +181,8 @@ def test_remeshed_surface_lies_on_the_scene_and_has_no_holes(blender, addon):
 def test_specks_of_stray_pixels_leave_no_islands(blender, addon):
     pred, _ = make_prediction(n_views=1, width=120, height=90, focal=100.0, with_box=False)
     pred.depth[0, 10:16, 10:16] *= 0.5  # a few pixels floating in mid-air
-    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, output_cameras=False))
+    coll = addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", output_points=False,
+                                                          output_cameras=False))
     import bmesh
 
     bm = bmesh.new()
@@ -202,11 +205,12 @@ def test_specks_of_stray_pixels_leave_no_islands(blender, addon):
 
 def test_a_requested_voxel_size_is_used_and_an_absurd_one_refused(blender, addon):
     pred, _ = make_prediction(n_views=2)
-    coll = addon.api.import_prediction(pred, BuildOptions(output_points=False, voxel_size=0.05))
+    coll = addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", output_points=False,
+                                                          voxel_size=0.05))
     assert by_role(coll, "surface")[0]["da3_voxel_size"] == pytest.approx(0.05)
     before = counts(blender)
     with pytest.raises(ValueError, match="too fine"):
-        addon.api.import_prediction(pred, BuildOptions(voxel_size=1e-6))
+        addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", voxel_size=1e-6))
     assert counts(blender) == before
 
 
@@ -371,12 +375,14 @@ def test_random_weight_views_seen_edge_on_import_without_crashing(blender):
     assert roles >= {"points", "camera"} and ("surface" in roles or "da3_notes" in coll)
 
 
-def test_a_scene_seen_only_edge_on_keeps_points_and_cameras_without_a_surface(blender, addon):
+@pytest.mark.parametrize("fusion", ["TSDF", "REMESH"])
+def test_a_scene_seen_only_edge_on_keeps_points_and_cameras_without_a_surface(blender, addon,
+                                                                            fusion):
     pred, _ = make_prediction(n_views=1, with_box=False)
     pred.intrinsics[:, 1, 1] = 1e9  # no vertical field of view: all rays in one plane
-    coll = addon.api.import_prediction(pred)
+    coll = addon.api.import_prediction(pred, BuildOptions(fusion=fusion))
     assert {o["da3_role"] for o in coll.all_objects} == {"points", "camera"}
-    assert coll["da3_notes"].startswith("no surface")
+    assert coll["da3_notes"].startswith("no TSDF surface" if fusion == "TSDF" else "no surface")
 
 
 def test_import_is_in_the_file_import_menu(blender, addon):

@@ -1,0 +1,102 @@
+"""fusion='TSDF' through the importer: the fused surface lands in Blender closed, coloured and
+on the true surface (scene rendered with Cycles, degraded like DA3: see tests/scenes.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import geometry
+from engine.options import BuildOptions
+from engine.prediction import save_prediction
+
+sys.path.insert(0, str(Path(__file__).parent))
+import scenes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mug():
+    scene = scenes.render_scene("mug")
+    return scene, scenes.degrade(scene, seed=3)
+
+
+def surface_of(collection):
+    return next(o for o in collection.objects if o.get("da3_role") == "surface")
+
+
+def mesh_arrays(mesh):
+    verts = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", verts)
+    edges = np.empty(2 * len(mesh.edges), np.int32)
+    mesh.edges.foreach_get("vertices", edges)
+    loop_edges = np.empty(len(mesh.loops), np.int32)
+    mesh.loops.foreach_get("edge_index", loop_edges)
+    return verts.reshape(-1, 3), edges.reshape(-1, 2), np.bincount(loop_edges, minlength=len(mesh.edges))
+
+
+def to_scene_frame(points, degraded, scale):
+    """Blender-frame result points -> the rendered scene's frame (undo our frame and scale)."""
+    pred = degraded.prediction
+    to_pred = np.linalg.inv(geometry.prediction_to_blender(pred))
+    p = (points / scale) @ to_pred[:3, :3].T + to_pred[:3, 3]
+    return p @ degraded.to_scene[:3, :3].T + degraded.to_scene[:3, 3]
+
+
+def test_object_mode_import_is_closed_coloured_and_on_the_surface(addon, blender, mug):
+    scene, degraded = mug
+    options = BuildOptions(fusion="TSDF", object_mode=True, output_points=False,
+                           output_cameras=False)
+    collection = addon.api.import_prediction(degraded.prediction, options, name="mug")
+    surface = surface_of(collection)
+    verts, _, faces_per_edge = mesh_arrays(surface.data)
+    assert len(surface.data.polygons) > 1000
+    assert np.all(faces_per_edge == 2), "the fused object must be closed"
+    assert surface.data.color_attributes, "vertex colours from the images"
+    assert surface.data.materials[0] is not None
+
+    import mathutils.kdtree
+    tree = mathutils.kdtree.KDTree(len(scene.surface))
+    for i, p in enumerate(scene.surface):
+        tree.insert(p, i)
+    tree.balance()
+    world = to_scene_frame(verts, degraded, collection["da3_scale"])
+    sample = world[:: max(1, len(world) // 3000)]
+    distances = np.array([tree.find(p)[2] for p in sample])
+    assert np.median(distances) < 0.01 * scene.size
+
+
+def test_crop_object_bounds_the_fused_surface(addon, blender, mug):
+    _, degraded = mug
+    bpy = blender
+    # A first import tells where the object is; crop to a box around its lower half.
+    full = addon.api.import_prediction(degraded.prediction, BuildOptions(
+        fusion="TSDF", output_points=False, output_cameras=False), name="full")
+    verts, _, _ = mesh_arrays(surface_of(full).data)
+    low, high = np.percentile(verts, 5, axis=0), np.percentile(verts, 95, axis=0)
+    box = bpy.data.objects.new("crop", None)
+    bpy.context.scene.collection.objects.link(box)
+    box.empty_display_size = 1.0
+    box.location = (low + high) / 2
+    box.scale = (high - low) / 4  # half the object's extent on every axis
+    cropped = addon.api.import_prediction(degraded.prediction, BuildOptions(
+        fusion="TSDF", output_points=False, output_cameras=False, crop_object="crop"),
+        name="cropped")
+    surface = surface_of(cropped)
+    kept, _, _ = mesh_arrays(surface.data)
+    voxel = surface["da3_voxel_size"]
+    inner_low = np.array(box.location) - np.array(box.scale) - 2 * voxel
+    inner_high = np.array(box.location) + np.array(box.scale) + 2 * voxel
+    assert len(kept) > 0
+    assert np.all((kept >= inner_low) & (kept <= inner_high))
+
+
+def test_the_operator_fuses_with_tsdf_by_default(blender, mug, tmp_path):
+    assert BuildOptions().fusion == "TSDF"
+    path = save_prediction(mug[1].prediction, tmp_path / "mug.npz")
+    assert blender.ops.da3.import_prediction(filepath=str(path)) == {"FINISHED"}
+    collection = blender.data.collections["mug"]
+    assert surface_of(collection).get("da3_voxel_size", 0) > 0
+    assert sum(o.get("da3_role") == "camera" for o in collection.objects) == 24

@@ -124,3 +124,33 @@ def test_engine_imports_where_bpy_and_torch_are_absent():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 4
+
+
+def test_extension_runs_without_the_worker_only_packages(tmp_path):
+    # Blender's own Python has numpy but no OpenCV, torch or safetensors: enabling the extension
+    # and importing a prediction must not need them (they belong to the worker environment).
+    code = f"""
+import os, sys
+for name in ('cv2', 'torch', 'safetensors', 'PIL', 'depth_anything_3'):
+    sys.modules[name] = None
+os.environ['BLENDER_USER_RESOURCES'] = {str(tmp_path / 'user')!r}
+import bpy, addon_utils
+repo = {str(tmp_path / 'repo')!r}
+os.makedirs(repo)
+os.symlink({str(REPO)!r}, os.path.join(repo, 'da3_reconstruct'))
+bpy.ops.preferences.extension_repo_add(name='plain', type='LOCAL', custom_directory=repo,
+                                       use_custom_directory=True)
+module = next(r.module for r in bpy.context.preferences.extensions.repos if r.directory == repo)
+def fail(exc): raise exc
+assert addon_utils.enable(f'bl_ext.{{module}}.da3_reconstruct', handle_error=fail)
+ext = sys.modules[f'bl_ext.{{module}}.da3_reconstruct']
+import numpy as np
+P = sys.modules[ext.__name__ + '.engine.prediction'].Prediction
+depth = np.full((1, 6, 8), 2.0, np.float32)
+K = np.array([[[8.0, 0, 4], [0, 8.0, 3], [0, 0, 1]]])
+ext.api.import_prediction(P(depth=depth, intrinsics=K), name='plain')
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -1,10 +1,17 @@
 """The DA3 worker: ``python -m engine.worker JOB.json`` (the worker environment's Python).
 
 Reads the job (``protocol.Job``), decodes and preprocesses the frames in a thread while the
-model loads, runs the network once for all views, and writes one prediction file
-(``prediction.save_prediction``). Progress goes out as ``protocol.encode`` lines on the real
-stdout; everything else any library prints lands on stderr (file descriptor 1 itself is pointed
-at stderr, so even C-level prints cannot corrupt the protocol).
+model loads (a video's frames by windows, or its keyframes by motion: ``job.sampling``), runs the
+network once for all views, and writes one prediction file (``prediction.save_prediction``).
+
+Views that do not fit one pass run in overlapping chunks (``engine.chunking``), each placed into
+view 0's frame and scale by a robust Sim(3) fit (``engine.align``): ``job.chunk_size`` views per
+pass, or as many as two probe forwards say fit (only above ``CHUNK_PROBE_ABOVE`` views); an
+out-of-memory error in the one pass continues in chunks of half the views, with a warning.
+
+Progress goes out as ``protocol.encode`` lines on the real stdout; everything else any library
+prints lands on stderr (file descriptor 1 itself is pointed at stderr, so even C-level prints
+cannot corrupt the protocol).
 
 Cancel: a line ``cancel`` on stdin, SIGTERM or SIGINT. The main thread stops at the next step;
 if it is stuck in a forward pass, a watchdog removes the partial output, reports and ends the
@@ -397,12 +404,13 @@ def infer_multi_view(run: Run, net, device, dtype, batch, step_done, fov: float)
 
 CHUNK_PROBE_ABOVE = 16  # up to this many views run as one pass without measuring memory
 MIN_CHUNK = 2
+PROBE_OOM_CHUNK = 4  # when even the memory probes run out of memory (smaller on a further OOM)
 
 
 def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     """The job's chunk size, or the views that fit as measured by two probe forwards."""
     from .chunking import measure_chunk_size
-    from .model import forward
+    from .model import forward, free_device_memory, is_out_of_memory, reporting_steps
 
     n = batch.pixels.shape[0]
     if run.job.chunk_size > 0:
@@ -410,9 +418,16 @@ def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     if n <= CHUNK_PROBE_ABOVE:
         return n
     start = time.monotonic()
-    size, model, probes = measure_chunk_size(
-        lambda k: forward(net, batch.pixels[:k], device, dtype), str(device), max_views=n)
-    run.cancel.check()
+    try:
+        with reporting_steps(net, lambda done, total: run.cancel.check()):
+            size, _, probes = measure_chunk_size(
+                lambda k: forward(net, batch.pixels[:k], device, dtype), str(device), max_views=n)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        size, probes = PROBE_OOM_CHUNK, None
+    if probes is None:  # outside the except block: the traceback no longer holds the tensors
+        free_device_memory()
     run.timings["probe_memory"] = round(time.monotonic() - start, 3)
     print(f"memory probes {probes}: {size} of {n} views per pass", file=sys.stderr)
     return size

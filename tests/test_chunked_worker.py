@@ -114,7 +114,7 @@ def test_motion_sampling_keeps_frames_by_parallax(worker_python, small_weights, 
 
 
 OOM_FALLBACK = """
-import io, json
+import io, json, sys
 import numpy as np
 import torch
 from engine import model, worker
@@ -139,18 +139,28 @@ cancel = worker.CancelToken(emitter, worker.Cleanup())
 job = type("J", (), {"chunk_size": 0, "chunk_overlap": 0, "extra": {}})()
 preset = type("P", (), {"multi_view": True, "metric": False})()
 run = worker.Run(job, preset, emitter, cancel)
-batch = make_batch([np.zeros((48, 64, 3), np.uint8) + i for i in range(7)])
+batch = make_batch([np.zeros((48, 64, 3), np.uint8) + i for i in range(int(sys.argv[1]))])
 views = worker.infer(run, torch.nn.Module(), torch.device("cpu"), None, batch)
 print(json.dumps({"views": views.depth.shape[0], "events": out.getvalue().splitlines()}))
 """
 
 
-def test_out_of_memory_in_one_pass_continues_in_chunks(worker_python):
-    done = subprocess.run([str(worker_python), "-c", OOM_FALLBACK], cwd=REPO, capture_output=True,
-                          text=True)
+def oom_fallback(worker_python, views: int) -> tuple[list[str], str]:
+    done = subprocess.run([str(worker_python), "-c", OOM_FALLBACK, str(views)], cwd=REPO,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    assert result["views"] == 7
-    warnings = [json.loads(e)["message"] for e in result["events"] if '"warning"' in e]
+    assert result["views"] == views
+    return [json.loads(e)["message"] for e in result["events"] if '"warning"' in e], done.stderr
+
+
+def test_out_of_memory_in_one_pass_continues_in_chunks(worker_python):
+    warnings, stderr = oom_fallback(worker_python, 7)
     assert warnings[0] == "out of memory with 7 views in one pass; continuing in chunks of 3"
-    assert "chunks [(0, 3), (2, 5), (4, 7)]" in done.stderr  # overlap: half a chunk
+    assert "chunks [(0, 3), (2, 5), (4, 7)]" in stderr  # overlap: half a chunk
+
+
+def test_out_of_memory_while_measuring_continues_in_small_chunks(worker_python):
+    warnings, stderr = oom_fallback(worker_python, 17)  # above 16 views memory is measured
+    assert "memory probes None: 4 of 17 views per pass" in stderr
+    assert "chunks [(0, 4), (2, 6)," in stderr and not warnings

@@ -164,3 +164,16 @@ def test_out_of_memory_while_measuring_continues_in_small_chunks(worker_python):
     warnings, stderr = oom_fallback(worker_python, 17)  # above 16 views memory is measured
     assert "memory probes None: 4 of 17 views per pass" in stderr
     assert "chunks [(0, 4), (2, 6)," in stderr and not warnings
+
+
+def test_old_job_files_keep_their_meaning(tmp_path):
+    from engine.protocol import Job
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"sources": ["a.mp4"], "output": "o.npz", "max_frames": 8,
+                               "version": 1}))
+    job = Job.load(old)
+    assert (job.sampling, job.chunk_size, job.chunk_overlap, job.keyframe_cache) == ("count", 0, 0, "")
+    old.write_text(json.dumps({"sources": ["a.mp4"], "output": "o.npz", "sampling": "MOTION"}))
+    with pytest.raises(ValueError, match="sampling must be one of count, fps, motion"):
+        Job.load(old)

@@ -60,6 +60,9 @@ def make_parser() -> argparse.ArgumentParser:
     frames.add_argument("--frames", type=int, default=32, dest="max_frames", metavar="N",
                         help="video: number of frames to use (default 32)")
     frames.add_argument("--fps", type=float, default=0.0, help="video: frames per second to use instead")
+    parser.add_argument("--motion", action="store_true",
+                        help="video: keep frames by camera motion (parallax), at most --frames; "
+                        "blurred and repeated frames are dropped")
     parser.add_argument("--render", default="", metavar="PREVIEW.png",
                         help="also render a preview from the first camera (Cycles)")
     parser.add_argument("--name", default="", help="name of the result's collection")
@@ -83,11 +86,13 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
 
 def request_from(args: argparse.Namespace) -> reconstruct.Request:
     options = BuildOptions.from_mapping(vars(args))
-    fps = args.fps if args.fps > 0 else 0.0
+    if args.motion and args.fps > 0:
+        raise ValueError("--motion and --fps exclude each other: --motion keeps at most --frames")
+    sampling = "MOTION" if args.motion else "FPS" if args.fps > 0 else "COUNT"
     return reconstruct.Request(
         sources=list(args.inputs), model=args.model, weights=args.weights, device=args.device,
-        process_res=args.process_res, max_frames=0 if fps else args.max_frames, fps=fps,
-        options=options, name=args.name)
+        process_res=args.process_res, options=options, name=args.name,
+        **reconstruct.sampling_fields(sampling, args.max_frames, args.fps))
 
 
 def main(argv: list[str]) -> int:

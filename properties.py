@@ -27,6 +27,14 @@ FUSION_HINTS = {
 
 _MODEL_ITEMS = [(p.name, p.name, p.label) for p in PRESETS.values()]
 
+# How frames are taken from a video (the panel and the reconstruct operator share these).
+SAMPLING_ITEMS = (
+    ("COUNT", "Frames", "Take this many frames from the whole video (the sharpest of each stretch)"),
+    ("FPS", "Per Second", "Take this many frames per second of video"),
+    ("MOTION", "By Motion", "Keep a frame once the camera has moved enough since the last kept "
+     "one (parallax); blurred and repeated frames are dropped; at most Frames"),
+)
+
 
 class BuildOptionProps:
     """Mixin: the shared build options as Blender properties."""
@@ -73,11 +81,7 @@ class DA3Settings(BuildOptionProps, bpy.types.PropertyGroup):
                             "empty uses the models folder")
     process_res: IntProperty(name="Resolution", default=504, min=140, max=2016, step=14,
                              description="Longest side the model sees, in pixels (DA3 default 504)")
-    frame_sampling: EnumProperty(
-        name="Sampling",
-        items=(("COUNT", "Frames", "Take this many frames from the whole video"),
-               ("FPS", "Per Second", "Take this many frames per second of video")),
-        default="COUNT")
+    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")
     max_frames: IntProperty(name="Frames", default=32, min=1, max=5000)
     fps: FloatProperty(name="FPS", default=2.0, min=0.01, max=120.0)
 

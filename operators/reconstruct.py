@@ -26,7 +26,7 @@ from bpy.props import (
 from .. import reconstruct
 from ..engine.options import BuildOptions
 from ..engine.presets import DEFAULT_MODEL, PRESETS
-from ..properties import BuildOptionProps
+from ..properties import SAMPLING_ITEMS, BuildOptionProps
 
 TICK_S = 0.1  # modal timer interval
 TICK_BUDGET_S = 0.004  # the most a tick spends draining events
@@ -38,10 +38,6 @@ DEVICE_ITEMS = (
     ("CUDA", "CUDA", "NVIDIA GPU"),
     ("CPU", "CPU", "Processor only (slow for large models)"),
     ("MPS", "Apple MPS", "Apple silicon GPU"),
-)
-SAMPLING_ITEMS = (
-    ("COUNT", "Frames", "Take this many frames from the whole video"),
-    ("FPS", "Per Second", "Take this many frames per second of video"),
 )
 # Settings the panel keeps on scene.da3 that a UI invocation starts from.
 _FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling", "max_frames", "fps",
@@ -211,15 +207,13 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
         return [bpy.path.abspath(self.source)] if self.source else []
 
     def request(self) -> reconstruct.Request:
-        counting = self.frame_sampling == "COUNT"
         return reconstruct.Request(
             sources=self.sources(),
             model=self.model,
             weights=bpy.path.abspath(self.weights) if self.weights else "",
             device="" if self.device == "PREFERENCES" else self.device.lower(),
             process_res=self.process_res,
-            max_frames=self.max_frames if counting else 0,
-            fps=0.0 if counting else self.fps,
+            **reconstruct.sampling_fields(self.frame_sampling, self.max_frames, self.fps),
             options=self.build_options(),
         )
 

@@ -60,6 +60,8 @@ def test_render_writes_a_preview(blender, cli, small_weights, tmp_path):
     (["x.mp4", "-o", "o.blend", "--frames", "3", "--fps", "2"], "not allowed with"),
     (["x.mp4", "-o", "o.blend", "--mask-sky", "maybe"], "expected on or off"),
     (["x.mp4", "-o", "o.blend", "--confidence-percentile", "120"], "between 0 and 100"),
+    (["x.mp4", "-o", "o.blend", "--motion", "--fps", "2"], "exclude each other"),
+    (["x.mp4", "-o", "o.blend", "--fusion", "MARCHING"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(cli, capsys, argv, expected):
     assert cli.main(argv) == 2
@@ -92,6 +94,17 @@ def test_output_must_be_a_blend(blender, cli, capsys, small_weights, tmp_path):
     photos = write_images(tmp_path / "p", count=1)
     assert cli.main([str(photos), "-o", str(tmp_path / "o.png")]) == 1
     assert ".blend" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra, sampling, frames, fps", [
+    ([], "count", 32, 0.0),
+    (["--fps", "2"], "fps", 0, 2.0),
+    (["--motion", "--frames", "12"], "motion", 12, 0.0),
+])
+def test_frame_sampling_reaches_the_request(cli, extra, sampling, frames, fps):
+    request = cli.request_from(cli.make_parser().parse_args(["v.mp4", "-o", "o.blend", *extra]))
+    assert (request.sampling, request.max_frames, request.fps) == (sampling, frames, fps)
+    assert request.options.fusion == "TSDF"
 
 
 def test_help_lists_the_build_options(cli, capsys):

@@ -15,7 +15,6 @@ happened. One run at a time.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import bpy
 
 from . import paths, vendor_install
+from .engine import protocol
 from .engine import weights as weights_layout
 from .engine.monitor import JobMonitor, MonitorState, ProcessMonitor
 from .engine.options import BuildOptions
@@ -453,21 +453,7 @@ def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> st
     if mode == "motion":
         return (f"{min(info['count'], max_frames) if max_frames > 0 else info['count']} keyframes "
                 f"of {info['frames_analysed']} frames analysed")
-    return f"{window_count(info['frames'], info['fps'], max_frames, fps)} of {info['frames']} frames"
-
-
-def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> int:
-    """How many frames ``engine.inputs.sampling_windows`` keeps (one per window)."""
-    if total <= 0:
-        return 0
-    count = total
-    if fps > 0 and video_fps > 0:
-        count = math.ceil(total / video_fps * fps)
-        if max_frames > 0:
-            count = min(count, max_frames)
-    elif max_frames > 0:
-        count = max_frames
-    return max(1, min(count, total))
+    return f"{protocol.window_count(info['frames'], info['fps'], max_frames, fps)} of {info['frames']} frames"
 
 
 _image_counts: dict = {}

@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .protocol import window_count
+
 IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff",
                               ".webp", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras"))
 VIDEO_EXTENSIONS = frozenset((".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
@@ -181,16 +183,9 @@ def sampling_windows(total: int, video_fps: float, max_frames: int, fps: float) 
     ``fps`` > 0 asks for that many frames per second of video (capped by ``max_frames`` when
     it is also set); otherwise ``max_frames`` frames; both 0 keeps every frame.
     """
-    if total <= 0:
+    count = window_count(total, video_fps, max_frames, fps)
+    if count == 0:
         return []
-    count = total
-    if fps > 0 and video_fps > 0:
-        count = math.ceil(total / video_fps * fps)
-        if max_frames > 0:
-            count = min(count, max_frames)
-    elif max_frames > 0:
-        count = max_frames
-    count = max(1, min(count, total))
     edges = [round(i * total / count) for i in range(count + 1)]
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 

@@ -15,6 +15,7 @@ Events (``"event"`` key):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,3 +89,22 @@ def decode(line: str) -> dict:
         return {"event": "error", "kind": "internal", "traceback": "",
                 "message": f"the worker printed something unexpected: {line.strip()[:200]}"}
     return obj
+
+
+def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> int:
+    """How many frames of a ``total``-frame video a job keeps with count or fps sampling.
+
+    ``fps`` > 0 asks for that many per second of video (capped by ``max_frames`` when it is
+    also set); otherwise ``max_frames``; both 0 keeps every frame. Shared by the worker (which
+    cuts the video into this many windows) and the panel (which shows the count up front).
+    """
+    if total <= 0:
+        return 0
+    count = total
+    if fps > 0 and video_fps > 0:
+        count = math.ceil(total / video_fps * fps)
+        if max_frames > 0:
+            count = min(count, max_frames)
+    elif max_frames > 0:
+        count = max_frames
+    return max(1, min(count, total))

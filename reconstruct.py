@@ -41,7 +41,8 @@ STAGE_SPANS = {
     "downloading_weights": (0.02, 0.30),
     "loading_model": (0.30, 0.35),
     "reading_frames": (0.35, 0.45),
-    "inference": (0.45, 0.92),
+    "inference": (0.45, 0.82),
+    "fusing": (0.82, 0.92),
     "writing": (0.92, 0.95),
     "building": (0.95, 1.0),
 }
@@ -51,6 +52,7 @@ STAGE_LABELS = {
     "loading_model": "Loading model",
     "reading_frames": "Reading frames",
     "inference": "Estimating depth",
+    "fusing": "Fusing views",
     "writing": "Writing result",
     "building": "Building in Blender",
 }
@@ -308,7 +310,21 @@ def make_job(request: Request) -> Job:
         fps=request.fps,
         sampling=request.sampling,
         keyframe_cache=str(keyframe_cache_dir()),
+        tsdf=worker_fusion(request.options),
     )
+
+
+def worker_fusion(options: BuildOptions) -> dict:
+    """What the worker should fuse, or {} to leave it to the importer.
+
+    The worker fuses (on the GPU when there is one, and always off Blender's main thread) when
+    the settings are its own: automatic voxel size and no crop object (a Blender object the
+    worker cannot see). The importer reuses the result only when the settings match.
+    """
+    if options.fusion != "TSDF" or not options.output_surface or options.voxel_size or \
+            options.crop_object:
+        return {}
+    return {"object_mode": options.object_mode, "mask_sky": options.mask_sky}
 
 
 def sampling_fields(frame_sampling: str, max_frames: int, fps: float) -> dict:

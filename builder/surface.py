@@ -4,6 +4,8 @@ a function ``(build) -> Object | None`` (None: nothing to fuse, noted on the col
 
 from __future__ import annotations
 
+import json
+
 import bmesh
 import bpy
 import numpy as np
@@ -91,6 +93,41 @@ def tsdf_surface(build) -> bpy.types.Object | None:
     frame afterwards. It weighs pixels by confidence itself (a hard percentile cut costs it
     recall), so ``confidence_percentile`` applies to points and view meshes only.
     """
+    pred, geo = build.prediction, build.geo
+    fused = fused_by_worker(build)
+    if fused is None:
+        fused = fuse_here(build)
+    if fused is None or len(fused.faces) == 0:
+        if fused is not None:
+            build.note("no TSDF surface: the views agree on no surface (try fusion='REMESH')")
+        return None
+    colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
+    vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
+    mesh = mesh_from_arrays(f"{build.name} surface", vertices, fused.faces, colors)
+    mesh.materials.append(build.material)
+    obj = build.add_object(mesh.name, mesh, "surface")
+    obj["da3_voxel_size"] = fused.voxel_size * geo.scale
+    obj["da3_fused_in"] = fused.stats.get("fused_in", "blender")
+    return obj
+
+
+def fused_by_worker(build) -> fusion.FusedMesh | None:
+    """The worker's TSDF surface when the file has one made with these very settings."""
+    pred, options = build.prediction, build.options
+    if pred.fused_vertices is None or options.voxel_size or build.crop is not None:
+        return None
+    made = json.loads(pred.fused_settings or "{}")
+    wanted = {"object_mode": options.object_mode, "mask_sky": options.mask_sky}
+    if any(made.get(key) != value for key, value in wanted.items()):
+        return None
+    return fusion.FusedMesh(pred.fused_vertices, pred.fused_faces, pred.fused_colors,
+                            voxel_size=float(made.get("voxel_size", 0.0)),
+                            truncation=float(made.get("truncation", 0.0)),
+                            stats={"fused_in": "worker"})
+
+
+def fuse_here(build) -> fusion.FusedMesh | None:
+    """Fuse in Blender's process (numpy); None, noted on the collection, if nothing fuses."""
     pred, geo, options = build.prediction, build.geo, build.options
     tsdf_options = fusion.TSDFOptions(
         voxel_size=options.voxel_size / geo.scale, mask_sky=options.mask_sky,
@@ -99,20 +136,10 @@ def tsdf_surface(build) -> bpy.types.Object | None:
             build.crop, pred, geo.scale))
     try:
         with _window_progress(build.context) as progress:
-            fused = fusion.fuse_tsdf(pred, tsdf_options, progress)
+            return fusion.fuse_tsdf(pred, tsdf_options, progress)
     except ValueError as exc:  # no usable pixel, or nothing fits: keep the rest of the result
         build.note(f"no TSDF surface: {exc}")
         return None
-    if len(fused.faces) == 0:
-        build.note("no TSDF surface: the views agree on no surface (try fusion='REMESH')")
-        return None
-    colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
-    vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
-    mesh = mesh_from_arrays(f"{build.name} surface", vertices, fused.faces, colors)
-    mesh.materials.append(build.material)
-    obj = build.add_object(mesh.name, mesh, "surface")
-    obj["da3_voxel_size"] = fused.voxel_size * geo.scale
-    return obj
 
 
 class _window_progress:

@@ -7,7 +7,9 @@ DA3's exporter writes ``image`` (N,H,W,3 uint8), ``depth`` (N,H,W), ``conf`` (N,
 and adds optional extras that the official tools simply do not have:
 
 ``sky`` (N,H,W bool), ``is_metric`` (bool), ``source_paths`` (N str), ``frame_indices``
-(N int, -1 for still images), ``model`` (str), ``process_res`` (int).
+(N int, -1 for still images), ``model`` (str), ``process_res`` (int), and, when the worker
+fused the views (TSDF), ``fused_vertices`` (V,3 float32, prediction frame), ``fused_faces``
+(F,3 int32), ``fused_colors`` (V,3 float32 sRGB) and ``fused_settings`` (JSON str).
 
 Everything is stored as plain arrays (no pickle), so ``np.load(allow_pickle=False)`` reads it.
 """
@@ -41,6 +43,10 @@ class Prediction:
     frame_indices: np.ndarray | None = None  # (N,) int, -1 for stills
     model: str = ""
     process_res: int = 0
+    fused_vertices: np.ndarray | None = None  # (V,3) TSDF surface made by the worker
+    fused_faces: np.ndarray | None = None  # (F,3)
+    fused_colors: np.ndarray | None = None  # (V,3) sRGB in [0,1]
+    fused_settings: str = ""  # JSON: what the fusion was asked, its voxel size and device
 
     @property
     def num_views(self) -> int:
@@ -72,13 +78,17 @@ def save_prediction(pred: Prediction, path: str | os.PathLike, compress: bool = 
     path = Path(path)
     arrays = {"depth": pred.depth.astype(np.float32), "intrinsics": pred.intrinsics}
     optional = {"image": pred.image, "conf": pred.conf, "extrinsics": pred.extrinsics,
-                "sky": pred.sky, "frame_indices": pred.frame_indices}
+                "sky": pred.sky, "frame_indices": pred.frame_indices,
+                "fused_vertices": pred.fused_vertices, "fused_faces": pred.fused_faces,
+                "fused_colors": pred.fused_colors}
     arrays.update({k: v for k, v in optional.items() if v is not None})
     if pred.source_paths:
         arrays["source_paths"] = np.array(pred.source_paths, dtype=str)
     arrays["is_metric"] = np.array(bool(pred.is_metric))
     arrays["model"] = np.array(pred.model, dtype=str)
     arrays["process_res"] = np.array(int(pred.process_res))
+    if pred.fused_settings:
+        arrays["fused_settings"] = np.array(pred.fused_settings, dtype=str)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as f:
         (np.savez_compressed if compress else np.savez)(f, **arrays)
@@ -127,6 +137,10 @@ def _from_arrays(arrays: dict, name: str) -> Prediction:
         frame_indices=opt("frame_indices", np.int64),
         model=str(arrays["model"]) if "model" in arrays else "",
         process_res=int(arrays["process_res"]) if "process_res" in arrays else 0,
+        fused_vertices=opt("fused_vertices", np.float32),
+        fused_faces=opt("fused_faces", np.int32),
+        fused_colors=opt("fused_colors", np.float32),
+        fused_settings=str(arrays["fused_settings"]) if "fused_settings" in arrays else "",
     )
 
 
@@ -159,8 +173,21 @@ def validate(pred: Prediction) -> None:
     focal = pred.intrinsics[:, [0, 1], [0, 1]]
     if np.any(focal <= 0):
         raise PredictionError("a view has a zero or negative focal length in its intrinsics")
+    _check_fused(pred)
     if pred.image is not None and pred.image.dtype != np.uint8:
         raise PredictionError(f"image has dtype {pred.image.dtype}; expected uint8 RGB")
+
+
+def _check_fused(pred: Prediction) -> None:
+    vertices, faces = pred.fused_vertices, pred.fused_faces
+    if vertices is None and faces is None:
+        return
+    if vertices is None or faces is None or vertices.ndim != 2 or vertices.shape[1:] != (3,) \
+            or faces.ndim != 2 or faces.shape[1:] != (3,):
+        raise PredictionError("the fused surface needs fused_vertices (V,3) and fused_faces (F,3)")
+    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise PredictionError("fused_faces point at vertices that do not exist: the file is corrupt")
+    _check_shape("fused_colors", pred.fused_colors, vertices.shape)
 
 
 def _check_shape(key: str, arr: np.ndarray | None, expected: tuple) -> None:

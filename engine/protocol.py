@@ -22,7 +22,7 @@ from pathlib import Path
 PROTOCOL_VERSION = 1
 
 STAGES = ("starting", "downloading_weights", "loading_model", "reading_frames", "inference",
-          "writing")
+          "fusing", "writing")
 ERROR_KINDS = ("bad_input", "missing_weights", "out_of_memory", "dependency", "cancelled",
                "internal")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -50,6 +50,9 @@ class Job:
     keyframe_cache: str = ""  # "motion": folder of cached selections (shared with the panel)
     chunk_size: int = 0  # views per forward pass; 0 = all that fit (measured above 16 views)
     chunk_overlap: int = 0  # views shared by consecutive chunks; 0 = half a chunk
+    # TSDF fusion in the worker (on the GPU when there is one), so Blender only builds the
+    # mesh: {"object_mode": bool, "mask_sky": bool}; empty = do not fuse here
+    tsdf: dict = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
     extra: dict = field(default_factory=dict)
 

@@ -526,6 +526,34 @@ def assemble(run: Run, views, batch, frames):
         model=run.preset.name, process_res=int(run.job.process_res))
 
 
+def fuse(run: Run, pred) -> None:
+    """Fuse the views into one TSDF surface here (torch on the GPU when there is one) and keep
+    it in the prediction, so Blender only builds the mesh. A scene with nothing to fuse is a
+    warning: the importer still builds points and cameras."""
+    import json
+
+    from .fusion import TSDFOptions
+    from .fusion_torch import fuse_tsdf
+
+    settings = {k: bool(run.job.tsdf.get(k, False)) for k in ("object_mode", "mask_sky")}
+    run.emitter.stage("fusing", "fusing the views into one surface")
+    start = time.monotonic()
+
+    def progress(fraction, _message):
+        run.cancel.check()
+        run.emitter.progress("fusing", round(100 * fraction), 100)
+
+    try:
+        mesh = fuse_tsdf(pred, TSDFOptions(**settings), progress)
+    except ValueError as exc:
+        run.emitter.send("warning", message=f"no fused surface: {one_line(str(exc))}")
+        return
+    pred.fused_vertices, pred.fused_faces, pred.fused_colors = mesh.vertices, mesh.faces, mesh.colors
+    pred.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
+                                      "truncation": mesh.truncation, "device": mesh.stats["device"]})
+    run.timings["fuse"] = round(time.monotonic() - start, 3)
+
+
 def write(run: Run, pred) -> Path:
     """Write next to the target, then move it in place and report done as one step."""
     from .prediction import PredictionError, save_prediction
@@ -575,7 +603,10 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken) -> None:
     views = infer(run, net, device, dtype, batch)
     del net
     cancel.check()
-    write(run, assemble(run, views, batch, found.frames))
+    pred = assemble(run, views, batch, found.frames)
+    if job.tsdf:
+        fuse(run, pred)
+    write(run, pred)
 
 
 # --------------------------------------------------------------------------- main

@@ -100,3 +100,33 @@ def test_the_operator_fuses_with_tsdf_by_default(blender, mug, tmp_path):
     collection = blender.data.collections["mug"]
     assert surface_of(collection).get("da3_voxel_size", 0) > 0
     assert sum(o.get("da3_role") == "camera" for o in collection.objects) == 24
+
+
+def with_worker_fusion(pred, **settings):
+    """The prediction as the worker writes it after fusing (engine.worker.fuse)."""
+    import copy
+    import json
+
+    from engine import fusion
+
+    mesh = fusion.fuse_tsdf(pred, fusion.TSDFOptions(**settings))
+    out = copy.copy(pred)
+    out.fused_vertices, out.fused_faces, out.fused_colors = mesh.vertices, mesh.faces, mesh.colors
+    out.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
+                                     "truncation": mesh.truncation, "device": "numpy"})
+    return out, mesh
+
+
+def test_the_importer_reuses_the_workers_fusion_when_settings_match(addon, blender, mug,
+                                                                      tmp_path):
+    pred, mesh = with_worker_fusion(mug[1].prediction, object_mode=True, mask_sky=True)
+    path = save_prediction(pred, tmp_path / "fused.npz")
+    options = BuildOptions(object_mode=True, output_points=False, output_cameras=False)
+    reused = surface_of(addon.api.import_prediction(path, options, name="reused"))
+    assert reused["da3_fused_in"] == "worker"
+    assert len(reused.data.polygons) == len(mesh.faces)
+    assert reused["da3_voxel_size"] > 0
+    # Other settings than the worker's: fused again here, never a mismatched surface.
+    other = BuildOptions(object_mode=False, output_points=False, output_cameras=False)
+    again = surface_of(addon.api.import_prediction(path, other, name="again"))
+    assert again["da3_fused_in"] == "blender"

@@ -276,3 +276,14 @@ def test_motion_sampling_through_the_api(blender, addon, worker_env, small_weigh
     assert 1 <= len(cameras) <= 4
     assert list(Path(job.keyframe_cache).glob("keyframes-*.json"))  # the panel's count reuses it
     assert jobs_left(addon) == []
+
+
+def test_the_worker_fuses_only_with_settings_it_can_honour(addon):
+    from engine.options import BuildOptions
+
+    fusion_for = addon.reconstruct.worker_fusion
+    assert fusion_for(BuildOptions()) == {"object_mode": False, "mask_sky": True}
+    assert fusion_for(BuildOptions(object_mode=True))["object_mode"] is True
+    for other in (BuildOptions(fusion="REMESH"), BuildOptions(voxel_size=0.01),
+                  BuildOptions(crop_object="Cube"), BuildOptions(output_surface=False)):
+        assert fusion_for(other) == {}

@@ -494,3 +494,22 @@ def test_same_file_as_da3s_own_pipeline(worker_python, small_weights, tmp_path):
     np.testing.assert_allclose(ours["conf"], theirs["conf"], atol=0.0051)  # ...and conf to 2
     np.testing.assert_allclose(ours["extrinsics"], theirs["extrinsics"], atol=1e-6)
     np.testing.assert_allclose(ours["intrinsics"], theirs["intrinsics"], rtol=1e-6)
+
+
+def test_worker_fuses_the_views_when_the_job_asks(worker_python, small_weights, folder, tmp_path):
+    job, output = job_file(tmp_path, [folder], small_weights,
+                           tsdf={"object_mode": False, "mask_sky": True})
+    code, events, stderr = run_worker(worker_python, job)
+    assert code == 0 and final(events)["event"] == "done", stderr[-3000:]
+    assert "fusing" in [e["stage"] for e in events if e["event"] == "stage"]
+    pred = load_prediction(output)
+    # Random weights may give depth that fuses into nothing; then the worker says so.
+    if pred.fused_vertices is None:
+        assert any("no fused surface" in e["message"] for e in events if e["event"] == "warning")
+    else:
+        steps = [e for e in events if e["event"] == "progress" and e["stage"] == "fusing"]
+        assert steps[-1]["done"] == steps[-1]["total"] == 100
+        settings = json.loads(pred.fused_settings)
+        assert settings["mask_sky"] and not settings["object_mode"]
+        assert settings["device"] == "numpy" and settings["voxel_size"] > 0
+        assert pred.fused_faces.max() < len(pred.fused_vertices)

@@ -242,16 +242,20 @@ def _iter_frames(cap: cv2.VideoCapture, wanted: set[int], stop: int,
                 yield index, bgr
 
 
+def video_length(path: Path) -> tuple[int, float]:
+    """(frame count, frames per second) as the container states them (0 where it does not)."""
+    cap = _open_video(path)
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        cap.release()
+
+
 def read_video(path: Path, max_frames: int, fps: float, progress: Progress | None = None,
                cancelled: IsCancelled | None = None,
                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
     """The sharpest frame of each sampling window, as RGB, in time order."""
-    cap = _open_video(path)
-    try:
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        video_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    finally:
-        cap.release()
+    total, video_fps = video_length(path)
     if total <= 0:
         total = _count_frames(path)
     windows = sampling_windows(total, video_fps, max_frames, fps)
@@ -332,12 +336,7 @@ def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None 
 
 def _analysed_frames(path: Path, analysis_fps: float) -> int:
     """About how many frames the keyframe analysis looks at (for its progress)."""
-    cap = _open_video(path)
-    try:
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        video_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    finally:
-        cap.release()
+    total, video_fps = video_length(path)
     stride = max(1, round(video_fps / analysis_fps)) if video_fps > 0 and analysis_fps > 0 else 1
     return max(1, math.ceil(total / stride))
 

@@ -4,22 +4,8 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from . import paths, vendor_install
-from .engine.presets import DEFAULT_MODEL, PRESETS
-
-DEVICE_ITEMS = (
-    ("AUTO", "Auto", "CUDA if present, else Apple MPS, else CPU"),
-    ("CUDA", "CUDA", "NVIDIA GPU"),
-    ("CPU", "CPU", "Processor only (slow for large models)"),
-    ("MPS", "Apple MPS", "Apple silicon GPU"),
-)
-
-
-def model_items(_self=None, _context=None):
-    return [(p.name, p.name, p.label) for p in PRESETS.values()]
-
-
-# Enum items from a callback must stay referenced, else Blender shows garbage.
-_MODEL_ITEMS = model_items()
+from .engine.presets import DEFAULT_MODEL
+from .properties import DEVICE_ITEMS, MODEL_ITEMS
 
 
 class DA3Preferences(bpy.types.AddonPreferences):
@@ -38,7 +24,7 @@ class DA3Preferences(bpy.types.AddonPreferences):
         "extension's user folder",
         subtype="DIR_PATH",
     )
-    default_model: EnumProperty(name="Default Model", items=_MODEL_ITEMS, default=DEFAULT_MODEL)
+    default_model: EnumProperty(name="Default Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
 
     def draw(self, _context):
         layout = self.layout

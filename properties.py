@@ -25,7 +25,14 @@ FUSION_HINTS = {
     "REMESH": "Remesh: per-view surfaces joined; faster, noisier",
 }
 
-_MODEL_ITEMS = [(p.name, p.name, p.label) for p in PRESETS.values()]
+# Enum items shared by the settings, the preferences and the operators.
+MODEL_ITEMS = [(p.name, p.name, p.label) for p in PRESETS.values()]
+DEVICE_ITEMS = (
+    ("AUTO", "Auto", "CUDA if present, else Apple MPS, else CPU"),
+    ("CUDA", "CUDA", "NVIDIA GPU"),
+    ("CPU", "CPU", "Processor only (slow for large models)"),
+    ("MPS", "Apple MPS", "Apple silicon GPU"),
+)
 
 # How frames are taken from a video (the panel and the reconstruct operator share these).
 SAMPLING_ITEMS = (
@@ -75,7 +82,7 @@ class DA3Settings(BuildOptionProps, bpy.types.PropertyGroup):
 
     source: StringProperty(name="Source", subtype="FILE_PATH",
                            description="A folder of images, an image or a video file")
-    model: EnumProperty(name="Model", items=_MODEL_ITEMS, default=DEFAULT_MODEL)
+    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
     weights: StringProperty(name="Weights", subtype="DIR_PATH",
                             description="Folder with config.json and model.safetensors; "
                             "empty uses the models folder")

@@ -25,19 +25,16 @@ from bpy.props import (
 
 from .. import reconstruct
 from ..engine.options import BuildOptions
-from ..engine.presets import DEFAULT_MODEL, PRESETS
-from ..properties import SAMPLING_ITEMS, BuildOptionProps
+from ..engine.presets import DEFAULT_MODEL
+from ..properties import DEVICE_ITEMS, MODEL_ITEMS, SAMPLING_ITEMS, BuildOptionProps
 
 TICK_S = 0.1  # modal timer interval
 TICK_BUDGET_S = 0.004  # the most a tick spends draining events
 
-MODEL_ITEMS = [(p.name, p.name, p.label) for p in PRESETS.values()]
-DEVICE_ITEMS = (
+# A run may override the machine's device, or leave it to the preferences.
+RUN_DEVICE_ITEMS = (
     ("PREFERENCES", "Preferences", "The device chosen in the extension's preferences"),
-    ("AUTO", "Auto", "CUDA if present, else Apple MPS, else CPU"),
-    ("CUDA", "CUDA", "NVIDIA GPU"),
-    ("CPU", "CPU", "Processor only (slow for large models)"),
-    ("MPS", "Apple MPS", "Apple silicon GPU"),
+    *DEVICE_ITEMS,
 )
 # Settings the panel keeps on scene.da3 that a UI invocation starts from.
 _FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling", "max_frames", "fps",
@@ -143,7 +140,7 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
     weights: StringProperty(name="Weights", subtype="DIR_PATH",
                             description="Folder with config.json and model.safetensors; empty uses "
                             "the models folder")
-    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="PREFERENCES")
+    device: EnumProperty(name="Device", items=RUN_DEVICE_ITEMS, default="PREFERENCES")
     process_res: IntProperty(name="Resolution", default=504, min=14, soft_min=140, max=2016, step=14,
                              description="Longest side the model sees, in pixels (DA3 default 504)")
     frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")

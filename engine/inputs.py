@@ -27,11 +27,8 @@ import cv2
 import numpy as np
 
 from .protocol import window_count
+from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, image_folder
 
-IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff",
-                              ".webp", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras"))
-VIDEO_EXTENSIONS = frozenset((".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
-                              ".wmv", ".flv", ".3gp", ".mts", ".m2ts", ".ts", ".ogv"))
 SHARPNESS_SIZE = 256  # long side of the grey copy that sharpness is measured on
 MAX_CANDIDATES_PER_WINDOW = 12  # frames scored per sampling window; the rest are only grabbed
 
@@ -108,7 +105,7 @@ def collect_sources(sources: list[str]) -> Sources:
 
 
 def _add_folder(found: Sources, folder: Path) -> None:
-    entries = sorted((p for p in folder.iterdir() if p.is_file()), key=natural_key)
+    entries = sorted((p for p in image_folder(folder).iterdir() if p.is_file()), key=natural_key)
     for entry in entries:
         if entry.suffix.lower() in IMAGE_EXTENSIONS:
             found.images.append(entry)
@@ -211,7 +208,8 @@ def _openable_path(path: Path) -> str:
     return buffer.value if 0 < length < len(buffer) and buffer.value.isascii() else text
 
 
-def _open_video(path: Path) -> cv2.VideoCapture:
+def open_video(path: Path) -> cv2.VideoCapture:
+    """The one way videos are opened, everywhere (non-ASCII paths on Windows included)."""
     cap = cv2.VideoCapture(_openable_path(path))
     if not cap.isOpened():
         raise InputError(f"cannot open the video '{path.name}' (unsupported codec or damaged file)")
@@ -220,7 +218,7 @@ def _open_video(path: Path) -> cv2.VideoCapture:
 
 def _count_frames(path: Path) -> int:
     """Count by decoding: some containers report no or a wrong frame count."""
-    cap = _open_video(path)
+    cap = open_video(path)
     try:
         count = 0
         while cap.grab():
@@ -244,7 +242,7 @@ def _iter_frames(cap: cv2.VideoCapture, wanted: set[int], stop: int,
 
 def video_length(path: Path) -> tuple[int, float]:
     """(frame count, frames per second) as the container states them (0 where it does not)."""
-    cap = _open_video(path)
+    cap = open_video(path)
     try:
         return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     finally:
@@ -283,7 +281,7 @@ def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         frames.append(Frame(transform(rgb) if transform else rgb, str(path), index))
 
-    cap = _open_video(path)
+    cap = open_video(path)
     try:
         for index, bgr in _iter_frames(cap, set(window_of), windows[-1].stop, cancelled):
             w = window_of[index]
@@ -321,7 +319,7 @@ def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None 
     thin_to_budget(selection, max_frames)
     if not selection.kept:
         raise InputError(f"the video '{path.name}' has no readable frame")
-    cap = _open_video(path)
+    cap = open_video(path)
     try:
         frames = [Frame(transform(rgb) if transform else rgb, str(path), index)
                   for index, rgb in ((i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) for i, bgr in
@@ -375,3 +373,27 @@ def skipped_warning(skipped: list[str]) -> str:
     """One warning line for all the files that were skipped."""
     names = [os.path.basename(s) for s in skipped]
     return f"skipped {len(skipped)} unreadable file(s): {_short_list(names, limit=10)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.inputs VIDEO``: the video's frame count and rate as one JSON line
+    (the panel's frame count, worked out in the worker environment, which has OpenCV)."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m engine.inputs VIDEO", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    try:
+        frames, fps = video_length(path)
+        print(json.dumps({"frames": frames if frames > 0 else _count_frames(path), "fps": fps}))
+    except InputError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -240,9 +240,9 @@ def video_frames(path: str | os.PathLike, analysis_fps: float = 10.0
     """
     import cv2
 
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"cannot open the video '{path}'")
+    from .inputs import open_video
+
+    cap = open_video(Path(path))
     try:
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         stride = max(1, round(fps / analysis_fps)) if fps > 0 and analysis_fps > 0 else 1

@@ -137,3 +137,12 @@ def test_damaged_video_is_an_input_error(tmp_path):
     clip.write_bytes(b"\x00" * 1000)
     with pytest.raises(InputError, match="video"):
         inputs.read_frames(inputs.collect_sources([str(clip)]), max_frames=4)
+
+
+def test_a_data_set_folder_is_read_from_its_images_subfolder(tmp_path):
+    """scene/images/*.jpg, as COLMAP and most photo data sets lay them out."""
+    for i in range(3):
+        media.write(tmp_path / "scene" / "images" / f"{i}.jpg", media.scene(seed=i))
+    (tmp_path / "scene" / "notes.txt").write_text("not a photo")
+    found = inputs.collect_sources([str(tmp_path / "scene")])
+    assert [p.name for p in found.images] == ["0.jpg", "1.jpg", "2.jpg"]

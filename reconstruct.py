@@ -32,15 +32,17 @@ from .engine.monitor import JobMonitor, MonitorState, ProcessMonitor
 from .engine.options import BuildOptions
 from .engine.presets import DEFAULT_MODEL, get_preset
 from .engine.protocol import DEVICES, SAMPLINGS, Job
+from .engine.sources import image_folder, is_image, is_video, result_name
 
 EXTENSION_DIR = Path(__file__).resolve().parent
 
 # How much of the whole run each worker stage covers, for one overall progress bar.
+# In the worker's order: frames are read before the weights are fetched and the model loaded.
 STAGE_SPANS = {
     "starting": (0.0, 0.02),
-    "downloading_weights": (0.02, 0.30),
-    "loading_model": (0.30, 0.35),
-    "reading_frames": (0.35, 0.45),
+    "reading_frames": (0.02, 0.12),
+    "downloading_weights": (0.12, 0.35),
+    "loading_model": (0.35, 0.45),
     "inference": (0.45, 0.82),
     "fusing": (0.82, 0.92),
     "writing": (0.92, 0.95),
@@ -82,10 +84,7 @@ class Request:
     name: str = ""  # the result's collection; "" = after the source
 
     def collection_name(self) -> str:
-        if self.name:
-            return self.name
-        first = Path(self.sources[0])
-        return first.parent.name if len(self.sources) > 1 else (first.stem or first.name)
+        return self.name or result_name(self.sources)
 
 
 class Run:
@@ -423,26 +422,6 @@ def format_seconds(seconds: float) -> str:
 
 # -- how many frames a run will use (the panel shows it before the run) ---------------------------
 
-# engine.inputs' extensions (that module needs OpenCV, which Blender's Python lacks)
-IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff",
-                            ".webp", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras"))
-VIDEO_SUFFIXES = frozenset((".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
-                            ".wmv", ".flv", ".3gp", ".mts", ".m2ts", ".ts", ".ogv"))
-
-# Runs in the worker environment (cwd = this folder): the video's frame count and rate as JSON.
-VIDEO_INFO_SCRIPT = """
-import json, sys
-from pathlib import Path
-import cv2
-from engine.inputs import _count_frames, _open_video
-path = Path(sys.argv[1])
-cap = _open_video(path)
-total, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-cap.release()
-print(json.dumps({"frames": total if total > 0 else _count_frames(path), "fps": fps}))
-"""
-
-
 def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> str:
     """What the panel says about the frames a run on ``source`` will use; never blocks.
 
@@ -457,8 +436,8 @@ def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> st
     if path.is_dir():
         count = _images_in(str(path), path.stat().st_mtime_ns)
         return f"{count} image{'s' * (count != 1)}"
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        return "1 image" if path.suffix.lower() in IMAGE_SUFFIXES else ""
+    if not is_video(path):
+        return "1 image" if is_image(path) else ""
     fields = sampling_fields(sampling, max_frames, fps)
     mode, max_frames, fps = fields["sampling"], fields["max_frames"], fields["fps"]
     info = _frame_counts.answer(path, "motion" if mode == "motion" else "info")
@@ -478,9 +457,8 @@ _image_counts: dict = {}
 def _images_in(folder: str, mtime_ns: int) -> int:
     key = (folder, mtime_ns)
     if key not in _image_counts:
-        with os.scandir(folder) as entries:
-            _image_counts[key] = sum(1 for e in entries if e.is_file()
-                                     and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        with os.scandir(image_folder(Path(folder))) as entries:
+            _image_counts[key] = sum(1 for e in entries if e.is_file() and is_image(Path(e.name)))
     return _image_counts[key]
 
 
@@ -511,7 +489,7 @@ class _FrameCounts:
         if kind == "motion":
             argv = [python, "-m", "engine.keyframes", str(path), "--cache", str(keyframe_cache_dir())]
         else:
-            argv = [python, "-c", VIDEO_INFO_SCRIPT, str(path)]
+            argv = [python, "-m", "engine.inputs", str(path)]
         handle, name = tempfile.mkstemp(prefix="frames-", suffix=".json", dir=paths.user_dir("counts"))
         os.close(handle)
         out = Path(name)

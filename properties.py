@@ -94,15 +94,13 @@ class DA3Settings(BuildOptionProps, bpy.types.PropertyGroup):
 
 
 class DA3JobState(bpy.types.PropertyGroup):
-    """The running job as the panel sees it; not saved in the .blend (lives on WindowManager)."""
+    """How the last run ended, for the panel; not saved in the .blend (lives on WindowManager).
 
-    running: BoolProperty(default=False)
-    stage: StringProperty(default="")
-    progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
-    done: IntProperty(default=0)
-    total: IntProperty(default=0)
-    eta_s: FloatProperty(default=-1.0)
-    message: StringProperty(default="")
+    The running job's progress is not copied here: every write to a property of an ID sends a
+    window-wide redraw notifier, and redrawing the 3D viewport under software OpenGL on every
+    tick blocked Blender's UI for up to half a second. The panel reads the live run instead.
+    """
+
     error: StringProperty(default="")
 
 

@@ -1,7 +1,8 @@
 """``da3.install_dependencies``: create the worker's environment from inside Blender.
 
-Runs ``vendor_install.py --events --target <worker env> --torch auto`` with Blender's own
-interpreter as a child process (Blender's Python itself is never modified) and reads its
+Runs ``vendor_install.py --events --target <worker env> --torch auto --python <base>`` with
+Blender's own interpreter as a child process (Blender's Python itself is never modified; the
+environment is made from ``paths.base_python()``) and reads its
 JSON-lines events with the same monitor as the worker. Asks first (with the download size),
 refuses while Blender's online access is off.
 """
@@ -13,6 +14,7 @@ import bpy
 
 from .. import paths, vendor_install
 from ..engine.monitor import MonitorState, ProcessMonitor
+from .reconstruct import redraw_sidebars
 
 EXTENSION_DIR = Path(__file__).resolve().parents[1]
 TICK_S = 0.2
@@ -36,8 +38,9 @@ def generation() -> int:
 
 
 def install_command(target: Path, torch: str = "auto") -> list[str]:
+    """vendor_install.py, run by Blender's Python, making the environment from the base Python."""
     return [sys.executable, str(EXTENSION_DIR / "vendor_install.py"), "--events",
-            "--target", str(target), "--torch", torch]
+            "--target", str(target), "--torch", torch, "--python", str(paths.base_python())]
 
 
 def start_install() -> ProcessMonitor:
@@ -110,14 +113,13 @@ class DA3_OT_install_dependencies(bpy.types.Operator):
         return self.report_result(finish_install())
 
     def modal(self, context, event):
-        if event.type != "TIMER" or event.timer is not self._timer:
+        if event.type != "TIMER":  # an Event does not say which timer fired: any tick will do
             return {"PASS_THROUGH"}
-        if _install is not None:
-            _install.poll(budget_s=0.004)
-        for area in context.screen.areas if context.screen else ():
-            area.tag_redraw()
+        if _install is not None and _install.poll(budget_s=0.004):
+            redraw_sidebars(context)
         if _install is not None and not _install.finished:
             return {"PASS_THROUGH"}
+        redraw_sidebars(context)
         context.window_manager.event_timer_remove(self._timer)
         return self.report_result(finish_install())
 

@@ -2,10 +2,11 @@
 ``da3.watch_job``: thin operators over ``reconstruct.py``.
 
 From the UI (invoke) the operator starts the job and hands it to ``da3.watch_job``: a
-window-manager timer ticks, each tick drains the worker's events within a few milliseconds,
-updates ``WindowManager.da3_job`` and redraws; Esc or the panel's Cancel button stops it; at the
-end the result is built on the main thread. Called from a script (execute), and always in
-background mode, the same job runs to completion before the call returns.
+window-manager timer ticks, each tick drains the worker's events within a few milliseconds and
+redraws the sidebar when what it shows changed (the panel reads the live run); Esc or the
+panel's Cancel button stops it; at the end the result is built on the main thread. Called from
+a script (execute), and always in background mode, the same job runs to completion before the
+call returns.
 """
 
 import atexit
@@ -23,13 +24,16 @@ from bpy.props import (
     StringProperty,
 )
 
-from .. import reconstruct
+from .. import api, reconstruct
 from ..engine.options import BuildOptions
 from ..engine.presets import DEFAULT_MODEL
 from ..properties import DEVICE_ITEMS, MODEL_ITEMS, SAMPLING_ITEMS, BuildOptionProps
 
 TICK_S = 0.1  # modal timer interval
 TICK_BUDGET_S = 0.004  # the most a tick spends draining events
+# A redraw of the sidebar composites the whole window: ~70 ms under software OpenGL with the
+# worker busy. Twice a second is live enough for a progress bar; a new stage shows at once.
+REDRAW_INTERVAL_S = 0.5
 
 # A run may override the machine's device, or leave it to the preferences.
 RUN_DEVICE_ITEMS = (
@@ -57,7 +61,9 @@ class DA3_OT_watch_job(bpy.types.Operator):
         run = reconstruct.current()
         if run is None:
             return {"CANCELLED"}
-        show_job(context.window_manager.da3_job, run)
+        end_job(context.window_manager.da3_job, "")
+        self._shown, self._shown_at = None, 0.0
+        self.show(context, run)
         self._timer = context.window_manager.event_timer_add(TICK_S, window=context.window)
         context.window_manager.modal_handler_add(self)
         return {"RUNNING_MODAL"}
@@ -69,11 +75,26 @@ class DA3_OT_watch_job(bpy.types.Operator):
         if event.type == "ESC" and event.value == "PRESS":
             run.cancel(wait=False)
             return {"RUNNING_MODAL"}
-        if event.type != "TIMER" or event.timer is not self._timer:
+        # Any timer's tick will do (bpy.types.Event does not say which timer fired); a tick
+        # costs a few milliseconds at most, and only a change of what the panel shows redraws.
+        if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        advance(context.window_manager.da3_job, run)
-        redraw_sidebars(context)
+        run.tick(budget_s=TICK_BUDGET_S)
+        self.show(context, run)
         return self.finish(context, run) if run.finished else {"PASS_THROUGH"}
+
+    def show(self, context, run) -> None:
+        """Redraw the sidebar when what it shows changed: a new stage at once, progress within
+        the stage at most every REDRAW_INTERVAL_S."""
+        shown = (run.state.stage, run.status_line())
+        now = time.monotonic()
+        if shown == self._shown:
+            return
+        if self._shown is not None and shown[0] == self._shown[0] and \
+                now - self._shown_at < REDRAW_INTERVAL_S:
+            return
+        self._shown, self._shown_at = shown, now
+        redraw_sidebars(context)
 
     def finish(self, context, run):
         context.window_manager.event_timer_remove(self._timer)
@@ -81,7 +102,7 @@ class DA3_OT_watch_job(bpy.types.Operator):
         try:
             if run is None:
                 raise reconstruct.ReconstructCancelled("stopped")
-            self.report({"INFO"}, finished_message(run, run.build(context)))
+            report_result(self, run, run.build(context))
         except reconstruct.ReconstructCancelled:
             end_job(job, "")
             self.report({"WARNING"}, "Cancelled")
@@ -108,6 +129,14 @@ def finished_message(run, collection) -> str:
     if collection is None:
         return f"Downloaded the {run.request.model} weights"
     return f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)"
+
+
+def report_result(op, run, collection) -> None:
+    """What was built, and on its own line what was asked for but could not be built."""
+    op.report({"INFO"}, finished_message(run, collection))
+    warning = "" if collection is None else api.result_warning(collection)
+    if warning:
+        op.report({"WARNING"}, warning)
 
 
 def follow_in_ui(run) -> None:
@@ -217,8 +246,7 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
     # -- background mode and scripts: block until done --------------------------------------
 
     def run_blocking(self, context, request):
-        collection = reconstruct.run(request, context=context, report=print)
-        self.report({"INFO"}, finished_message(None, collection))
+        report_result(self, None, reconstruct.run(request, context=context, report=print))
         return {"FINISHED"}
 
     def start_modal(self, _context, request):
@@ -298,43 +326,27 @@ def fill_unset_from(op, settings) -> None:
 
 
 def remember_source(context, sources: list[str]) -> None:
+    """Keep the source in the panel; written only when it changed, since each write to a scene
+    property redraws the whole window (the 3D viewport included)."""
     settings = getattr(context.scene, "da3", None)
-    if settings is not None and len(sources) == 1:
+    if settings is not None and len(sources) == 1 and settings.source != sources[0]:
         settings.source = sources[0]
 
 
-def advance(job, run) -> float:
-    """One timer tick: drain what the worker said, show it; returns the seconds it took."""
-    started = time.perf_counter()
-    run.tick(budget_s=TICK_BUDGET_S)
-    show_job(job, run)
-    return time.perf_counter() - started
-
-
-def show_job(job, run) -> None:
-    """Copy the run's state into WindowManager.da3_job for the panel."""
-    state = run.state
-    job.running = True
-    job.stage = state.stage
-    job.progress = run.progress()
-    job.done, job.total, _unit = run.counts()
-    job.eta_s = -1.0 if state.eta_s is None else float(state.eta_s)
-    job.message = run.status_line()
-    job.error = ""
-
-
 def end_job(job, error: str) -> None:
-    job.running = False
-    job.progress = 0.0
-    job.error = error
-    job.message = ""
+    if job.error != error:
+        job.error = error
 
 
 def redraw_sidebars(context) -> None:
+    """Redraw the 3D views' sidebars only: tagging a whole area redraws its viewport too,
+    which under software OpenGL costs a large share of every tick."""
     screen = context.screen
     for area in screen.areas if screen else ():
         if area.type == "VIEW_3D":
-            area.tag_redraw()
+            for region in area.regions:
+                if region.type == "UI":
+                    region.tag_redraw()
 
 
 @persistent

@@ -53,17 +53,30 @@ class DA3_PT_output(bpy.types.Panel):
         draw_build_options(self.layout, context.scene.da3)
 
 
+class DA3_PT_scale(bpy.types.Panel):
+    bl_idname = "DA3_PT_scale"
+    bl_label = "Real Scale"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DA3"
+    bl_parent_id = "DA3_PT_main"
+
+    def draw(self, context):
+        draw_scale(self.layout, context)
+
+
 # -- the main panel ------------------------------------------------------------------------------
 
 def draw_main(layout, context) -> None:
     settings = context.scene.da3
-    job = context.window_manager.da3_job
+    run = reconstruct.current()
     env_ok = draw_environment(layout)
-    if job.running:
-        draw_progress(layout, job)
-    elif job.error:
-        draw_error(layout, job.error)
-    draw_source(layout, settings, enabled=env_ok and not job.running)
+    error = context.window_manager.da3_job.error
+    if run is not None:
+        draw_progress(layout, run)
+    elif error:
+        draw_error(layout, error)
+    draw_source(layout, settings, enabled=env_ok and run is None)
 
 
 def draw_environment(layout) -> bool:
@@ -86,14 +99,16 @@ def draw_environment(layout) -> bool:
     return False
 
 
-def draw_progress(layout, job) -> None:
+def draw_progress(layout, run) -> None:
+    """The running job, read live from ``reconstruct.current()``."""
     box = layout.box()
-    box.progress(factor=job.progress, type="BAR", text=job.message or "Starting")
+    box.progress(factor=run.progress(), type="BAR", text=run.status_line())
     row = box.row()
-    if job.total > 0:
-        row.label(text=f"{job.done} / {job.total}")
-    if job.eta_s >= 0:
-        row.label(text=f"ETA {reconstruct.format_seconds(job.eta_s)}", icon="TIME")
+    done, total, unit = run.counts()
+    if total > 0:
+        row.label(text=f"{done} / {total}{unit}")
+    if run.state.eta_s is not None and run.state.eta_s >= 0:
+        row.label(text=f"ETA {reconstruct.format_seconds(run.state.eta_s)}", icon="TIME")
     box.operator("da3.cancel_reconstruct", text="Cancel (Esc)", icon="CANCEL")
 
 
@@ -173,6 +188,14 @@ def draw_build_options(layout, settings) -> None:
     layout.prop_search(settings, "crop_object", bpy.data, "objects")
 
 
+def draw_scale(layout, context) -> None:
+    """Set Real Scale, with what to select for it: DA3's relative depth has no real unit."""
+    column = layout.column(align=True)
+    column.label(text="Select two points of a result:", icon="INFO")
+    column.label(text="2 vertices (Edit Mode) or 2 objects")
+    layout.operator("da3.set_scale", icon="DRIVER_DISTANCE")
+
+
 def draw_run_settings(layout, op, context) -> None:
     """The reconstruct operator's dialog (after a drop): what the panel shows, on the operator.
 
@@ -223,7 +246,7 @@ def wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-CLASSES = (DA3_PT_main, DA3_PT_model, DA3_PT_output)
+CLASSES = (DA3_PT_main, DA3_PT_model, DA3_PT_output, DA3_PT_scale)
 
 
 def register():

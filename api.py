@@ -64,6 +64,12 @@ def import_prediction(filepath: str | os.PathLike | Prediction, options: BuildOp
                             crop, timings)
 
 
+def result_warning(collection: bpy.types.Collection) -> str:
+    """One line on what the result lacks that was asked for (and why, and what to try); ""
+    when everything asked for was built."""
+    return collection.get("da3_notes", "")
+
+
 def set_scale(collection: bpy.types.Collection, measured: float, real: float) -> float:
     """Rescale a result so that a distance measured as ``measured`` becomes ``real``.
 

@@ -1,8 +1,10 @@
 """The headless command line: ``blender -c da3_reconstruct INPUT -o OUT.blend [options]``.
 
 Reconstructs INPUT (a folder of images, image files or a video) into a new, empty scene, saves
-it as OUT.blend and optionally renders a preview PNG with Cycles. Exit codes: 0 done, 1 failed
-(one line on stderr saying why), 2 bad arguments, 130 interrupted. Blender as a Python module has
+it as OUT.blend, then optionally renders a preview PNG with Cycles. Exit codes: 0 done, 1 failed
+(one line on stderr saying why; when only the preview failed, the line says the .blend was saved),
+2 bad arguments, 130 interrupted. A missing output (no surface survived fusion, say) is one
+warning line on stderr; the run still succeeds. Blender as a Python module has
 no ``blender`` executable: ``scripts/da3_cli.py`` runs the same function there.
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 import bpy
 
 from . import reconstruct
+from .api import result_warning
+from .builder.compat import cycles_can_denoise, node_tree_of
 from .engine.options import FUSION_MODES, BuildOptions
 from .engine.presets import DEFAULT_MODEL, PRESETS
 from .engine.protocol import DEVICES
@@ -27,6 +31,10 @@ _handle = None
 
 class UsageError(Exception):
     """Bad arguments: argparse's message, without its usage block and without exiting."""
+
+
+class PreviewFailed(RuntimeError):
+    """The .blend was saved; only the preview render failed."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +96,10 @@ def request_from(args: argparse.Namespace) -> reconstruct.Request:
     options = BuildOptions.from_mapping(vars(args))
     if args.motion and args.fps > 0:
         raise ValueError("--motion and --fps exclude each other: --motion keeps at most --frames")
+    if args.max_frames < 1:
+        raise ValueError("--frames must be at least 1")
+    if args.render and not options.output_cameras:
+        raise ValueError("--render needs a camera: keep --output-cameras on")
     sampling = "MOTION" if args.motion else "FPS" if args.fps > 0 else "COUNT"
     return reconstruct.Request(
         sources=list(args.inputs), model=args.model, weights=args.weights, device=args.device,
@@ -129,11 +141,18 @@ def reconstruct_and_save(request: reconstruct.Request, output: Path, preview: Pa
     bpy.ops.wm.read_homefile(use_empty=True)
     collection = reconstruct.run(request, context=bpy.context, report=say)
     say(f"DA3: built '{collection.name}' ({len(collection.all_objects)} objects)")
-    if preview is not None:
-        render_preview(preview)
-        say(f"DA3: rendered the preview {preview}")
+    warning = result_warning(collection)
+    if warning:
+        print(f"da3_reconstruct: warning: {warning}", file=sys.stderr, flush=True)
+    # Save before anything else can fail: a finished reconstruction is never lost to the preview.
     bpy.ops.wm.save_as_mainfile(filepath=str(output.resolve()), check_existing=False)
     say(f"DA3: saved {output}")
+    if preview is not None:
+        try:
+            render_preview(preview)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise PreviewFailed(f"saved {output}, but the preview render failed: {one_line(exc)}") from exc
+        say(f"DA3: rendered the preview {preview}")
 
 
 def render_preview(path: Path, long_side: int = 640, samples: int = 16) -> None:
@@ -149,6 +168,7 @@ def render_preview(path: Path, long_side: int = 640, samples: int = 16) -> None:
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
+    scene.cycles.use_denoising = cycles_can_denoise()
     light_evenly(scene)
     path.parent.mkdir(parents=True, exist_ok=True)
     render.image_settings.file_format = "PNG"
@@ -163,9 +183,7 @@ def light_evenly(scene) -> None:
     world = scene.world or bpy.data.worlds.new("DA3 Preview")
     scene.world = world
     world.color = (1.0, 1.0, 1.0)
-    if world.node_tree is None:  # Blender < 5.0 makes worlds without nodes
-        world.use_nodes = True
-    background = next((n for n in world.node_tree.nodes if n.type == "BACKGROUND"), None)
+    background = next((n for n in node_tree_of(world).nodes if n.type == "BACKGROUND"), None)
     if background is not None:
         background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
         background.inputs["Strength"].default_value = 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bpy
 
+from .compat import node_tree_of
 from .meshes import COLOR_ATTRIBUTE
 
 
@@ -14,9 +15,8 @@ def color_material(name: str) -> bpy.types.Material:
     points, the view meshes and the surface share one material.
     """
     material = bpy.data.materials.new(name)
-    if bpy.app.version < (5, 0, 0):  # node-based by default from 5.0 on (use_nodes deprecated)
-        material.use_nodes = True
-    nodes, links = material.node_tree.nodes, material.node_tree.links
+    tree = node_tree_of(material)
+    nodes, links = tree.nodes, tree.links
     shader = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
     shader.inputs["Roughness"].default_value = 1.0  # a photo's colours already hold the lighting
     attribute = nodes.new("ShaderNodeAttribute")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import bmesh
 import bpy
-from bpy_extras import anim_utils
 from mathutils import Vector
+
+from .compat import action_fcurves
 
 SCALE_KEY = "da3_scale"
 
@@ -59,8 +60,4 @@ def _scale_animated_location(obj: bpy.types.Object, factor: float) -> None:
 
 
 def _location_curves(obj: bpy.types.Object) -> list:
-    anim = obj.animation_data
-    if anim is None or anim.action is None:
-        return []
-    channels = anim_utils.action_get_channelbag_for_slot(anim.action, anim.action_slot)
-    return [] if channels is None else [c for c in channels.fcurves if c.data_path == "location"]
+    return [c for c in action_fcurves(obj) if c.data_path == "location"]

@@ -20,7 +20,8 @@ def remesh_surface(build) -> bpy.types.Object | None:
     voxel = geometry.voxel_size_for(build.geo, build.options.voxel_size)
     joined = geometry.surface_input(build.geo, build.prediction.depth, voxel)
     if len(joined.triangles) == 0:  # e.g. every view edge-on: keep the rest of the result
-        build.note("no surface: no part of any view faces its camera with neighbouring pixels")
+        build.note("no surface: no part of any view faces its camera with neighbouring pixels "
+                   "(views edge-on); try fusion='TSDF' or photos that face the surfaces")
         return None
     mesh = mesh_from_arrays(f"{build.name} surface", joined.vertices, joined.triangles,
                             joined.colors)
@@ -99,7 +100,8 @@ def tsdf_surface(build) -> bpy.types.Object | None:
         fused = fuse_here(build)
     if fused is None or len(fused.faces) == 0:
         if fused is not None:
-            build.note("no TSDF surface: the views agree on no surface (try fusion='REMESH')")
+            build.note("no TSDF surface: the views disagree, so no voxel was seen as surface by "
+                       "enough of them; try fusion='REMESH', a larger voxel_size, or more overlapping photos")
         return None
     colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
     vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
@@ -138,7 +140,7 @@ def fuse_here(build) -> fusion.FusedMesh | None:
         with _window_progress(build.context) as progress:
             return fusion.fuse_tsdf(pred, tsdf_options, progress)
     except ValueError as exc:  # no usable pixel, or nothing fits: keep the rest of the result
-        build.note(f"no TSDF surface: {exc}")
+        build.note(f"no TSDF surface: {exc}; try fusion='REMESH', or photos that overlap more")
         return None
 
 

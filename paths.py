@@ -7,6 +7,7 @@ then the defaults under the extension's per-user directory.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import bpy
@@ -14,6 +15,7 @@ import bpy
 from . import vendor_install
 
 ENV_WORKER_PYTHON = "DA3_WORKER_PYTHON"
+ENV_BASE_PYTHON = "DA3_BASE_PYTHON"
 ENV_MODELS_DIR = "DA3_MODELS_DIR"
 
 
@@ -43,6 +45,18 @@ def worker_python() -> Path:
     if prefs and prefs.worker_python:
         return Path(bpy.path.abspath(prefs.worker_python))
     return vendor_install.env_python(worker_env_dir())
+
+
+def base_python() -> Path:
+    """The interpreter 'Install dependencies' makes the worker environment from: Blender's own
+    unless the preferences or DA3_BASE_PYTHON name another (Blender 5.1+ runs Python 3.13+,
+    for which PyTorch's CPU builds may be missing from the package index)."""
+    if os.environ.get(ENV_BASE_PYTHON):
+        return Path(os.environ[ENV_BASE_PYTHON])
+    prefs = preferences()
+    if prefs and prefs.base_python:
+        return Path(bpy.path.abspath(prefs.base_python))
+    return Path(sys.executable)
 
 
 def models_dir() -> Path:

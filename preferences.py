@@ -17,6 +17,13 @@ class DA3Preferences(bpy.types.AddonPreferences):
         "'Install dependencies' creates",
         subtype="FILE_PATH",
     )
+    base_python: StringProperty(
+        name="Install With",
+        description="Python 3.11 or newer that 'Install dependencies' makes the worker "
+        "environment from; empty uses Blender's own (on Blender 5.1+, Python 3.13+, PyTorch's "
+        "index may offer only large CUDA builds)",
+        subtype="FILE_PATH",
+    )
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="AUTO")
     models_dir: StringProperty(
         name="Models Folder",
@@ -36,6 +43,7 @@ class DA3Preferences(bpy.types.AddonPreferences):
         if not status.ok:
             box.operator("da3.install_dependencies", icon="IMPORT")
         layout.prop(self, "worker_python")
+        layout.prop(self, "base_python")
         layout.prop(self, "device")
         layout.prop(self, "models_dir")
         layout.label(text=f"Models: {paths.models_dir()}")

@@ -47,6 +47,7 @@ PACKAGES = (
     "huggingface_hub==2.4.0",
     "opencv-python-headless==5.0.0.93",
     "pillow==13.0.0",
+    "psutil==7.2.2",  # process and system memory on Windows, macOS and Linux (chunk sizing)
     "scipy==1.17.1",  # evo's pose code needs it (giant and nested presets)
 )
 # evo is imported when the giant/nested networks are built; its own dependencies
@@ -262,7 +263,7 @@ class Progress:
 
 
 def install(target, torch: str = "auto", progress=None, *, force: bool = False,
-            torch_index: str | None = None) -> str:
+            torch_index: str | None = None, python: str | os.PathLike | None = None) -> str:
     """Create (or check) the worker environment in ``target``; returns a one-line summary.
 
     Parameters
@@ -279,6 +280,10 @@ def install(target, torch: str = "auto", progress=None, *, force: bool = False,
         Recreate even when the environment is current.
     torch_index : str, optional
         Index URL for torch; default ``$DA3_TORCH_INDEX_URL``, else PyTorch's index.
+    python : path, optional
+        The interpreter the environment is made from (3.11 or newer); default the one running
+        this. Blender 5.1+ runs Python 3.13+, for which PyTorch's package index may only hold
+        large CUDA builds: a separate Python 3.11 or 3.12 avoids that.
 
     Raises
     ------
@@ -288,7 +293,7 @@ def install(target, torch: str = "auto", progress=None, *, force: bool = False,
     """
     started = time.monotonic()
     report = Progress(progress)
-    check_python()
+    base = BasePython.check(Path(python) if python else Path(sys.executable))
     check_platform()
     variant = resolve_variant(torch)
     target = Path(target).expanduser().absolute()
@@ -297,22 +302,22 @@ def install(target, torch: str = "auto", progress=None, *, force: bool = False,
     with install_lock(target, report):
         report.stage("check", f"Checking the environment in {target} (torch: {variant} build)")
         report.advance(1)
-        reason = "forced" if force else why_not_current(target, variant)
+        reason = "forced" if force else why_not_current(target, variant, base)
         if reason is None:
             report.advance()
             return summary_line(read_marker(target), time.monotonic() - started, reused=True)
-        build_environment(target, variant, reason, report, torch_index)
-        marker = finish(target, variant, started, report)
+        build_environment(target, variant, reason, report, torch_index, base)
+        marker = finish(target, variant, started, report, base)
     return marker["summary"]
 
 
 def build_environment(target: Path, variant: str, reason: str, report: Progress,
-                      torch_index: str | None) -> None:
+                      torch_index: str | None, base: BasePython) -> None:
     if reason != "new environment":
         report.stage("venv", f"Recreating the environment ({reason})")
     clear_folder(target)
     write_file(target / STAMP_NAME, "made by DA3 Reconstruct's vendor_install.py\n")
-    create_venv(target, report)
+    create_venv(target, report, base)
     report.advance(2)
     python = env_python(target)
     for number, step in enumerate(install_steps(variant), start=3):
@@ -322,14 +327,14 @@ def build_environment(target: Path, variant: str, reason: str, report: Progress,
         report.advance(number)
 
 
-def finish(target: Path, variant: str, started: float, report: Progress) -> dict:
+def finish(target: Path, variant: str, started: float, report: Progress, base: BasePython) -> dict:
     report.stage("selftest", "Testing the environment (imports, builds da3-small)")
     info = run_self_test(env_python(target))
     marker = {
         "format": MARKER_FORMAT,
         "pins_hash": pins_hash(variant),
         "torch_variant": variant,
-        "python": platform.python_version(),
+        "python": base.version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **info,
         "size_mb": folder_size_mb(target),
@@ -341,11 +346,33 @@ def finish(target: Path, variant: str, started: float, report: Progress) -> dict
     return marker
 
 
-def check_python() -> None:
-    if sys.version_info < MIN_PYTHON:
-        raise InstallError(
-            f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed to create the DA3 "
-            f"environment; {sys.executable} is Python {platform.python_version()}")
+@dataclass
+class BasePython:
+    """The interpreter the environment is made from, and its version."""
+
+    path: Path
+    version: str
+
+    @classmethod
+    def check(cls, path: Path) -> BasePython:
+        """Its version, asked of it; InstallError when it does not run or is too old."""
+        if Path(path) == Path(sys.executable):
+            version = sys.version_info[:3]
+        else:
+            try:
+                answer = subprocess.run([str(path), "-I", "-c", "import sys; print(*sys.version_info[:3])"],
+                                        capture_output=True, text=True, timeout=60)
+                version = tuple(int(v) for v in answer.stdout.split())
+            except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+                raise InstallError(f"cannot run the Python {path} to create the environment: {exc}") from None
+            if answer.returncode != 0 or len(version) != 3:
+                raise InstallError(f"cannot run the Python {path} to create the environment")
+        text = ".".join(map(str, version))
+        if version[:2] < MIN_PYTHON:
+            raise InstallError(
+                f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed to create the DA3 "
+                f"environment; {path} is Python {text}")
+        return cls(Path(path), text)
 
 
 def check_platform() -> None:
@@ -411,13 +438,15 @@ def try_lock(handle) -> bool:
     return True
 
 
-def why_not_current(target: Path, variant: str) -> str | None:
+def why_not_current(target: Path, variant: str, base: BasePython) -> str | None:
     """None when the environment is verified and current, else why it must be (re)built."""
     if not is_managed(target):
         return "new environment"
     marker = read_marker(target)
     if marker and marker.get("torch_variant") != variant:
         return f"torch build changes from {marker.get('torch_variant')} to {variant}"
+    if marker and marker.get("python") != base.version:
+        return f"Python changes from {marker.get('python')} to {base.version}"
     problem = marker_problem(target)
     if problem:
         return problem
@@ -471,12 +500,12 @@ def clear_folder(target: Path) -> None:
                                f"{exc.strerror or exc} (is the worker still running?)") from None
 
 
-def create_venv(target: Path, report: Progress) -> None:
-    report.stage("venv", f"Creating a virtual environment with Python {platform.python_version()}")
+def create_venv(target: Path, report: Progress, base: BasePython) -> None:
+    report.stage("venv", f"Creating a virtual environment with Python {base.version} ({base.path})")
     # -I: Blender (or a shell) may set PYTHONPATH/PYTHONHOME for its own interpreter.
-    result = run_streaming([sys.executable, "-I", "-m", "venv", str(target)], report, "venv")
+    result = run_streaming([str(base.path), "-I", "-m", "venv", str(target)], report, "venv")
     if result.returncode != 0 or not env_python(target).is_file():
-        raise InstallError(f"could not create a virtual environment with {sys.executable}: "
+        raise InstallError(f"could not create a virtual environment with {base.path}: "
                            f"{last_meaningful_line(result.tail)}")
 
 
@@ -597,7 +626,7 @@ def run_streaming(command: list, report: Progress, stage: str) -> StreamResult:
 SELF_TEST_SCRIPT = r"""
 import importlib.metadata as md, json, os, sys, time
 started = time.perf_counter()
-import cv2, numpy, PIL, safetensors, scipy, torch
+import cv2, numpy, PIL, psutil, safetensors, scipy, torch
 import addict, einops, huggingface_hub, omegaconf
 import evo.core.trajectory  # the giant and nested presets import it when built
 from depth_anything_3 import cfg, registry
@@ -693,6 +722,8 @@ def parse_args(argv) -> argparse.Namespace:
                         help="torch build; auto = CUDA when nvidia-smi sees a GPU (default)")
     parser.add_argument("--torch-index", default=None,
                         help=f"index URL for torch (default: ${TORCH_INDEX_ENV} or PyTorch's)")
+    parser.add_argument("--python", default=None, metavar="PYTHON",
+                        help="interpreter to make the environment from, 3.11+ (default: this one)")
     parser.add_argument("--force", action="store_true", help="recreate even if it is current")
     parser.add_argument("--events", action="store_true",
                         help="print JSON-lines events on stdout (pip's output goes to stderr)")
@@ -719,7 +750,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         summary = install(args.target, args.torch, emit, force=args.force,
-                          torch_index=args.torch_index)
+                          torch_index=args.torch_index, python=args.python)
     except InstallError as exc:
         return fail(args.events, "dependency", str(exc))
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ cancellation between and inside chunks. torch is imported only inside the probin
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
@@ -338,14 +337,10 @@ def measure_chunk_size(forward: Callable[[int], object], device: str, *,
 
 
 def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
+    """The worker's resident memory (psutil: the same call on Windows, macOS and Linux)."""
+    import psutil
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+    return int(psutil.Process().memory_info().rss)
 
 
 def _rss_peak_during(call: Callable[[], object], baseline: int | None = None,
@@ -369,11 +364,6 @@ def _rss_peak_during(call: Callable[[], object], baseline: int | None = None,
 
 
 def _available_system_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    import psutil
+
+    return int(psutil.virtual_memory().available)

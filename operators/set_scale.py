@@ -51,14 +51,25 @@ def measure(context):
     return collection, span
 
 
+def menu_entry(self, _context):
+    """Set Real Scale in the object and edit-mesh context menus, where a pair is selected."""
+    self.layout.separator()
+    self.layout.operator(DA3_OT_set_scale.bl_idname, icon="DRIVER_DISTANCE")
+
+
 CLASSES = (DA3_OT_set_scale,)
+MENUS = (bpy.types.VIEW3D_MT_object_context_menu, bpy.types.VIEW3D_MT_edit_mesh_context_menu)
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    for menu in MENUS:
+        menu.append(menu_entry)
 
 
 def unregister():
+    for menu in MENUS:
+        menu.remove(menu_entry)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -5,8 +5,8 @@ operator (or operator argument) that does not exist fails the test instead of a 
 
 from __future__ import annotations
 
-import sys
 import time
+from importlib import import_module
 
 import pytest
 
@@ -124,18 +124,27 @@ def test_idle_shows_source_and_the_one_button(blender, ready_env):
     assert not any(c[0] == "progress" for c in calls)
 
 
-def test_running_shows_progress_eta_and_cancel(blender, ready_env):
-    job = blender.context.window_manager.da3_job
-    job.running, job.progress, job.done, job.total, job.eta_s = True, 0.5, 3, 8, 12.0
-    job.message = "Estimating depth 3/8, about 12 s left"
+def test_running_shows_progress_eta_and_cancel(blender, addon, ready_env, small_weights, tmp_path):
+    """The panel reads the live run (a real worker): progress bar, counts and Cancel."""
+    from test_reconstruct import RES, write_images
+
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "photos", count=2)
+    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
+                                                device="cpu", process_res=RES))
     try:
+        while run.state.stage != "inference" or run.state.total == 0:
+            assert not run.finished, run.state.error
+            run.tick(timeout=0.1)
         calls = draw(blender, "DA3_PT_main")
     finally:
-        job.running = False
+        run.close()
     print(texts(calls))
-    assert ("progress", 0.5, "Estimating depth 3/8, about 12 s left") in calls
-    assert ("label", "3 / 8") in calls and ("label", "ETA 12 s") in calls
+    progress = next(c for c in calls if c[0] == "progress")
+    assert 0.4 < progress[1] < 0.9 and progress[2].startswith("Estimating depth")
+    assert any(c[0] == "label" and " / " in c[1] for c in calls)
     assert ("operator", "da3.cancel_reconstruct", "Cancel (Esc)") in calls
+    assert not any(c[0] == "progress" for c in draw(blender, "DA3_PT_main")), "idle again"
 
 
 def test_error_shows_the_message(blender, ready_env):
@@ -217,37 +226,19 @@ def test_download_refuses_offline_with_one_line(blender, ready_env):
         blender.ops.da3.download_weights(model="da3-small")
 
 
-@pytest.fixture
-def fake_installer(blender, addon, monkeypatch, tmp_path):
-    """vendor_install's --events stand-in: the real one needs the network."""
-    from importlib import import_module
-
-    install_deps = import_module(f"{addon.__name__}.operators.install_deps")
-    script = tmp_path / "fake_install.py"
-    monkeypatch.setattr(install_deps, "install_command",
-                        lambda target, torch="auto": [sys.executable, str(script), str(target)])
+def test_install_failure_is_one_line(blender, monkeypatch):
+    """The real installer, made to fail: the Python to build the environment from is missing.
+    (A real install from the panel runs in test_real_blender.)"""
+    monkeypatch.setenv("DA3_BASE_PYTHON", "/nonexistent/python3")
     blender.context.preferences.system.use_online_access = True
-    yield script
-    blender.context.preferences.system.use_online_access = False
-
-
-def test_install_runs_the_installer_and_reports_success(blender, fake_installer):
-    fake_installer.write_text(
-        "import json\n"
-        "for e in ({'event': 'stage', 'stage': 'venv', 'message': 'creating the environment'},\n"
-        "          {'event': 'progress', 'done': 1, 'total': 3},\n"
-        "          {'event': 'done', 'summary': 'DA3 environment ready'}):\n"
-        "    print(json.dumps(e), flush=True)\n")
-    assert blender.ops.da3.install_dependencies() == {"FINISHED"}
-
-
-def test_install_failure_is_one_line(blender, fake_installer):
-    fake_installer.write_text(
-        "import json, sys\n"
-        "print(json.dumps({'event': 'error', 'kind': 'dependency', 'message': 'pip failed: no torch'}))\n"
-        "sys.exit(1)\n")
-    with pytest.raises(RuntimeError, match="Installing the dependencies failed: pip failed: no torch"):
-        blender.ops.da3.install_dependencies()
+    try:
+        with pytest.raises(RuntimeError) as info:
+            blender.ops.da3.install_dependencies()
+    finally:
+        blender.context.preferences.system.use_online_access = False
+    message = str(info.value).strip()
+    assert "Installing the dependencies failed: cannot run the Python /nonexistent/python3" in message
+    assert "\n" not in message
 
 
 def test_the_drop_dialog_draws_the_operators_settings(blender, addon):

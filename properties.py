@@ -72,9 +72,13 @@ class BuildOptionProps:
         name="Isolate Object", default=_DEFAULTS.object_mode,
         description="TSDF: the photos circle one object; keep it alone and closed (drops the "
         "floor, background and loose bits)")
+    # No methods here: Blender 4.2 crashes at exit after a class whose mixin has both
+    # annotations and methods was registered (build_options below is a function for that).
 
-    def build_options(self) -> BuildOptions:
-        return BuildOptions.from_mapping(self)
+
+def build_options(props) -> BuildOptions:
+    """The BuildOptions that ``props`` (settings or an operator with BuildOptionProps) holds."""
+    return BuildOptions.from_mapping(props)
 
 
 class DA3Settings(BuildOptionProps, bpy.types.PropertyGroup):

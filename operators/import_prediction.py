@@ -6,7 +6,7 @@ from bpy_extras.io_utils import ImportHelper
 
 from .. import api
 from ..engine.prediction import PredictionError
-from ..properties import BuildOptionProps
+from ..properties import BuildOptionProps, build_options
 
 
 class DA3_OT_import_prediction(BuildOptionProps, bpy.types.Operator, ImportHelper):
@@ -21,7 +21,7 @@ class DA3_OT_import_prediction(BuildOptionProps, bpy.types.Operator, ImportHelpe
 
     def execute(self, context):
         try:
-            options = self.build_options()
+            options = build_options(self)
             collection = api.import_prediction(self.filepath, options, context=context)
         except (PredictionError, ValueError) as exc:
             self.report({"ERROR"}, str(exc))

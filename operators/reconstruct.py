@@ -27,7 +27,7 @@ from bpy.props import (
 from .. import api, reconstruct
 from ..engine.options import BuildOptions
 from ..engine.presets import DEFAULT_MODEL
-from ..properties import DEVICE_ITEMS, MODEL_ITEMS, SAMPLING_ITEMS, BuildOptionProps
+from ..properties import DEVICE_ITEMS, MODEL_ITEMS, SAMPLING_ITEMS, BuildOptionProps, build_options
 
 TICK_S = 0.1  # modal timer interval
 TICK_BUDGET_S = 0.004  # the most a tick spends draining events
@@ -240,7 +240,7 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
             device="" if self.device == "PREFERENCES" else self.device.lower(),
             process_res=self.process_res,
             **reconstruct.sampling_fields(self.frame_sampling, self.max_frames, self.fps),
-            options=self.build_options(),
+            options=build_options(self),
         )
 
     # -- background mode and scripts: block until done --------------------------------------

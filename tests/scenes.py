@@ -288,13 +288,13 @@ def cycles_render(shapes, cams, K, width, height, samples, lamp=False):
         add_shape(scene, s)
     cam = add_camera(scene, K, width)
     out = Path(tempfile.mkdtemp(prefix="da3-scene-"))
-    depth_node_output(scene, out)
+    files = depth_node_output(scene, out)
     images, depths = [], []
     for w2c in cams:
         cam.matrix_world = blender_camera_matrix(w2c)
         bpy.ops.render.render(write_still=False)
-        images.append(read_exr(out / "rgb.exr")[..., :3])
-        depths.append(read_exr(out / "depth.exr")[..., 0])
+        images.append(read_exr(files["rgb"])[..., :3])
+        depths.append(read_exr(files["depth"])[..., 0])
     bpy.ops.wm.read_homefile(use_empty=True)
     depth = np.array(depths, np.float32)
     depth[depth > 1e6] = 0
@@ -313,6 +313,8 @@ def setup_cycles(scene, width, height, samples):
     scene.render.resolution_percentage = 100
     scene.view_layers[0].use_pass_z = True
     world = bpy.data.worlds.new("world")
+    if world.node_tree is None:  # node-based from the start on 5.0, not on 4.2
+        world.use_nodes = True
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.3, 0.3, 0.35, 1)
     scene.world = world
     sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
@@ -328,6 +330,8 @@ def add_shape(scene, shape: Shape):
     mesh.from_pydata(shape.vertices.tolist(), [], [list(f) for f in shape.faces])
     mat = bpy.data.materials.new(shape.name)
     mat.diffuse_color = (*shape.color, 1)
+    if mat.node_tree is None:  # node-based from the start on 5.0, not on 4.2
+        mat.use_nodes = True
     mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*shape.color, 1)
     mesh.materials.append(mat)
     scene.collection.objects.link(bpy.data.objects.new(shape.name, mesh))
@@ -357,22 +361,41 @@ def blender_camera_matrix(w2c):
     return Matrix(m.tolist())
 
 
-def depth_node_output(scene, folder: Path):
+def depth_node_output(scene, folder: Path) -> dict[str, Path]:
+    """Compositor nodes that write each render's colour and depth as EXR files; returns where.
+
+    Blender 5.0 made the compositor a node group of its own and File Output items named files;
+    4.2 has the scene's node tree and file slots, and adds the frame number to the name.
+    """
     import bpy
 
-    tree = bpy.data.node_groups.new("depth", "CompositorNodeTree")
-    scene.compositing_node_group = tree
-    layers = tree.nodes.new("CompositorNodeRLayers")
-    out = tree.nodes.new("CompositorNodeOutputFile")
-    out.file_output_items.new("FLOAT", "depth")
-    out.file_output_items.new("RGBA", "rgb")
-    out.format.media_type = "IMAGE"
+    if bpy.app.version >= (5, 0, 0):
+        tree = bpy.data.node_groups.new("depth", "CompositorNodeTree")
+        scene.compositing_node_group = tree
+        out = tree.nodes.new("CompositorNodeOutputFile")
+        out.file_output_items.new("FLOAT", "depth")
+        out.file_output_items.new("RGBA", "rgb")
+        out.format.media_type = "IMAGE"
+        out.directory = str(folder)
+        out.file_name = ""
+        names = {"depth": "depth.exr", "rgb": "rgb.exr"}
+    else:
+        scene.use_nodes = True
+        tree = scene.node_tree
+        tree.nodes.clear()
+        out = tree.nodes.new("CompositorNodeOutputFile")
+        out.base_path = str(folder)
+        out.file_slots.clear()
+        out.file_slots.new("depth")
+        out.file_slots.new("rgb")
+        frame = f"{scene.frame_current:04d}"
+        names = {"depth": f"depth{frame}.exr", "rgb": f"rgb{frame}.exr"}
     out.format.file_format = "OPEN_EXR"
     out.format.color_depth = "32"
-    out.directory = str(folder)
-    out.file_name = ""
+    layers = tree.nodes.new("CompositorNodeRLayers")
     tree.links.new(layers.outputs["Depth"], out.inputs["depth"])
     tree.links.new(layers.outputs["Image"], out.inputs["rgb"])
+    return {key: folder / name for key, name in names.items()}
 
 
 def read_exr(path: Path) -> np.ndarray:

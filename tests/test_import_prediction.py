@@ -218,15 +218,32 @@ def test_points_render_as_coloured_points(blender, addon):
     pred, _ = make_prediction(n_views=1)
     coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
     (points,) = by_role(coll, "points")
-    evaluated = points.evaluated_get(blender.context.evaluated_depsgraph_get())
-    geometry = evaluated.evaluated_geometry()  # what the renderer gets; keep it alive
-    cloud = geometry.pointcloud
-    assert len(cloud.points) == len(points.data.vertices) > 0
-    assert {"Col", "radius"} <= {a.name for a in cloud.attributes}
-    assert cloud.materials[0].original == points.data.materials[0]
-    radius = np.empty(len(cloud.points), np.float32)
-    cloud.attributes["radius"].data.foreach_get("value", radius)
+    count, names, material, radius = rendered_points(blender, points)
+    assert count == len(points.data.vertices) > 0
+    assert {"Col", "radius"} <= names
+    assert material == points.data.materials[0]
     assert 0 < radius[0] < 0.05
+
+
+def rendered_points(blender, obj):
+    """(count, attribute names, material, radii) of the point cloud the renderer gets from
+    ``obj``: Object.evaluated_geometry on 4.3+, the depsgraph's instances on 4.2."""
+    depsgraph = blender.context.evaluated_depsgraph_get()
+
+    def facts(cloud):
+        radius = np.empty(len(cloud.points), np.float32)
+        cloud.attributes["radius"].data.foreach_get("value", radius)
+        return (len(cloud.points), {a.name for a in cloud.attributes}, cloud.materials[0].original,
+                radius)
+
+    evaluated = obj.evaluated_get(depsgraph)
+    if hasattr(evaluated, "evaluated_geometry"):
+        geometry = evaluated.evaluated_geometry()  # keep it alive while reading
+        return facts(geometry.pointcloud)
+    for instance in depsgraph.object_instances:
+        if instance.object.original == obj and instance.object.type == "POINTCLOUD":
+            return facts(instance.object.data)
+    raise AssertionError("no point cloud is rendered")
 
 
 def test_points_render_in_cycles_with_the_input_colours(blender, addon, tmp_path):
@@ -234,15 +251,15 @@ def test_points_render_in_cycles_with_the_input_colours(blender, addon, tmp_path
     coll = addon.api.import_prediction(pred, BuildOptions(output_surface=False))
     scene = blender.context.scene
     scene.camera = by_role(coll, "camera")[0]
-    scene.world = blender.data.worlds.new("white")
-    scene.world.color = (1.0, 1.0, 1.0)
+    addon.cli.light_evenly(scene)  # the same white world on 4.2 (colour) and 5.0 (nodes)
     scene.render.engine, scene.cycles.samples = "CYCLES", 4
     scene.render.filepath = str(tmp_path / "render.png")
     blender.ops.render.render(write_still=True)
     image = blender.data.images.load(scene.render.filepath)
     pixels = np.array(image.pixels[:]).reshape(48, 64, 4)[::-1]  # top row first
     centre, corner = pixels[24, 32], pixels[3, 3]  # the red box, the green wall
-    assert centre[0] > 3 * centre[1] and corner[1] > 3 * corner[0]
+    # Under white light the AgX view transform desaturates: the right channel leads, twice over.
+    assert centre[0] > 2 * max(centre[1], centre[2]) and corner[1] > 2 * max(corner[0], corner[2])
 
 
 def test_every_object_has_a_role_and_one_collection_holds_them(blender, addon, everything):

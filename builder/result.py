@@ -100,6 +100,9 @@ def add_view_meshes(build: Build) -> list[bpy.types.Object]:
         mesh = grid_mesh(f"{build.name} view {i} mesh", grid)
         mesh.materials.append(build.material)
         objects.append(build.add_object(mesh.name, mesh, "view_mesh", da3_view_index=i))
+    if not objects:
+        build.note("no view meshes: no view has neighbouring pixels left after the filters; "
+                   "try a lower confidence_percentile")
     return objects
 
 

@@ -29,6 +29,18 @@ SCREEN = "1600x900x24"
 PYTHON_ERROR = re.compile(r"^Traceback \(most recent call last\)|^Error: Python: ", re.M)
 
 
+FIGURES: list[str] = []  # measured lines, printed at the end of the run (conftest)
+(ARTEFACTS / "figures.txt").unlink(missing_ok=True)  # this run's figures only
+
+
+def report(line: str) -> None:
+    """A figure worth seeing in CI's log: printed in pytest's summary and kept as an artefact."""
+    FIGURES.append(line)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTEFACTS / "figures.txt", "a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
 @dataclass
 class BlenderApp:
     """One Blender executable and how to start it (inside its chroot, or directly)."""

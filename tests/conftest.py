@@ -42,6 +42,15 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(TMP_ROOT, ignore_errors=True)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """What the real-Blender tests measured (they report figures; they do not time-assert)."""
+    figures = sys.modules.get("blender_app")
+    if figures is not None and figures.FIGURES:
+        terminalreporter.section("measured in real Blender")
+        for line in figures.FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def tmp_root() -> Path:
     return TMP_ROOT

@@ -3,8 +3,8 @@ the panel, its button, cancel, File > New and quit mid-run, a drop, the installe
 command and the README's script. The bpy module has no event loop, so only these runs cover the
 modal operators, timers, dialogs and panel drawing.
 
-Figures (run time, longest UI gap, cancel time) are printed, not asserted: `pytest -s` shows
-them, and screenshots go to out/real-blender/ (CI keeps them).
+Figures (run time, longest UI gap, cancel time) are reported, not asserted: pytest's summary
+lists them and out/real-blender/figures.txt keeps them beside the screenshots.
 """
 
 from __future__ import annotations
@@ -103,10 +103,10 @@ def test_the_panel_reconstructs_a_video_and_a_photo_folder(app, panel_runs):
     video, photos = data["video"], data["photos"]
     for name, run in (("video", video), ("photos", photos)):
         ui = run["ui"]
-        print(f"\nBlender {app.label}, {name}: {run['seconds']:.1f} s; longest UI gap while the worker "
-              f"ran {ui['longest_gap_while_worker_runs_s'] * 1000:.0f} ms "
-              f"({ui['gaps_over_0_1_s']} ticks over 0.1 s of {ui['ticks']}); result built on the main "
-              f"thread in {ui['building_s']:.2f} s")
+        ba.report(f"Blender {app.label}, panel run on {name}: {run['seconds']:.1f} s; longest UI gap "
+                  f"while the worker ran {ui['longest_gap_while_worker_runs_s'] * 1000:.0f} ms "
+                  f"({ui['gaps_over_0_1_s']} of {ui['ticks']} gaps over 0.1 s); result built on the "
+                  f"main thread in {ui['building_s']:.2f} s")
         assert run["error"] == ""
         # The UI ticked all through the model's forward pass, and the panel showed it moving.
         assert ui["longest_gap_by_label_s"].get("inference") is not None
@@ -134,7 +134,7 @@ def test_cancel_and_esc_stop_the_worker_and_leave_nothing(app, home):
     data = run_ui(app, "ui_cancel.py", home, str(VIDEO))
     for way in ("button", "esc"):
         stopped = data[way]
-        print(f"\nBlender {app.label}: cancel by {way} took {stopped['stopped_s']:.2f} s")
+        ba.report(f"Blender {app.label}: cancel by {way} stopped the worker in {stopped['stopped_s']:.2f} s")
         assert stopped["stopped_s"] < 2.0
         assert stopped["objects"] == [] and stopped["collections"] == ["Collection"]
         assert stopped["jobs_left"] == [] and stopped["workers_left"] == []
@@ -169,7 +169,7 @@ def test_install_dependencies_from_the_panel(app, home):
                                  env=env, blender_args=("--online-mode",), timeout=1500)
     assert not ba.python_errors(output), output[-3000:]
     assert data.get("ok"), data.get("driver_error") or output[-3000:]
-    print(f"\nBlender {app.label}: dependencies installed in {data['install_s']:.0f} s")
+    ba.report(f"Blender {app.label}: Install dependencies from the panel took {data['install_s']:.0f} s")
     assert data["status_before"] == "not installed"
     assert data["worker_ready"], data["status_after"]
     assert any("torch" in line for line in data["messages"])
@@ -199,6 +199,16 @@ def test_headless_command_writes_a_blend_and_a_preview(app, home, tmp_path):
     assert png.stat().st_size > 1000
     # random weights fuse no surface: one warning line says so, what to try, and the run succeeds
     assert re.search(r"^da3_reconstruct: warning: no TSDF surface: .*try", result.stderr, re.M)
+
+
+def test_headless_command_without_a_preview(app, home, tmp_path):
+    out = tmp_path / "photos.blend"
+    result = headless(app, home, str(VIDEO), "-o", str(out), "--frames", "3", "--fusion", "REMESH",
+                      "--output-view-meshes", "on")
+    assert result.returncode == 0, result.output[-3000:]
+    roles = roles_in(app, home, out)
+    assert roles.count("camera") == 3 and roles.count("view_mesh") == 3 and "points" in roles
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_a_failed_preview_keeps_the_saved_result(app, home, tmp_path):

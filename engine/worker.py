@@ -664,5 +664,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown: after a cancel, torch's clean-up and the wait
+    for a frame reader still decoding took most of a second, and a cancel must end within 2 s.
+    Every event is written and flushed, and partial files are gone, before this."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_CANCELLED:
+        exit_now(code)
+    sys.exit(code)

@@ -206,38 +206,13 @@ def start_download(model: str) -> Run:
     if not bpy.app.online_access:
         raise ReconstructError("online access is off: allow it in Preferences > System > Network")
     monitor = ProcessMonitor()
-    argv = [paths.worker_python(), "-c", DOWNLOAD_SCRIPT, model, weights_folder(request)]
+    argv = [paths.worker_python(), "-m", "engine.weights", "download", model, weights_folder(request)]
     try:
         monitor.start_process(argv, EXTENSION_DIR)
     except OSError as exc:
         raise ReconstructError(f"could not start the download ({paths.worker_python()}): {exc}") from exc
     _current = Run(request, monitor, kind="download")
     return _current
-
-
-# Runs in the worker environment (cwd = this folder): engine.weights.download with protocol events.
-DOWNLOAD_SCRIPT = """
-import sys
-from pathlib import Path
-from engine.presets import get_preset
-from engine.protocol import encode
-from engine.weights import download, hub_url
-
-preset, folder = get_preset(sys.argv[1]), Path(sys.argv[2])
-def say(event, **fields):
-    print(encode(event, **fields), flush=True)
-say("stage", stage="downloading_weights", message=f"downloading {preset.name} from {hub_url(preset)}")
-try:
-    download(preset, folder, lambda done, total: say("progress", stage="downloading_weights",
-                                                     done=done, total=total, eta_s=None))
-except Exception as exc:
-    detail = (str(exc).splitlines() or [""])[0][:200]
-    say("error", kind="missing_weights", traceback="",
-        message=f"could not download {preset.name} ({type(exc).__name__}: {detail}); "
-                f"check the connection or put its files in '{folder}'")
-    sys.exit(1)
-say("done", result=str(folder), views=0, seconds=0.0)
-"""
 
 
 def run(request: Request, *, context=None, report: Callable[[str], None] | None = print,

@@ -12,6 +12,7 @@ and nothing else may be, or loading stops with one line naming the problem.
 Command line (used by the tests' ``small_weights`` fixture)::
 
     python -m engine.weights save-random --model da3-small --out DIR
+    python -m engine.weights download da3-small DIR      # JSON-lines events, for the panel
 """
 
 from __future__ import annotations
@@ -287,6 +288,30 @@ def save_random(preset_name: str, folder: Path, seed: int = 0) -> Path:
     return save_network(build_network(preset.network), folder, preset)
 
 
+def download_with_events(model: str, folder: Path) -> int:
+    """``download`` for the panel's Download button: progress and the outcome as the worker's
+    JSON-lines events (engine.protocol), a failure as one ``error`` event naming the folder."""
+    from .protocol import encode
+
+    preset = get_preset(model)
+
+    def say(event: str, **fields) -> None:
+        print(encode(event, **fields), flush=True)
+
+    say("stage", stage="downloading_weights", message=f"downloading {preset.name} from {hub_url(preset)}")
+    try:
+        download(preset, folder, lambda done, total: say("progress", stage="downloading_weights",
+                                                         done=done, total=total, eta_s=None))
+    except Exception as exc:  # any failure is one line for the panel
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        say("error", kind="missing_weights", traceback="",
+            message=f"could not download {preset.name} ({type(exc).__name__}: {detail}); "
+                    f"check the connection or put its files in '{folder}'")
+        return 1
+    say("done", result=str(folder), views=0, seconds=0.0)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.weights")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,7 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     rnd.add_argument("--model", default="da3-small")
     rnd.add_argument("--out", required=True)
     rnd.add_argument("--seed", type=int, default=0)
+    get = sub.add_parser("download", help="download a model's weights, reporting JSON-lines events")
+    get.add_argument("model")
+    get.add_argument("folder")
     args = parser.parse_args(argv)
+    if args.command == "download":
+        return download_with_events(args.model, Path(args.folder))
     folder = save_random(args.model, Path(args.out), args.seed)
     print(f"saved random {args.model} weights to {folder}", file=sys.stderr)
     return 0

@@ -156,7 +156,9 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
 
     bl_idname = "da3.reconstruct"
     bl_label = "Reconstruct from Images"
-    bl_options = {"UNDO"}
+    # No UNDO here: from the UI this only starts the job, and an undo step pushed then redrew the
+    # whole window (the 3D viewport included) as the worker started. da3.watch_job pushes the
+    # step once the result is built; a blocking call pushes its own.
 
     source: StringProperty(name="Source", subtype="FILE_PATH", options={"SKIP_SAVE"},
                            description="A folder of images, an image or a video file")
@@ -247,6 +249,8 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
 
     def run_blocking(self, context, request):
         report_result(self, None, reconstruct.run(request, context=context, report=print))
+        if not bpy.app.background:
+            bpy.ops.ed.undo_push(message=self.bl_label)
         return {"FINISHED"}
 
     def start_modal(self, _context, request):

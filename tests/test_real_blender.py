@@ -176,6 +176,18 @@ def test_install_dependencies_from_the_panel(app, home):
     assert data["run_error"] == "" and "courtyard points" in data["objects"]
 
 
+def test_a_download_that_cannot_reach_the_hub_fails_in_one_line(app, home, tmp_path):
+    env = ba.base_env(home, DA3_MODELS_DIR=str(tmp_path / "models"))
+    data, output = ba.run_driver(app, "ui_download.py", home, home / "result.json", env=env,
+                                 blender_args=("--online-mode",))
+    assert not ba.python_errors(output), output[-3000:]
+    assert data.get("ok"), data.get("driver_error") or output[-3000:]
+    assert data["click"] == ["FINISHED"]
+    assert data["error"].startswith("could not download da3-small") and "\n" not in data["error"]
+    assert str(tmp_path / "models") in data["error"]
+    assert not (tmp_path / "models" / "da3-small" / "model.safetensors").exists()
+
+
 # -- headless ------------------------------------------------------------------------------------
 
 def headless(app, home, *args) -> subprocess.CompletedProcess:

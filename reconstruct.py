@@ -505,10 +505,12 @@ _frame_counts = _FrameCounts()
 
 
 def _tick_frame_counts() -> float | None:
-    """Timer: redraw the sidebar once a count is in; ends itself when none is running."""
+    """Timer: redraw the sidebar once a count is in; ends itself when none is running. Only the
+    sidebar region: tagging the area would redraw the 3D viewport too."""
     if _frame_counts.poll():
         for window in bpy.context.window_manager.windows:
             for area in window.screen.areas:
-                if area.type == "VIEW_3D":
-                    area.tag_redraw()
+                for region in area.regions if area.type == "VIEW_3D" else ():
+                    if region.type == "UI":
+                        region.tag_redraw()
     return 0.25 if _frame_counts.running else None

@@ -16,23 +16,25 @@ from ..operators import install_deps
 from ..properties import FUSION_HINTS
 
 
-class DA3_PT_main(bpy.types.Panel):
-    bl_idname = "DA3_PT_main"
-    bl_label = "DA3 Reconstruct"
+class SidebarTab:
+    """Where every DA3 panel lives: the 3D View's sidebar, tab "DA3" (class attributes only)."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "DA3"
+
+
+class DA3_PT_main(SidebarTab, bpy.types.Panel):
+    bl_idname = "DA3_PT_main"
+    bl_label = "DA3 Reconstruct"
 
     def draw(self, context):
         draw_main(self.layout, context)
 
 
-class DA3_PT_model(bpy.types.Panel):
+class DA3_PT_model(SidebarTab, bpy.types.Panel):
     bl_idname = "DA3_PT_model"
     bl_label = "Model and Quality"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "DA3"
     bl_parent_id = "DA3_PT_main"
 
     def draw(self, context):
@@ -40,12 +42,9 @@ class DA3_PT_model(bpy.types.Panel):
         draw_quality(self.layout, context.scene.da3, context)
 
 
-class DA3_PT_output(bpy.types.Panel):
+class DA3_PT_output(SidebarTab, bpy.types.Panel):
     bl_idname = "DA3_PT_output"
     bl_label = "Output"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "DA3"
     bl_parent_id = "DA3_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
@@ -53,12 +52,9 @@ class DA3_PT_output(bpy.types.Panel):
         draw_build_options(self.layout, context.scene.da3)
 
 
-class DA3_PT_scale(bpy.types.Panel):
+class DA3_PT_scale(SidebarTab, bpy.types.Panel):
     bl_idname = "DA3_PT_scale"
     bl_label = "Real Scale"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "DA3"
     bl_parent_id = "DA3_PT_main"
 
     def draw(self, context):

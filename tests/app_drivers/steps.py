@@ -142,6 +142,26 @@ def screenshot(name: str) -> str:
     return str(path)
 
 
+_viewport_drawn = [0.0]
+
+
+def _note_viewport_draw():
+    _viewport_drawn[0] = time.perf_counter()
+
+
+bpy.types.SpaceView3D.draw_handler_add(_note_viewport_draw, (), "WINDOW", "POST_PIXEL")
+
+
+def settle(quiet_s: float = 2.0, timeout: float = 30.0):
+    """Wait until the 3D viewport has not redrawn for ``quiet_s``: after an undo or a new result,
+    Blender keeps redrawing it for seconds under software OpenGL, and those stalls are Blender's,
+    not the run's being measured next."""
+    started = time.perf_counter()
+    yield from until(lambda: time.perf_counter() - _viewport_drawn[0] > quiet_s, timeout,
+                     "the viewport to stop redrawing")
+    log(f"viewport settled after {time.perf_counter() - started:.1f} s")
+
+
 class TickMeter:
     """Our own 0.05 s timer: the longest gap between its ticks is how long the UI was blocked."""
 

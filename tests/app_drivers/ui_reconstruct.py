@@ -25,6 +25,7 @@ def press_reconstruct():
 
 def watch_run(name: str):
     """Follow a run from the button press to its end; record progress, gaps and the time."""
+    yield from steps.settle()
     meter = steps.TickMeter(label=steps.stage)
     meter.start()
     started = time.perf_counter()

@@ -26,9 +26,9 @@ class DA3_OT_import_prediction(BuildOptionProps, bpy.types.Operator, ImportHelpe
         except (PredictionError, ValueError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if "da3_notes" in collection:
-            self.report({"WARNING"}, collection["da3_notes"])
         self.report({"INFO"}, f"Imported '{collection.name}' ({len(collection.all_objects)} objects)")
+        if api.result_warning(collection):
+            self.report({"WARNING"}, api.result_warning(collection))
         return {"FINISHED"}
 
 

@@ -188,6 +188,14 @@ def test_a_download_that_cannot_reach_the_hub_fails_in_one_line(app, home, tmp_p
     assert not (tmp_path / "models" / "da3-small" / "model.safetensors").exists()
 
 
+def test_file_import_opens_the_browser_and_imports(app, home):
+    npz = ba.REPO / "tests" / "data" / "random_weights_two_views.npz"
+    data = run_ui(app, "ui_import.py", home, str(npz))
+    assert data["menu_has_entry"] and data["invoke"] == ["RUNNING_MODAL"]
+    roles = [name.split(" ")[-1] for name in data["objects"]]
+    assert "points" in roles and len(data["objects"]) >= 3
+
+
 # -- headless ------------------------------------------------------------------------------------
 
 def headless(app, home, *args) -> subprocess.CompletedProcess:

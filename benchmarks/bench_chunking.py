@@ -57,7 +57,7 @@ class RoomChunks:
     """Chunks of the synthetic room made on demand, so only one chunk's truth is ever held."""
 
     def __init__(self, frames: int, height: int, width: int, seed: int = 0):
-        from tests.test_align import circle_path, intrinsics_for
+        from tests.room import circle_path, intrinsics_for
 
         self.extrinsics = circle_path(frames, laps=2.0)
         self.k = intrinsics_for(height, width)
@@ -66,7 +66,7 @@ class RoomChunks:
         self.make_seconds = 0.0
 
     def truth_depth(self, views) -> np.ndarray:
-        from tests.test_align import ray_cast
+        from tests.room import ray_cast
 
         return np.stack([ray_cast(self.extrinsics[i], self.k, self.h, self.w) for i in views])
 
@@ -85,7 +85,7 @@ class RoomChunks:
 
 def synthetic_errors(merged, room: RoomChunks, sample_views: int = 20) -> dict:
     """Camera and point errors after one global similarity, in % of the room's longest side."""
-    from tests.test_align import SCENE_SIZE
+    from tests.room import SCENE_SIZE
 
     to_truth = umeyama(camera_centres(merged.extrinsics), camera_centres(room.extrinsics))
     centres = np.linalg.norm(to_truth.apply(camera_centres(merged.extrinsics))

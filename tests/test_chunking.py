@@ -19,7 +19,8 @@ from engine.chunking import (
     probe_peak_bytes,
     run_chunks,
 )
-from tests.test_align import as_da3_chunk, errors_vs_truth, room_truth
+from tests.room import room_truth
+from tests.test_align import as_da3_chunk, errors_vs_truth
 
 GB = 1024**3
 

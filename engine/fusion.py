@@ -21,8 +21,9 @@ region all views look at (or a given box), the floor is found as the dominant pl
 the cameras and treated as free space above a small margin, space that no view could see is
 treated as solid, and only the largest connected piece is kept: one closed object.
 
-``engine.fusion_torch`` runs the integration (the hot loop) on a torch device; everything
-else is shared.
+``engine.fusion_torch`` runs the array-heavy stages (:class:`Stages`: pixel weights,
+integration, meshing, connected pieces) on a torch device; planning, allocation and clean-up
+are shared.
 """
 
 from __future__ import annotations
@@ -176,8 +177,20 @@ class Volume:
 # public entry point
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The array-heavy stages of :func:`fuse_tsdf`, swappable as one set: numpy here,
+    ``engine.fusion_torch.torch_stages`` on a torch device. Each takes and returns numpy arrays,
+    so planning, allocation and clean-up stay shared and the two paths give the same mesh."""
+
+    weigh: Callable  # (pred, options) -> (N,H,W) float32 surface-vote weights
+    integrate: Callable  # (grid, keys, views, options, progress) -> Volume
+    extract: Callable  # (grid, keys, values, coarse, views | None) -> vertices, faces
+    components: Callable  # (faces, num_vertices) -> face labels 0..k-1
+
+
 def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
-              progress: Progress | None = None, integrate=None) -> FusedMesh:
+              progress: Progress | None = None, stages: Stages | None = None) -> FusedMesh:
     """Fuse every view of ``pred`` into one mesh.
 
     Parameters
@@ -189,8 +202,9 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
         Voxel size, truncation, object mode, crop box, memory budget; automatic by default.
     progress : callable(fraction, message), optional
         Called between steps with a fraction in [0, 1].
-    integrate : callable, optional
-        Replaces :func:`integrate_views` (``engine.fusion_torch`` passes its GPU version).
+    stages : Stages, optional
+        The array-heavy stages (default :data:`NUMPY_STAGES`; ``engine.fusion_torch`` passes
+        its GPU versions).
 
     Returns
     -------
@@ -204,9 +218,10 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     """
     options = options or TSDFOptions()
     report = progress or (lambda fraction, message: None)
-    integrate = integrate or integrate_views
+    stages = stages or NUMPY_STAGES
     clock = _Clock()
-    views = prepare_views(pred, options)
+    views = prepare_views(pred, options, stages.weigh)
+    clock.lap("weigh")
     grid = plan_grid(views, options)
     clock.lap("plan")
     coarse_tsdf, coarse_weight = integrate_coarse(grid, views)
@@ -214,17 +229,16 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     keys = allocate_blocks(grid, views, coarse, options)
     clock.lap("allocate")
     report(0.05, f"{len(keys)} blocks of {BLOCK}^3 voxels")
-    volume = integrate(grid, keys, views, options,
-                       lambda f, m: report(0.05 + 0.75 * f, m))
+    volume = stages.integrate(grid, keys, views, options,
+                              lambda f, m: report(0.05 + 0.75 * f, m))
     clock.lap("integrate")
     values = voxel_values(grid, volume, options)
     report(0.85, "meshing")
-    front = None if grid.object_mode else (
-        lambda points, normals: seen_from_front(points, normals, views, grid.truncation))
-    vertices, faces = extract_surface(grid, volume.keys, values, coarse, front)
+    vertices, faces = stages.extract(grid, volume.keys, values, coarse,
+                                     None if grid.object_mode else views)
     clock.lap("mesh")
     colors = vertex_colors(grid, volume, vertices)
-    vertices, faces, colors = clean_mesh(vertices, faces, colors, options)
+    vertices, faces, colors = clean_mesh(vertices, faces, colors, options, stages.components)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
@@ -250,11 +264,29 @@ class _Clock:
 # views: per-pixel weights
 
 
-def prepare_views(pred: Prediction, options: TSDFOptions) -> list[View]:
+def prepare_views(pred: Prediction, options: TSDFOptions, weigh=None) -> list[View]:
     """Per-view depth, weight and colour; raises ValueError when no pixel can vote."""
     w2c = pred.world_to_camera()
-    conf_weight = confidence_weights(pred.conf, options.confidence_percentile)
+    weights = (weigh or view_weights)(pred, options)
     views = []
+    for i in range(pred.num_views):
+        depth = np.asarray(pred.depth[i], dtype=np.float32)
+        valid = np.isfinite(depth) & (depth > 0)
+        weight = weights[i]
+        free = np.where(valid, np.maximum(weight, options.free_space_weight), 0).astype(np.float32)
+        color = pred.image[i] if pred.image is not None else None
+        views.append(View(np.where(valid, depth, 0).astype(np.float32), weight, free, color,
+                          pred.intrinsics[i], w2c[i, :3, :3], w2c[i, :3, 3]))
+    if not any(np.any(v.weight > 0) for v in views):
+        raise ValueError("no pixel of any view is confident enough to fuse")
+    return views
+
+
+def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:
+    """(N,H,W) weight of each pixel's surface vote: confidence ramp x surface angle, 0 on sky
+    and where there is no depth."""
+    conf_weight = confidence_weights(pred.conf, options.confidence_percentile)
+    out = np.empty(pred.depth.shape, np.float32)
     for i in range(pred.num_views):
         depth = np.asarray(pred.depth[i], dtype=np.float32)
         weight = np.where(np.isfinite(depth) & (depth > 0), 1.0, 0.0).astype(np.float32)
@@ -262,15 +294,8 @@ def prepare_views(pred: Prediction, options: TSDFOptions) -> list[View]:
             weight *= conf_weight[i]
         if options.mask_sky and pred.sky is not None:
             weight[pred.sky[i]] = 0
-        weight *= surface_angle_weights(depth, pred.intrinsics[i])
-        color = pred.image[i] if pred.image is not None else None
-        valid = np.isfinite(depth) & (depth > 0)
-        free = np.where(valid, np.maximum(weight, options.free_space_weight), 0).astype(np.float32)
-        views.append(View(np.where(valid, depth, 0).astype(np.float32), weight, free, color,
-                          pred.intrinsics[i], w2c[i, :3, :3], w2c[i, :3, 3]))
-    if not any(np.any(v.weight > 0) for v in views):
-        raise ValueError("no pixel of any view is confident enough to fuse")
-    return views
+        out[i] = weight * surface_angle_weights(depth, pred.intrinsics[i])
+    return out
 
 
 def confidence_weights(conf: np.ndarray | None, percentile: float) -> np.ndarray | None:
@@ -296,16 +321,21 @@ def surface_angle_weights(depth: np.ndarray, K: np.ndarray, grazing_cos: float =
     flying pixels sit.
     """
     h, w = depth.shape
-    u, v = np.meshgrid((np.arange(w) + 0.5 - K[0, 2]) / K[0, 0],
-                       (np.arange(h) + 0.5 - K[1, 2]) / K[1, 1])
-    points = np.stack([u * depth, v * depth, depth], axis=-1)
-    dx = np.zeros_like(points)
-    dy = np.zeros_like(points)
-    dx[:, 1:-1] = points[:, 2:] - points[:, :-2]
-    dy[1:-1] = points[2:] - points[:-2]
-    normal = np.cross(dx, dy)
-    ray = points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), 1e-12)
-    cos = np.abs(np.sum(normal * ray, axis=-1)) / np.maximum(np.linalg.norm(normal, axis=-1), 1e-12)
+    u = ((np.arange(w) + 0.5 - K[0, 2]) / K[0, 0]).astype(np.float32)[None, :]
+    v = ((np.arange(h) + 0.5 - K[1, 2]) / K[1, 1]).astype(np.float32)[:, None]
+    z = np.asarray(depth, dtype=np.float32)
+    x, y = u * z, v * z
+    # central differences across columns (a) and rows (b); the image border has none
+    ax, ay, az = (np.zeros_like(z) for _ in range(3))
+    bx, by, bz = (np.zeros_like(z) for _ in range(3))
+    for d, p in ((ax, x), (ay, y), (az, z)):
+        d[:, 1:-1] = p[:, 2:] - p[:, :-2]
+    for d, p in ((bx, x), (by, y), (bz, z)):
+        d[1:-1] = p[2:] - p[:-2]
+    nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx  # normal = a x b
+    dot = np.abs(nx * x + ny * y + nz * z)
+    length = np.sqrt(nx * nx + ny * ny + nz * nz) * np.sqrt(x * x + y * y + z * z)
+    cos = dot / np.maximum(length, np.float32(1e-12))
     weight = np.clip((cos - grazing_cos) / (full_cos - grazing_cos), 0, 1)
     return minimum_filter3(weight).astype(np.float32)
 
@@ -822,6 +852,15 @@ def wound_case_table() -> np.ndarray:
 TET_CASES = wound_case_table()
 
 
+def mesh_volume(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
+                views: list[View] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Marching tetrahedra; with ``views`` (scene mode) only cubes some view saw from the front
+    (:func:`seen_from_front`)."""
+    front = None if views is None else (
+        lambda points, normals: seen_from_front(points, normals, views, grid.truncation))
+    return extract_surface(grid, keys, values, coarse, front)
+
+
 def extract_surface(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
                     cube_filter=None, chunk_blocks: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Marching tetrahedra over the allocated blocks (and the cubes that border them).
@@ -989,12 +1028,12 @@ def seen_from_front(centres: np.ndarray, normals: np.ndarray, views: list[View],
 
 
 def clean_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
-               options: TSDFOptions):
+               options: TSDFOptions, components=None):
     """Keep the largest piece in object mode (or when asked), else drop pieces smaller than
     ``options.min_component_faces`` (floaters); drop unused vertices."""
     keep_largest = options.object_mode if options.keep_largest is None else options.keep_largest
     if len(faces):
-        labels = face_components(faces, len(vertices))
+        labels = (components or face_components)(faces, len(vertices))
         sizes = np.bincount(labels)
         keep = labels == sizes.argmax() if keep_largest else sizes[labels] >= options.min_component_faces
         faces = faces[keep]
@@ -1046,3 +1085,7 @@ def edge_face_counts(faces: np.ndarray) -> np.ndarray:
 def boundary_edges(faces: np.ndarray) -> int:
     """Edges used by one face only: zero for a closed surface."""
     return int(np.count_nonzero(edge_face_counts(faces) == 1)) if len(faces) else 0
+
+
+NUMPY_STAGES = Stages(weigh=view_weights, integrate=integrate_views, extract=mesh_volume,
+                      components=face_components)

@@ -1,8 +1,10 @@
-"""TSDF fusion with the integration (views x voxels, the hot loop) on a torch device.
+"""TSDF fusion with its array-heavy stages on a torch device (the GPU, in the worker).
 
-The worker imports this when torch is present; the algorithm is ``engine.fusion``'s, step for
-step (same weights, same votes, same float32 arithmetic), so the two give the same mesh up to
-rounding. Planning, meshing and clean-up are shared numpy code. torch is imported here only.
+The worker imports this when torch is present. Each stage is ``engine.fusion``'s, step for
+step (same weights, votes, cases and order of operations; float64 where numpy computes in
+float64), so the two paths give the same mesh up to float32 summation order. Planning,
+allocation and clean-up are the shared numpy code: they take a fraction of the time. torch is
+imported here only.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from .prediction import Prediction
 
 def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,
               progress: fusion.Progress | None = None, device: str | None = None) -> fusion.FusedMesh:
-    """:func:`engine.fusion.fuse_tsdf` with the integration on ``device``.
+    """:func:`engine.fusion.fuse_tsdf` with pixel weights, integration, meshing and connected
+    pieces on ``device``.
 
     Parameters
     ----------
     device : str, optional
         A torch device ('cuda', 'cuda:1', 'cpu'); default: CUDA when available, else the numpy
-        integration (faster than torch on a CPU).
+        path (faster than torch on a CPU).
 
     Returns
     -------
@@ -35,15 +38,92 @@ def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,
         mesh.stats["device"] = "numpy"
         return mesh
     dev = torch.device(device or "cuda")
-    mesh = fusion.fuse_tsdf(pred, options, progress, integrate=TorchIntegrator(dev))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    mesh = fusion.fuse_tsdf(pred, options, progress, stages=torch_stages(dev))
     mesh.stats["device"] = str(dev)
     if dev.type == "cuda":
         mesh.stats["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return mesh
 
 
+def torch_stages(device) -> fusion.Stages:
+    return fusion.Stages(weigh=lambda pred, options: view_weights(pred, options, device),
+                         integrate=TorchIntegrator(device),
+                         extract=lambda *args: TorchMesher(device)(*args),
+                         components=lambda faces, n: face_components(faces, n, device))
+
+
+# --------------------------------------------------------------------------------------------
+# pixel weights (engine.fusion.view_weights, all views at once)
+
+
+def view_weights(pred: Prediction, options: fusion.TSDFOptions, device) -> np.ndarray:
+    import torch
+
+    depth = torch.as_tensor(np.asarray(pred.depth, dtype=np.float32), device=device)
+    weight = (torch.isfinite(depth) & (depth > 0)).float()
+    if pred.conf is not None:
+        weight *= confidence_weights(torch.as_tensor(pred.conf, device=device),
+                                     options.confidence_percentile)
+    if options.mask_sky and pred.sky is not None:
+        weight[torch.as_tensor(pred.sky, device=device)] = 0
+    K = torch.as_tensor(np.asarray(pred.intrinsics, dtype=np.float64), device=device)
+    weight *= surface_angle_weights(depth, K)
+    return weight.cpu().numpy()
+
+
+def percentile(ordered, q: float) -> float:
+    """numpy's default (linear) percentile of sorted values (torch.quantile caps the size)."""
+    pos = q / 100 * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low]) + (float(ordered[high]) - float(ordered[low])) * (pos - low)
+
+
+def confidence_weights(conf, q: float):
+    import torch
+
+    ordered = torch.sort(conf.flatten()).values
+    low, high = percentile(ordered, q), percentile(ordered, 75)
+    ramp = torch.clamp((conf.double() - low) / max(high - low, 1e-6), 0, 1)
+    return torch.where(conf >= high, 1.0, ramp).float()
+
+
+def surface_angle_weights(depth, K):
+    """engine.fusion.surface_angle_weights for (N,H,W) depth and (N,3,3) K."""
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w = depth.shape
+    dev = depth.device
+    u = ((torch.arange(w, device=dev, dtype=torch.float64) + 0.5 - K[:, 0, 2, None])
+         / K[:, 0, 0, None]).float()[:, None, :]
+    v = ((torch.arange(h, device=dev, dtype=torch.float64) + 0.5 - K[:, 1, 2, None])
+         / K[:, 1, 1, None]).float()[:, :, None]
+    z = depth
+    x, y = u * z, v * z
+    ax, ay, az = (torch.zeros_like(z) for _ in range(3))
+    bx, by, bz = (torch.zeros_like(z) for _ in range(3))
+    for d, p in ((ax, x), (ay, y), (az, z)):
+        d[:, :, 1:-1] = p[:, :, 2:] - p[:, :, :-2]
+    for d, p in ((bx, x), (by, y), (bz, z)):
+        d[:, 1:-1] = p[:, 2:] - p[:, :-2]
+    nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+    dot = torch.abs(nx * x + ny * y + nz * z)
+    length = torch.sqrt(nx * nx + ny * ny + nz * nz) * torch.sqrt(x * x + y * y + z * z)
+    cos = dot / torch.clamp(length, min=1e-12)
+    ramp = torch.clamp((cos - fusion.GRAZING_COS) / (fusion.FULL_COS - fusion.GRAZING_COS), 0, 1)
+    padded = F.pad(ramp[:, None], (1, 1, 1, 1), mode="replicate")  # 3x3 minimum, edge padded
+    return (-F.max_pool2d(-padded, 3, stride=1))[:, 0].float()
+
+
+# --------------------------------------------------------------------------------------------
+# integration (engine.fusion.integrate_views)
+
+
 class TorchIntegrator:
-    """Drop-in for :func:`engine.fusion.integrate_views`."""
+    """engine.fusion.integrate_views on a torch device."""
 
     def __init__(self, device):
         self.device = device
@@ -117,3 +197,193 @@ class TorchIntegrator:
             rows, wn = blocks[b], wt[b, j]
             acc["color"][rows, j] += wn[:, None] * maps["color"][pix[b, j]].float()
             acc["color_weight"][rows, j] += wn
+
+
+# --------------------------------------------------------------------------------------------
+# meshing (engine.fusion.mesh_volume: marching tetrahedra, the front-side test)
+
+
+class TorchMesher:
+    """engine.fusion.mesh_volume on a torch device: all blocks in a few large chunks."""
+
+    def __init__(self, device, chunk_blocks: int = 16384):
+        import torch
+
+        self.device, self.chunk_blocks = device, chunk_blocks
+        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        self.kuhn, self.tet_edges = as_t(fusion.KUHN_TETS), as_t(fusion.TET_EDGES)
+        self.offsets, self.cases = as_t(fusion.CORNER_OFFSETS), as_t(fusion.TET_CASES)
+
+    def __call__(self, grid: fusion.Grid, keys: np.ndarray, values: np.ndarray,
+                 coarse: np.ndarray, views: list[fusion.View] | None):
+        import torch
+
+        dev = self.device
+        self.grid = grid
+        self.views = views
+        self.keys = torch.as_tensor(keys, device=dev)
+        self.values = torch.as_tensor(values, device=dev)
+        self.coarse = torch.as_tensor(coarse, device=dev)
+        self.blocks = torch.as_tensor(grid.blocks, device=dev)
+        mesh_keys = torch.as_tensor(fusion.meshing_blocks(grid, keys), device=dev)
+        parts = [self.march_blocks(mesh_keys[start:start + self.chunk_blocks])
+                 for start in range(0, len(mesh_keys), self.chunk_blocks)]
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+        edge_keys = torch.cat([p[0] for p in parts])
+        positions = torch.cat([p[1] for p in parts])
+        unique, inverse = torch.unique(edge_keys, return_inverse=True)
+        # one position per edge (every cube sharing it interpolates the same two values)
+        first = torch.full((len(unique),), len(edge_keys), dtype=torch.int64, device=dev)
+        first.scatter_reduce_(0, inverse, torch.arange(len(edge_keys), device=dev), "amin")
+        origin = torch.as_tensor(grid.origin, device=dev)
+        vertices = origin + positions[first] * grid.voxel_size
+        faces = inverse.reshape(-1, 3)
+        ok = ((faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2])
+              & (faces[:, 0] != faces[:, 2]))
+        return vertices.cpu().numpy(), faces[ok].cpu().numpy()
+
+    def block_coords(self, keys):
+        b = self.blocks
+        return torch_stack([keys // (b[1] * b[2]), keys // b[2] % b[1], keys % b[2]])
+
+    def block_keys(self, coords):
+        b = self.blocks
+        return (coords[:, 0] * b[1] + coords[:, 1]) * b[2] + coords[:, 2]
+
+    def block_values(self, coords):
+        """engine.fusion.block_values: (m,8,8,8) fine values, else coarse, else outside."""
+        import torch
+
+        grid = self.grid
+        in_grid = torch.all((coords >= 0) & (coords < self.blocks), dim=1)
+        out = torch.full((len(coords), fusion.BLOCK_VOXELS), 1.0 if grid.object_mode else float("nan"),
+                         dtype=torch.float32, device=self.device)
+        k = self.block_keys(torch.where(in_grid[:, None], coords, 0))
+        if len(self.keys):
+            pos = torch.clamp(torch.searchsorted(self.keys, k), 0, len(self.keys) - 1)
+            fine = in_grid & (self.keys[pos] == k)
+            out[fine] = self.values[pos[fine]]
+        else:
+            fine = torch.zeros_like(in_grid)
+        coarse_only = in_grid & ~fine
+        out[coarse_only] = self.coarse[k[coarse_only], None]
+        return out.reshape(-1, fusion.BLOCK, fusion.BLOCK, fusion.BLOCK)
+
+    def padded_blocks(self, coords):
+        import torch
+
+        B = fusion.BLOCK
+        out = torch.empty((len(coords), B + 1, B + 1, B + 1), dtype=torch.float32, device=self.device)
+        for c in range(8):
+            off = fusion.CORNER_OFFSETS[c]
+            src = self.block_values(coords + self.offsets[c])
+            sx, sy, sz = (slice(0, B) if o == 0 else slice(0, 1) for o in off)
+            dx, dy, dz = (slice(0, B) if o == 0 else slice(B, B + 1) for o in off)
+            out[:, dx, dy, dz] = src[:, sx, sy, sz]
+        return out
+
+    def march_blocks(self, chunk):
+        """engine.fusion.march_blocks: (edge keys, positions) of this chunk's triangles."""
+        import torch
+
+        B = fusion.BLOCK
+        coords = self.block_coords(chunk)
+        padded = self.padded_blocks(coords)
+        corners = torch.stack([padded[:, o[0]:o[0] + B, o[1]:o[1] + B, o[2]:o[2] + B]
+                               for o in fusion.CORNER_OFFSETS.tolist()])
+        lo, hi = corners.amin(dim=0), corners.amax(dim=0)
+        b, x, y, z = torch.nonzero((lo < 0) & (hi >= 0), as_tuple=True)  # NaN compares false
+        if len(b) == 0:
+            return None
+        cube_values = corners[:, b, x, y, z].T.contiguous()  # (n,8)
+        cube_origin = coords[b] * B + torch_stack([x, y, z])
+        if self.views is not None:
+            keep = self.seen_from_front(cube_origin, cube_values)
+            cube_origin, cube_values = cube_origin[keep], cube_values[keep]
+        return self.march_tets(cube_origin, cube_values)
+
+    def seen_from_front(self, cube_origin, cube_values):
+        """engine.fusion.seen_from_front for the cubes' centres and value gradients."""
+        import torch
+
+        dev, grid = self.device, self.grid
+        centres = (torch.as_tensor(grid.origin, device=dev)
+                   + (cube_origin.double() + 0.5) * grid.voxel_size)
+        normals = cube_values.double() @ (2 * self.offsets - 1).double()
+        seen = torch.zeros(len(centres), dtype=torch.bool, device=dev)
+        for view in self.views:
+            R = torch.as_tensor(view.R, device=dev)
+            t = torch.as_tensor(view.t, device=dev)
+            depth = torch.as_tensor(view.depth, device=dev).flatten()
+            voting = torch.as_tensor(view.weight, device=dev).flatten() > 0
+            h, w = view.depth.shape
+            cam = centres @ R.T + t
+            z = cam[:, 2]
+            safe = torch.where(torch.abs(z) > 1e-12, z, 1e-12)
+            u = view.K[0, 0] * cam[:, 0] / safe + view.K[0, 2]
+            v = view.K[1, 1] * cam[:, 1] / safe + view.K[1, 2]
+            inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            pix = torch.where(inside, torch.clamp(v, 0, h - 1).long() * w
+                              + torch.clamp(u, 0, w - 1).long(), 0)
+            d = torch.where(inside, depth[pix].double(), 0.0)
+            near = (d > 0) & (torch.abs(d - z) < 1.5 * grid.truncation) & voting[pix]
+            eye = -R.T @ t
+            seen |= near & (torch.sum(normals * (eye - centres), dim=1) > 0)
+        return seen
+
+    def march_tets(self, cube_origin, cube_values):
+        """engine.fusion.march_tets: per triangle corner, its edge key and position."""
+        import torch
+
+        tet_values = cube_values[:, self.kuhn]  # (n,6,4)
+        bits = torch.tensor([1, 2, 4, 8], device=self.device)
+        case = ((tet_values < 0).long() * bits).sum(dim=-1)
+        tri_edges = self.cases[torch.arange(6, device=self.device), case]  # (n,6,2,3)
+        cube, tet, slot = torch.nonzero(tri_edges[..., 0] >= 0, as_tuple=True)
+        edges = tri_edges[cube, tet, slot]  # (T,3)
+        corner_a = self.kuhn[tet[:, None], self.tet_edges[edges, 0]]
+        corner_b = self.kuhn[tet[:, None], self.tet_edges[edges, 1]]
+        va = cube_values[cube[:, None], corner_a]
+        vb = cube_values[cube[:, None], corner_b]
+        pa = cube_origin[cube][:, None, :] + self.offsets[corner_a]
+        pb = cube_origin[cube][:, None, :] + self.offsets[corner_b]
+        t = (va / (va - vb)).double()[..., None]
+        pos = pa + t * (pb - pa)  # (T,3,3) voxel units, float64 as numpy's
+        lower = torch.minimum(pa, pb)
+        direction = (torch.abs(pb - pa) * torch.tensor([4, 2, 1], device=self.device)).sum(-1)
+        n = self.blocks * fusion.BLOCK + 1
+        flat = (lower[..., 0] * n[1] + lower[..., 1]) * n[2] + lower[..., 2]
+        return (flat * 8 + direction).flatten(), pos.reshape(-1, 3)
+
+
+def torch_stack(columns):
+    import torch
+
+    return torch.stack(columns, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# connected pieces (engine.fusion.face_components)
+
+
+def face_components(faces: np.ndarray, num_vertices: int, device) -> np.ndarray:
+    """Component label (0..k-1) of every face: union-find with pointer jumping, as numpy's."""
+    import torch
+
+    f = torch.as_tensor(faces, device=device).long()
+    parent = torch.arange(num_vertices, device=device)
+    a = torch.cat([f[:, 0], f[:, 1]])
+    b = torch.cat([f[:, 1], f[:, 2]])
+    while True:
+        pa, pb = parent[a], parent[b]
+        if torch.equal(pa, pb):
+            break
+        parent.scatter_reduce_(0, torch.maximum(pa, pb), torch.minimum(pa, pb), "amin")
+        while True:
+            nxt = parent[parent]
+            if torch.equal(nxt, parent):
+                break
+            parent = nxt
+    return torch.unique(parent[f[:, 0]], return_inverse=True)[1].cpu().numpy()

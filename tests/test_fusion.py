@@ -178,22 +178,20 @@ def test_no_usable_pixel_is_one_line_error():
         fusion.fuse_tsdf(pred)
 
 
-def test_torch_path_agrees_with_numpy(mug, worker_python, tmp_path):
-    """The worker's torch integration gives the same mesh as numpy (real subprocess)."""
+@pytest.mark.parametrize("object_mode", [True, False])
+def test_torch_path_agrees_with_numpy(mug, worker_python, tmp_path, object_mode):
+    """Every torch stage (weights, integration, meshing with the front-side test in scene mode,
+    connected pieces) gives numpy's mesh, in a real subprocess of the worker's Python."""
     _, degraded = mug
     path = save_prediction(degraded.prediction, tmp_path / "mug.npz")
     out = tmp_path / "mesh.npz"
-    code = ("import sys, json, numpy as np; from engine import fusion, fusion_torch;"
-            "from engine.prediction import load_prediction;"
-            "m = fusion_torch.fuse_tsdf(load_prediction(sys.argv[1]),"
-            " fusion.TSDFOptions(resolution=64, object_mode=True), device='cpu');"
-            "np.savez(sys.argv[2], v=m.vertices, f=m.faces);"
-            "print(json.dumps(m.stats['device']))")
-    done = subprocess.run([str(worker_python), "-c", code, str(path), str(out)], cwd=scenes.REPO,
-                          capture_output=True, text=True, timeout=300)
+    settings = {"resolution": 64, "object_mode": object_mode}
+    done = subprocess.run([str(worker_python), str(scenes.REPO / "tests" / "fuse_with_torch.py"),
+                           str(path), str(out), json.dumps(settings), "cpu"],
+                          cwd=scenes.REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == "cpu"
-    ours = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(resolution=64, object_mode=True))
+    ours = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(**settings))
     theirs = np.load(out)
     assert abs(len(theirs["f"]) - len(ours.faces)) <= 0.02 * len(ours.faces)
     # float32 sums in another order flip a few voxels across the solid-weight threshold

@@ -1,0 +1,25 @@
+"""Fuse a prediction file with engine.fusion_torch, as the worker does (run by its Python).
+
+    python tests/fuse_with_torch.py PREDICTION.npz OUT.npz '{"resolution": 64}' [DEVICE]
+
+Writes the mesh (v, f) to OUT.npz and prints the device used as JSON.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import fusion, fusion_torch  # noqa: E402
+from engine.prediction import load_prediction  # noqa: E402
+
+if __name__ == "__main__":
+    source, target, options = sys.argv[1:4]
+    device = sys.argv[4] if len(sys.argv) > 4 else None
+    mesh = fusion_torch.fuse_tsdf(load_prediction(source), fusion.TSDFOptions(**json.loads(options)),
+                                  device=device)
+    np.savez(target, v=mesh.vertices, f=mesh.faces)
+    print(json.dumps(mesh.stats["device"]))

@@ -592,8 +592,7 @@ def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray,
     """
     marked = np.zeros(int(np.prod(grid.blocks)), bool)
     for view in views:
-        for offset in (-grid.truncation, 0.0, grid.truncation):
-            marked[surface_block_keys(grid, view, offset)] = True
+        marked[surface_block_keys(grid, view, (-grid.truncation, 0.0, grid.truncation))] = True
     if grid.object_mode:
         solid = (coarse < 0).reshape(tuple(grid.blocks))
         free = np.pad(~solid, 1, constant_values=True)  # beyond the grid is free: a cut object
@@ -629,8 +628,9 @@ def dilate(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def surface_block_keys(grid: Grid, view: View, offset: float) -> np.ndarray:
-    """Keys of the blocks holding each voting pixel's point moved ``offset`` along its ray.
+def surface_block_keys(grid: Grid, view: View, offsets: tuple[float, ...]) -> np.ndarray:
+    """Keys of the blocks holding each voting pixel's point moved each of ``offsets`` along its
+    ray (a key may repeat).
 
     Pixels are taken every few rows and columns, as long as neighbouring samples stay under a
     third of a block apart: no block a surface crosses is skipped, at a fraction of the cost.
@@ -643,11 +643,14 @@ def surface_block_keys(grid: Grid, view: View, offset: float) -> np.ndarray:
     rays = np.stack([(u + 0.5 - view.K[0, 2]) / view.K[0, 0],
                      (v + 0.5 - view.K[1, 2]) / view.K[1, 1], np.ones(len(u))], axis=1)
     length = np.linalg.norm(rays, axis=1)
-    cam = rays * (z + offset / length)[:, None]
-    world = (cam - view.t) @ view.R
-    coords = np.floor((world - grid.origin) / grid.voxel_size + 0.5).astype(np.int64) // BLOCK
-    inside = np.all((coords >= 0) & (coords < grid.blocks), axis=1)
-    return grid.block_keys(coords[inside])
+    keys = []
+    for offset in offsets:
+        cam = rays * (z + offset / length)[:, None]
+        world = (cam - view.t) @ view.R
+        coords = np.floor((world - grid.origin) / grid.voxel_size + 0.5).astype(np.int64) // BLOCK
+        inside = np.all((coords >= 0) & (coords < grid.blocks), axis=1)
+        keys.append(grid.block_keys(coords[inside]))
+    return np.concatenate(keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,6 +853,13 @@ def wound_case_table() -> np.ndarray:
 
 
 TET_CASES = wound_case_table()
+# per tetrahedron, case, triangle and corner: the cube corners at the ends of the cut edge
+CASE_ENDS = np.where(TET_CASES[..., None] >= 0,
+                     KUHN_TETS[np.arange(6)[:, None, None, None, None],
+                               TET_EDGES[np.maximum(TET_CASES, 0)]], -1)  # (6,16,2,3,2)
+# per pair of cube corners: the edge's lower end (offsets) and its direction bits
+EDGE_LOWER = np.minimum(CORNER_OFFSETS[:, None], CORNER_OFFSETS[None, :])  # (8,8,3)
+EDGE_DIRECTION = np.abs(CORNER_OFFSETS[None, :] - CORNER_OFFSETS[:, None]) @ np.array([4, 2, 1])
 
 
 def mesh_volume(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
@@ -954,33 +964,29 @@ def march_blocks(grid: Grid, chunk: np.ndarray, padded: np.ndarray, key_base: in
 def march_tets(grid: Grid, cube_origin: np.ndarray, cube_values: np.ndarray, key_base: int):
     tet_values = cube_values[:, KUHN_TETS]  # (n,6,4)
     case = ((tet_values < 0) * (1 << np.arange(4))).sum(axis=-1)
-    tri_edges = TET_CASES[np.arange(6), case]  # (n,6,2,3)
-    cube, tet, slot = np.nonzero(tri_edges[..., 0] >= 0)
-    edges = tri_edges[cube, tet, slot]  # (T,3) tet-edge indices
-    corner_a = KUHN_TETS[tet[:, None], TET_EDGES[edges, 0]]  # cube corners (T,3)
-    corner_b = KUHN_TETS[tet[:, None], TET_EDGES[edges, 1]]
-    va = cube_values[cube[:, None], corner_a]
-    vb = cube_values[cube[:, None], corner_b]
-    pa = cube_origin[cube][:, None, :] + CORNER_OFFSETS[corner_a]
-    pb = cube_origin[cube][:, None, :] + CORNER_OFFSETS[corner_b]
+    ends = CASE_ENDS[np.arange(6), case]  # (n,6,2,3,2)
+    cube, tet, slot = np.nonzero(ends[..., 0, 0] >= 0)
+    a, b = np.moveaxis(ends[cube, tet, slot], -1, 0)  # cube corners at each edge's ends (T,3)
+    va = cube_values[cube[:, None], a]
+    vb = cube_values[cube[:, None], b]
     t = (va / (va - vb))[..., None]
-    pos = pa + t * (pb - pa)  # (T,3,3) voxel units
-    keys = edge_keys(grid, pa, pb)
+    base = cube_origin[cube][:, None, :]
+    pos = base + CORNER_OFFSETS[a] + t * (CORNER_OFFSETS[b] - CORNER_OFFSETS[a])  # voxel units
+    keys = edge_keys(grid, cube_origin[cube], a, b)
     indices = key_base + np.arange(keys.size).reshape(-1, 3)
     return keys.ravel(), pos.reshape(-1, 3), indices
 
 
-def edge_keys(grid: Grid, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+def edge_keys(grid: Grid, cube_origin: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """One integer per grid edge: lower end's voxel index * 8 + the edge's direction bits.
 
     Kuhn edges always join a corner to one with component-wise larger offsets, so the lower
     end and the direction name the edge uniquely whichever cube it came from.
     """
-    lower = np.minimum(pa, pb)
-    direction = np.abs(pb - pa) @ np.array([4, 2, 1])
     n = grid.blocks * BLOCK + 1
-    flat = (lower[..., 0].astype(np.int64) * n[1] + lower[..., 1]) * n[2] + lower[..., 2]
-    return flat * 8 + direction
+    strides = np.array([n[1] * n[2], n[2], 1], np.int64)
+    return (((cube_origin @ strides)[:, None] + EDGE_LOWER[a, b] @ strides) * 8
+            + EDGE_DIRECTION[a, b])
 
 
 def drop_degenerate(faces: np.ndarray) -> np.ndarray:

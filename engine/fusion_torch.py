@@ -211,8 +211,9 @@ class TorchMesher:
 
         self.device, self.chunk_blocks = device, chunk_blocks
         as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-        self.kuhn, self.tet_edges = as_t(fusion.KUHN_TETS), as_t(fusion.TET_EDGES)
-        self.offsets, self.cases = as_t(fusion.CORNER_OFFSETS), as_t(fusion.TET_CASES)
+        self.kuhn, self.offsets = as_t(fusion.KUHN_TETS), as_t(fusion.CORNER_OFFSETS)
+        self.ends, self.lower = as_t(fusion.CASE_ENDS), as_t(fusion.EDGE_LOWER)
+        self.direction = as_t(fusion.EDGE_DIRECTION)
 
     def __call__(self, grid: fusion.Grid, keys: np.ndarray, values: np.ndarray,
                  coarse: np.ndarray, views: list[fusion.View] | None):
@@ -340,22 +341,19 @@ class TorchMesher:
         tet_values = cube_values[:, self.kuhn]  # (n,6,4)
         bits = torch.tensor([1, 2, 4, 8], device=self.device)
         case = ((tet_values < 0).long() * bits).sum(dim=-1)
-        tri_edges = self.cases[torch.arange(6, device=self.device), case]  # (n,6,2,3)
-        cube, tet, slot = torch.nonzero(tri_edges[..., 0] >= 0, as_tuple=True)
-        edges = tri_edges[cube, tet, slot]  # (T,3)
-        corner_a = self.kuhn[tet[:, None], self.tet_edges[edges, 0]]
-        corner_b = self.kuhn[tet[:, None], self.tet_edges[edges, 1]]
-        va = cube_values[cube[:, None], corner_a]
-        vb = cube_values[cube[:, None], corner_b]
-        pa = cube_origin[cube][:, None, :] + self.offsets[corner_a]
-        pb = cube_origin[cube][:, None, :] + self.offsets[corner_b]
+        ends = self.ends[torch.arange(6, device=self.device), case]  # (n,6,2,3,2)
+        cube, tet, slot = torch.nonzero(ends[..., 0, 0] >= 0, as_tuple=True)
+        a, b = ends[cube, tet, slot].unbind(-1)  # (T,3)
+        va = cube_values[cube[:, None], a]
+        vb = cube_values[cube[:, None], b]
         t = (va / (va - vb)).double()[..., None]
-        pos = pa + t * (pb - pa)  # (T,3,3) voxel units, float64 as numpy's
-        lower = torch.minimum(pa, pb)
-        direction = (torch.abs(pb - pa) * torch.tensor([4, 2, 1], device=self.device)).sum(-1)
+        origin = cube_origin[cube]
+        pos = origin[:, None, :] + self.offsets[a] + t * (self.offsets[b] - self.offsets[a])
         n = self.blocks * fusion.BLOCK + 1
-        flat = (lower[..., 0] * n[1] + lower[..., 1]) * n[2] + lower[..., 2]
-        return (flat * 8 + direction).flatten(), pos.reshape(-1, 3)
+        strides = torch.stack([n[1] * n[2], n[2], torch.ones_like(n[2])])
+        keys = (((origin @ strides)[:, None] + self.lower[a, b] @ strides) * 8
+                + self.direction[a, b])
+        return keys.flatten(), pos.reshape(-1, 3)
 
 
 def torch_stack(columns):

@@ -8,17 +8,14 @@
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import bpy
 import numpy as np
 
 from .builder.rescale import SCALE_KEY, rescale_collection
-from .builder.result import build_result
-from .builder.tracking import NewDataGuard
+from .builder.result import StagedImport
 from .engine.options import BuildOptions
-from .engine.prediction import Prediction, PredictionError, load_prediction, validate
+from .engine.prediction import Prediction, PredictionError
 
 
 def import_prediction(filepath: str | os.PathLike | Prediction, options: BuildOptions | None = None,
@@ -54,14 +51,23 @@ def import_prediction(filepath: str | os.PathLike | Prediction, options: BuildOp
         (a ValueError) with a one-line message when the file or the options cannot be used.
         Nothing created before the failure is left behind.
     """
+    return start_import(filepath, options, context=context, name=name, timings=timings).run()
+
+
+def start_import(source: str | os.PathLike | Prediction, options: BuildOptions | None = None,
+                 *, context=None, name: str | None = None,
+                 timings: dict | None = None) -> StagedImport:
+    """:func:`import_prediction` in steps, for a caller that keeps Blender's UI running.
+
+    Reading, filtering and fusing start at once on threads (numpy only); call ``step()`` from
+    the main thread (a modal operator's timer) until it returns True, then ``collection`` is
+    the result. ``label`` and ``fraction`` say where it is; ``cancel()`` removes what was made.
+    A step raises ``PredictionError`` like :func:`import_prediction` (after cleaning up).
+    """
     context = context or bpy.context
     options = options or BuildOptions()
-    timings = {} if timings is None else timings
-    pred = _read(filepath, timings)
     crop = crop_box(context, options.crop_object)
-    with NewDataGuard(context.scene):
-        return build_result(context, pred, options, name or _default_name(filepath, pred),
-                            crop, timings)
+    return StagedImport(context, source, options, name, crop, timings)
 
 
 def result_warning(collection: bpy.types.Collection) -> str:
@@ -98,24 +104,3 @@ def crop_box(context, name: str):
         return world_to_local, np.full(3, -size), np.full(3, size)
     corners = np.array([tuple(c) for c in obj.bound_box])
     return world_to_local, corners.min(axis=0), corners.max(axis=0)
-
-
-def _read(source, timings: dict) -> Prediction:
-    start = time.perf_counter()
-    if _is_path(source):
-        pred = load_prediction(source)
-    else:  # an in-memory Prediction (possibly from another import of the engine package)
-        validate(source)
-        pred = source
-    timings["read"] = time.perf_counter() - start
-    return pred
-
-
-def _is_path(source) -> bool:
-    return isinstance(source, (str, bytes, os.PathLike))
-
-
-def _default_name(source, pred: Prediction) -> str:
-    if _is_path(source):
-        return Path(os.fsdecode(source)).stem
-    return f"DA3 {pred.model}" if pred.model else "DA3 Prediction"

@@ -105,6 +105,7 @@ def bench_whole_import(api, path, report: Report):
     GLB route gives, so the like-for-like comparison)."""
     from da3_reconstruct.engine.options import BuildOptions
 
+    seconds = []
     for label, options in (("whole import, default options", BuildOptions()),
                            ("whole import, points + cameras", BuildOptions(output_surface=False))):
         timings = {}
@@ -112,7 +113,8 @@ def bench_whole_import(api, path, report: Report):
         points = next(o for o in coll.all_objects if o["da3_role"] == "points")
         report.add(label, t, len(points.data.vertices),
                    ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-    return points
+        seconds.append(t)
+    return points, seconds[0]
 
 
 # --- baselines -------------------------------------------------------------------------------
@@ -190,21 +192,56 @@ print(time.perf_counter() - start)
 """
 
 
-def bench_da3_glb(args, path, report: Report):
-    """DA3's own exporter in its own environment, then Blender's glTF importer on its file."""
+def bench_da3_glb(args, path, report: Report, ours: float) -> None:
+    """The manual route this extension replaces, step by step: DA3's own exporter in its own
+    environment, Blender's glTF importer on its file, then Geometry Nodes volume meshing of the
+    imported points (Points to Volume -> Volume to Mesh, voxel = longest side / 256 like our
+    fused surface); its total against ``ours`` (our whole import with default options)."""
     if not args.da3_python or not Path(args.da3_python).exists():
         print("  (DA3's exporter skipped: no --da3-python)")
         return
     cmd = [args.da3_python, "-c", DA3_EXPORT, str(path), str(TMP / "da3glb"), args.da3_path]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"  (DA3's exporter failed: {done.stderr.strip().splitlines()[-1]})")
+        print(f"  (DA3's exporter failed: {done.stderr.strip().splitlines()[-1]}; it needs trimesh: "
+              "see --da3-path)")
         return
-    report.add("DA3 export_to_glb (1M-point cap)", float(done.stdout.strip().splitlines()[-1]))
-    before = set(bpy.data.meshes)
-    _, t = timed(bpy.ops.import_scene.gltf, filepath=str(TMP / "da3glb" / "scene.glb"))
-    points = max(len(m.vertices) for m in set(bpy.data.meshes) - before)
-    report.add("  + Blender glTF import of it", t, points, "(its points + camera wireframes)")
+    export = float(done.stdout.strip().splitlines()[-1])
+    report.add("DA3 export_to_glb (1M-point cap)", export)
+    before = set(bpy.data.objects)
+    _, load = timed(bpy.ops.import_scene.gltf, filepath=str(TMP / "da3glb" / "scene.glb"))
+    cloud = max((o for o in set(bpy.data.objects) - before if o.type == "MESH"),
+                key=lambda o: len(o.data.vertices))
+    report.add("  + Blender glTF import of it", load, len(cloud.data.vertices),
+               "(its points + camera wireframes)")
+    faces, mesh = timed(volume_mesh, cloud, 256)
+    report.add("  + Geometry Nodes volume meshing", mesh, None, f"{faces:,} faces")
+    manual = export + load + mesh
+    report.add("manual route, total", manual, None,
+               f"ours (default options) {ours:.2f} s = {ours / manual:.2f} x the manual route")
+
+
+def volume_mesh(obj, resolution: int) -> int:
+    """Points to Volume -> Volume to Mesh on ``obj``'s vertices, applied in place; faces made."""
+    size = max(obj.dimensions) / resolution
+    tree = bpy.data.node_groups.new("volume meshing", "GeometryNodeTree")
+    tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes = [tree.nodes.new(kind) for kind in ("NodeGroupInput", "GeometryNodeMeshToPoints",
+                                               "GeometryNodePointsToVolume",
+                                               "GeometryNodeVolumeToMesh", "NodeGroupOutput")]
+    for a, b in zip(nodes, nodes[1:], strict=False):
+        tree.links.new(a.outputs[0], b.inputs[0])
+    to_volume, to_mesh = nodes[2], nodes[3]
+    for node in (to_volume, to_mesh):
+        node.inputs["Resolution Mode"].default_value = "Size"
+        node.inputs["Voxel Size"].default_value = size
+    to_volume.inputs["Radius"].default_value = 1.5 * size
+    modifier = obj.modifiers.new("volume", "NODES")
+    modifier.node_group = tree
+    with bpy.context.temp_override(object=obj, active_object=obj):
+        bpy.ops.object.modifier_apply(modifier=modifier.name)
+    return len(obj.data.polygons)
 
 
 def bench_gltf_of_our_points(points_obj, report: Report):
@@ -271,7 +308,9 @@ def main() -> None:
                         help="views used for the bmesh / from_pydata comparison")
     parser.add_argument("--da3-python", default=str(REPO / ".worker-env" / "bin" / "python"),
                         help="a Python with depth_anything_3 (and trimesh) for DA3's GLB export")
-    parser.add_argument("--da3-path", default="", help="extra sys.path entry there (trimesh)")
+    parser.add_argument("--da3-path", default=str(REPO / ".cache" / "bench-site"),
+                        help="extra sys.path entry there, for trimesh (`pip install --no-deps "
+                             "--target .cache/bench-site trimesh`)")
     args = parser.parse_args()
 
     import addon_utils
@@ -286,8 +325,8 @@ def main() -> None:
     pred, _, grids = bench_stages(pkg, path, report)
     bench_remesh(api, pkg, pred, report)
     bench_baselines(pkg, grids[: args.baseline_views], report)
-    points = bench_whole_import(api, path, report)
-    bench_da3_glb(args, path, report)
+    points, ours = bench_whole_import(api, path, report)
+    bench_da3_glb(args, path, report, ours)
     bench_gltf_of_our_points(points, report)
 
 

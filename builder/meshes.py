@@ -10,12 +10,16 @@ NEUTRAL_GREY = (0.5, 0.5, 0.5, 1.0)  # colour of files without images (mini_npz)
 
 
 def mesh_from_arrays(name: str, vertices: np.ndarray, triangles: np.ndarray | None = None,
-                     colors: np.ndarray | None = None) -> bpy.types.Mesh:
-    """A mesh with ``vertices`` (V,3), optional ``triangles`` (T,3) and per-vertex ``colors`` (V,4)."""
+                     colors: np.ndarray | None = None, edges=None) -> bpy.types.Mesh:
+    """A mesh with ``vertices`` (V,3), optional ``triangles`` (T,3) and per-vertex ``colors``
+    (V,4); ``edges`` = ``engine.geometry.triangle_edges(triangles)`` when already known (then
+    Blender derives nothing)."""
     mesh = bpy.data.meshes.new(name)
     set_vertices(mesh, vertices)
     if triangles is not None and len(triangles):
         set_faces(mesh, [triangles])
+        if edges is not None:
+            set_edges(mesh, edges[0], [edges[1]])
     set_colors(mesh, colors, len(vertices))
     mesh.update()
     return mesh
@@ -43,7 +47,7 @@ def grid_mesh(name: str, grid) -> bpy.types.Mesh:
 
 def set_vertices(mesh: bpy.types.Mesh, vertices: np.ndarray) -> None:
     mesh.vertices.add(len(vertices))
-    mesh.attributes["position"].data.foreach_set("vector", _flat(vertices, np.float32))
+    mesh.attributes["position"].data.foreach_set("vector", flat(vertices, np.float32))
 
 
 def set_faces(mesh: bpy.types.Mesh, faces: list[np.ndarray]) -> None:
@@ -52,7 +56,7 @@ def set_faces(mesh: bpy.types.Mesh, faces: list[np.ndarray]) -> None:
     counts = [len(f) for f in faces]
     mesh.loops.add(sum(k * n for k, n in zip(sizes, counts, strict=True)))
     mesh.polygons.add(sum(counts))
-    corners = np.concatenate([_flat(f, np.int32) for f in faces])
+    corners = np.concatenate([flat(f, np.int32) for f in faces])
     mesh.attributes[".corner_vert"].data.foreach_set("value", corners)
     face_sizes = np.repeat(np.array(sizes, dtype=np.int32), counts)
     loop_start = np.zeros(len(face_sizes), dtype=np.int32)
@@ -63,8 +67,8 @@ def set_faces(mesh: bpy.types.Mesh, faces: list[np.ndarray]) -> None:
 def set_edges(mesh: bpy.types.Mesh, edges: np.ndarray, corner_edges: list[np.ndarray]) -> None:
     """Edges (E,2) and, in the faces' order, the edge after each face corner."""
     mesh.edges.add(len(edges))
-    mesh.attributes[".edge_verts"].data.foreach_set("value", _flat(edges, np.int32))
-    corner = np.concatenate([_flat(e, np.int32) for e in corner_edges])
+    mesh.attributes[".edge_verts"].data.foreach_set("value", flat(edges, np.int32))
+    corner = np.concatenate([flat(e, np.int32) for e in corner_edges])
     mesh.attributes[".corner_edge"].data.foreach_set("value", corner)
 
 
@@ -73,12 +77,12 @@ def set_colors(mesh: bpy.types.Mesh, colors: np.ndarray | None, count: int) -> N
     if colors is None:
         colors = np.broadcast_to(np.array(NEUTRAL_GREY, dtype=np.float32), (count, 4))
     attribute = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
-    attribute.data.foreach_set("color", _flat(colors, np.float32))
+    attribute.data.foreach_set("color", flat(colors, np.float32))
     # Look the attribute up again: references taken before another attribute was added go stale.
     mesh.color_attributes.active_color = mesh.color_attributes[COLOR_ATTRIBUTE]
     mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
 
 
-def _flat(array: np.ndarray, dtype) -> np.ndarray:
+def flat(array: np.ndarray, dtype=np.float32) -> np.ndarray:
     """A contiguous 1-D array of exactly ``dtype``: what foreach_set copies without conversion."""
     return np.ascontiguousarray(array, dtype=dtype).reshape(-1)

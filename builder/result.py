@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import bpy
 
 from ..engine import geometry
 from ..engine.options import BuildOptions
-from ..engine.prediction import Prediction, PredictionError
+from ..engine.prediction import Prediction, PredictionError, load_prediction, validate
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
-from .meshes import grid_mesh, mesh_from_arrays
-from .surface import build_surface
+from .meshes import flat, grid_mesh, set_colors, set_vertices
+from .surface import create_surface, surface_arrays
+from .tracking import NewDataGuard
 
 
 @dataclass
@@ -50,27 +56,152 @@ class Build:
         return obj
 
 
-def build_result(context, pred: Prediction, options: BuildOptions, name: str, crop=None,
-                 timings: dict | None = None) -> bpy.types.Collection:
-    """Build ``pred`` into a new collection linked to the scene; ``timings`` gets seconds per stage."""
-    timings = {} if timings is None else timings
-    with _timed(timings, "filter"):
-        geo = geometry.prepare(pred, options, crop)
-    if geo.num_points == 0:
-        raise PredictionError("no pixel survives the filters (confidence, sky, edges, crop): "
-                              "lower the confidence percentile or check the crop object")
-    build = Build(context, pred, options, name, geo, _new_collection(context, name, pred, geo),
-                  color_material(name), crop)
-    for wanted, part, stage in _PARTS:
-        if getattr(options, wanted):
-            with _timed(timings, stage):
-                part(build)
-    return build.collection
+class StagedImport:
+    """One prediction -> one new collection, in short steps on Blender's main thread.
+
+    The numpy work (reading the file, filtering and back-projecting, meshing the views, fusing)
+    runs on two threads that never touch bpy; each :meth:`step` does the next piece of Blender
+    work whose inputs are ready (the collection, the points, one view mesh, the surface, the
+    cameras), so a modal operator can call it from a timer and Blender's UI stays responsive.
+    ``api.import_prediction`` steps it to the end. A failure or :meth:`cancel` removes whatever
+    was made (``NewDataGuard``).
+    """
+
+    def __init__(self, context, source, options: BuildOptions, name: str | None = None,
+                 crop=None, timings: dict | None = None):
+        self.context, self.options, self.crop = context, options, crop
+        self.timings = {} if timings is None else timings
+        self.label, self.fraction, self.collection = "reading the file", 0.0, None
+        self._stopped = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="da3-import")
+        self._guard = NewDataGuard(context.scene).__enter__()
+        self._steps = self._run(self._pool.submit(self._prepare, source),
+                                name or (lambda pred: default_name(source, pred)))
+
+    def step(self, wait: bool = False) -> bool:
+        """Do the next piece of Blender work if its inputs are ready (with ``wait``, wait for
+        them); True once the result is complete. Errors are raised after clean-up."""
+        try:
+            self._wait = wait
+            next(self._steps)
+            return False
+        except StopIteration:
+            self._pool.shutdown(wait=False)
+            self._guard.__exit__(None, None, None)
+            return True
+        except BaseException as exc:
+            self._abandon()
+            self._guard.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def run(self) -> bpy.types.Collection:
+        """Step to the end, waiting for the threads: the blocking import."""
+        while not self.step(wait=True):
+            pass
+        return self.collection
+
+    def cancel(self) -> None:
+        """Stop the threads at their next check and remove what was made."""
+        self._abandon()
+        self._guard.__exit__(ReconstructionAbandoned, None, None)
+
+    def _abandon(self) -> None:
+        self._stopped.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the threads (numpy only) ---
+
+    def _prepare(self, source):
+        with _timed(self.timings, "read"):
+            pred = read_prediction(source)
+        self._check()
+        with _timed(self.timings, "filter"):
+            geo = geometry.prepare(pred, self.options, self.crop)
+        if geo.num_points == 0:
+            raise PredictionError("no pixel survives the filters (confidence, sky, edges, crop): "
+                                  "lower the confidence percentile or check the crop object")
+        return pred, geo
+
+    def _compute(self, part: Part, build: Build):
+        self._check()
+        with _timed(self.timings, part.stage):
+            return part.compute(build, self._progress)
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self._check()
+        self.fraction = fraction
+
+    def _check(self) -> None:
+        if self._stopped.is_set():
+            raise ReconstructionAbandoned("import cancelled")
+
+    # --- the main thread ---
+
+    def _run(self, prepared, name):
+        pred, geo = yield from self._result(prepared)
+        name = name(pred) if callable(name) else name
+        build = Build(self.context, pred, self.options, name, geo,
+                      _new_collection(self.context, name, pred, geo), color_material(name), self.crop)
+        self.collection = build.collection
+        parts = [part for part in _PARTS if getattr(self.options, part.wanted)]
+        # all computations start now, IMPORT_THREADS at a time
+        futures = [self._pool.submit(self._compute, part, build) if part.compute else None
+                   for part in parts]
+        for part, future in zip(parts, futures, strict=True):
+            self.label = part.label
+            data = (yield from self._result(future)) if future else None
+            steps = part.create(build, data)
+            while True:
+                with _timed(self.timings, part.stage):
+                    more = next(steps, _DONE)
+                if more is _DONE:
+                    break
+                yield
+        # Linked last: until now nothing was drawn or evaluated, so no step waited on a redraw.
+        self.context.scene.collection.children.link(build.collection)
+
+    def _result(self, future):
+        """The future's value, yielding (so the UI runs on) until it is ready."""
+        while not future.done():
+            if self._wait:
+                return future.result()
+            yield
+        return future.result()
+
+
+# Two threads (the fusion beside the rest) where that leaves a core to Blender's UI, else one.
+IMPORT_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
+
+
+class ReconstructionAbandoned(Exception):
+    """An import stopped by :meth:`StagedImport.cancel` (never reaches the user)."""
+
+
+_DONE = object()
+
+
+def read_prediction(source) -> Prediction:
+    """A DA3 npz file read and checked, or an in-memory Prediction (possibly from another
+    import of the engine package) checked."""
+    if _is_path(source):
+        return load_prediction(source)
+    validate(source)
+    return source
+
+
+def _is_path(source) -> bool:
+    return isinstance(source, (str, bytes, os.PathLike))
+
+
+def default_name(source, pred: Prediction) -> str:
+    """The file's stem, else the model's name."""
+    if _is_path(source):
+        return Path(os.fsdecode(source)).stem
+    return f"DA3 {pred.model}" if pred.model else "DA3 Prediction"
 
 
 def _new_collection(context, name: str, pred: Prediction, geo: geometry.Scene):
-    collection = bpy.data.collections.new(name)
-    context.scene.collection.children.link(collection)
+    collection = bpy.data.collections.new(name)  # linked to the scene when complete
     collection["da3_scale"] = geo.scale
     collection["da3_is_metric"] = bool(pred.is_metric)
     collection["da3_model"] = pred.model
@@ -79,47 +210,77 @@ def _new_collection(context, name: str, pred: Prediction, geo: geometry.Scene):
     return collection
 
 
-def add_points(build: Build) -> bpy.types.Object:
-    """Every kept pixel as a coloured, renderable point (vertices shown through Geometry Nodes)."""
+# --- the parts: numpy on a thread, then Blender data on the main thread -------------------------
+
+def points_arrays(build: Build, progress) -> tuple:
+    """Positions, colours (as foreach_set takes them) and display radius of the kept pixels."""
     points, colors = geometry.kept_points(build.geo)
-    mesh = mesh_from_arrays(f"{build.name} points", points, colors=colors)
+    return flat(points), None if colors is None else flat(colors), geometry.point_radius(build.geo)
+
+
+def add_points(build: Build, arrays):
+    """Every kept pixel as a coloured, renderable point (vertices shown through Geometry Nodes).
+    Positions and colours in two steps: each is a large allocation inside Blender."""
+    points, colors, radius = arrays
+    mesh = bpy.data.meshes.new(f"{build.name} points")
+    set_vertices(mesh, points.reshape(-1, 3))
+    yield
+    set_colors(mesh, None if colors is None else colors.reshape(-1, 4), len(mesh.vertices))
+    mesh.update()
     mesh.materials.append(build.material)
     obj = build.add_object(mesh.name, mesh, "points")
-    group = points_node_group(mesh.name, geometry.point_radius(build.geo), build.material)
+    group = points_node_group(mesh.name, radius, build.material)
     obj.modifiers.new("DA3 Points", "NODES").node_group = group
-    return obj
+    yield
 
 
-def add_view_meshes(build: Build) -> list[bpy.types.Object]:
+def view_grids(build: Build, progress) -> list:
+    return geometry.view_meshes(build.geo, build.prediction.depth, quads=True)
+
+
+def add_view_meshes(build: Build, grids):
     """One triangulated surface per view, never bridging an edge or a dropped pixel."""
-    objects = []
-    grids = geometry.view_meshes(build.geo, build.prediction.depth, quads=True)
+    made = 0
     for i, grid in enumerate(grids):
         if len(grid.triangles) + len(grid.quads) == 0:
             continue
         mesh = grid_mesh(f"{build.name} view {i} mesh", grid)
         mesh.materials.append(build.material)
-        objects.append(build.add_object(mesh.name, mesh, "view_mesh", da3_view_index=i))
-    if not objects:
+        build.add_object(mesh.name, mesh, "view_mesh", da3_view_index=i)
+        made += 1
+        yield
+    if not made:
         build.note("no view meshes: no view has neighbouring pixels left after the filters; "
                    "try a lower confidence_percentile")
-    return objects
 
 
-def add_cameras(build: Build) -> None:
+def add_cameras(build: Build, _data):
     pred = build.prediction
     set_render_resolution(build.context.scene, pred.width, pred.height)
     add_view_cameras(build)
     if pred.is_video and pred.num_views > 1:
         add_camera_track(build)
+    yield
 
 
-# (option that asks for it, builder, timing stage)
+@dataclass(frozen=True)
+class Part:
+    """One part of the result: ``compute(build, progress)`` runs on a thread (numpy only, may be
+    None), ``create(build, data)`` on the main thread, yielding between pieces of Blender work."""
+
+    wanted: str  # the BuildOptions flag that asks for it
+    stage: str  # its key in the timings
+    label: str  # what the user reads while it is made
+    compute: Callable | None
+    create: Callable
+
+
 _PARTS = (
-    ("output_points", add_points, "points"),
-    ("output_view_meshes", add_view_meshes, "view_meshes"),
-    ("output_surface", build_surface, "surface"),
-    ("output_cameras", add_cameras, "cameras"),
+    Part("output_points", "points", "building the points", points_arrays, add_points),
+    Part("output_view_meshes", "view_meshes", "building the view meshes", view_grids, add_view_meshes),
+    Part("output_surface", "surface", "fusing the views into one surface", surface_arrays,
+         create_surface),
+    Part("output_cameras", "cameras", "adding the cameras", None, add_cameras),
 )
 
 

@@ -1,10 +1,11 @@
-"""Fusing the views into one surface. ``SURFACE_BUILDERS`` maps ``options.fusion`` to a builder:
-a function ``(build) -> Object | None`` (None: nothing to fuse, noted on the collection).
+"""Fusing the views into one surface, the way ``options.fusion`` names: ``surface_arrays`` does
+the numpy part (on the importer's thread), ``create_surface`` the Blender part.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import bmesh
 import bpy
@@ -15,14 +16,26 @@ from ..engine.prediction import PredictionError
 from .meshes import mesh_from_arrays
 
 
-def remesh_surface(build) -> bpy.types.Object | None:
-    """Join the per-view surfaces and voxel-remesh them in place (Blender's remesher, OpenVDB)."""
+@dataclass
+class Skipped:
+    """No surface, and the line that tells the user why."""
+
+    note: str
+
+
+def remesh_input(build, progress) -> tuple[geometry.GridMesh, float] | Skipped:
+    """The per-view surfaces joined into closed slabs, ready for the voxel remesher."""
     voxel = geometry.voxel_size_for(build.geo, build.options.voxel_size)
     joined = geometry.surface_input(build.geo, build.prediction.depth, voxel)
     if len(joined.triangles) == 0:  # e.g. every view edge-on: keep the rest of the result
-        build.note("no surface: no part of any view faces its camera with neighbouring pixels "
-                   "(views edge-on); try fusion='TSDF' or photos that face the surfaces")
-        return None
+        return Skipped("no surface: no part of any view faces its camera with neighbouring pixels "
+                       "(views edge-on); try fusion='TSDF' or photos that face the surfaces")
+    return joined, voxel
+
+
+def remesh_surface(build, data) -> bpy.types.Object:
+    """Voxel-remesh the joined per-view surfaces in place (Blender's remesher, OpenVDB)."""
+    joined, voxel = data
     mesh = mesh_from_arrays(f"{build.name} surface", joined.vertices, joined.triangles,
                             joined.colors)
     obj = build.add_object(mesh.name, mesh, "surface")
@@ -87,28 +100,33 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0].removeprefix("Error: ")
 
 
-def tsdf_surface(build) -> bpy.types.Object | None:
-    """Fuse every view into one signed-distance volume (``engine.fusion``) and mesh it.
+def fused_surface(build, progress) -> tuple[fusion.FusedMesh, tuple] | Skipped:
+    """One signed-distance volume of every view (``engine.fusion``), meshed, in the result's
+    frame, with its edges.
 
     Fusion works in the prediction's own frame and units; the mesh is moved into the result's
     frame afterwards. It weighs pixels by confidence itself (a hard percentile cut costs it
-    recall), so ``confidence_percentile`` applies to points and view meshes only.
+    recall), so ``confidence_percentile`` applies to points and view meshes only. The worker's
+    surface is used when the file holds one made with these settings.
     """
     pred, geo = build.prediction, build.geo
-    fused = fused_by_worker(build)
-    if fused is None:
-        fused = fuse_here(build)
-    if fused is None or len(fused.faces) == 0:
-        if fused is not None:
-            build.note("no TSDF surface: the views disagree, so no voxel was seen as surface by "
+    fused = fused_by_worker(build) or fuse_here(build, progress)
+    if isinstance(fused, Skipped):
+        return fused
+    if len(fused.faces) == 0:
+        return Skipped("no TSDF surface: the views disagree, so no voxel was seen as surface by "
                        "enough of them; try fusion='REMESH', a larger voxel_size, or more overlapping photos")
-        return None
-    colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
-    vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
-    mesh = mesh_from_arrays(f"{build.name} surface", vertices, fused.faces, colors)
+    fused.colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
+    fused.vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
+    return fused, geometry.triangle_edges(fused.faces)
+
+
+def tsdf_surface(build, data) -> bpy.types.Object:
+    fused, edges = data
+    mesh = mesh_from_arrays(f"{build.name} surface", fused.vertices, fused.faces, fused.colors, edges)
     mesh.materials.append(build.material)
     obj = build.add_object(mesh.name, mesh, "surface")
-    obj["da3_voxel_size"] = fused.voxel_size * geo.scale
+    obj["da3_voxel_size"] = fused.voxel_size * build.geo.scale
     obj["da3_fused_in"] = fused.stats.get("fused_in", "blender")
     return obj
 
@@ -128,8 +146,8 @@ def fused_by_worker(build) -> fusion.FusedMesh | None:
                             stats={"fused_in": "worker"})
 
 
-def fuse_here(build) -> fusion.FusedMesh | None:
-    """Fuse in Blender's process (numpy); None, noted on the collection, if nothing fuses."""
+def fuse_here(build, progress) -> fusion.FusedMesh | Skipped:
+    """Fuse in Blender's process (numpy, on the importer's thread)."""
     pred, geo, options = build.prediction, build.geo, build.options
     tsdf_options = fusion.TSDFOptions(
         voxel_size=options.voxel_size / geo.scale, mask_sky=options.mask_sky,
@@ -137,30 +155,24 @@ def fuse_here(build) -> fusion.FusedMesh | None:
         crop_box=None if build.crop is None else geometry.box_in_prediction_frame(
             build.crop, pred, geo.scale))
     try:
-        with _window_progress(build.context) as progress:
-            return fusion.fuse_tsdf(pred, tsdf_options, progress)
+        return fusion.fuse_tsdf(pred, tsdf_options, progress)
     except ValueError as exc:  # no usable pixel, or nothing fits: keep the rest of the result
-        build.note(f"no TSDF surface: {exc}; try fusion='REMESH', or photos that overlap more")
-        return None
+        return Skipped(f"no TSDF surface: {exc}; try fusion='REMESH', or photos that overlap more")
 
 
-class _window_progress:
-    """Blender's progress cursor while fusing (a no-op in background mode)."""
-
-    def __init__(self, context):
-        self.wm = context.window_manager
-
-    def __enter__(self):
-        self.wm.progress_begin(0.0, 1.0)
-        return lambda fraction, _message: self.wm.progress_update(fraction)
-
-    def __exit__(self, *exc):
-        self.wm.progress_end()
+# options.fusion -> (numpy part, Blender part)
+SURFACE_MAKERS = {"TSDF": (fused_surface, tsdf_surface), "REMESH": (remesh_input, remesh_surface)}
 
 
-SURFACE_BUILDERS = {"TSDF": tsdf_surface, "REMESH": remesh_surface}
+def surface_arrays(build, progress):
+    """The numpy part of the surface (runs on the importer's thread)."""
+    return SURFACE_MAKERS[build.options.fusion][0](build, progress)
 
 
-def build_surface(build) -> bpy.types.Object | None:
-    """The fused surface, made the way ``build.options.fusion`` names."""
-    return SURFACE_BUILDERS[build.options.fusion](build)
+def create_surface(build, data):
+    """The Blender part: the surface object, or the note saying why there is none."""
+    if isinstance(data, Skipped):
+        build.note(data.note)
+        return
+    SURFACE_MAKERS[build.options.fusion][1](build, data)
+    yield

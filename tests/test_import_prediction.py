@@ -470,15 +470,42 @@ def test_a_failure_mid_build_removes_what_was_made(blender, addon, everything, m
     before = counts(blender)
     resolution = resolution_of(blender)
 
-    def explode(build):
+    def explode(build, data):
         raise addon.engine.prediction.PredictionError("simulated failure after the cameras")
+        yield
 
     result = addon.builder.result
-    monkeypatch.setattr(result, "_PARTS", result._PARTS + (("output_cameras", explode, "boom"),))
+    boom = result.Part("output_cameras", "boom", "failing", None, explode)
+    monkeypatch.setattr(result, "_PARTS", result._PARTS + (boom,))
     with pytest.raises(ValueError, match="simulated"):
         addon.api.import_prediction(pred, everything)
     assert counts(blender) == before
     assert resolution_of(blender) == resolution
+
+
+def test_stepping_without_waiting_builds_the_same_result(blender, addon, everything, tmp_path):
+    """The UI's way: steps that never wait for the threads, until done."""
+    pred, _ = make_prediction(n_views=3)
+    path = save_prediction(pred, tmp_path / "stepped.npz")
+    staged = addon.api.start_import(path, everything)
+    steps = 0
+    while not staged.step():
+        steps += 1
+    stepped = {o["da3_role"] for o in staged.collection.all_objects}
+    blocking = addon.api.import_prediction(path, everything, name="blocking")
+    assert stepped == {o["da3_role"] for o in blocking.all_objects}
+    assert steps > len(stepped)  # Blender's work came in several steps
+    assert staged.collection.name == "stepped"
+
+
+def test_cancel_mid_import_leaves_nothing(blender, addon, everything):
+    pred, _ = make_prediction(n_views=3)
+    before = counts(blender)
+    staged = addon.api.start_import(pred, everything)
+    while staged.collection is None or not len(staged.collection.all_objects):
+        assert not staged.step()
+    staged.cancel()
+    assert counts(blender) == before
 
 
 def test_nothing_survives_the_filters_is_an_error(blender, addon):

@@ -56,6 +56,8 @@ def test_object_mode_import_is_closed_coloured_and_on_the_surface(addon, blender
     assert np.all(faces_per_edge == 2), "the fused object must be closed"
     assert surface.data.color_attributes, "vertex colours from the images"
     assert surface.data.materials[0] is not None
+    assert not surface.data.copy().validate(verbose=False), "Blender found something to fix"
+    assert_edges_as_blender_derives(surface.data)
 
     import mathutils.kdtree
     tree = mathutils.kdtree.KDTree(len(scene.surface))
@@ -66,6 +68,28 @@ def test_object_mode_import_is_closed_coloured_and_on_the_surface(addon, blender
     sample = world[:: max(1, len(world) // 3000)]
     distances = np.array([tree.find(p)[2] for p in sample])
     assert np.median(distances) < 0.01 * scene.size
+
+
+def assert_edges_as_blender_derives(mesh):
+    """The surface's edges (computed in numpy off the main thread) are exactly those Blender
+    derives itself from the same faces."""
+    import bpy
+
+    n = len(mesh.loops)
+    corners = np.empty(n, np.int32)
+    mesh.attributes[".corner_vert"].data.foreach_get("value", corners)
+    co = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", co)
+    derived = bpy.data.meshes.new("derived")
+    derived.from_pydata(co.reshape(-1, 3).tolist(), [], corners.reshape(-1, 3).tolist())
+    derived.update(calc_edges=True)
+
+    def edge_set(m):
+        e = np.empty(2 * len(m.edges), np.int32)
+        m.edges.foreach_get("vertices", e)
+        return np.unique(np.sort(e.reshape(-1, 2), axis=1), axis=0)
+
+    assert np.array_equal(edge_set(mesh), edge_set(derived))
 
 
 def test_crop_object_bounds_the_fused_surface(addon, blender, mug):

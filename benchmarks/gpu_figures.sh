@@ -14,6 +14,7 @@ out=${1:?usage: gpu_figures.sh OUT_DIR [STEPS...]}
 shift
 steps=${*:-fusion worker-small worker-large worker-giant chunking worker-base}
 limit=${DA3_STEP_LIMIT_S:-150}
+views=${DA3_VIEWS:-1 8 32 100}  # of each worker step
 python=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
@@ -46,7 +47,7 @@ for step in $steps; do
             run_step fusion $python benchmarks/bench_fusion_speed.py --device cuda --repeat 3 ;;
         worker-*)
             run_step "$step" $python benchmarks/bench_worker.py --device cuda --models "da3-${step#worker-}" \
-                --views 1 8 32 100 --weights-dir /tmp/da3-weights --json "$out/$step.json" ;;
+                --views $views --weights-dir /tmp/da3-weights --json "$out/$step.json" ;;
         chunking)
             run_step chunking $python benchmarks/bench_chunking.py model --model da3-large \
                 --device cuda --frames 300 1000 --chunk 0 --overlap 60 --probes 8 32 ;;

@@ -351,7 +351,8 @@ class TorchMesher:
         pos = origin[:, None, :] + self.offsets[a] + t * (self.offsets[b] - self.offsets[a])
         n = self.blocks * fusion.BLOCK + 1
         strides = torch.stack([n[1] * n[2], n[2], torch.ones_like(n[2])])
-        keys = (((origin @ strides)[:, None] + self.lower[a, b] @ strides) * 8
+        # integer matrix products are CPU-only in torch: multiply and sum
+        keys = (((origin * strides).sum(-1)[:, None] + (self.lower[a, b] * strides).sum(-1)) * 8
                 + self.direction[a, b])
         return keys.flatten(), pos.reshape(-1, 3)
 

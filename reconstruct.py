@@ -3,19 +3,26 @@
     from bl_ext.<repo>.da3_reconstruct import reconstruct
     collection = reconstruct.run(reconstruct.Request(["/photos/statue"], model="da3-small"))
 
-``start()`` writes the job into its own folder under ``paths.jobs_dir()`` and starts the worker
-(``paths.worker_python() -m engine.worker JOB.json``, cwd = this extension's folder) under an
-``engine.monitor.JobMonitor``. The caller then drives the returned ``Run``: ``tick()`` from a
-modal timer (the UI) or ``run()`` in a loop (background mode, the command line, scripts). When
-the worker is done, ``Run.build()`` imports the prediction with ``api.import_prediction`` on the
-calling (main) thread. ``Run.close()`` stops the worker and removes the job folder, whatever
-happened. One run at a time.
+``start()`` writes the job into its own folder under ``paths.jobs_dir()`` and hands it to the
+session's warm worker (``paths.worker_python() -m engine.worker --serve``, cwd = this
+extension's folder, under an ``engine.monitor.JobMonitor``; started by the first run). The
+caller then drives the returned ``Run``: ``tick()`` from a modal timer (the UI) or ``run()`` in a
+loop (background mode, the command line, scripts). When the worker is done, ``Run.build()``
+imports the prediction with ``api.import_prediction`` on the calling (main) thread.
+``Run.close()`` stops the job if it still runs and removes the job folder, whatever happened.
+One run at a time.
+
+The warm worker keeps the model loaded between runs, so the next run with the same model skips
+the process start and the load. It exits after a cancel (the next run starts a fresh one), after
+``engine.worker.IDLE_EXIT_S`` without a job, and when Blender stops it: ``stop_all()`` on
+unregister, on loading a file and at exit (and when Blender dies, its stdin closes).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -163,14 +170,15 @@ class Run:
             self.building = False
 
     def close(self) -> None:
-        """Stop the worker if it still runs and remove the job folder."""
+        """Stop the job if it still runs and remove the job folder (the warm worker stays)."""
         global _current
-        self.monitor.close()
+        self.monitor.end_run()
         if _current is self:
             _current = None
 
 
 _current: Run | None = None
+_worker: JobMonitor | None = None  # the session's warm worker, kept between runs
 
 
 def current() -> Run | None:
@@ -184,14 +192,36 @@ def start(request: Request) -> Run:
     if _current is not None:
         raise ReconstructError("a reconstruction is already running; cancel it or wait")
     job = make_job(request)
-    monitor = JobMonitor()
     try:
-        monitor.start(job, paths.worker_python(), EXTENSION_DIR)
+        monitor = warm_worker()
+        monitor.submit(job)
     except OSError as exc:
-        monitor.close()
+        shutil.rmtree(Path(job.output).parent, ignore_errors=True)
+        stop_worker()
         raise ReconstructError(f"could not start the worker ({paths.worker_python()}): {exc}") from exc
     _current = Run(request, monitor)
     return _current
+
+
+def warm_worker() -> JobMonitor:
+    """The session's serving worker, started now if there is none for the current worker
+    Python (the preferences may have changed it since)."""
+    global _worker
+    python = paths.worker_python()
+    if _worker is None or not _worker.serves(python, EXTENSION_DIR):
+        stop_worker()
+        monitor = JobMonitor()
+        monitor.serve(python, EXTENSION_DIR)
+        _worker = monitor
+    return _worker
+
+
+def stop_worker() -> None:
+    """End the warm worker (its memory, GPU memory included, is free once this returns)."""
+    global _worker
+    if _worker is not None:
+        worker, _worker = _worker, None
+        worker.close()
 
 
 def start_download(model: str) -> Run:
@@ -258,9 +288,11 @@ class _Reporter:
 
 
 def stop_all() -> None:
-    """Stop the running worker and remove its files (unregister, file loads, exit)."""
+    """Stop the running job and the warm worker, and remove their files (unregister, file
+    loads, exit)."""
     if _current is not None:
         _current.close()
+    stop_worker()
     _frame_counts.stop()
 
 

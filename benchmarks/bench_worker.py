@@ -16,6 +16,9 @@ process_res), then measures in this process:
 and runs the real worker (``python -m engine.worker``) on the same images, for its wall time
 (process start, imports, decoding, weights, forward, writing), its overhead over ``fwd``,
 images per second and peak memory (process RSS; CUDA allocator peak where there is a GPU).
+Then the same job twice on one warm worker (``--serve``, as Blender runs it): ``warm1`` is the
+first job from the process start (it loads the model), ``warm2`` the second job from the job
+line to its ``done`` (model already loaded; the target is within 10 % of ``fwd``).
 Without weights on disk, random ones are saved first (speed does not depend on the values).
 """
 
@@ -37,7 +40,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DA3_LOG_LEVEL", "WARN")  # DA3 logs to stdout: keep the table readable
 
 from engine import preprocess as pp  # noqa: E402
-from engine.protocol import Job  # noqa: E402
+from engine.protocol import EXIT_LINE, Job, job_line  # noqa: E402
 from tests import media  # noqa: E402
 
 
@@ -162,6 +165,45 @@ def run_worker(model: str, weights: Path, images: list[Path], args, tmp: Path) -
             "worker_gpu_mib": done.get("peak_gpu_mib")}
 
 
+def run_warm_worker(model: str, weights: Path, images: list[Path], args, tmp: Path) -> dict:
+    """Wall times of a first and a second job on one serving worker."""
+    jobs = [Job(sources=[str(p) for p in images], output=str(tmp / f"warm{i}" / "prediction.npz"),
+                model=model, weights=str(weights), device=args.device,
+                process_res=args.process_res).save(tmp / f"warm{i}.json") for i in (1, 2)]
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "engine.worker", "--serve"], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = warm_job(proc, jobs[0])
+        warm1 = time.perf_counter() - start
+        start = time.perf_counter()
+        second = warm_job(proc, jobs[1])
+        warm2 = time.perf_counter() - start
+    finally:
+        proc.stdin.write(EXIT_LINE + "\n")
+        proc.stdin.close()
+        proc.wait()
+    if first.get("model_reused") or not second.get("model_reused"):
+        raise RuntimeError(f"the warm worker loaded the model {first}, {second}")
+    return {"warm1": warm1, "warm2": warm2,
+            "warm2_steps": {**second.get("timings", {}), "worker_total": second.get("seconds")}}
+
+
+def warm_job(proc: subprocess.Popen, job: Path) -> dict:
+    """Send one job to a serving worker; its done event."""
+    proc.stdin.write(job_line(job) + "\n")
+    proc.stdin.flush()
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] in ("done", "error"):
+            if event["event"] != "done":
+                raise RuntimeError(f"worker failed: {event}")
+            Path(event["result"]).unlink()
+            return event
+    raise RuntimeError("the warm worker ended without a final event")
+
+
 def wait_for_peak_rss(proc: subprocess.Popen) -> float | None:
     """Peak resident memory of the finished child, MiB (POSIX); None elsewhere."""
     if not hasattr(os, "wait4"):
@@ -180,7 +222,9 @@ def bench(model: str, n: int, args, root: Path) -> dict:
         images = make_images(tmp / "images", n)
         row = {"model": model, "views": n, **raw_forwards(model, weights, images, args)}
         row.update(run_worker(model, weights, images, args, tmp))
+        row.update(run_warm_worker(model, weights, images, args, tmp))
     row["overhead_pct"] = 100.0 * (row["wall"] - row["fwd"]) / row["fwd"]
+    row["warm2_pct"] = 100.0 * (row["warm2"] - row["fwd"]) / row["fwd"]
     # the worker's own steps besides its forward: start-up, imports, weights, writing
     row["fixed"] = row["wall"] - row["timings"].get("inference", 0.0)
     row["img_per_s"] = n / row["wall"]
@@ -192,7 +236,8 @@ COLUMNS = [("model", "{}"), ("views", "{}"), ("device", "{}"), ("size", "{}"),
            ("fwd_full", "{:.2f}"), ("fwd", "{:.2f}"), ("head_full", "{:.2f}"), ("head", "{:.2f}"),
            ("s_per_view", "{:.2f}"), ("wall", "{:.2f}"), ("fixed", "{:.2f}"), ("overhead_pct", "{:.0f}%"),
            ("img_per_s", "{:.2f}"), ("peak_rss_mib", "{:.0f}"), ("peak_gpu_mib", "{:.0f}"),
-           ("worker_gpu_mib", "{:.0f}")]
+           ("worker_gpu_mib", "{:.0f}"), ("warm1", "{:.2f}"), ("warm2", "{:.2f}"),
+           ("warm2_pct", "{:.0f}%")]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -205,7 +250,10 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     print("seconds; fwd_full: the library's network, fwd: the worker's (ray branch skipped), "
           "both warm, in this process; wall: a real worker run; fixed: wall minus the worker's "
-          "own forward; overhead: (wall - fwd) / fwd")
+          "own forward; overhead: (wall - fwd) / fwd; warm1 / warm2: first / second job on one "
+          "warm worker (--serve); warm2_pct: (warm2 - fwd) / fwd")
+    for row in rows:
+        print(f"{row['model']} N={row['views']}: the second warm job's steps {row['warm2_steps']}")
 
 
 def main(argv=None) -> int:

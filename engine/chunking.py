@@ -318,22 +318,31 @@ def free_device_bytes(device: str) -> int:
 
 def measure_chunk_size(forward: Callable[[int], object], device: str, *,
                        probe_views: tuple[int, ...] = (2, 8), safety: float = DEFAULT_SAFETY,
-                       max_views: int | None = None) -> tuple[int, MemoryModel, list]:
+                       max_views: int | None = None,
+                       baseline: int | None = None) -> tuple[int, MemoryModel, list]:
     """Probe forwards, fit the memory model and return the largest chunk that fits.
 
     ``forward(k)`` runs the network on ``k`` views (real frames, at the job's resolution).
     Probes far apart (2 and 8 views) keep measurement noise out of the quadratic term: with 2
     and 4 on a CPU, 20 MB of noise in the resident size halved the chunk size.
+    ``baseline``: ``allocated_bytes`` before the probes (default: now); a caller that keeps the
+    probes for later chunk sizes (``fitting_chunk_size``) passes the one it keeps.
     Returns the chunk size, the fitted model and the probes ``[(views, bytes), ...]``.
     """
-    baseline = allocated_bytes(device)
+    baseline = allocated_bytes(device) if baseline is None else baseline
     probes = [(k, probe_peak_bytes(forward, k, device, baseline)) for k in probe_views]
-    model = fit_memory_model(probes)
+    size = fitting_chunk_size(probes, baseline, device, safety=safety, max_views=max_views)
+    return size, fit_memory_model(probes), probes
+
+
+def fitting_chunk_size(probes: Sequence[tuple[int, float]], baseline: int, device: str, *,
+                       safety: float = DEFAULT_SAFETY, max_views: int | None = None) -> int:
+    """The largest chunk that fits the memory free now, by probes measured above ``baseline``
+    (earlier, for the same network and view size: a serving worker probes once)."""
     free = free_device_bytes(device)
     if not str(device).startswith("cuda"):
         free += max(0, _rss_bytes() - baseline)  # memory the probes took and the process keeps
-    size = largest_chunk_size(probes, free, safety=safety, max_views=max_views)
-    return size, model, probes
+    return largest_chunk_size(probes, free, safety=safety, max_views=max_views)
 
 
 def _rss_bytes() -> int:

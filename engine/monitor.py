@@ -1,17 +1,23 @@
 """Run a background process that speaks JSON lines, without ever blocking its owner.
 
-``JobMonitor`` starts the worker (``python -m engine.worker JOB.json``) for one job, reads its
-events on a reader thread into a queue and hands them out through ``poll()``, which never
-blocks unless asked to. The modal operator's timer tick, the blocking background path and the
-tests all drive the same object. ``ProcessMonitor`` is the part that knows nothing about jobs;
-the dependency installer reuses it for ``vendor_install.py --events``.
+``JobMonitor`` runs the worker's jobs: one per process (``start``: ``python -m engine.worker
+JOB.json``), or job after job in one serving process that keeps the model loaded (``serve``:
+``python -m engine.worker --serve``, then ``submit`` per job; Blender's session keeps one). It
+reads the events on a reader thread into a queue and hands them out through ``poll()``, which
+never blocks unless asked to. The modal operator's timer tick, the blocking background path and
+the tests all drive the same object. ``ProcessMonitor`` is the part that knows nothing about
+jobs; the dependency installer and the weights download use it for one-shot commands.
 
 Guarantees:
-- every run ends with exactly one final event, ``done`` or ``error`` (a crash, an exit without
+- every job ends with exactly one final event, ``done`` or ``error`` (a crash, an exit without
   ``done``, garbage on stdout and a cancel all become ``error`` events; never a hang);
 - ``cancel()`` writes ``cancel`` to the worker's stdin, then sends SIGTERM after a grace period,
-  then kills it (the whole process group on POSIX);
-- ``close()`` stops the process if it still runs and removes the job folder.
+  then kills it (the whole process group on POSIX): a cancelled job ends its process, serving
+  or not, and the next job starts a fresh one;
+- a serving process found gone when a job is submitted (it crashed, or exited idle), or that
+  ends before it took the job up, is replaced by a fresh one without the job noticing;
+- ``end_run()`` stops the job if it still runs and removes its folder; a serving process stays;
+- ``close()`` stops the process (an idle serving one with ``exit``) and removes the job folder.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .protocol import CANCEL_LINE, Job, decode
+from .protocol import CANCEL_LINE, EXIT_LINE, Job, decode, job_line, serving_continues
 
 GRACE_S = 3.0  # between the cancel line and SIGTERM, and between SIGTERM and SIGKILL
 _EOF = object()
@@ -67,48 +73,43 @@ class ProcessMonitor:
 
     def __init__(self, grace_s: float = GRACE_S):
         self.grace_s = grace_s
-        self.state = MonitorState()
         self.process: subprocess.Popen | None = None
-        self._events: queue.Queue = queue.Queue()
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._threads: list[threading.Thread] = []
-        self._stdout_closed = False
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """Forget the last run's outcome (a serving process runs one job after another)."""
+        self.state = MonitorState()
         self._cancel_requested = False
         self._escalations: list[tuple[float, str]] = []  # (monotonic deadline, "term"|"kill")
         self._stage_started = time.monotonic()
-        self._exited_at: float | None = None
 
     # -- starting ---------------------------------------------------------------------------
 
     def start_process(self, argv: list[str], cwd: str | os.PathLike, env: dict | None = None) -> None:
         if self.process is not None:
             raise RuntimeError("this monitor already started a process")
+        self._launch(argv, cwd, env)
+
+    def _launch(self, argv: list[str], cwd: str | os.PathLike, env: dict | None) -> None:
+        """Start the process with fresh pipes and readers (a replaced one's readers keep theirs)."""
+        self._events: queue.Queue = queue.Queue()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._stdout_closed = False
+        self._exited_at: float | None = None
         self.process = subprocess.Popen(
             [str(a) for a in argv], cwd=str(cwd), env=child_environment(env),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             **_new_process_group())
         _lower_priority(self.process)
         self._stage_started = time.monotonic()
-        self._spawn_reader(self.process.stdout, self._read_events)
-        self._spawn_reader(self.process.stderr, self._read_stderr)
+        self._spawn_reader(_read_events, self.process.stdout, self._events)
+        self._spawn_reader(_read_stderr, self.process.stderr, self._stderr_tail)
 
-    def _spawn_reader(self, stream, target) -> None:
-        thread = threading.Thread(target=target, args=(stream,), daemon=True)
+    def _spawn_reader(self, target, stream, into) -> None:
+        thread = threading.Thread(target=target, args=(stream, into), daemon=True)
         thread.start()
         self._threads.append(thread)
-
-    def _read_events(self, stream) -> None:
-        try:
-            for raw in stream:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if line:
-                    self._events.put(decode(line))
-        finally:
-            self._events.put(_EOF)
-
-    def _read_stderr(self, stream) -> None:
-        for raw in stream:
-            self._stderr_tail.append(raw.decode("utf-8", errors="replace").rstrip())
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -121,8 +122,13 @@ class ProcessMonitor:
 
     @property
     def finished(self) -> bool:
-        """The final event came and the process is gone: nothing more will happen."""
-        return self.state.final is not None and not self.running
+        """The final event came and nothing more will happen to this run: the process is gone,
+        or it stays for the next run (a serving worker)."""
+        return self.state.final is not None and (not self.running or self._stays())
+
+    def _stays(self) -> bool:
+        """Whether the process outlives the run that just ended."""
+        return False
 
     def poll(self, timeout: float = 0.0, budget_s: float | None = None) -> list[dict]:
         """The events that arrived since the last call; waits up to ``timeout`` for the first.
@@ -173,7 +179,8 @@ class ProcessMonitor:
         if kind == "error" and self._cancel_requested:
             event = {**event, "kind": "cancelled", "message": "cancelled"}
         self._apply(kind, event)
-        if kind == "error" and self.process is not None and self.process.poll() is None:
+        alive = self.process is not None and self.process.poll() is None
+        if kind == "error" and alive and not self._stays():
             self._request_stop()  # garbage or a fatal error: the process is of no more use
         return [event]
 
@@ -235,10 +242,10 @@ class ProcessMonitor:
         if wait:
             self.wait(timeout)
 
-    def _request_stop(self) -> None:
+    def _request_stop(self, line: str = CANCEL_LINE) -> None:
         if self._escalations:
             return
-        self._send_line(CANCEL_LINE)
+        self._send_line(line)
         now = time.monotonic()
         self._escalations = [(now + self.grace_s, "term"), (now + 2 * self.grace_s, "kill")]
 
@@ -277,35 +284,146 @@ class ProcessMonitor:
             self.poll(timeout=0.05)
         return True
 
+    def _shut_down(self, line: str) -> None:
+        """Ask the process to leave with ``line``, then SIGTERM, then SIGKILL; returns once it
+        is gone (at once for an idle serving worker told ``exit``)."""
+        self._request_stop(line)
+        while self.process.poll() is None:
+            try:
+                self.process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                self._escalate()
+
+    def end_run(self) -> None:
+        """Done with this run: stop it if it still runs, and let go of what it holds."""
+        self.close()
+
     def close(self) -> None:
         """Stop the process if it still runs and release its pipes."""
         if self.process is None:
             return
         if self.process.poll() is None or not self._stdout_closed:
             self.cancel(wait=True)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        self._release_pipes()
+
+    def _release_pipes(self) -> None:
+        """Close the pipes of a process that has ended (its readers finish at the end of its
+        output first)."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass  # a line it never read: the process is gone, nothing to tell it any more
         for thread in self._threads:
             thread.join(timeout=1.0)
+        self._threads = []
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _serve_argv(python: str | os.PathLike) -> list[str]:
+    return [str(python), "-m", "engine.worker", "--serve"]
+
+
+def _read_events(stream, events: queue.Queue) -> None:
+    try:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line:
+                events.put(decode(line))
+    finally:
+        events.put(_EOF)
+
+
+def _read_stderr(stream, tail: collections.deque) -> None:
+    for raw in stream:
+        tail.append(raw.decode("utf-8", errors="replace").rstrip())
 
 
 class JobMonitor(ProcessMonitor):
-    """The worker for one job. The job's folder (where ``job.output`` goes) belongs to it."""
+    """The worker's jobs, one per process or job after job in a serving one (see the module's
+    docstring). The current job's folder (where ``job.output`` goes) belongs to it."""
 
     def __init__(self, grace_s: float = GRACE_S):
         super().__init__(grace_s)
         self.job: Job | None = None
         self.job_dir: Path | None = None
+        self.serving = False
+        self._command: tuple | None = None  # (argv, cwd, env) of the serving process
+        self._job_file: Path | None = None
+        self._heard = False  # the process has sent an event for the current job
+        self._replaced = False  # the current job was sent again to a fresh process
 
     def start(self, job: Job, python: str | os.PathLike, cwd: str | os.PathLike,
               env: dict | None = None) -> None:
         """Write ``job`` next to its output and start ``python -m engine.worker JOB.json``."""
-        self.job = job
-        self.job_dir = Path(job.output).parent
+        self._begin(job)
+        self.start_process([python, "-m", "engine.worker", self._job_file], cwd, env)
+
+    def serve(self, python: str | os.PathLike, cwd: str | os.PathLike, env: dict | None = None) -> None:
+        """Start ``python -m engine.worker --serve``, which ``submit`` then gives jobs."""
+        self.serving = True
+        self._command = (_serve_argv(python), str(cwd), env)
+        self.start_process(*self._command)
+
+    def serves(self, python: str | os.PathLike, cwd: str | os.PathLike) -> bool:
+        """Whether this is a serving worker of ``python`` in ``cwd`` (the one to reuse)."""
+        return self.serving and self._command[:2] == (_serve_argv(python), str(cwd))
+
+    @property
+    def idle(self) -> bool:
+        """A serving worker with no job in progress."""
+        return self.serving and (self.job is None or self.finished)
+
+    def submit(self, job: Job) -> None:
+        """Write ``job`` next to its output and hand it to the serving worker; a fresh process
+        replaces one that is gone (it crashed, was killed or exited idle since the last job)."""
+        if not self.idle:
+            raise RuntimeError("the worker is not serving, or busy with another job")
+        if self.process.poll() is not None:
+            self._replace_process()
+        self._begin(job)
+        self._send_line(job_line(self._job_file))
+
+    def _begin(self, job: Job) -> None:
+        self._new_run()
+        self.job, self.job_dir = job, Path(job.output).parent
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        job_file = job.save(self.job_dir / "job.json")
-        self.start_process([python, "-m", "engine.worker", job_file], cwd, env)
+        self._job_file = job.save(self.job_dir / "job.json")
+        self._heard = self._replaced = False
+
+    def _replace_process(self) -> None:
+        self._release_pipes()
+        self._launch(*self._command)
+
+    def _accept(self, event: dict) -> list[dict]:
+        self._heard = True
+        return super()._accept(event)
+
+    def _stays(self) -> bool:
+        """A serving worker stays after ``done`` and after the job's own errors."""
+        final = self.state.final or {}
+        return self.serving and not self._cancel_requested and serving_continues(final)
+
+    def _lost_before_taken(self) -> bool:
+        """The serving process ended before it took the job up: it exited idle, or died, just
+        as the job was sent (a process that said anything about the job failed at it)."""
+        return self.serving and not self.running and self.state.final is None \
+            and not self._heard and not self._cancel_requested
+
+    def _check_exit(self) -> list[dict]:
+        """A job lost before it was taken up goes to a fresh process, once."""
+        if self._lost_before_taken() and not self._replaced:
+            self._replaced = True
+            try:
+                self._replace_process()
+            except OSError as exc:
+                self.state.final = {"event": "error", "kind": "internal", "traceback": "",
+                                    "message": f"could not start the worker again: {exc}"}
+                return [self.state.final]
+            self._send_line(job_line(self._job_file))
+            return []
+        return super()._check_exit()
 
     @property
     def result(self) -> Path | None:
@@ -314,9 +432,28 @@ class JobMonitor(ProcessMonitor):
             return None
         return Path(self.state.final.get("result") or self.job.output)
 
+    def end_run(self) -> None:
+        """Done with the current job: stop it if it has not finished (its process ends with it)
+        and remove its folder. A serving process stays for the next job."""
+        if not self.serving:
+            self.close()
+            return
+        if not self.finished:
+            self.cancel(wait=True)
+        self._remove_job_dir()
+
     def close(self) -> None:
-        """Stop the worker if it still runs and remove the job folder."""
-        super().close()
+        """Stop the worker (the job first, if it still runs) and remove the job folder. An idle
+        serving worker is told ``exit``; its GPU memory is free once this returns."""
+        if self.process is not None and self.idle:
+            if self.process.poll() is None:
+                self._shut_down(EXIT_LINE)
+            self._release_pipes()
+        else:
+            super().close()
+        self._remove_job_dir()
+
+    def _remove_job_dir(self) -> None:
         if self.job_dir is not None and self.job_dir.exists():
             shutil.rmtree(self.job_dir)
 

@@ -1,14 +1,19 @@
 """The worker protocol: a job file in, JSON events out.
 
-Blender writes a job (JSON) and starts ``python -m engine.worker JOB.json`` with the worker
-environment's interpreter. The worker prints one JSON object per line on stdout and nothing
-else; a line ``cancel`` on its stdin (or SIGTERM) stops it.
+Blender writes a job (JSON) and hands it to the worker environment's interpreter: one job per
+process (``python -m engine.worker JOB.json``), or job after job to one serving process
+(``python -m engine.worker --serve``), one ``job_line`` per job on its stdin, ``exit`` to end it.
+The worker prints one JSON object per line on stdout and nothing else; each job's events end
+with its final one (``done`` or ``error``). A line ``cancel`` on its stdin (or SIGTERM) stops the
+job, and the process with it.
 
 Events (``"event"`` key):
   stage     {"stage": one of STAGES, "message": str}
   progress  {"stage": str, "done": int, "total": int, "eta_s": float | None}
   warning   {"message": str}
-  done      {"result": path of the prediction file, "views": int, "seconds": float}
+  done      {"result": path of the prediction file, "views": int, "seconds": float,
+             "timings": {step: seconds}, "peak_gpu_mib": float | None,
+             "model_reused": bool (the network was already loaded by an earlier job)}
   error     {"kind": one of ERROR_KINDS, "message": one line for the user, "traceback": str}
 """
 
@@ -28,6 +33,9 @@ ERROR_KINDS = ("bad_input", "missing_weights", "out_of_memory", "dependency", "c
 DEVICES = ("auto", "cuda", "mps", "cpu")
 SAMPLINGS = ("count", "fps", "motion")
 CANCEL_LINE = "cancel"
+EXIT_LINE = "exit"  # a serving worker's stdin: leave now (it is idle)
+# Errors that are the job's own: a serving worker keeps its model and takes the next job.
+JOB_ERRORS = ("bad_input", "missing_weights")
 
 
 @dataclass
@@ -75,6 +83,29 @@ class Job:
         if job.chunk_size < 0 or job.chunk_overlap < 0:
             raise ValueError("chunk_size and chunk_overlap must be >= 0")
         return job
+
+
+def job_line(job_file: str | Path) -> str:
+    """The stdin line that gives a serving worker its next job."""
+    return json.dumps({"job": str(job_file)})
+
+
+def job_path_from_line(line: str) -> str:
+    """The job file a ``job_line`` names (anything else is taken as a path, which the worker
+    then reports as not found)."""
+    try:
+        return str(json.loads(line)["job"])
+    except (ValueError, TypeError, KeyError):
+        return line
+
+
+def serving_continues(final: dict) -> bool:
+    """Whether a serving worker takes another job after this final event: after ``done`` and
+    the job's own errors; after a cancel or any other error it exits (a fresh process is the
+    clean state: nothing half-done stays in memory)."""
+    if final.get("event") == "done":
+        return True
+    return final.get("event") == "error" and final.get("kind") in JOB_ERRORS
 
 
 def encode(event: str, **fields) -> str:

@@ -1,4 +1,5 @@
-"""The DA3 worker: ``python -m engine.worker JOB.json`` (the worker environment's Python).
+"""The DA3 worker: ``python -m engine.worker JOB.json`` or ``--serve`` (the worker environment's
+Python).
 
 Reads the job (``protocol.Job``), decodes and preprocesses the frames in a thread while the
 model loads (a video's frames by windows, or its keyframes by motion: ``job.sampling``), runs the
@@ -13,6 +14,14 @@ Progress goes out as ``protocol.encode`` lines on the real stdout; everything el
 prints lands on stderr (file descriptor 1 itself is pointed at stderr, so even C-level prints
 cannot corrupt the protocol).
 
+Serving (``--serve``, what Blender runs): one process runs job after job, each given as one
+``protocol.job_line`` on stdin and answered with the same events, ending with its final one. The
+network stays loaded between jobs (with the memory probes measured for it), so a second job
+with the same preset, weights file and device skips the load; a job with another model frees the
+old one first. It exits on an ``exit`` line, at the end of stdin (the parent is gone), after
+``idle_seconds()`` without a job, after a cancel, and after an error that is not the job's own
+(``protocol.serving_continues``): a fresh process is the clean state.
+
 Cancel: a line ``cancel`` on stdin, SIGTERM or SIGINT. The main thread stops at the next step;
 if it is stuck in a forward pass, a watchdog removes the partial output, reports and ends the
 process after ``CANCEL_GRACE_S`` (ending the process is what frees GPU memory).
@@ -24,12 +33,15 @@ Output: DA3's npz keys (image, depth, conf, extrinsics, intrinsics) plus the ext
 pinhole intrinsics with a horizontal field of view of ``job.extra["fov_deg"]`` (default 60
 degrees, ``preprocess.DEFAULT_FOV_X_DEG``), identity extrinsics and no conf (as DA3 writes
 none); da3metric-large's depth is converted to metres with that focal length.
-The ``done`` event also carries ``timings`` (seconds per step) and ``peak_gpu_mib``.
+The ``done`` event also carries ``timings`` (seconds per step), ``peak_gpu_mib`` and
+``model_reused`` (the network was already loaded: no ``load_model`` step).
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import queue
 import signal
 import sys
 import threading
@@ -42,6 +54,13 @@ from pathlib import Path
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 CANCEL_GRACE_S = 1.0  # then the watchdog ends the process; the contract is 2 s
 PROGRESS_INTERVAL_S = 0.2  # at most this often per stage, besides the last step
+# A serving worker with no job for this long exits and frees its memory (GPU memory included):
+# long enough for the next run of a session, short enough not to hold a GPU for nothing.
+IDLE_EXIT_S = 300.0
+ENV_IDLE_S = "DA3_WORKER_IDLE_S"  # overrides IDLE_EXIT_S (tests shorten it)
+# A finished job's memory is collected once no next job has come for this long, so a job sent
+# straight after another does not wait for the collection.
+RELEASE_AFTER_S = 1.0
 
 
 class WorkerError(Exception):
@@ -59,13 +78,20 @@ class Cancelled(Exception):
 # --------------------------------------------------------------------------- events
 
 class Emitter:
-    """Writes protocol lines; after the final one (done/error) nothing else goes out."""
+    """Writes protocol lines; after a job's final one (done/error) nothing else goes out until
+    ``begin`` starts the next job. ``finished``: no job is waiting for its final event."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, finished: bool = False):
         self.stream = stream
         self.lock = threading.RLock()
-        self.finished = False
+        self.finished = finished
+        self.last_final: dict = {}
         self._last_progress: dict[str, float] = {}
+
+    def begin(self) -> None:
+        with self.lock:
+            self.finished, self.last_final = False, {}
+            self._last_progress.clear()
 
     def send(self, event: str, **fields) -> None:
         from .protocol import encode
@@ -84,7 +110,7 @@ class Emitter:
             if self.finished:
                 return False
             self.send(event, **fields)
-            self.finished = True
+            self.finished, self.last_final = True, {"event": event, **fields}
             return True
 
     def stage(self, stage: str, message: str) -> None:
@@ -153,14 +179,29 @@ class CancelToken:
             os._exit(EXIT_CANCELLED)
 
 
-def listen_for_cancel(cancel: CancelToken) -> None:
-    """stdin 'cancel' lines and SIGTERM/SIGINT -> cancel.request, from daemon threads."""
+def listen(cancel: CancelToken, on_line=None) -> None:
+    """stdin 'cancel' lines and SIGTERM/SIGINT -> cancel.request, from daemon threads.
+
+    Serving (``on_line`` given): every other stdin line goes to ``on_line``, the end of stdin
+    (the parent is gone) cancels too, and ``on_line(None)`` follows a cancel to wake the idle
+    loop. One-shot, the end of stdin (no parent pipe) just ends the reader.
+    """
     from .protocol import CANCEL_LINE
 
+    def stop(reason: str) -> None:
+        cancel.request(reason)
+        if on_line is not None:
+            on_line(None)
+
     def read_stdin():
-        for line in sys.stdin:  # EOF (no parent pipe) just ends the reader
-            if line.strip() == CANCEL_LINE:
-                cancel.request("stdin")
+        for line in sys.stdin:
+            text = line.strip()
+            if text == CANCEL_LINE:
+                stop("stdin")
+            elif text and on_line is not None:
+                on_line(text)
+        if on_line is not None:
+            stop("stdin closed")
 
     wanted = {signal.SIGTERM, signal.SIGINT}
     posix = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
@@ -175,13 +216,64 @@ def listen_for_cancel(cancel: CancelToken) -> None:
 
         def wait_signals():
             while True:
-                signum = signal.sigwait(wanted)
-                cancel.request(signal.Signals(signum).name)
+                stop(signal.Signals(signal.sigwait(wanted)).name)
 
         threading.Thread(target=wait_signals, name="signal-waiter", daemon=True).start()
     else:  # Windows: SIGTERM ends the process anyway; Ctrl+C reaches this handler
         for signum in wanted:
-            signal.signal(signum, lambda s, f: cancel.request(signal.Signals(s).name))
+            signal.signal(signum, lambda s, f: stop(signal.Signals(s).name))
+
+
+# --------------------------------------------------------------------------- the loaded model
+
+@dataclass
+class LoadedModel:
+    """A network ready to run."""
+
+    key: tuple
+    net: object
+    device: object
+    dtype: object
+
+
+class ModelCache:
+    """At most one loaded network, kept between the jobs of a serving worker, and what was
+    measured for it."""
+
+    def __init__(self):
+        self.loaded: LoadedModel | None = None
+        # (height, width) of the views -> (memory probes, the allocation they were measured above)
+        self.probes: dict = {}
+
+    def get(self, key: tuple) -> LoadedModel | None:
+        return self.loaded if self.loaded is not None and self.loaded.key == key else None
+
+    def clear(self) -> None:
+        """Free the network and the GPU memory it held, before another one is loaded."""
+        if self.loaded is None:
+            return
+        self.loaded, self.probes = None, {}
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect what a job or a model left and hand torch's cached GPU blocks back: an idle
+    worker then holds only its weights, and Blender (Cycles, the viewport) gets the rest."""
+    gc.collect()
+    if "torch" in sys.modules:
+        from .model import free_device_memory
+
+        free_device_memory()
+
+
+def model_key(folder: Path, preset, device) -> tuple:
+    """What makes a loaded network reusable: the preset, the weights file (a replaced file has
+    another size or time, and is loaded again) and the device."""
+    from .weights import WEIGHTS_FILE
+
+    weights = folder / WEIGHTS_FILE
+    stat = weights.stat()
+    return preset.name, str(weights.resolve()), stat.st_size, stat.st_mtime_ns, str(device)
 
 
 # --------------------------------------------------------------------------- the job
@@ -192,9 +284,19 @@ class Run:
     preset: object
     emitter: Emitter
     cancel: CancelToken
+    cache: ModelCache = field(default_factory=ModelCache)
     timings: dict = field(default_factory=dict)
     frames_future: object = None
     peak_gpu_mib: float | None = None
+    model: LoadedModel | None = None
+    model_reused: bool = False
+    # Set when the job fails before its frames are needed: the reader stops at its next frame
+    # (the process-wide cancel would end a serving worker).
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def stopped(self) -> bool:
+        """Whether the frame reader should stop: cancelled, or the job has failed."""
+        return self.cancel() or self.abandoned.is_set()
 
     def check_frames(self, wait: bool = False) -> None:
         """Raise now if reading the frames has already failed (or, with ``wait``, once it has)."""
@@ -272,7 +374,7 @@ def read_frames_job(run: Run, sources):
 
         emitter.progress("reading_frames", done, total, eta(done, total, time.monotonic() - start))
 
-    found = read_frames(sources, job.max_frames, job.fps, progress, run.cancel,
+    found = read_frames(sources, job.max_frames, job.fps, progress, run.stopped,
                         transform=lambda rgb: resize_for_network(rgb, job.process_res),
                         sampling=job.sampling, keyframe_cache=job.keyframe_cache)
     run.timings["read_frames"] = round(time.monotonic() - start, 3)
@@ -326,9 +428,9 @@ def weights_folder(run: Run) -> Path:
     return folder
 
 
-def load_model(run: Run):
-    from .model import autocast_dtype, pick_device, skip_ray_branch
-    from .weights import load_network
+def load_model(run: Run) -> LoadedModel:
+    """The job's network: the one already loaded when it is the same, else a fresh load."""
+    from .model import pick_device
 
     folder = weights_folder(run)
     run.check_frames()
@@ -336,14 +438,27 @@ def load_model(run: Run):
         device = pick_device(run.job.device)
     except RuntimeError as exc:
         raise WorkerError("dependency", str(exc)) from None
+    key = model_key(folder, run.preset, device)
+    run.model = run.cache.get(key)
+    run.model_reused = run.model is not None
+    if run.model is None:
+        run.cache.clear()  # the old network's memory is free before the new one loads
+        run.model = run.cache.loaded = load_network_on(run, folder, device, key)
+    run.check_frames()
+    return run.model
+
+
+def load_network_on(run: Run, folder: Path, device, key: tuple) -> LoadedModel:
+    from .model import autocast_dtype, skip_ray_branch
+    from .weights import load_network
+
     run.emitter.stage("loading_model", f"loading {run.preset.name} on {device.type}")
     start = time.monotonic()
     net = load_network(folder, run.preset, device)
     skip_ray_branch(net)
-    run.check_frames()
     net = net.to(device)  # a no-op unless the network has tensors outside the file
     run.timings["load_model"] = round(time.monotonic() - start, 3)
-    return net, device, autocast_dtype(device)
+    return LoadedModel(key, net, device, autocast_dtype(device))
 
 
 def infer(run: Run, net, device, dtype, batch):
@@ -409,8 +524,7 @@ PROBE_OOM_CHUNK = 4  # when even the memory probes run out of memory (smaller on
 
 def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     """The job's chunk size, or the views that fit as measured by two probe forwards."""
-    from .chunking import measure_chunk_size
-    from .model import forward, free_device_memory, is_out_of_memory, reporting_steps
+    from .chunking import fitting_chunk_size
 
     n = batch.pixels.shape[0]
     if run.job.chunk_size > 0:
@@ -418,19 +532,37 @@ def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     if n <= CHUNK_PROBE_ABOVE:
         return n
     start = time.monotonic()
+    measured = run.cache.probes.get(batch.size)
+    if measured is None:
+        size, probes = probe_memory(run, net, device, dtype, batch)
+    else:  # an earlier job probed this network at this view size: only the free memory is new
+        probes, size = measured[0], fitting_chunk_size(*measured, str(device), max_views=n)
+    run.timings["probe_memory"] = round(time.monotonic() - start, 3)
+    kept = "" if measured is None else " (kept from an earlier job)"
+    print(f"memory probes {probes}{kept}: {size} of {n} views per pass", file=sys.stderr)
+    return size
+
+
+def probe_memory(run: Run, net, device, dtype, batch) -> tuple[int, list | None]:
+    """(views per pass, probes) from two probe forwards; kept for the loaded model's next jobs."""
+    from .chunking import allocated_bytes, measure_chunk_size
+    from .model import forward, free_device_memory, is_out_of_memory, reporting_steps
+
+    baseline = allocated_bytes(str(device))
     try:
         with reporting_steps(net, lambda done, total: run.cancel.check()):
             size, _, probes = measure_chunk_size(
-                lambda k: forward(net, batch.pixels[:k], device, dtype), str(device), max_views=n)
+                lambda k: forward(net, batch.pixels[:k], device, dtype), str(device),
+                max_views=batch.pixels.shape[0], baseline=baseline)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         size, probes = PROBE_OOM_CHUNK, None
     if probes is None:  # outside the except block: the traceback no longer holds the tensors
         free_device_memory()
-    run.timings["probe_memory"] = round(time.monotonic() - start, 3)
-    print(f"memory probes {probes}: {size} of {n} views per pass", file=sys.stderr)
-    return size
+    else:
+        run.cache.probes[batch.size] = (probes, baseline)
+    return size, probes
 
 
 def free_after_oom(run: Run, n: int, size: int) -> None:
@@ -490,6 +622,14 @@ def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
           file=sys.stderr)
     return Views(merged.depth, merged.intrinsics, merged.extrinsics, merged.conf, merged.sky,
                  metric[0])
+
+
+def reset_peak_gpu(device) -> None:
+    """Each job reports its own peak (a serving worker's counter spans every job otherwise)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_gpu_mib(device) -> float | None:
@@ -577,31 +717,31 @@ def write(run: Run, pred) -> Path:
         run.emitter.final("done", result=str(output), views=pred.num_views,
                           seconds=round(time.monotonic() - run.timings["_start"], 3),
                           timings={k: v for k, v in run.timings.items() if not k.startswith("_")},
-                          peak_gpu_mib=run.peak_gpu_mib)
+                          peak_gpu_mib=run.peak_gpu_mib, model_reused=run.model_reused)
     return output
 
 
-def run_job(job_path: str, emitter: Emitter, cancel: CancelToken) -> None:
+def run_job(job_path: str, emitter: Emitter, cancel: CancelToken, cache: ModelCache) -> None:
     from .preprocess import make_batch
 
     start = time.monotonic()
     emitter.stage("starting", f"job {Path(job_path).name}")
     job, preset = load_job(job_path)
-    run = Run(job, preset, emitter, cancel, {"_start": start})
+    run = Run(job, preset, emitter, cancel, cache, {"_start": start})
     check_output_folder(Path(job.output))
     sources = find_sources(run)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames") as pool:
         run.frames_future = pool.submit(read_frames_job, run, sources)
         try:
-            net, device, dtype = load_model(run)
+            model = load_model(run)
         except BaseException:
-            cancel.event.set()  # stops the reader at its next frame; it is not needed any more
+            run.abandoned.set()  # stops the reader at its next frame; it is not needed any more
             raise
         found = frames_or_error(run.frames_future, run)
     batch = make_batch([f.rgb for f in found.frames])
     cancel.check()
-    views = infer(run, net, device, dtype, batch)
-    del net
+    reset_peak_gpu(model.device)
+    views = infer(run, model.net, model.device, model.dtype, batch)
     cancel.check()
     pred = assemble(run, views, batch, found.frames)
     if job.tsdf:
@@ -638,17 +778,54 @@ def redirect_stdout():
     return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1, newline="\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    emitter = Emitter(redirect_stdout())
-    cleanup = Cleanup()
-    cancel = CancelToken(emitter, cleanup)
-    listen_for_cancel(cancel)
-    if len(argv) != 1:
-        emitter.error("bad_input", "usage: python -m engine.worker JOB.json")
-        return EXIT_ERROR
+def idle_seconds() -> float:
+    return float(os.environ.get(ENV_IDLE_S) or IDLE_EXIT_S)
+
+
+def serve(emitter: Emitter, cancel: CancelToken, cleanup: Cleanup) -> int:
+    """Run the jobs named on stdin one after another, the model kept loaded, until told to stop
+    (see the module's docstring); returns the exit status."""
+    from .protocol import EXIT_LINE, job_path_from_line, serving_continues
+
+    lines: queue.Queue = queue.Queue()
+    listen(cancel, lines.put)
+    cache, idle_s, after_job = ModelCache(), idle_seconds(), False
+    while True:
+        line = next_line(lines, idle_s, after_job)
+        if cancel():
+            return EXIT_CANCELLED
+        if line is None or line == EXIT_LINE:
+            return EXIT_OK
+        code = run_one(job_path_from_line(line), emitter, cancel, cleanup, cache)
+        if not serving_continues(emitter.last_final):
+            return code
+        after_job = True
+
+
+def next_line(lines: queue.Queue, idle_s: float, after_job: bool) -> str | None:
+    """The next stdin line (None: stop), or ``exit`` after ``idle_s`` without one. After a job,
+    its memory is released first if no line comes within ``RELEASE_AFTER_S``."""
+    from .protocol import EXIT_LINE
+
+    if after_job:
+        try:
+            return lines.get(timeout=RELEASE_AFTER_S)
+        except queue.Empty:
+            release_memory()
     try:
-        run_job(argv[0], emitter, cancel)
+        return lines.get(timeout=idle_s)
+    except queue.Empty:
+        print(f"no job for {idle_s:g} s: exiting", file=sys.stderr)
+        return EXIT_LINE
+
+
+def run_one(job_path: str, emitter: Emitter, cancel: CancelToken, cleanup: Cleanup,
+            cache: ModelCache) -> int:
+    """One job, ending with exactly one final event; returns the exit status it stands for."""
+    emitter.begin()
+    cleanup.paths.clear()
+    try:
+        run_job(job_path, emitter, cancel, cache)
         return EXIT_OK
     except Cancelled:
         with emitter.lock:
@@ -664,6 +841,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    serving = argv == ["--serve"]
+    emitter = Emitter(redirect_stdout(), finished=serving)  # serving: no job until one comes
+    cleanup = Cleanup()
+    cancel = CancelToken(emitter, cleanup)
+    if serving:
+        return serve(emitter, cancel, cleanup)
+    listen(cancel)
+    if len(argv) != 1:
+        emitter.error("bad_input", "usage: python -m engine.worker JOB.json | --serve")
+        return EXIT_ERROR
+    return run_one(argv[0], emitter, cancel, cleanup, ModelCache())
+
+
 def exit_now(code: int) -> None:
     """Leave without the interpreter's teardown: after a cancel, torch's clean-up and the wait
     for a frame reader still decoding took most of a second, and a cancel must end within 2 s.
@@ -675,6 +867,7 @@ def exit_now(code: int) -> None:
 
 if __name__ == "__main__":
     code = main()
-    if code == EXIT_CANCELLED:
+    # A serving worker leaves at once too: Blender waits for it when it quits or loads a file.
+    if code == EXIT_CANCELLED or sys.argv[1:] == ["--serve"]:
         exit_now(code)
     sys.exit(code)

@@ -178,14 +178,19 @@ def python_errors(output: str) -> list[str]:
 
 
 def processes_mentioning(text: str) -> list[str]:
-    """Command lines of running processes that mention ``text`` (a test's own folder)."""
+    """Command lines of running processes that mention ``text`` (a test's own folder): in their
+    command line, or for a Python process (the extension's children) in its environment, since
+    the warm worker's command line names no file but it inherits its Blender's HOME. (Xvfb has
+    that HOME too, and xvfb-run may still be ending it as Blender exits.)"""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            args = cmdline.read_bytes().split(b"\0")
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().decode("utf-8", "replace")
         except OSError:
             continue
         joined = b" ".join(args).decode("utf-8", "replace")
-        if text in joined and "pytest" not in joined:
+        python = Path(args[0].decode("utf-8", "replace")).name.startswith("python")
+        if (text in joined or (python and text in environ)) and "pytest" not in joined:
             found.append(joined)
     return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -233,3 +234,105 @@ def test_real_worker_reports_a_bad_input_as_one_line(worker_python, tmp_path):
     assert monitor.state.error and "\n" not in monitor.state.error
     monitor.close()
     assert not (tmp_path / "job").exists()
+
+
+# -- the warm worker: one serving process of the real worker, job after job ---------------------
+
+@pytest.fixture
+def warm(worker_python, small_weights, tmp_path):
+    """start(env) -> a serving JobMonitor; job(name) -> a tiny job on the test weights."""
+    from tests import media
+
+    repo = Path(__file__).resolve().parents[1]
+    images = [media.write(tmp_path / "images" / f"v{i}.png", media.scene(seed=i)) for i in range(2)]
+    monitors = []
+
+    def start(env=None) -> JobMonitor:
+        monitors.append(JobMonitor(grace_s=1.0))
+        monitors[-1].serve(worker_python, repo, env)
+        return monitors[-1]
+
+    def job(name: str, process_res: int = 56) -> Job:
+        return Job(sources=[str(p) for p in images], output=str(tmp_path / "jobs" / name / "p.npz"),
+                   weights=str(small_weights), device="cpu", process_res=process_res)
+
+    yield start, job
+    for monitor in monitors:
+        monitor.close()
+
+
+def run_job(monitor: JobMonitor, job: Job) -> tuple[int, dict]:
+    """Submit, follow to the end, let go of the job; (the pid that answered, the final event)."""
+    monitor.submit(job)
+    collect(monitor, timeout=120)
+    pid, final = monitor.process.pid, monitor.state.final
+    assert final["event"] == "done", final
+    assert monitor.result.exists()
+    monitor.end_run()
+    assert not monitor.job_dir.exists()
+    return pid, final
+
+
+def test_a_warm_worker_runs_the_next_job_in_the_same_process(warm):
+    start, job = warm
+    monitor = start()
+    first_pid, first = run_job(monitor, job("one"))
+    assert alive(first_pid), "the worker stays between jobs"
+    second_pid, second = run_job(monitor, job("two"))
+    assert second_pid == first_pid
+    assert first["model_reused"] is False and second["model_reused"] is True
+    monitor.close()
+    assert not alive(first_pid)
+
+
+def test_a_worker_killed_between_jobs_is_replaced_by_a_fresh_one(warm):
+    start, job = warm
+    monitor = start()
+    first_pid, _ = run_job(monitor, job("one"))
+    os.kill(first_pid, signal.SIGKILL)
+    monitor.process.wait(timeout=10)
+    second_pid, second = run_job(monitor, job("two"))
+    assert second_pid != first_pid and second["model_reused"] is False
+
+
+def test_a_worker_lost_just_as_the_job_is_sent_is_replaced(warm):
+    """It dies (or exits idle) with the job line unread: the job goes to a fresh process."""
+    start, job = warm
+    monitor = start()
+    first_pid, _ = run_job(monitor, job("one"))
+    os.kill(first_pid, signal.SIGSTOP)  # alive when the job is sent, never reads it
+    monitor.submit(job("two"))
+    os.kill(first_pid, signal.SIGKILL)
+    collect(monitor, timeout=120)
+    assert monitor.state.final["event"] == "done", monitor.state.final
+    assert monitor.process.pid != first_pid
+
+
+def test_an_idle_worker_exits_by_itself_and_the_next_job_starts_one(warm):
+    start, job = warm
+    monitor = start({"DA3_WORKER_IDLE_S": "1"})
+    first_pid, _ = run_job(monitor, job("one"))
+    assert monitor.process.wait(timeout=60) == 0
+    second_pid, second = run_job(monitor, job("two"))
+    assert second_pid != first_pid and second["model_reused"] is False
+
+
+def test_a_cancel_ends_the_warm_worker_and_the_next_job_starts_one(warm, tmp_path):
+    from tests import media
+
+    start, job = warm
+    monitor = start()
+    many = [media.write(tmp_path / "many" / f"v{i}.png", media.scene(seed=i)) for i in range(6)]
+    slow = job("slow", process_res=504)  # six views at 504x378: seconds of forward pass
+    slow.sources = [str(p) for p in many]
+    monitor.submit(slow)
+    while monitor.state.stage != "inference":
+        assert not monitor.finished, monitor.state.final
+        monitor.poll(timeout=0.05)
+    cancelled_pid = monitor.process.pid
+    monitor.cancel(wait=True)
+    assert monitor.state.final["kind"] == "cancelled" and not alive(cancelled_pid)
+    monitor.end_run()
+    assert not (tmp_path / "jobs" / "slow").exists()
+    next_pid, _ = run_job(monitor, job("next"))
+    assert next_pid != cancelled_pid

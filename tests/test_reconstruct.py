@@ -179,6 +179,42 @@ def test_cancel_is_quick_and_kills_the_worker(blender, addon, worker_env, small_
     assert jobs_left(addon) == []
 
 
+def run_to_the_end(reconstruct, request) -> tuple[object, dict]:
+    """A run driven as the UI drives it; (the worker process that ran it, its final event)."""
+    run = reconstruct.start(request)
+    try:
+        process = run.monitor.process
+        while not run.finished:
+            run.tick(timeout=0.1)
+        final = run.state.final
+        run.build()
+    finally:
+        run.close()
+    return process, final
+
+
+def test_runs_of_a_session_share_one_warm_worker(blender, addon, worker_env, small_weights,
+                                                 tmp_path):
+    """The second run reuses the process and its loaded model; a worker killed between runs is
+    replaced on the next run; loading a file ends the worker."""
+    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    folder = write_images(tmp_path / "warm", count=2)
+    request = reconstruct.Request([str(folder)], weights=str(small_weights), device="cpu",
+                                  process_res=RES)
+    first, first_end = run_to_the_end(reconstruct, request)
+    second, second_end = run_to_the_end(reconstruct, request)
+    assert second is first and first.poll() is None, "the worker stays between runs"
+    assert first_end["model_reused"] is False and second_end["model_reused"] is True
+    first.kill()
+    first.wait(timeout=10)
+    third, third_end = run_to_the_end(reconstruct, request)
+    assert third.pid != first.pid and third_end["event"] == "done"
+    assert third_end["model_reused"] is False
+    assert len(blender.data.collections) == 3 and jobs_left(addon) == []
+    blender.ops.wm.read_homefile(use_empty=True)  # load_pre: the worker ends with the file
+    assert third.poll() is not None
+
+
 def test_one_job_at_a_time(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "one", count=1)

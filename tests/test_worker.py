@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from engine.prediction import load_prediction
-from engine.protocol import ERROR_KINDS, STAGES, Job, decode
+from engine.protocol import ERROR_KINDS, STAGES, Job, decode, job_line
 from tests import media
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,6 +267,130 @@ def test_sigterm_stops_within_two_seconds(worker_python, slow_job):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert_cancelled_quickly(proc, sent, output)
+
+
+# --------------------------------------------------------------------------- serving
+
+class Server:
+    """``python -m engine.worker --serve``: one job line at a time, events until its final one."""
+
+    def __init__(self, python, env=None, stderr=subprocess.DEVNULL):
+        self.proc = subprocess.Popen([str(python), "-m", "engine.worker", "--serve"], cwd=REPO,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=stderr, text=True, env={**os.environ, **(env or {})})
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, job: Path) -> list[dict]:
+        self.send(job_line(job))
+        return self.events_until_final()
+
+    def events_until_final(self) -> list[dict]:
+        events = []
+        for line in self.proc.stdout:
+            events += parse_events(line)
+            if events[-1]["event"] in ("done", "error"):
+                return events
+        raise AssertionError(f"the worker ended without a final event: {events}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server(worker_python):
+    servers = []
+
+    def start(env=None, stderr=subprocess.DEVNULL) -> Server:
+        servers.append(Server(worker_python, env, stderr))
+        return servers[-1]
+
+    yield start
+    for started in servers:
+        started.close()
+
+
+def test_a_serving_worker_keeps_the_model_between_jobs(server, small_weights, folder, tmp_path):
+    """The same model is reused; another weights file is loaded in its place; a job's own
+    error keeps the worker serving; with no job for a while it exits by itself."""
+    other_weights = tmp_path / "weights" / "da3-small"
+    shutil.copytree(small_weights, other_weights)
+    worker = server({"DA3_WORKER_IDLE_S": "3"})
+    ends, outputs = [], []
+    for name, weights, sources in (("first", small_weights, [folder]),
+                                   ("same", small_weights, [folder / "frame1.png"]),
+                                   ("other", other_weights, [folder]),
+                                   ("bad", other_weights, [tmp_path / "nowhere"]),
+                                   ("after_error", other_weights, [folder])):
+        (tmp_path / name).mkdir()
+        job, output = job_file(tmp_path / name, sources, weights)
+        events = worker.run(job)
+        ends.append(final(events))
+        outputs.append(output)
+        loads = [e for e in events if e["event"] == "stage" and e["stage"] == "loading_model"]
+        assert len(loads) == (0 if ends[-1].get("model_reused", True) else 1), name
+        assert worker.proc.poll() is None, f"the worker left after the {name} job"
+    first, same, other, bad, after_error = ends
+    assert first["event"] == "done" and first["model_reused"] is False
+    assert "load_model" in first["timings"]
+    assert same["event"] == "done" and same["model_reused"] is True
+    assert "load_model" not in same["timings"] and same["views"] == 1
+    assert other["event"] == "done" and other["model_reused"] is False
+    assert bad["event"] == "error" and bad["kind"] == "bad_input"
+    assert after_error["event"] == "done" and after_error["model_reused"] is True
+    assert load_prediction(outputs[1]).num_views == 1 and load_prediction(outputs[4]).num_views == 3
+    assert worker.proc.wait(timeout=60) == 0  # idle for 3 s: it exits by itself
+    assert worker.proc.stdout.read() == ""
+
+
+def test_a_serving_worker_measures_memory_once_per_model_and_size(server, small_weights, tmp_path):
+    """Above 16 views the first job probes the memory; the next one of that size reuses it."""
+    views = [media.write(tmp_path / "views" / f"v{i}.png", media.scene(32, 48, seed=i))
+             for i in range(17)]
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        worker = server(stderr=stderr)
+        for name in ("first", "second"):
+            (tmp_path / name).mkdir()
+            job, _ = job_file(tmp_path / name, views, small_weights, process_res=28)
+            end = final(worker.run(job))
+            assert end["event"] == "done" and "probe_memory" in end["timings"], end
+    probes = [line for line in (tmp_path / "stderr.txt").read_text().splitlines()
+              if line.startswith("memory probes")]
+    assert len(probes) == 2, probes
+    assert "kept" not in probes[0] and "(kept from an earlier job)" in probes[1]
+    assert probes[0].split(": ")[0] + " (kept from an earlier job)" == probes[1].split(": ")[0]
+
+
+@pytest.mark.parametrize("how", ["exit", "end_of_stdin", "sigterm"])
+def test_a_serving_worker_leaves_when_told_or_orphaned(server, how):
+    worker = server()
+    if how == "exit":
+        worker.send("exit")
+    elif how == "end_of_stdin":  # Blender died: its end of the pipe closed
+        worker.proc.stdin.close()
+    else:
+        time.sleep(1.0)  # its signal thread is listening by then
+        worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=30) in (0, 3)
+    assert worker.proc.stdout.read() == "", "an idle worker has nothing to report"
+
+
+def test_cancel_ends_a_serving_worker(server, slow_job):
+    job, output = slow_job
+    worker = server()
+    worker.send(job_line(job))
+    for line in worker.proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "stage" and event["stage"] == "inference":
+            break
+    time.sleep(0.3)  # well inside the forward pass
+    sent = time.monotonic()
+    worker.send("cancel")
+    assert_cancelled_quickly(worker.proc, sent, output)
 
 
 def test_download_failure_is_a_missing_weights_error(worker_python, folder, tmp_path):

@@ -19,14 +19,16 @@ VIDEO = steps.ARGS[1]
 
 
 def worker_processes() -> list[str]:
-    """Worker processes still alive (this is a Linux test machine: /proc is there)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    """Worker processes of this Blender still alive (a Linux test machine: /proc is there);
+    the warm worker's command line names no file, its environment has this HOME."""
+    found, home = [], f"HOME={Path.home()}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            text = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "engine.worker" in text and str(Path.home()) in text:
+        if "engine.worker" in text and home in environ:
             found.append(text)
     return found
 

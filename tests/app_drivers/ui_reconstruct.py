@@ -1,12 +1,16 @@
-"""The panel's Reconstruct button on a video, then undo, then a second run on a photo folder.
+"""The panel's Reconstruct button on a video, then undo, then a second run on a photo folder,
+Set Real Scale, and File > New.
 
 Args: RESULT.json VIDEO PHOTO_FOLDER. Measures the longest gap between ticks of our own 0.05 s
-timer while the worker runs (the UI's responsiveness) and records what the panel showed.
+timer while the worker runs (the UI's responsiveness) and records what the panel showed, which
+worker process ran each run and whether it had the model loaded already, and whether File > New
+ended the warm worker.
 """
 
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -31,6 +35,7 @@ def watch_run(name: str):
     started = time.perf_counter()
     log(f"{name}: press Reconstruct -> {press_reconstruct()}")
     yield from until(steps.running, 10, "the job to start")
+    followed = steps.current_run()
     seen, shot = [], False
     while steps.running():
         run = steps.current_run()
@@ -53,7 +58,10 @@ def watch_run(name: str):
     result[name] = {"seconds": time.perf_counter() - started, "ui": ui,
                     "progress_seen": seen, "error": steps.last_error(),
                     "objects": steps.da3_objects(),
-                    "collections": [c.name for c in bpy.data.collections]}
+                    "collections": [c.name for c in bpy.data.collections],
+                    "worker_pid": followed.monitor.process.pid,
+                    "model_reused": (followed.state.final or {}).get("model_reused"),
+                    "timings": (followed.state.final or {}).get("timings")}
     log(f"{name}: {result[name]['seconds']:.1f} s, longest UI gap while the worker ran "
         f"{ui['longest_gap_while_worker_runs_s'] * 1000:.0f} ms, building {ui['building_s']:.2f} s, "
         f"{len(result[name]['objects'])} objects")
@@ -83,6 +91,19 @@ def script():
     yield from watch_run("photos")
     result["final_screenshot"] = steps.screenshot("panel-done")
     yield from set_real_scale()
+    yield from new_file()
+
+
+def new_file():
+    """File > New: the warm worker (idle since the photo run) ends with the file."""
+    pid = result["photos"]["worker_pid"]
+    result["worker_alive_before_new_file"] = Path(f"/proc/{pid}").exists()
+    with steps.override():
+        bpy.ops.wm.read_homefile(app_template="")
+    yield 1.0
+    result["worker_alive_after_new_file"] = Path(f"/proc/{pid}").exists()
+    log(f"File > New: warm worker {pid} alive before {result['worker_alive_before_new_file']}, "
+        f"after {result['worker_alive_after_new_file']}")
 
 
 def set_real_scale():

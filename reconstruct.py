@@ -8,7 +8,8 @@ session's warm worker (``paths.worker_python() -m engine.worker --serve``, cwd =
 extension's folder, under an ``engine.monitor.JobMonitor``; started by the first run). The
 caller then drives the returned ``Run``: ``tick()`` from a modal timer (the UI) or ``run()`` in a
 loop (background mode, the command line, scripts). When the worker is done, ``Run.build()``
-imports the prediction with ``api.import_prediction`` on the calling (main) thread.
+imports the prediction with ``api.start_import``: its numpy work on threads, its Blender work
+in short steps on the calling (main) thread (``Run.build`` steps it to the end).
 ``Run.close()`` stops the job if it still runs and removes the job folder, whatever happened.
 One run at a time.
 
@@ -150,7 +151,21 @@ class Run:
         self.monitor.cancel(wait=wait)
 
     def build(self, context=None) -> bpy.types.Collection:
-        """Import the worker's result; raises ReconstructError when there is none."""
+        """Import the worker's result, blocking; raises ReconstructError when there is none."""
+        staged = self.start_build(context)
+        if staged is None:
+            return None
+        try:
+            return staged.run()
+        except ValueError as exc:
+            raise ReconstructError(str(exc)) from exc
+        finally:
+            self.building = False
+
+    def start_build(self, context=None):
+        """The import of the worker's result as an ``api.start_import`` (step it from the main
+        thread until done), or None for a download; raises ReconstructError when the worker has
+        no result."""
         state = self.state
         if not state.succeeded:
             if state.final and state.final.get("kind") == "cancelled":
@@ -158,16 +173,15 @@ class Run:
             raise ReconstructError(state.error or "the worker has not finished")
         if self.kind == "download":
             return None
-        from .api import import_prediction
+        from .api import start_import
 
         self.building = True
         try:
-            return import_prediction(self.monitor.result, self.request.options,
-                                     context=context, name=self.request.collection_name())
+            return start_import(self.monitor.result, self.request.options, context=context,
+                                name=self.request.collection_name())
         except ValueError as exc:
-            raise ReconstructError(str(exc)) from exc
-        finally:
             self.building = False
+            raise ReconstructError(str(exc)) from exc
 
     def close(self) -> None:
         """Stop the job if it still runs and remove the job folder (the warm worker stays)."""

@@ -72,6 +72,7 @@ class StagedImport:
         self.context, self.options, self.crop = context, options, crop
         self.timings = {} if timings is None else timings
         self.label, self.fraction, self.collection = "reading the file", 0.0, None
+        self.finished = False
         self._stopped = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="da3-import")
         self._guard = NewDataGuard(context.scene).__enter__()
@@ -86,11 +87,12 @@ class StagedImport:
             next(self._steps)
             return False
         except StopIteration:
+            self.finished = True
             self._pool.shutdown(wait=False)
             self._guard.__exit__(None, None, None)
             return True
         except BaseException as exc:
-            self._abandon()
+            self.stop_threads()
             self._guard.__exit__(type(exc), exc, exc.__traceback__)
             raise
 
@@ -102,10 +104,13 @@ class StagedImport:
 
     def cancel(self) -> None:
         """Stop the threads at their next check and remove what was made."""
-        self._abandon()
+        self.stop_threads()
         self._guard.__exit__(ReconstructionAbandoned, None, None)
 
-    def _abandon(self) -> None:
+    def stop_threads(self) -> None:
+        """Stop the numpy work at its next check; Blender data is left alone (for when Blender
+        replaces the file or quits)."""
+        self.finished = True
         self._stopped.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -62,7 +62,7 @@ class DA3_OT_watch_job(bpy.types.Operator):
         if run is None:
             return {"CANCELLED"}
         end_job(context.window_manager.da3_job, "")
-        self._shown, self._shown_at = None, 0.0
+        self._shown, self._shown_at, self._staged = None, 0.0, None
         self.show(context, run)
         self._timer = context.window_manager.event_timer_add(TICK_S, window=context.window)
         context.window_manager.modal_handler_add(self)
@@ -73,6 +73,9 @@ class DA3_OT_watch_job(bpy.types.Operator):
         if run is None:  # stopped from outside (unregister, file load)
             return self.finish(context, None)
         if event.type == "ESC" and event.value == "PRESS":
+            if self._staged is not None:  # building: stop and remove what was made
+                self._staged.cancel()
+                return self.finish(context, run, reconstruct.ReconstructCancelled("cancelled"))
             run.cancel(wait=False)
             return {"RUNNING_MODAL"}
         # Any timer's tick will do (bpy.types.Event does not say which timer fired); a tick
@@ -81,38 +84,60 @@ class DA3_OT_watch_job(bpy.types.Operator):
             return {"PASS_THROUGH"}
         run.tick(budget_s=TICK_BUDGET_S)
         self.show(context, run)
-        return self.finish(context, run) if run.finished else {"PASS_THROUGH"}
+        if not run.finished:
+            return {"PASS_THROUGH"}
+        return self.build_step(context, run)
+
+    def build_step(self, context, run):
+        """The result is built one short step per tick (``api.start_import``), the numpy work on
+        threads, so the UI keeps running until it is complete."""
+        try:
+            if self._staged is None:
+                self._staged = run.start_build(context)
+                if self._staged is None:  # a download: nothing to build
+                    return self.finish(context, run)
+                self.show(context, run)
+                return {"PASS_THROUGH"}
+            if not self._staged.step():
+                return {"PASS_THROUGH"}
+        except (reconstruct.ReconstructError, ValueError) as exc:
+            return self.finish(context, run, exc)
+        return self.finish(context, run)
 
     def show(self, context, run) -> None:
         """Redraw the sidebar when what it shows changed: a new stage at once, progress within
         the stage at most every REDRAW_INTERVAL_S."""
-        shown = (run.state.stage, run.status_line())
+        shown = (run.state.stage, run.building, run.status_line())
         now = time.monotonic()
         if shown == self._shown:
             return
-        if self._shown is not None and shown[0] == self._shown[0] and \
+        if self._shown is not None and shown[:2] == self._shown[:2] and \
                 now - self._shown_at < REDRAW_INTERVAL_S:
             return
         self._shown, self._shown_at = shown, now
         redraw_sidebars(context)
 
-    def finish(self, context, run):
+    def finish(self, context, run, failure: Exception | None = None):
+        """Report how the run ended (``failure``: why it did not) and release it."""
         context.window_manager.event_timer_remove(self._timer)
         job = context.window_manager.da3_job
         try:
             if run is None:
                 raise reconstruct.ReconstructCancelled("stopped")
-            report_result(self, run, run.build(context))
+            if failure is not None:
+                raise failure
+            report_result(self, run, self._staged.collection if self._staged else None)
         except reconstruct.ReconstructCancelled:
             end_job(job, "")
             self.report({"WARNING"}, "Cancelled")
             return {"CANCELLED"}
-        except reconstruct.ReconstructError as exc:
+        except (reconstruct.ReconstructError, ValueError) as exc:
             end_job(job, str(exc))
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         finally:
             if run is not None:
+                run.building = False
                 run.close()
             redraw_sidebars(context)
         end_job(job, "")
@@ -121,6 +146,8 @@ class DA3_OT_watch_job(bpy.types.Operator):
     def cancel(self, context):
         """Blender ends the modal operator (file load, quit): stop the worker too."""
         context.window_manager.event_timer_remove(self._timer)
+        if self._staged is not None:  # the file is being replaced or Blender quits: data stays
+            self._staged.stop_threads()
         reconstruct.stop_all()
         end_job(context.window_manager.da3_job, "")
 

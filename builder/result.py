@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,7 +75,8 @@ class StagedImport:
         self.label, self.fraction, self.collection = "reading the file", 0.0, None
         self.finished = False
         self._stopped = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="da3-import")
+        self._pool = ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="da3-import",
+                                        initializer=_lower_thread_priority)
         self._guard = NewDataGuard(context.scene).__enter__()
         self._steps = self._run(self._pool.submit(self._prepare, source),
                                 name or (lambda pred: default_name(source, pred)))
@@ -176,6 +178,25 @@ class StagedImport:
 
 # Two threads (the fusion beside the rest) where that leaves a core to Blender's UI, else one.
 IMPORT_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
+
+
+def _lower_thread_priority() -> None:
+    """Run this import thread below Blender's main thread, as the worker process runs: on few
+    cores the UI (and software OpenGL's drawing threads) would otherwise wait for the numpy
+    work. Linux renices one thread by its id; Windows has a thread priority; macOS: as is."""
+    try:
+        if sys.platform.startswith("linux"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), IMPORT_THREAD_NICE)
+        elif sys.platform == "win32":
+            import ctypes
+
+            kernel32 = ctypes.windll.kernel32
+            kernel32.SetThreadPriority(kernel32.GetCurrentThread(), -1)  # BELOW_NORMAL
+    except OSError:
+        pass  # not allowed: only the UI is slower
+
+
+IMPORT_THREAD_NICE = 10
 
 
 class ReconstructionAbandoned(Exception):

@@ -16,6 +16,7 @@ GUARDED_HELPERS = {
     ("vendor_install.py", "try_lock"),  # msvcrt on Windows, fcntl elsewhere
     ("engine/monitor.py", "_lower_priority"),  # Windows lowers it through the creation flags
     ("engine/monitor.py", "_signal"),  # process groups on POSIX; Windows terminates the process
+    ("builder/result.py", "_lower_thread_priority"),  # one thread's nice on Linux only
 }
 NOT_SHIPPED = ("tests/", "benchmarks/", "scripts/", ".venv", ".worker-env", ".cache", "out/", "dist/")
 

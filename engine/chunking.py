@@ -137,8 +137,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text
-                                              or "failed to allocate" in text)
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("out of memory", "failed to allocate", "can't allocate memory"))
 
 
 class EtaClock:

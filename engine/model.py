@@ -15,7 +15,6 @@ Torch is imported inside functions so that importing this module stays cheap.
 
 from __future__ import annotations
 
-import math
 import types
 from dataclasses import dataclass
 
@@ -68,20 +67,6 @@ def autocast_dtype(device):
     if device.type == "mps":
         return torch.float16
     return None
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-    except ImportError:
-        return False
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text
-                                              or "can't allocate memory" in text)
 
 
 def free_device_memory() -> None:
@@ -293,7 +278,3 @@ def eta(done: int, total: int, elapsed: float) -> float | None:
     if done <= 0 or elapsed <= 0:
         return None
     return round(elapsed / done * (total - done), 1)
-
-
-def views_per_second(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else math.inf

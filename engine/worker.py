@@ -500,7 +500,8 @@ def infer(run: Run, net, device, dtype, batch):
 def infer_multi_view(run: Run, net, device, dtype, batch, step_done, fov: float):
     """One pass when the views fit (measured above ``CHUNK_PROBE_ABOVE`` views), else chunks
     aligned by Sim(3); an out-of-memory error in the one pass turns into chunks."""
-    from .model import forward, is_out_of_memory, reporting_steps, to_views
+    from .chunking import is_out_of_memory
+    from .model import forward, reporting_steps, to_views
 
     n = batch.pixels.shape[0]
     size = chunk_size_for(run, net, device, dtype, batch)
@@ -545,8 +546,8 @@ def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
 
 def probe_memory(run: Run, net, device, dtype, batch) -> tuple[int, list | None]:
     """(views per pass, probes) from two probe forwards; kept for the loaded model's next jobs."""
-    from .chunking import allocated_bytes, measure_chunk_size
-    from .model import forward, free_device_memory, is_out_of_memory, reporting_steps
+    from .chunking import allocated_bytes, is_out_of_memory, measure_chunk_size
+    from .model import forward, free_device_memory, reporting_steps
 
     baseline = allocated_bytes(str(device))
     try:
@@ -580,8 +581,8 @@ def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
     """Overlapping chunks, each in its own frame, merged into view 0's frame and scale."""
     from .align import AlignmentError
     from .chunking import Cancelled as ChunkCancelled
-    from .chunking import predict_in_chunks
-    from .model import Views, forward, is_out_of_memory, reporting_steps, to_views
+    from .chunking import is_out_of_memory, predict_in_chunks
+    from .model import Views, forward, reporting_steps, to_views
 
     n, emitter = batch.pixels.shape[0], run.emitter
     overlap = run.job.chunk_overlap or max(1, size // 2)
@@ -641,7 +642,8 @@ def peak_gpu_mib(device) -> float | None:
 
 
 def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -> None:
-    from .model import free_device_memory, is_out_of_memory
+    from .chunking import is_out_of_memory
+    from .model import free_device_memory
 
     if not is_out_of_memory(exc):
         return

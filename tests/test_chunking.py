@@ -71,6 +71,7 @@ def test_out_of_memory_is_recognised():
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: "
                                          "not enough memory: you tried to allocate"
                                          " ... failed to allocate"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at CPUAllocator.cpp] can't allocate memory"))
     assert not is_out_of_memory(ValueError("bad input"))
 
 

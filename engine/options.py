@@ -6,7 +6,7 @@ the panel, the command line), so they are defined once.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 # TSDF first: it is the default (clearly better F-score and fewer holes on objects and rooms;
 # see benchmarks/bench_fusion.py), REMESH the faster, simpler alternative.
@@ -50,6 +50,3 @@ class BuildOptions:
             elif hasattr(values, name):
                 picked[name] = getattr(values, name)
         return cls(**picked)
-
-    def as_dict(self) -> dict:
-        return asdict(self)

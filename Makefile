@@ -50,8 +50,8 @@ worker:
 REFERENCE := $(CURDIR)/.cache/da3-reference
 reference: $(REFERENCE)/.installed
 
-$(REFERENCE)/.installed:
-	$(WORKER_ENV)/bin/python -m pip install -q --no-deps --target $(REFERENCE) torchvision==0.28.0 imageio==2.38.1
+$(REFERENCE)/.installed: requirements-reference.txt
+	$(WORKER_ENV)/bin/python -m pip install -q --no-deps --target $(REFERENCE) -r requirements-reference.txt
 	touch $@
 
 lint: dev

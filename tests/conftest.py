@@ -109,6 +109,23 @@ def worker_python() -> Path:
 
 
 @pytest.fixture(scope="session")
+def da3_reference(worker_python) -> Path:
+    """A folder with what DA3's own pipeline needs beyond the worker (torchvision, imageio):
+    DA3_TORCHVISION_PATH, else .cache/da3-reference, installed there now if it is missing
+    (the Makefile's `reference` target does the same)."""
+    folder = Path(os.environ.get("DA3_TORCHVISION_PATH") or REPO / ".cache" / "da3-reference")
+    if not (folder / ".installed").exists():
+        done = subprocess.run([str(worker_python), "-m", "pip", "install", "-q", "--no-deps",
+                               "--target", str(folder), "-r", str(REPO / "requirements-reference.txt")],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"could not install DA3's reference packages into {folder}: "
+                        f"{(done.stderr.strip().splitlines() or [''])[-1]}")
+        (folder / ".installed").touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
 def small_weights(worker_python) -> Path:
     """Random-initialised da3-small weights saved in the model-hub layout by our own saver.
 

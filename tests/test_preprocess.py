@@ -147,12 +147,10 @@ print("identical")
 """
 
 
-@pytest.mark.skipif(not os.environ.get("DA3_TORCHVISION_PATH"),
-                    reason="set DA3_TORCHVISION_PATH to a folder with torchvision and imageio")
-def test_bit_identical_to_da3s_own_input_processor(worker_python):
+def test_bit_identical_to_da3s_own_input_processor(worker_python, da3_reference):
     """DA3's InputProcessor needs torchvision, which the worker does without; this check runs
-    it from an extra folder (pip install --no-deps --target DIR torchvision imageio)."""
-    out = subprocess.run([str(worker_python), "-c", LIBRARY_CHECK,
-                          os.environ["DA3_TORCHVISION_PATH"]], cwd=REPO, capture_output=True,
+    it from an extra folder (the da3_reference fixture installs it when missing)."""
+    out = subprocess.run([str(worker_python), "-c", LIBRARY_CHECK, str(da3_reference)],
+                         cwd=REPO, capture_output=True,
                          text=True, env={**os.environ, "DA3_LOG_LEVEL": "ERROR"})
     assert out.returncode == 0 and out.stdout.strip().endswith("identical"), out.stderr[-3000:]

@@ -600,12 +600,10 @@ model.inference(images, process_res=140, export_dir=out, export_format="npz")
 """
 
 
-@pytest.mark.skipif(not os.environ.get("DA3_TORCHVISION_PATH"),
-                    reason="set DA3_TORCHVISION_PATH to a folder with torchvision and imageio")
-def test_same_file_as_da3s_own_pipeline(worker_python, small_weights, tmp_path):
+def test_same_file_as_da3s_own_pipeline(worker_python, small_weights, da3_reference, tmp_path):
     """DA3's DepthAnything3.inference + npz export and our worker, same images and weights."""
     images = [media.write(tmp_path / f"v{i}.png", media.scene(seed=i)) for i in range(3)]
-    subprocess.run([str(worker_python), "-c", DA3_PIPELINE, os.environ["DA3_TORCHVISION_PATH"],
+    subprocess.run([str(worker_python), "-c", DA3_PIPELINE, str(da3_reference),
                     str(small_weights), str(tmp_path / "da3"), *map(str, images)], cwd=REPO,
                    check=True, capture_output=True, env={**os.environ, "DA3_LOG_LEVEL": "ERROR"})
     job, output = job_file(tmp_path, images, small_weights)

@@ -4,12 +4,15 @@
                                                  --resolution 256 --scenes mug room]
 
 Each scene is rendered with Cycles (tests/scenes.py; cached under .cache/bench-fusion/) and
-degraded like a DA3 prediction. Printed per scene: accuracy and completeness (mean distance,
-% of the object's size), precision, recall and F-score at 1% of that size, boundary edges,
-connected pieces and faces for REMESH (the importer's own per-view surfaces + Blender's voxel
-remesher) and TSDF (numpy; and torch in the worker environment when one is found, see
---worker-python); then seconds per stage, peak traced memory (tracemalloc, a second run) and
-peak resident memory of the process.
+degraded like a DA3 prediction (--no-sky: exact, but with the background at DA3's sky
+confidence and no sky mask, as files in DA3's own layout have). Every scene but the room is
+an object, fused in object mode ('parts', 'parts_table', 'parts_floor': an object in four
+separate parts on nothing, a table or a textured floor). Printed per scene: accuracy and
+completeness (mean distance, % of the object's size), precision, recall and F-score at 1% of
+that size, boundary edges, connected pieces and faces for REMESH (the importer's own per-view
+surfaces + Blender's voxel remesher) and TSDF (numpy; and torch in the worker environment when
+one is found, see --worker-python); then seconds per stage, peak traced memory (tracemalloc, a
+second run) and peak resident memory of the process.
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ def main() -> None:
     args = parse_args()
     for name in args.scenes:
         scene = cached_scene(name, args)
-        degraded = scenes.degrade(scene, seed=0)
+        degraded = (scenes.degrade(scene, depth_error=0, pose_deg=0, pose_frac=0, background_conf=1.0)
+                    if args.no_sky else scenes.degrade(scene, seed=0))
         pred = degraded.prediction
         print(f"\n== {name}: {pred.num_views} views {pred.width}x{pred.height}, "
               f"F-score at {0.01 * scene.size:.3f} (1% of {scene.size:.2f})")
-        options = fusion.TSDFOptions(resolution=args.resolution, object_mode=name == "mug")
+        options = fusion.TSDFOptions(resolution=args.resolution, object_mode=name != "room")
         (v, f, _), *seconds = timed(scenes.remesh_baseline, pred)
         rows = [("REMESH", (v, f), seconds)]
         mesh, *seconds = timed(fusion.fuse_tsdf, pred, options)
@@ -72,7 +76,11 @@ def parse_args():
     parser.add_argument("--height", type=int, default=378)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--scenes", nargs="+", default=["mug", "room"], choices=["mug", "room"])
+    parser.add_argument("--scenes", nargs="+", default=["mug", "room"],
+                        choices=["mug", "room", *scenes.OBJECT_SCENES])
+    parser.add_argument("--no-sky", action="store_true",
+                        help="exact depth and poses, background at DA3's sky confidence (1.0) "
+                             "and no sky mask, as in DA3's own export layout")
     parser.add_argument("--worker-python", default=os.environ.get("DA3_WORKER_PYTHON")
                         or str(REPO / ".worker-env" / "bin" / "python"))
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")

@@ -105,8 +105,9 @@ def fused_surface(build, progress) -> tuple[fusion.FusedMesh, tuple] | Skipped:
     frame, with its edges.
 
     Fusion works in the prediction's own frame and units; the mesh is moved into the result's
-    frame afterwards. It weighs pixels by confidence itself (a hard percentile cut costs it
-    recall), so ``confidence_percentile`` applies to points and view meshes only. The worker's
+    frame afterwards. It applies DA3's confidence floor itself (``fusion.TSDFOptions``: the
+    exporter's rule at a low percentile, then weighs the rest by confidence; a P40 cut costs it
+    recall), so ``confidence_percentile`` applies to points, view meshes and REMESH. The worker's
     surface is used when the file holds one made with these settings.
     """
     pred, geo = build.prediction, build.geo

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fusion
+from . import fusion, geometry
 from .prediction import Prediction
 
 
@@ -62,12 +62,11 @@ def view_weights(pred: Prediction, options: fusion.TSDFOptions, device) -> np.nd
     import torch
 
     depth = torch.as_tensor(np.asarray(pred.depth, dtype=np.float32), device=device)
-    weight = (torch.isfinite(depth) & (depth > 0)).float()
+    # the floor is the one shared definition (numpy): one percentile, not worth a device copy
+    confident, _ = geometry.confident_pixels(pred, options.confidence_percentile, options.mask_sky)
+    weight = torch.as_tensor(confident, device=device).float()
     if pred.conf is not None:
-        weight *= confidence_weights(torch.as_tensor(pred.conf, device=device),
-                                     options.confidence_percentile)
-    if options.mask_sky and pred.sky is not None:
-        weight[torch.as_tensor(pred.sky, device=device)] = 0
+        weight *= confidence_weights(torch.as_tensor(pred.conf, device=device))
     K = torch.as_tensor(np.asarray(pred.intrinsics, dtype=np.float64), device=device)
     weight *= surface_angle_weights(depth, K)
     return weight.cpu().numpy()
@@ -81,11 +80,12 @@ def percentile(ordered, q: float) -> float:
     return float(ordered[low]) + (float(ordered[high]) - float(ordered[low])) * (pos - low)
 
 
-def confidence_weights(conf, q: float):
+def confidence_weights(conf):
     import torch
 
     ordered = torch.sort(conf.flatten()).values
-    low, high = percentile(ordered, q), percentile(ordered, 75)
+    low = percentile(ordered, fusion.RAMP_LOW_PERCENTILE)
+    high = percentile(ordered, fusion.RAMP_HIGH_PERCENTILE)
     ramp = torch.clamp((conf.double() - low) / max(high - low, 1e-6), 0, 1)
     return torch.where(conf >= high, 1.0, ramp).float()
 

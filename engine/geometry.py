@@ -80,15 +80,33 @@ def edge_mask(depth: np.ndarray, tolerance: float = EDGE_TOLERANCE) -> np.ndarra
     return flying
 
 
+def considered_pixels(pred: Prediction, mask_sky: bool) -> np.ndarray:
+    """(N,H,W) pixels with a depth that are not sky: the ones DA3's confidence rule ranks."""
+    considered = np.isfinite(pred.depth) & (pred.depth > 0)
+    if mask_sky and pred.sky is not None:
+        considered &= ~pred.sky
+    return considered
+
+
+def confident_pixels(pred: Prediction, percentile: float,
+                     mask_sky: bool) -> tuple[np.ndarray, float | None]:
+    """The confidence floor shared by every fusion mode (points, REMESH, TSDF numpy and torch).
+
+    Returns the (N,H,W) pixels with a depth, not sky, and at or above DA3's exporter threshold
+    (:func:`confidence_threshold` over the considered pixels), and that threshold (None without
+    confidence). Files in DA3's own layout carry no sky mask: their background sits at the
+    lowest confidence (1.0), so this floor is what keeps it out of the geometry.
+    """
+    keep = considered_pixels(pred, mask_sky)
+    if pred.conf is None:
+        return keep, None
+    threshold = confidence_threshold(pred.conf, keep, percentile)
+    return keep & (pred.conf >= threshold), threshold
+
+
 def valid_mask(pred: Prediction, options: BuildOptions) -> tuple[np.ndarray, float | None]:
     """Pixels to keep (depth > 0, not sky, confident, not flying) and the confidence threshold."""
-    valid = pred.depth > 0
-    if options.mask_sky and pred.sky is not None:
-        valid &= ~pred.sky
-    threshold = None
-    if pred.conf is not None:
-        threshold = confidence_threshold(pred.conf, valid, options.confidence_percentile)
-        valid &= pred.conf >= threshold
+    valid, threshold = confident_pixels(pred, options.confidence_percentile, options.mask_sky)
     valid &= ~edge_mask(pred.depth)
     return valid, threshold
 

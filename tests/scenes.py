@@ -39,6 +39,7 @@ class Shape:
     color: tuple
     sample: callable  # (n, rng) -> (n,3) points on the surface
     inside: callable  # (P,3) -> bool, strictly inside the solid
+    checker: bool = False  # a checker texture over the colour (a textured floor or table)
 
 
 def cylinder(radius, height, centre=(0.0, 0.0), z0=0.0, segments=96, color=(0.7, 0.1, 0.1)):
@@ -148,11 +149,31 @@ def sphere(centre, radius, color=(0.2, 0.7, 0.3), segments=64):
     return Shape("sphere", np.array(verts), faces, color, sample, inside)
 
 
-def floor(size=8.0, color=(0.45, 0.45, 0.42)):
+def floor(size=8.0, color=(0.45, 0.45, 0.42), checker=False):
     h = size / 2
     verts = np.array([[-h, -h, 0], [h, -h, 0], [h, h, 0], [-h, h, 0]], float)
     return Shape("floor", verts, [(0, 1, 2, 3)], color, lambda n, rng: np.zeros((0, 3)),
-                 lambda p: p[:, 2] < 0)
+                 lambda p: p[:, 2] < 0, checker)
+
+
+def table(top=0.6, half=(1.3, 1.0), thickness=0.06, leg=0.08):
+    """A textured table top on four legs, standing at z = 0 (no floor under it)."""
+    hx, hy = half
+    top_box = box((-hx, -hy, top - thickness), (hx, hy, top), color=(0.55, 0.35, 0.2))
+    top_box.checker, top_box.name = True, "table"
+    legs = [box((sx * (hx - leg) - leg / 2, sy * (hy - leg) - leg / 2, 0),
+                (sx * (hx - leg) + leg / 2, sy * (hy - leg) + leg / 2, top - thickness),
+                color=(0.3, 0.2, 0.1)) for sx in (-1, 1) for sy in (-1, 1)]
+    return [top_box, *legs]
+
+
+def parts_shapes(z0=0.0):
+    """An object in four separate parts, standing at ``z0``: a pedestal with a head above it,
+    and a ring standing on edge with a ball inside it."""
+    return [cylinder(0.22, 0.5, z0=z0, color=(0.7, 0.1, 0.1)),
+            sphere((0.0, 0.0, z0 + 0.85), 0.2, color=(0.8, 0.7, 0.1)),
+            torus_xz(0.3, 0.06, (0.75, 0.0, z0 + 0.37), color=(0.1, 0.3, 0.8)),
+            sphere((0.75, 0.0, z0 + 0.37), 0.14, color=(0.2, 0.7, 0.3))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,13 +248,36 @@ def true_surface(shapes, n_per_unit_area, rng):
     return np.concatenate(pts)
 
 
-def render_scene(name: str, width=128, height=96, samples=4, views=0) -> Scene:
-    """Render one of the two scenes ('mug' or 'room') with Cycles; the caller caches it.
+# Object scenes: (the object's shapes at height z0, what it stands on, z0). The object's parts are
+# what the metrics judge; the support is seen, but not judged.
+OBJECT_SCENES = {
+    "parts": (parts_shapes, lambda: [], 0.0),  # nothing under it: no floor in view
+    "parts_table": (parts_shapes, table, 0.6),
+    "parts_floor": (parts_shapes, lambda: [floor(checker=True)], 0.0),
+}
 
-    ``views``: 0 for the scene's own count (24 around the mug, 36 in the room).
+
+def render_scene(name: str, width=0, height=0, samples=4, views=0) -> Scene:
+    """Render one of the scenes ('mug', 'room' or one of ``OBJECT_SCENES``) with Cycles; the
+    caller caches it.
+
+    ``views``: 0 for the scene's own count (24 around the mug, 36 in the room, 16 around the
+    other objects); ``width``, ``height``: 0 for 128x96 (192x144 for the thin parts of the
+    other objects).
     """
     rng = np.random.default_rng(1)
-    if name == "mug":
+    small = name in ("mug", "room")
+    width, height = width or (128 if small else 192), height or (96 if small else 144)
+    if name in OBJECT_SCENES:
+        make, support, z0 = OBJECT_SCENES[name]
+        parts = make(z0)
+        shapes = parts + support()
+        cams = ring_cameras(views or 16, (0.3, 0.0, z0 + 0.5), 2.6, (25, 50))
+        fov = 45
+        surface = true_surface(parts, 60000, rng)
+        low, high = np.array([-0.25, -0.25, z0]), np.array([1.11, 0.25, z0 + 1.05])
+        region = (low - [0.1, 0.1, -0.08], high + 0.1)  # not the band where it meets its support
+    elif name == "mug":
         shapes = mug_shapes()
         cams = ring_cameras(views or 24, (0.15, 0.0, 0.45), 2.8, (25, 50))
         fov = 45
@@ -332,7 +376,14 @@ def add_shape(scene, shape: Shape):
     mat.diffuse_color = (*shape.color, 1)
     if mat.node_tree is None:  # node-based from the start on 5.0, not on 4.2
         mat.use_nodes = True
-    mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*shape.color, 1)
+    bsdf = mat.node_tree.nodes["Principled BSDF"]
+    bsdf.inputs["Base Color"].default_value = (*shape.color, 1)
+    if shape.checker:
+        checker = mat.node_tree.nodes.new("ShaderNodeTexChecker")
+        checker.inputs["Color1"].default_value = (*shape.color, 1)
+        checker.inputs["Color2"].default_value = (*(0.3 * c for c in shape.color), 1)
+        checker.inputs["Scale"].default_value = 12.0
+        mat.node_tree.links.new(checker.outputs["Color"], bsdf.inputs["Base Color"])
     mesh.materials.append(mat)
     scene.collection.objects.link(bpy.data.objects.new(shape.name, mesh))
 
@@ -427,8 +478,12 @@ class Degraded:
 
 
 def degrade(scene: Scene, seed=0, depth_error=0.025, pose_deg=0.2, pose_frac=0.002,
-            scale=0.37) -> Degraded:
-    """What DA3 would say about ``scene``; see the module doc."""
+            scale=0.37, background_conf=None) -> Degraded:
+    """What DA3 would say about ``scene``; see the module doc.
+
+    ``background_conf``: the confidence of every background pixel (DA3 gives its sky 1.0);
+    default a little above that, at random.
+    """
     rng = np.random.default_rng(seed)
     n, h, w = scene.depth.shape
     R0, t0 = scene.w2c[0, :, :3], scene.w2c[0, :, 3]
@@ -441,6 +496,8 @@ def degrade(scene: Scene, seed=0, depth_error=0.025, pose_deg=0.2, pose_frac=0.0
             t = t + rng.normal(0, pose_frac * scene.size * scale / math.sqrt(3), 3)
         ext.append(np.c_[R, t])
         d, c = degrade_depth(scene.depth[i] * scale, rng, depth_error)
+        if background_conf is not None:
+            c[scene.depth[i] <= 0] = background_conf
         depth.append(d)
         conf.append(c)
     to_scene = np.eye(4)

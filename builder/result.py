@@ -61,7 +61,7 @@ class StagedImport:
     """One prediction -> one new collection, in short steps on Blender's main thread.
 
     The numpy work (reading the file, filtering and back-projecting, meshing the views, fusing)
-    runs on two threads that never touch bpy; each :meth:`step` does the next piece of Blender
+    runs on ``IMPORT_THREADS`` threads that never touch bpy; each :meth:`step` does the next piece of Blender
     work whose inputs are ready (the collection, the points, one view mesh, the surface, the
     cameras), so a modal operator can call it from a timer and Blender's UI stays responsive.
     ``api.import_prediction`` steps it to the end. A failure or :meth:`cancel` removes whatever
@@ -105,7 +105,10 @@ class StagedImport:
         return self.collection
 
     def cancel(self) -> None:
-        """Stop the threads at their next check and remove what was made."""
+        """Stop the threads at their next check and remove what was made (nothing once the
+        import has ended: a finished result stays, a failed one is already gone)."""
+        if self.finished:
+            return
         self.stop_threads()
         self._guard.__exit__(ReconstructionAbandoned, None, None)
 

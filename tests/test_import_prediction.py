@@ -508,6 +508,14 @@ def test_cancel_mid_import_leaves_nothing(blender, addon, everything):
     assert counts(blender) == before
 
 
+def test_a_finished_import_is_never_undone_by_a_late_cancel(blender, addon, everything):
+    pred, _ = make_prediction(n_views=2)
+    staged = addon.api.start_import(pred, everything, name="kept")
+    collection = staged.run()
+    staged.cancel()  # e.g. Esc arriving in the same tick as the last step
+    assert "kept" in blender.data.collections and len(collection.all_objects) > 0
+
+
 def test_nothing_survives_the_filters_is_an_error(blender, addon):
     pred, _ = make_prediction(n_views=1)
     far_away = blender.data.objects.new("far away", None)

@@ -9,26 +9,30 @@ a smooth 2-3% relative depth error per view, flying pixels at depth edges with l
 a low-confidence far background, and a little pose noise.
 
 ``evaluate`` measures a mesh against the true surface: accuracy, completeness, precision,
-recall and F-score at a distance of 1% of the object's size, boundary edges and components.
-Nearest neighbours come from Blender's mathutils KD-tree (the tests run inside bpy anyway).
+recall and F-score at a distance of 1% of the object's size, normal consistency, how much of
+the thin parts survives, boundary edges and components. Every measure is computed here from
+the mesh's arrays (numpy, and Blender's mathutils KD-tree for nearest neighbours: the tests run
+inside bpy anyway), never with the fusion code it grades.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from engine import fusion
 from engine.prediction import Prediction
 
 REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
-# analytic shapes: a Blender mesh, surface samples and an inside test for each
+# analytic shapes: a Blender mesh, surface samples, their normals and an inside test for each
 
 
 @dataclass
@@ -40,6 +44,8 @@ class Shape:
     sample: callable  # (n, rng) -> (n,3) points on the surface
     inside: callable  # (P,3) -> bool, strictly inside the solid
     checker: bool = False  # a checker texture over the colour (a textured floor or table)
+    normal: callable = None  # (P,3) points on the surface -> (P,3) unit normals (outward)
+    thin: bool = False  # a thin part (a leg, a slat): what ``Quality.thin_survival`` judges
 
 
 def cylinder(radius, height, centre=(0.0, 0.0), z0=0.0, segments=96, color=(0.7, 0.1, 0.1)):
@@ -62,7 +68,17 @@ def cylinder(radius, height, centre=(0.0, 0.0), z0=0.0, segments=96, color=(0.7,
         within = (p[:, 0] - cx) ** 2 + (p[:, 1] - cy) ** 2 < radius ** 2
         return within & (p[:, 2] > z0) & (p[:, 2] < z0 + height)
 
-    return Shape("cylinder", verts, faces, color, sample, inside)
+    def normal(p):
+        radial = np.c_[p[:, 0] - cx, p[:, 1] - cy, np.zeros(len(p))]
+        r = np.linalg.norm(radial, axis=1, keepdims=True)
+        off_side = np.abs(r[:, 0] - radius)
+        top, bottom = np.abs(p[:, 2] - z0 - height), np.abs(p[:, 2] - z0)
+        n = radial / np.maximum(r, 1e-12)
+        cap = np.minimum(top, bottom) < off_side
+        n[cap] = np.c_[np.zeros((cap.sum(), 2)), np.where(top[cap] < bottom[cap], 1.0, -1.0)]
+        return n
+
+    return Shape("cylinder", verts, faces, color, sample, inside, normal=normal)
 
 
 def torus_xz(major, minor, centre, seg=96, minor_seg=32, color=(0.7, 0.1, 0.1)):
@@ -92,7 +108,13 @@ def torus_xz(major, minor, centre, seg=96, minor_seg=32, color=(0.7, 0.1, 0.1)):
         q = p - c
         return (np.hypot(q[:, 0], q[:, 2]) - major) ** 2 + q[:, 1] ** 2 < minor ** 2
 
-    return Shape("handle", verts, faces, color, sample, inside)
+    def normal(p):
+        q = p - c
+        ring = q * [1, 0, 1]
+        ring *= major / np.maximum(np.linalg.norm(ring, axis=1, keepdims=True), 1e-12)
+        return unit(q - ring)
+
+    return Shape("handle", verts, faces, color, sample, inside, normal=normal)
 
 
 def box(low, high, color=(0.2, 0.4, 0.7), inward=False, skip_bottom=True):
@@ -119,7 +141,14 @@ def box(low, high, color=(0.2, 0.4, 0.7), inward=False, skip_bottom=True):
         within = np.all((p > low) & (p < high), axis=1)
         return ~within if inward else within  # a room's solid is outside its walls
 
-    return Shape("box", verts, faces, color, sample, inside)
+    def normal(p):
+        off = np.abs(np.stack([p - low, p - high], axis=2)).reshape(len(p), 6)  # -x +x -y +y -z +z
+        face = np.argmin(off, axis=1)
+        n = np.zeros((len(p), 3))
+        n[np.arange(len(p)), face // 2] = np.where(face % 2 == 0, -1.0, 1.0)
+        return -n if inward else n
+
+    return Shape("box", verts, faces, color, sample, inside, normal=normal)
 
 
 def sphere(centre, radius, color=(0.2, 0.7, 0.3), segments=64):
@@ -146,14 +175,19 @@ def sphere(centre, radius, color=(0.2, 0.7, 0.3), segments=64):
     def inside(p):
         return np.linalg.norm(p - c, axis=1) < radius
 
-    return Shape("sphere", np.array(verts), faces, color, sample, inside)
+    return Shape("sphere", np.array(verts), faces, color, sample, inside,
+                 normal=lambda p: unit(p - c))
 
 
 def floor(size=8.0, color=(0.45, 0.45, 0.42), checker=False):
     h = size / 2
     verts = np.array([[-h, -h, 0], [h, -h, 0], [h, h, 0], [-h, h, 0]], float)
     return Shape("floor", verts, [(0, 1, 2, 3)], color, lambda n, rng: np.zeros((0, 3)),
-                 lambda p: p[:, 2] < 0, checker)
+                 lambda p: p[:, 2] < 0, checker, normal=lambda p: np.tile([0.0, 0.0, 1.0], (len(p), 1)))
+
+
+def unit(v):
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def table(top=0.6, half=(1.3, 1.0), thickness=0.06, leg=0.08):
@@ -176,6 +210,24 @@ def parts_shapes(z0=0.0):
             sphere((0.75, 0.0, z0 + 0.37), 0.14, color=(0.2, 0.7, 0.3))]
 
 
+def thin_shapes(z0=0.0, leg=0.02, slat=0.02):
+    """A chair standing at ``z0``: a seat slab (0.6 x 0.6 at 0.5) on four legs of radius ``leg``,
+    the back legs running on up to a top rail, with three slats ``slat`` deep between seat and
+    rail. Legs, slats and rail are thin (``Shape.thin``): 1.4-2.9% of the chair's size across."""
+    h, seat, top, wood = 0.3, z0 + 0.5, z0 + 1.1, (0.55, 0.35, 0.2)
+    x = h - leg  # the legs' axes
+    legs = [cylinder(leg, (seat if sx > 0 else top) - z0, centre=(sx * x, sy * x), z0=z0,
+                     segments=48, color=(0.3, 0.2, 0.1)) for sx in (-1, 1) for sy in (-1, 1)]
+    rail = box((-x - slat / 2, -x + leg, top - 0.1), (-x + slat / 2, x - leg, top - 0.02),
+               color=wood, skip_bottom=False)
+    slats = [box((-x - slat / 2, y - 0.025, seat + 0.04), (-x + slat / 2, y + 0.025, top - 0.1),
+                 color=(0.7, 0.55, 0.3), skip_bottom=False) for y in (-0.13, 0.0, 0.13)]
+    for s in [*legs, rail, *slats]:
+        s.thin = True
+    return [box((-h, -h, seat), (h, h, seat + 0.04), color=wood, skip_bottom=False), *legs, rail,
+            *slats]
+
+
 # ---------------------------------------------------------------------------------------------
 # scenes
 
@@ -192,6 +244,8 @@ class Scene:
     surface: np.ndarray  # (P,3) samples of the true surface that the metrics use
     size: float  # the object's (or room's) bounding-box diagonal
     region: tuple  # (low, high): predicted geometry outside is not judged (the floor, far walls)
+    normals: np.ndarray = None  # (P,3) the true surface's unit normal at each of ``surface``
+    thin: np.ndarray = None  # (P,) bool: the sample lies on a thin part (``Shape.thin``)
 
 
 def mug_shapes():
@@ -236,25 +290,91 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)):
     return np.c_[R, -R @ eye]
 
 
-def true_surface(shapes, n_per_unit_area, rng):
-    pts = []
+def true_surface(shapes, n_per_shape, rng, per_area=None):
+    """Samples of the shapes' surface outside every other shape: points, their unit normals and
+    whether each lies on a thin shape. ``n_per_shape`` samples on each shape, or with
+    ``per_area`` as many per square unit of its mesh."""
+    pts, normals, thin = [], [], []
     for s in shapes:
-        p = s.sample(n_per_unit_area, rng)
+        p = s.sample(n_per_shape if per_area is None else round(per_area * mesh_area(s)), rng)
         hidden = np.zeros(len(p), bool)
         for other in shapes:
             if other is not s:
                 hidden |= other.inside(p)
         pts.append(p[~hidden])
-    return np.concatenate(pts)
+        normals.append(s.normal(p[~hidden]))
+        thin.append(np.full(len(pts[-1]), s.thin))
+    return np.concatenate(pts), np.concatenate(normals), np.concatenate(thin)
 
 
-# Object scenes: (the object's shapes at height z0, what it stands on, z0). The object's parts are
-# what the metrics judge; the support is seen, but not judged.
+def mesh_area(shape: Shape) -> float:
+    v = np.asarray(shape.vertices, float)
+    tris = np.array([(f[0], f[i], f[i + 1]) for f in shape.faces for i in range(1, len(f) - 1)])
+    return float(np.linalg.norm(np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]]),
+                                axis=1).sum() / 2)
+
+
+class ObjectScene(NamedTuple):
+    """An object (its shapes at height z0, judged) on a support (seen, not judged), the
+    object's bounding box (relative to z0), where the cameras look (relative to z0) and how
+    densely its true surface is sampled (None: 60000 samples on each shape)."""
+
+    make: Callable
+    support: Callable
+    z0: float
+    low: tuple = (-0.25, -0.25, 0.0)
+    high: tuple = (1.11, 0.25, 1.05)
+    target: tuple = (0.3, 0.0, 0.5)
+    per_area: float | None = None
+
+
 OBJECT_SCENES = {
-    "parts": (parts_shapes, lambda: [], 0.0),  # nothing under it: no floor in view
-    "parts_table": (parts_shapes, table, 0.6),
-    "parts_floor": (parts_shapes, lambda: [floor(checker=True)], 0.0),
+    "parts": ObjectScene(parts_shapes, lambda: [], 0.0),  # nothing under it: no floor in view
+    "parts_table": ObjectScene(parts_shapes, table, 0.6),
+    "parts_floor": ObjectScene(parts_shapes, lambda: [floor(checker=True)], 0.0),
+    # a chair with thin legs and slats on nothing; sampled by area, so that its many small
+    # parts weigh what their surface does
+    "thin": ObjectScene(thin_shapes, lambda: [], 0.0, (-0.3, -0.3, 0.0), (0.3, 0.3, 1.1),
+                        (0.0, 0.0, 0.55), 150000),
 }
+
+
+@dataclass
+class Layout:
+    """What a scene is made of, before rendering."""
+
+    shapes: list  # everything rendered
+    judged: list  # the shapes whose surface the metrics judge
+    cameras: list  # OpenCV world-to-camera (3,4) each
+    fov: float  # horizontal, degrees
+    size: float  # the object's (or room's) bounding-box diagonal
+    region: tuple  # (low, high): predicted geometry outside is not judged
+    per_area: float | None = None  # true samples per square unit; None: 60000 on each shape
+
+
+def scene_layout(name: str, views=0) -> Layout:
+    """The shapes, cameras and judged region of 'mug', 'room' or one of ``OBJECT_SCENES``."""
+    if name in OBJECT_SCENES:
+        obj = OBJECT_SCENES[name]
+        parts = obj.make(obj.z0)
+        z = np.array([0.0, 0.0, obj.z0])
+        cams = ring_cameras(views or 16, z + obj.target, 2.6, (25, 50))
+        low, high = z + obj.low, z + obj.high
+        region = (low - [0.1, 0.1, -0.08], high + 0.1)  # not the band where it meets its support
+        return Layout(parts + obj.support(), parts, cams, 45, float(np.linalg.norm(high - low)), region,
+                      obj.per_area)
+    if name == "mug":
+        shapes = mug_shapes()
+        cams = ring_cameras(views or 24, (0.15, 0.0, 0.45), 2.8, (25, 50))
+        low, high = np.array([-0.5, -0.5, 0.0]), np.array([0.9, 0.5, 1.0])
+        # not the floor, nor the band where the object meets it: nobody sees it, and DA3's floor
+        # is as rough as 5-8% of the object's height
+        region = (low - [0.1, 0.1, -0.08], high + 0.1)
+        return Layout(shapes, shapes[:2], cams, 45, float(np.linalg.norm(high - low)), region)
+    shapes = room_shapes()
+    low, high = np.array([-2, -1.5, 0]), np.array([2, 1.5, 2.5])
+    return Layout(shapes, shapes, room_cameras(views or 36), 90, float(np.linalg.norm(high - low)),
+                  (low - 0.1, high + 0.1))
 
 
 def render_scene(name: str, width=0, height=0, samples=4, views=0) -> Scene:
@@ -265,40 +385,26 @@ def render_scene(name: str, width=0, height=0, samples=4, views=0) -> Scene:
     other objects); ``width``, ``height``: 0 for 128x96 (192x144 for the thin parts of the
     other objects).
     """
-    rng = np.random.default_rng(1)
     small = name in ("mug", "room")
     width, height = width or (128 if small else 192), height or (96 if small else 144)
-    if name in OBJECT_SCENES:
-        make, support, z0 = OBJECT_SCENES[name]
-        parts = make(z0)
-        shapes = parts + support()
-        cams = ring_cameras(views or 16, (0.3, 0.0, z0 + 0.5), 2.6, (25, 50))
-        fov = 45
-        surface = true_surface(parts, 60000, rng)
-        low, high = np.array([-0.25, -0.25, z0]), np.array([1.11, 0.25, z0 + 1.05])
-        region = (low - [0.1, 0.1, -0.08], high + 0.1)  # not the band where it meets its support
-    elif name == "mug":
-        shapes = mug_shapes()
-        cams = ring_cameras(views or 24, (0.15, 0.0, 0.45), 2.8, (25, 50))
-        fov = 45
-        surface = true_surface(shapes[:2], 60000, rng)
-        low, high = np.array([-0.5, -0.5, 0.0]), np.array([0.9, 0.5, 1.0])
-        # not the floor, nor the band where the object meets it: nobody sees it, and DA3's floor
-        # is as rough as 5-8% of the object's height
-        region = (low - [0.1, 0.1, -0.08], high + 0.1)
-    else:
-        shapes = room_shapes()
-        cams = room_cameras(views or 36)
-        fov = 90
-        surface = true_surface(shapes, 60000, rng)
-        low, high = np.array([-2, -1.5, 0]), np.array([2, 1.5, 2.5])
-        region = (low - 0.1, high + 0.1)
-    fx = (width / 2) / math.tan(math.radians(fov) / 2)
+    layout = scene_layout(name, views)
+    fx = (width / 2) / math.tan(math.radians(layout.fov) / 2)
     K = np.array([[fx, 0, width / 2], [0, fx, height / 2], [0, 0, 1.0]])
-    image, depth = cycles_render(shapes, cams, K, width, height, samples, lamp=name == "room")
-    cams = np.array(cams)
-    surface = surface[seen_by(surface, cams, K, depth) >= 2]  # judge only what could be seen
-    return Scene(name, image, depth, K, cams, surface, float(np.linalg.norm(high - low)), region)
+    image, depth = cycles_render(layout.shapes, layout.cameras, K, width, height, samples,
+                                 lamp=name == "room")
+    scene = Scene(name, image, depth, K, np.array(layout.cameras), None, layout.size, layout.region)
+    return with_truth(scene, layout)
+
+
+def with_truth(scene: Scene, layout: Layout | None = None) -> Scene:
+    """``scene`` with its true surface samples, normals and thin tags (re)computed from its
+    shapes and rendered depth: what two views see. Also brings scenes pickled before normals
+    existed up to date without rendering them again."""
+    layout = layout or scene_layout(scene.name, len(scene.w2c))
+    surface, normals, thin = true_surface(layout.judged, 60000, np.random.default_rng(1),
+                                          layout.per_area)
+    seen = seen_by(surface, scene.w2c, scene.K, scene.depth) >= 2  # judge only what could be seen
+    return dataclasses.replace(scene, surface=surface[seen], normals=normals[seen], thin=thin[seen])
 
 
 def seen_by(points, w2c, K, depth, tolerance=0.02):
@@ -477,12 +583,21 @@ class Degraded:
     to_scene: np.ndarray  # (4,4): prediction world -> scene world
 
 
+# Harder than the default, like issue 12's held-out scenes: a smooth 2.5% depth error per view,
+# 0.5% pixel noise, flying pixels at edges (confidence 1.0-1.5, as always), poses off by 0.5
+# degrees and 1% of the scene's size.
+HARD = dict(depth_error=0.025, pixel_noise=0.005, pose_deg=0.5, pose_frac=0.01)
+
+
 def degrade(scene: Scene, seed=0, depth_error=0.025, pose_deg=0.2, pose_frac=0.002,
-            scale=0.37, background_conf=None) -> Degraded:
+            scale=0.37, background_conf=None, pixel_noise=0.002) -> Degraded:
     """What DA3 would say about ``scene``; see the module doc.
 
+    ``depth_error``: amplitude of each view's smooth relative depth error; ``pixel_noise``:
+    standard deviation of the relative noise per pixel; ``pose_deg``, ``pose_frac``: rotation
+    (degrees) and translation (share of the scene's size) noise of every view but the first;
     ``background_conf``: the confidence of every background pixel (DA3 gives its sky 1.0);
-    default a little above that, at random.
+    default a little above that, at random. ``HARD`` holds a harder setting.
     """
     rng = np.random.default_rng(seed)
     n, h, w = scene.depth.shape
@@ -495,7 +610,7 @@ def degrade(scene: Scene, seed=0, depth_error=0.025, pose_deg=0.2, pose_frac=0.0
             R = small_rotation(rng, pose_deg) @ R
             t = t + rng.normal(0, pose_frac * scene.size * scale / math.sqrt(3), 3)
         ext.append(np.c_[R, t])
-        d, c = degrade_depth(scene.depth[i] * scale, rng, depth_error)
+        d, c = degrade_depth(scene.depth[i] * scale, rng, depth_error, pixel_noise)
         if background_conf is not None:
             c[scene.depth[i] <= 0] = background_conf
         depth.append(d)
@@ -526,13 +641,13 @@ def smooth_field(rng, h, w, waves=4, max_cycles=1.5):
     return field / np.abs(field).max()
 
 
-def degrade_depth(true, rng, depth_error):
+def degrade_depth(true, rng, depth_error, pixel_noise=0.002):
     """Relative error field, flying pixels at edges, far unconfident background."""
     h, w = true.shape
     hit = true > 0
     far = true[hit].max() * 3 if hit.any() else 10.0
     depth = np.where(hit, true, far * (1 + 0.1 * smooth_field(rng, h, w)))
-    depth *= (1 + depth_error * smooth_field(rng, h, w)) * (1 + rng.normal(0, 0.002, (h, w)))
+    depth *= (1 + depth_error * smooth_field(rng, h, w)) * (1 + rng.normal(0, pixel_noise, (h, w)))
     conf = 6 + 4 * smooth_field(rng, h, w) ** 2 + rng.normal(0, 0.3, (h, w))
     conf[~hit] = rng.uniform(1.0, 1.3, np.count_nonzero(~hit))
     edge = depth_edges(depth, 0.05)
@@ -576,51 +691,80 @@ class Quality:
     boundary_edges: int
     components: int
     faces: int
+    normal: float = 0.0  # mean |cos| of mesh face normal vs the true normal (points within tau)
+    thin_survival: float | None = None  # recall over the thin parts' samples; None: no thin parts
 
     def row(self, label):
+        thin = "-" if self.thin_survival is None else f"{self.thin_survival:.3f}"
         return (f"{label:<14} {100 * self.accuracy:7.2f}% {100 * self.completeness:7.2f}% "
-                f"{self.precision:6.3f} {self.recall:6.3f} {self.fscore:6.3f} {self.boundary_edges:8d} "
-                f"{self.components:6d} {self.faces:8d}")
+                f"{self.precision:6.3f} {self.recall:6.3f} {self.fscore:6.3f} {self.normal:6.3f} "
+                f"{thin:>6} {self.boundary_edges:8d} {self.components:6d} {self.faces:8d}")
 
 
 HEADER = (f"{'method':<14} {'acc':>8} {'compl':>8} {'prec':>6} {'recall':>6} {'F@1%':>6} "
-          f"{'boundary':>8} {'parts':>6} {'faces':>8}")
+          f"{'normal':>6} {'thin':>6} {'boundary':>8} {'parts':>6} {'faces':>8}")
 
 
 def evaluate(vertices, faces, scene: Scene, to_scene=None, tau=0.01, samples=60000, seed=0) -> Quality:
-    """Quality of a mesh (in prediction units unless ``to_scene`` maps it) against the truth."""
+    """Quality of a mesh (in prediction units unless ``to_scene`` maps it) against the truth.
+
+    Precision and recall count points within ``tau`` of the scene's size of the other surface.
+    ``normal``: over the mesh's sample points within that distance of the truth, the mean |cos|
+    between the normal of the face each lies on and the true normal at the nearest true sample
+    (1: smooth and right, whichever way the faces wind; grain lowers it). ``thin_survival``: the
+    recall of the true samples on thin parts alone.
+    """
     v = np.asarray(vertices, np.float64)
+    faces = np.asarray(faces).reshape(-1, 3)
     if to_scene is not None:
         v = v @ to_scene[:3, :3].T + to_scene[:3, 3]
-    pts = sample_mesh(v, faces, samples, np.random.default_rng(seed))
+    pts, tri = sample_faces(v, faces, samples, np.random.default_rng(seed))
     low, high = scene.region
-    pts = pts[np.all((pts >= low) & (pts <= high), axis=1)]
-    truth = scene.surface[np.all((scene.surface >= low) & (scene.surface <= high), axis=1)]
-    d_pred = nearest_distances(truth, pts)
+    inside = np.all((pts >= low) & (pts <= high), axis=1)
+    pts, tri = pts[inside], tri[inside]
+    judged = np.all((scene.surface >= low) & (scene.surface <= high), axis=1)
+    truth, true_normals, thin = scene.surface[judged], scene.normals[judged], scene.thin[judged]
+    d_pred, nearest = nearest_distances(truth, pts, return_index=True)
     d_true = nearest_distances(pts, truth) if len(pts) else np.full(len(truth), np.inf)
     t = tau * scene.size
     precision = float(np.mean(d_pred < t)) if len(pts) else 0.0
     recall = float(np.mean(d_true < t))
     f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     cap = 10 * t  # a mean that a few far-off triangles cannot dominate
+    close = d_pred < t
+    cos = np.abs(np.sum(face_normals(v, faces)[tri[close]] * true_normals[nearest[close]], axis=1))
     return Quality(float(np.mean(np.minimum(d_pred, cap)) / scene.size) if len(pts) else 1.0,
                    float(np.mean(np.minimum(d_true, cap)) / scene.size), precision, recall, f,
-                   fusion.boundary_edges(faces), fusion.count_components(faces, len(v)), len(faces))
+                   boundary_edges(faces), count_components(faces, len(v)), len(faces),
+                   float(np.mean(cos)) if len(cos) else 0.0,
+                   float(np.mean(d_true[thin] < t)) if thin.any() else None)
 
 
 def sample_mesh(v, faces, n, rng):
+    """``n`` points spread evenly over the mesh's area."""
+    return sample_faces(v, faces, n, rng)[0]
+
+
+def sample_faces(v, faces, n, rng):
+    """``n`` points spread evenly over the mesh's area, and the face each lies on."""
     if len(faces) == 0:
-        return np.zeros((0, 3))
+        return np.zeros((0, 3)), np.zeros(0, int)
     a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
     area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
     tri = rng.choice(len(faces), n, p=area / area.sum())
     r1, r2 = rng.uniform(size=(2, n, 1))
     s = np.sqrt(r1)
-    return (1 - s) * a[tri] + s * (1 - r2) * b[tri] + s * r2 * c[tri]
+    return (1 - s) * a[tri] + s * (1 - r2) * b[tri] + s * r2 * c[tri], tri
 
 
-def nearest_distances(reference, queries):
-    """Distance from each query to its nearest reference point (mathutils KD-tree)."""
+def face_normals(v, faces):
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    return unit(np.cross(b - a, c - a))
+
+
+def nearest_distances(reference, queries, return_index=False):
+    """Distance from each query to its nearest reference point (mathutils KD-tree), and with
+    ``return_index`` that point's index."""
     import bpy  # noqa: F401  (mathutils comes with it)
     from mathutils.kdtree import KDTree
 
@@ -628,7 +772,36 @@ def nearest_distances(reference, queries):
     for i, p in enumerate(reference.tolist()):
         tree.insert(p, i)
     tree.balance()
-    return np.array([tree.find(q)[2] for q in queries.tolist()])
+    found = [tree.find(q) for q in queries.tolist()]
+    distances = np.array([f[2] for f in found], float)
+    return (distances, np.array([f[1] for f in found], int)) if return_index else distances
+
+
+def boundary_edges(faces) -> int:
+    """Edges that one triangle alone uses: zero on a closed surface."""
+    if len(faces) == 0:
+        return 0
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    pairs = np.ascontiguousarray(edges, np.int64).view(np.dtype((np.void, 16)))[:, 0]  # one key each
+    return int(np.count_nonzero(np.unique(pairs, return_counts=True)[1] == 1))
+
+
+def count_components(faces, num_vertices: int) -> int:
+    """Pieces of the mesh (triangles that share a vertex are one piece): union-find by label
+    hooking and pointer jumping over all edges at once."""
+    if len(faces) == 0:
+        return 0
+    a, b = faces.ravel(), np.roll(faces, 1, axis=1).ravel()
+    label = np.arange(num_vertices)
+    while True:
+        la, lb = label[a], label[b]
+        if np.array_equal(la, lb):
+            return len(np.unique(label[faces[:, 0]]))
+        low = np.minimum(la, lb)
+        np.minimum.at(label, la, low)  # hook each root under the smallest root it touches
+        np.minimum.at(label, lb, low)
+        while not np.array_equal(label[label], label):  # every vertex straight to its root
+            label = label[label]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,7 +814,6 @@ def remesh_baseline(pred: Prediction, voxel_size: float = 0.0):
     Uses the importer's own filters and triangulation (engine.geometry) and Blender's voxel
     remesher with the same settings as builder/surface.py.
     """
-    import bpy
 
     from engine import geometry
     from engine.options import BuildOptions
@@ -649,8 +821,18 @@ def remesh_baseline(pred: Prediction, voxel_size: float = 0.0):
     geo = geometry.prepare(pred, BuildOptions(), None)
     voxel = geometry.voxel_size_for(geo, voxel_size * geo.scale if voxel_size else 0.0)
     joined = geometry.surface_input(geo, pred.depth, voxel)
+    v, f = voxel_remeshed(joined.vertices, joined.triangles, voxel)
+    to_cv = geometry.CV_TO_BLENDER.T / geo.scale  # Blender frame and scale -> prediction's
+    return v @ to_cv.T, f, voxel / geo.scale
+
+
+def voxel_remeshed(vertices: np.ndarray, triangles: np.ndarray, voxel: float):
+    """Vertices and triangles of the mesh after Blender's voxel remesher (the settings of
+    builder/surface.py)."""
+    import bpy
+
     mesh = bpy.data.meshes.new("remesh")
-    mesh.from_pydata(joined.vertices.tolist(), [], joined.triangles.tolist())
+    mesh.from_pydata(np.asarray(vertices).tolist(), [], np.asarray(triangles).tolist())
     obj = bpy.data.objects.new("remesh", mesh)
     bpy.context.scene.collection.objects.link(obj)
     mesh.remesh_voxel_size = voxel
@@ -665,5 +847,4 @@ def remesh_baseline(pred: Prediction, voxel_size: float = 0.0):
     f = np.empty(len(mesh.loop_triangles) * 3, np.int32)
     mesh.loop_triangles.foreach_get("vertices", f)
     bpy.data.objects.remove(obj)
-    to_cv = geometry.CV_TO_BLENDER.T / geo.scale  # Blender frame and scale -> prediction's
-    return v.reshape(-1, 3) @ to_cv.T, f.reshape(-1, 3), voxel / geo.scale
+    return v.reshape(-1, 3), f.reshape(-1, 3)

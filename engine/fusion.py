@@ -35,11 +35,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import geometry
+from .consistency import make_consistent
+from .mesh_cleanup import MAX_HOLE_EDGES, SMOOTH_ITERATIONS, fill_small_holes, taubin_smooth
 from .prediction import Prediction
 
 BLOCK = 8  # voxels per block side
@@ -54,6 +56,11 @@ GRAZING_COS, FULL_COS = 0.05, 0.25
 # Above DA3's confidence floor, a pixel's surface vote ramps from nothing at this percentile of
 # the confidence to full weight at the upper one.
 RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE = 5.0, 75.0
+# A second, coarser pass aims this far under the face budget (the count is not exact).
+BUDGET_AIM = 0.9
+# Once the views agree (engine.consistency), the truncation band spans this many robust sigmas
+# of their remaining disagreement.
+TRUNCATION_SIGMAS = 4.0
 # Object mode: the object is what at least this share of the views hold in their image.
 LOOKED_AT_VIEWS = 0.8
 # A floor or table is cut only when at least this share of the views see it and at least this
@@ -82,6 +89,13 @@ class TSDFOptions:
         costs the room scene 5 points of F-score in holes (0.92 against 0.98), while the
         floor of 1.05 alone drops DA3's background (confidence 1.0).
     object_mode: isolate one object photographed from around it (see the module doc).
+    consistent_views: correct each view's smooth depth error and pose so that the views
+        agree, and silence pixels that other views see through (``engine.consistency``).
+    max_faces: 0 for no limit, else the surface is fused again with coarser voxels when it
+        has more triangles than this.
+    smooth_iterations: Taubin lambda|mu passes over the mesh (0: none), and
+    max_hole_edges: border loops up to this many edges are closed (0: none); see
+        ``engine.mesh_cleanup``.
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying
@@ -104,6 +118,10 @@ class TSDFOptions:
     confidence_percentile: float = 5.0
     mask_sky: bool = True
     object_mode: bool = False
+    consistent_views: bool = True
+    max_faces: int = 0
+    smooth_iterations: int = SMOOTH_ITERATIONS
+    max_hole_edges: int = MAX_HOLE_EDGES
     crop_box: np.ndarray | None = None
     min_weight: float = 0.15
     solid_weight: float = 1.5
@@ -116,6 +134,8 @@ class TSDFOptions:
     def __post_init__(self):
         if self.voxel_size < 0 or self.truncation < 0:
             raise ValueError("voxel_size and truncation must be 0 (automatic) or positive")
+        if self.max_faces < 0:
+            raise ValueError("max_faces must be 0 (no limit) or positive")
         if self.resolution < 16:
             raise ValueError("resolution must be at least 16 voxels")
         if not 0 <= self.confidence_percentile <= 100:
@@ -169,10 +189,16 @@ class Grid:
     floor: np.ndarray | None = None  # (4,) plane n.p + d = 0, n up; below + floor_cut is free
     floor_cut: float = 0.0  # how far above the plane the object starts
     crop_box: np.ndarray | None = None  # (2,3): nothing outside it is surface
+    depth: float = 0.0  # how far the cameras typically are from what they fuse
 
     @property
     def block_extent(self) -> float:
         return BLOCK * self.voxel_size
+
+    @property
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """World corners (low, high) of the grid."""
+        return self.origin, self.origin + self.blocks * self.block_extent
 
     def block_centres(self, coords: np.ndarray) -> np.ndarray:
         return self.origin + (coords * BLOCK + (BLOCK - 1) / 2) * self.voxel_size
@@ -249,6 +275,40 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("weigh")
     grid = plan_grid(views, options)
     clock.lap("plan")
+    agreement = make_consistent(views, grid.box) if options.consistent_views else None
+    clock.lap("consistency")
+    mesh = fuse_on_grid(views, fit_truncation(grid, agreement, options), options, stages,
+                        report, clock)
+    if options.max_faces and len(mesh.faces) > options.max_faces:
+        # faces go with the area over the voxel's square: one more pass, coarser, lands
+        # under the budget (cheaper than the first: a quarter of the voxels per halving)
+        voxel = mesh.voxel_size * math.sqrt(len(mesh.faces) / (BUDGET_AIM * options.max_faces))
+        report(0.0, f"{len(mesh.faces)} triangles: fusing again with {voxel:.3g} voxels")
+        mesh = fuse_on_grid(views, coarser(grid, voxel, options), options, stages, report, clock,
+                            first_pass_faces=len(mesh.faces))
+    mesh.stats["consistency"] = agreement
+    return mesh
+
+
+def coarser(grid: Grid, voxel: float, options: TSDFOptions) -> Grid:
+    """The same region, floor and band with bigger voxels (the band at least
+    ``truncation_voxels`` of them)."""
+    low, high = grid.box
+    blocks = np.maximum(np.ceil((high - low) / (voxel * BLOCK)).astype(np.int64), 1)
+    return replace(grid, voxel_size=float(voxel), blocks=blocks,
+                   truncation=max(grid.truncation, options.truncation_voxels * voxel))
+
+
+def fit_truncation(grid: Grid, agreement: dict | None, options: TSDFOptions) -> Grid:
+    """The grid, with its band narrowed to what the views' measured disagreement allows."""
+    if agreement is not None and not options.truncation:
+        grid.truncation = measured_truncation(grid, agreement, options)
+    return grid
+
+
+def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: Stages,
+                 report: Progress, clock: _Clock, **extra_stats) -> FusedMesh:
+    """Allocate, integrate, mesh and clean the views on ``grid``."""
     coarse_tsdf, coarse_weight = integrate_coarse(grid, views)
     coarse = coarse_values(grid, coarse_tsdf, coarse_weight, options)
     keys = allocate_blocks(grid, views, coarse, options)
@@ -269,13 +329,16 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     if grid.object_mode and meshed and not len(faces):
         raise ValueError("object mode found no closed part where most views look (photos that "
                          "circle one object); for a scene, turn object mode off")
+    faces, holes = fill_small_holes(faces, len(vertices), options.max_hole_edges)
+    vertices = taubin_smooth(vertices, faces, options.smooth_iterations)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
                  volume_mb=len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20,
                  grid_shape=tuple(int(b) * BLOCK for b in grid.blocks),
                  floor=None if grid.floor is None else grid.floor.tolist(),
-                 origin=grid.origin.tolist(), timings=clock.laps)  # JSON-ready for the worker
+                 origin=grid.origin.tolist(), holes_closed=holes,
+                 timings=clock.laps, **extra_stats)  # JSON-ready for the worker
     return FusedMesh(vertices.astype(np.float32), faces.astype(np.int32), colors,
                      grid.voxel_size, grid.truncation, stats)
 
@@ -286,7 +349,7 @@ class _Clock:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.laps[name] = now - self._last
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
         self._last = now
 
 
@@ -427,7 +490,15 @@ def plan_grid(views: list[View], options: TSDFOptions) -> Grid:
     blocks = np.maximum(np.ceil((high - low) / (voxel * BLOCK)).astype(np.int64), 1)
     cut = max(2 * voxel, spread)
     return Grid(np.asarray(low, dtype=np.float64), float(voxel), float(trunc), blocks,
-                options.object_mode, floor, cut, options.crop_box)
+                options.object_mode, floor, cut, options.crop_box, depth)
+
+
+def measured_truncation(grid: Grid, agreement: dict, options: TSDFOptions) -> float:
+    """A band as wide as the views' measured disagreement allows, once they agree (a narrow
+    band keeps thin parts and edges; one narrower than the disagreement tears the surface),
+    never wider than the guess made without the measure."""
+    noise = TRUNCATION_SIGMAS * 1.4826 * agreement["disagreement_after"] * grid.depth
+    return float(min(grid.truncation, max(options.truncation_voxels * grid.voxel_size, noise)))
 
 
 def object_distance(views: list[View], centre: np.ndarray) -> float:

@@ -677,7 +677,7 @@ def fuse(run: Run, pred) -> None:
     from .fusion import TSDFOptions
     from .fusion_torch import fuse_tsdf
 
-    settings = {k: bool(run.job.tsdf.get(k, False)) for k in ("object_mode", "mask_sky")}
+    settings = dict(run.job.tsdf)  # engine.options.fusion_settings
     run.emitter.stage("fusing", "fusing the views into one surface")
     start = time.monotonic()
 
@@ -692,7 +692,8 @@ def fuse(run: Run, pred) -> None:
         return
     pred.fused_vertices, pred.fused_faces, pred.fused_colors = mesh.vertices, mesh.faces, mesh.colors
     pred.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
-                                      "truncation": mesh.truncation, "device": mesh.stats["device"]})
+                                      "truncation": mesh.truncation, "device": mesh.stats["device"],
+                                      "consistency": mesh.stats["consistency"]})
     run.timings["fuse"] = round(time.monotonic() - start, 3)
 
 

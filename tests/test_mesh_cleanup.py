@@ -1,0 +1,72 @@
+"""Clean-up of fused meshes (engine.mesh_cleanup), judged with bmesh and analytic shapes."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+from engine import mesh_cleanup
+
+
+def sphere(subdivisions=4):
+    """Vertices and triangles of a closed unit icosphere."""
+    import bmesh  # only once bpy is imported
+
+    bm = bmesh.new()
+    bmesh.ops.create_icosphere(bm, subdivisions=subdivisions, radius=1.0)
+    v = np.array([p.co[:] for p in bm.verts])
+    f = np.array([[x.index for x in face.verts] for face in bm.faces])
+    bm.free()
+    return v, f
+
+
+def open_and_non_manifold(vertices, faces):
+    """Boundary and non-manifold edge counts, as bmesh sees them."""
+    import bmesh
+
+    mesh = bpy.data.meshes.new("check")
+    mesh.from_pydata(vertices.tolist(), [], faces.tolist())
+    bm = bmesh.new()
+    bm.from_mesh(mesh)
+    counts = (sum(e.is_boundary for e in bm.edges), sum(not e.is_manifold for e in bm.edges))
+    bm.free()
+    bpy.data.meshes.remove(mesh)
+    return counts
+
+
+def test_small_holes_are_closed_and_large_ones_left_open():
+    v, f = sphere()
+    small = np.nonzero(v[f].mean(axis=1)[:, 2] > 0.97)[0]  # a cap of a few triangles
+    large = np.nonzero(v[f].mean(axis=1)[:, 2] < -0.5)[0]  # a quarter of the sphere
+    holed = np.delete(f, np.concatenate([small, large]), axis=0)
+    assert open_and_non_manifold(v, holed)[0] > 0
+    filled, closed = mesh_cleanup.fill_small_holes(holed, len(v))
+    assert closed == 1
+    boundary, non_manifold = open_and_non_manifold(v, filled)
+    assert non_manifold == boundary > 24  # only the large hole's rim is left
+    cap_only, _ = mesh_cleanup.fill_small_holes(np.delete(f, small, axis=0), len(v))
+    assert open_and_non_manifold(v, cap_only) == (0, 0)
+    # the fill is wound like its surroundings: the closed mesh's volume is the sphere's
+    a, b, c = (v[cap_only[:, k]] for k in range(3))
+    volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6
+    assert abs(volume - 4 / 3 * np.pi) < 0.05
+
+
+def test_smoothing_removes_grain_without_shrinking():
+    v, f = sphere(5)
+    rng = np.random.default_rng(0)
+    noisy = v * (1 + rng.normal(0, 0.01, (len(v), 1)))
+    smooth = mesh_cleanup.taubin_smooth(noisy, f)
+    radius_before, radius_after = np.linalg.norm(noisy, axis=1), np.linalg.norm(smooth, axis=1)
+    assert radius_after.std() < 0.6 * radius_before.std()  # 4 passes: about half
+    assert abs(radius_after.mean() - 1) < 0.002  # Taubin's mu step undoes the shrinking
+
+
+def test_open_borders_stay_put():
+    v, f = sphere()
+    half = f[v[f].mean(axis=1)[:, 2] > 0]
+    smooth = mesh_cleanup.taubin_smooth(v, half, iterations=10)
+    used = np.unique(half)
+    rim = used[np.abs(v[used, 2]) < 1e-6]
+    assert len(rim) > 10 and np.array_equal(smooth[rim], v[rim])
+    assert np.array_equal(mesh_cleanup.taubin_smooth(v, f, iterations=0), v)

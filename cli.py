@@ -89,6 +89,8 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
                        help="surface detail; 0 = automatic")
     group.add_argument("--confidence-percentile", type=float, default=_DEFAULTS.confidence_percentile,
                        metavar="P", help="drop the least confident pixels (0-100)")
+    group.add_argument("--max-faces", type=int, default=_DEFAULTS.max_faces, metavar="N",
+                       help=f"face budget of the surface; 0 = no limit (default {_DEFAULTS.max_faces})")
     group.add_argument("--crop-object", default="", metavar="NAME", help=argparse.SUPPRESS)
 
 

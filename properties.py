@@ -72,6 +72,10 @@ class BuildOptionProps:
         name="Isolate Object", default=_DEFAULTS.object_mode,
         description="TSDF: the photos circle one object; keep it alone and closed (drops the "
         "floor, background and loose bits)")
+    max_faces: IntProperty(
+        name="Max Faces", default=_DEFAULTS.max_faces, min=0, soft_max=2_000_000,
+        description="Bring the surface down to at most this many faces (a closed one through "
+        "Blender's voxel remesher for even quads, an open one through Decimate); 0: no limit")
     # No methods here: Blender 4.2 crashes at exit after a class whose mixin has both
     # annotations and methods was registered (build_options below is a function for that).
 

@@ -37,7 +37,7 @@ from . import paths, vendor_install
 from .engine import protocol
 from .engine import weights as weights_layout
 from .engine.monitor import JobMonitor, MonitorState, ProcessMonitor
-from .engine.options import BuildOptions
+from .engine.options import BuildOptions, fusion_settings
 from .engine.presets import DEFAULT_MODEL, get_preset
 from .engine.protocol import DEVICES, SAMPLINGS, Job
 from .engine.sources import image_folder, is_image, is_video, result_name
@@ -344,7 +344,7 @@ def worker_fusion(options: BuildOptions) -> dict:
     if options.fusion != "TSDF" or not options.output_surface or options.voxel_size or \
             options.crop_object:
         return {}
-    return {"object_mode": options.object_mode, "mask_sky": options.mask_sky}
+    return fusion_settings(options)
 
 
 def sampling_fields(frame_sampling: str, max_frames: int, fps: float) -> dict:

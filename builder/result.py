@@ -166,6 +166,8 @@ class StagedImport:
                     more = next(steps, _DONE)
                 if more is _DONE:
                     break
+                if isinstance(more, str):  # a step may name the piece of work that follows
+                    self.label = more
                 yield
         # Linked last: until now nothing was drawn or evaluated, so no step waited on a redraw.
         self.context.scene.collection.children.link(build.collection)
@@ -295,7 +297,8 @@ def add_cameras(build: Build, _data):
 @dataclass(frozen=True)
 class Part:
     """One part of the result: ``compute(build, progress)`` runs on a thread (numpy only, may be
-    None), ``create(build, data)`` on the main thread, yielding between pieces of Blender work."""
+    None), ``create(build, data)`` on the main thread, yielding between pieces of Blender work
+    (None, or the label of the piece that follows when it is not what ``label`` says)."""
 
     wanted: str  # the BuildOptions flag that asks for it
     stage: str  # its key in the timings

@@ -25,6 +25,7 @@ class BuildOptions:
     mask_sky: bool = True
     crop_object: str = ""  # name of a Blender object whose bounds crop the result
     object_mode: bool = False  # TSDF: one object seen from around it -> one closed object
+    max_faces: int = 300_000  # the surface's face budget (Blender's remesher/Decimate); 0: no limit
 
     def __post_init__(self):
         if self.fusion not in FUSION_MODES:
@@ -33,6 +34,8 @@ class BuildOptions:
             raise ValueError("voxel_size must be 0 (automatic) or positive")
         if not 0 <= self.confidence_percentile <= 100:
             raise ValueError("confidence_percentile must be between 0 and 100")
+        if self.max_faces < 0:
+            raise ValueError(f"max_faces must be 0 (no limit) or a number of faces, not {self.max_faces}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -50,3 +53,12 @@ class BuildOptions:
             elif hasattr(values, name):
                 picked[name] = getattr(values, name)
         return cls(**picked)
+
+
+def fusion_settings(options: BuildOptions) -> dict:
+    """The build settings a fused surface depends on, named as ``engine.fusion.TSDFOptions``
+    names them: the worker fuses with these, and the importer reuses its surface only when
+    they match. (A crop object or a voxel size of the user's own are fused in Blender.)"""
+    return {"object_mode": options.object_mode, "mask_sky": options.mask_sky,
+            "max_faces": options.max_faces}
+

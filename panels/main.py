@@ -1,4 +1,5 @@
-"""The "DA3" tab in the 3D View sidebar: source, model, quality, build options, progress.
+"""The "DA3" tab in the 3D View sidebar: source, model, quality, build options, progress, and
+the last result (its surface's face count).
 
 Drawing lives in plain functions that take a layout, so tests can draw every state (no worker
 environment, idle, running, failed) with a recording layout: Blender never draws panels when it
@@ -11,6 +12,7 @@ from pathlib import Path
 import bpy
 
 from .. import paths, reconstruct, vendor_install
+from ..builder.rescale import SCALE_KEY, result_collection_of
 from ..engine.presets import get_preset
 from ..operators import install_deps
 from ..properties import FUSION_HINTS
@@ -73,6 +75,9 @@ def draw_main(layout, context) -> None:
     elif error:
         draw_error(layout, error)
     draw_source(layout, settings, enabled=env_ok and run is None)
+    result = last_result(context)
+    if result is not None:
+        draw_result(layout, result)
 
 
 def draw_environment(layout) -> bool:
@@ -127,6 +132,26 @@ def draw_source(layout, settings, enabled: bool) -> None:
     column.operator("da3.reconstruct", text="Reconstruct from images", icon="OUTLINER_OB_POINTCLOUD")
 
 
+def last_result(context):
+    """The DA3 result the active object belongs to, else the newest one in the scene."""
+    obj = context.active_object
+    found = result_collection_of(obj) if obj is not None and "da3_role" in obj else None
+    return found or next((c for c in reversed(context.scene.collection.children) if SCALE_KEY in c),
+                         None)
+
+
+def draw_result(layout, collection) -> None:
+    """A result's name, the face count of its surface (after the face budget) and how far
+    apart its views stood before and after they were made to agree."""
+    box = layout.box()
+    box.label(text=collection.name, icon="OUTLINER_COLLECTION")
+    for obj in collection.objects:
+        if obj.get("da3_role") == "surface" and obj.type == "MESH":
+            box.label(text=f"Surface: {len(obj.data.polygons):,} faces", icon="MESH_DATA")
+            if "da3_views_disagree" in obj:
+                box.label(text=f"Views apart: {obj['da3_views_disagree']}", icon="CAMERA_DATA")
+
+
 # -- model, quality, build options ---------------------------------------------------------------
 
 def draw_model(layout, settings) -> None:
@@ -179,6 +204,7 @@ def draw_build_options(layout, settings) -> None:
     if settings.fusion == "TSDF":
         layout.prop(settings, "object_mode")
     layout.prop(settings, "voxel_size")
+    layout.prop(settings, "max_faces")
     layout.prop(settings, "confidence_percentile")
     layout.prop(settings, "mask_sky")
     layout.prop_search(settings, "crop_object", bpy.data, "objects")

@@ -46,18 +46,19 @@ def to_scene_frame(points, degraded, scale):
 
 
 def test_object_mode_import_is_closed_coloured_and_on_the_surface(addon, blender, mug):
+    """Through the face budget: Blender's voxel remesher, so still one closed skin."""
     scene, degraded = mug
     options = BuildOptions(fusion="TSDF", object_mode=True, output_points=False,
-                           output_cameras=False)
+                           output_cameras=False, max_faces=20_000)
     collection = addon.api.import_prediction(degraded.prediction, options, name="mug")
     surface = surface_of(collection)
-    verts, _, faces_per_edge = mesh_arrays(surface.data)
-    assert len(surface.data.polygons) > 1000
-    assert np.all(faces_per_edge == 2), "the fused object must be closed"
-    assert surface.data.color_attributes, "vertex colours from the images"
+    verts, _, _ = mesh_arrays(surface.data)
+    assert 1000 < len(surface.data.polygons) <= 20_000
+    assert surface["da3_faces"] == len(surface.data.polygons)
+    assert boundary_and_non_manifold_edges(surface.data) == (0, 0), "the fused object must be closed"
+    assert_coloured(surface.data)
     assert surface.data.materials[0] is not None
     assert not surface.data.copy().validate(verbose=False), "Blender found something to fix"
-    assert_edges_as_blender_derives(surface.data)
 
     import mathutils.kdtree
     tree = mathutils.kdtree.KDTree(len(scene.surface))
@@ -68,6 +69,35 @@ def test_object_mode_import_is_closed_coloured_and_on_the_surface(addon, blender
     sample = world[:: max(1, len(world) // 3000)]
     distances = np.array([tree.find(p)[2] for p in sample])
     assert np.median(distances) < 0.01 * scene.size
+
+
+def boundary_and_non_manifold_edges(mesh) -> tuple[int, int]:
+    """Counted by bmesh, independently of the engine's own closedness checks."""
+    import bmesh
+
+    bm = bmesh.new()
+    bm.from_mesh(mesh)
+    try:
+        return (sum(e.is_boundary for e in bm.edges),
+                sum(not e.is_manifold and not e.is_boundary for e in bm.edges))
+    finally:
+        bm.free()
+
+
+def colors_of(mesh) -> np.ndarray:
+    attribute = mesh.color_attributes["Col"]
+    assert (attribute.domain, attribute.data_type) == ("POINT", "FLOAT_COLOR")
+    colors = np.empty(4 * len(mesh.vertices), np.float32)
+    attribute.data.foreach_get("color", colors)
+    return colors.reshape(-1, 4)
+
+
+def assert_coloured(mesh):
+    """The images' colours came through: in range, opaque, not one flat colour."""
+    colors = colors_of(mesh)
+    assert mesh.color_attributes.active_color_name == "Col"
+    assert np.all((colors >= 0) & (colors <= 1)) and np.allclose(colors[:, 3], 1)
+    assert colors[:, :3].std(axis=0).max() > 0.02
 
 
 def assert_edges_as_blender_derives(mesh):
@@ -97,7 +127,7 @@ def test_crop_object_bounds_the_fused_surface(addon, blender, mug):
     bpy = blender
     # A first import tells where the object is; crop to a box around its lower half.
     full = addon.api.import_prediction(degraded.prediction, BuildOptions(
-        fusion="TSDF", output_points=False, output_cameras=False), name="full")
+        fusion="TSDF", output_points=False, output_cameras=False, max_faces=0), name="full")
     verts, _, _ = mesh_arrays(surface_of(full).data)
     low, high = np.percentile(verts, 5, axis=0), np.percentile(verts, 95, axis=0)
     box = bpy.data.objects.new("crop", None)
@@ -106,8 +136,8 @@ def test_crop_object_bounds_the_fused_surface(addon, blender, mug):
     box.location = (low + high) / 2
     box.scale = (high - low) / 4  # half the object's extent on every axis
     cropped = addon.api.import_prediction(degraded.prediction, BuildOptions(
-        fusion="TSDF", output_points=False, output_cameras=False, crop_object="crop"),
-        name="cropped")
+        fusion="TSDF", output_points=False, output_cameras=False, crop_object="crop",
+        max_faces=0), name="cropped")
     surface = surface_of(cropped)
     kept, _, _ = mesh_arrays(surface.data)
     voxel = surface["da3_voxel_size"]
@@ -123,16 +153,19 @@ def test_the_operator_fuses_with_tsdf_by_default(blender, mug, tmp_path):
     assert blender.ops.da3.import_prediction(filepath=str(path)) == {"FINISHED"}
     collection = blender.data.collections["mug"]
     assert surface_of(collection).get("da3_voxel_size", 0) > 0
+    assert 0 < surface_of(collection)["da3_faces"] <= BuildOptions().max_faces
     assert sum(o.get("da3_role") == "camera" for o in collection.objects) == 24
 
 
-def with_worker_fusion(pred, **settings):
+def with_worker_fusion(pred, options: BuildOptions):
     """The prediction as the worker writes it after fusing (engine.worker.fuse)."""
     import copy
     import json
 
     from engine import fusion
+    from engine.options import fusion_settings
 
+    settings = fusion_settings(options)
     mesh = fusion.fuse_tsdf(pred, fusion.TSDFOptions(**settings))
     out = copy.copy(pred)
     out.fused_vertices, out.fused_faces, out.fused_colors = mesh.vertices, mesh.faces, mesh.colors
@@ -143,14 +176,110 @@ def with_worker_fusion(pred, **settings):
 
 def test_the_importer_reuses_the_workers_fusion_when_settings_match(addon, blender, mug,
                                                                       tmp_path):
-    pred, mesh = with_worker_fusion(mug[1].prediction, object_mode=True, mask_sky=True)
+    options = BuildOptions(object_mode=True, output_points=False, output_cameras=False,
+                           max_faces=0)
+    pred, mesh = with_worker_fusion(mug[1].prediction, options)
     path = save_prediction(pred, tmp_path / "fused.npz")
-    options = BuildOptions(object_mode=True, output_points=False, output_cameras=False)
     reused = surface_of(addon.api.import_prediction(path, options, name="reused"))
     assert reused["da3_fused_in"] == "worker"
-    assert len(reused.data.polygons) == len(mesh.faces)
+    assert len(reused.data.polygons) == len(mesh.faces), "max_faces=0 leaves the surface as fused"
+    assert reused["da3_faces"] == len(mesh.faces)
+    assert_edges_as_blender_derives(reused.data)
     assert reused["da3_voxel_size"] > 0
     # Other settings than the worker's: fused again here, never a mismatched surface.
-    other = BuildOptions(object_mode=False, output_points=False, output_cameras=False)
+    other = BuildOptions(object_mode=False, output_points=False, output_cameras=False,
+                         max_faces=0)
     again = surface_of(addon.api.import_prediction(path, other, name="again"))
     assert again["da3_fused_in"] == "blender"
+
+
+# --- the face budget (max_faces) on small synthetic predictions --------------------------------
+
+def polygon_area(mesh) -> float:
+    areas = np.empty(len(mesh.polygons), np.float32)
+    mesh.polygons.foreach_get("area", areas)
+    return float(areas.sum())
+
+
+def assert_plane_and_box_colours(mesh):
+    colors = colors_of(mesh)
+    red = (colors[:, 0] > 0.3) & (colors[:, 1] < 0.1)
+    green = (colors[:, 1] > 0.2) & (colors[:, 0] < 0.1)
+    assert red.mean() > 0.02 and green.mean() > 0.3
+
+
+def test_an_open_surface_keeps_to_the_budget_never_remeshed(addon):
+    """A scene's TSDF surface is open (walls seen from one side): it is fused again with
+    coarser voxels (then decimated if still over), never voxel-remeshed, which would wrap each
+    wall into a two-walled shell of twice the area."""
+    from synthetic_scenes import make_prediction
+
+    pred, _ = make_prediction(n_views=3, width=96, height=72, focal=90.0)
+    options = {"fusion": "TSDF", "output_points": False, "output_cameras": False}
+    whole = surface_of(addon.api.import_prediction(pred, BuildOptions(**options, max_faces=0)))
+    budget = len(whole.data.polygons) // 20
+    fitted = surface_of(addon.api.import_prediction(pred, BuildOptions(**options, max_faces=budget)))
+    assert budget // 4 < len(fitted.data.polygons) <= budget
+    assert fitted["da3_faces"] == len(fitted.data.polygons)
+    boundary, _ = boundary_and_non_manifold_edges(fitted.data)
+    assert boundary > 0, "still open"
+    assert boundary_and_non_manifold_edges(whole.data)[0] > 0
+    # 20x coarser loses a rim along the borders; a doubled wall would be twice the area
+    assert 0.8 < polygon_area(fitted.data) / polygon_area(whole.data) < 1.1
+    assert_plane_and_box_colours(fitted.data)
+
+
+def test_the_operator_keeps_a_remeshed_surface_to_the_budget(blender, tmp_path):
+    """fusion='REMESH' is remeshed again, coarser, when its first remesh is over the budget."""
+    from synthetic_scenes import make_prediction
+
+    pred, _ = make_prediction(n_views=3, width=96, height=72, focal=90.0)
+    path = save_prediction(pred, tmp_path / "walls.npz")
+    assert blender.ops.da3.import_prediction(filepath=str(path), fusion="REMESH", max_faces=2000,
+                                             output_points=False, output_cameras=False) == {"FINISHED"}
+    surface = surface_of(blender.data.collections["walls"])
+    assert 1000 < len(surface.data.polygons) <= 2000
+    assert boundary_and_non_manifold_edges(surface.data) == (0, 0)
+    assert_plane_and_box_colours(surface.data)
+    assert surface.data.materials[0].node_tree.nodes.get("Attribute").attribute_name == "Col"
+
+
+def test_a_negative_face_budget_is_refused_in_one_line(addon):
+    from importlib import import_module
+
+    with pytest.raises(ValueError, match="max_faces must be 0 .no limit. or a number of faces"):
+        BuildOptions(max_faces=-1)
+    cli = import_module(f"{addon.__name__}.cli")
+    args = cli.make_parser().parse_args(["photos", "-o", "out.blend", "--max-faces", "-1"])
+    with pytest.raises(ValueError, match="max_faces"):
+        cli.request_from(args)
+    args = cli.make_parser().parse_args(["photos", "-o", "out.blend", "--max-faces", "5000"])
+    assert cli.request_from(args).options.max_faces == 5000
+
+
+def test_decimating_quads_keeps_to_the_budget(addon, blender):
+    """Decimate counts triangles: a quad surface (the remesher's) over the budget still lands
+    under it, coloured."""
+    from importlib import import_module
+
+    import bmesh
+
+    surface = import_module(f"{addon.__name__}.builder.surface")
+    meshes = import_module(f"{addon.__name__}.builder.meshes")
+    mesh = blender.data.meshes.new("ball")
+    bm = bmesh.new()
+    bmesh.ops.create_uvsphere(bm, u_segments=64, v_segments=32, radius=1.0)
+    bm.to_mesh(mesh)
+    bm.free()
+    co = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", co)
+    meshes.set_colors(mesh, np.c_[(co.reshape(-1, 3) + 1) / 2, np.ones(len(mesh.vertices))],
+                      len(mesh.vertices))
+    obj = blender.data.objects.new("ball", mesh)
+    assert len(mesh.polygons) == 2048 and max(p.loop_total for p in mesh.polygons) == 4
+    open_fit = surface.Fit(closed=False, area=0.0, voxel=0.0)
+    assert list(surface.fit_face_budget(blender.context, obj, open_fit, 0)) == []
+    assert len(obj.data.polygons) == 2048, "max_faces=0 leaves it as it is"
+    list(surface.fit_face_budget(blender.context, obj, open_fit, 500))
+    assert 250 < len(obj.data.polygons) <= 500
+    assert_coloured(obj.data)

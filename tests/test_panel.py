@@ -194,6 +194,28 @@ def test_output_panel_shows_every_build_option(blender):
     assert drawn == set(BuildOptions.names())
 
 
+def test_the_panel_shows_the_face_count_of_the_last_result(blender, addon, ready_env):
+    """The newest result, or the one the active object belongs to: its surface's face count
+    after the face budget."""
+    from synthetic_scenes import make_prediction
+
+    from engine.options import BuildOptions
+
+    pred, _ = make_prediction(n_views=2)
+    assert not any(c[0] == "label" and c[1].startswith("Surface:") for c in draw(blender, "DA3_PT_main"))
+    first = addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", output_points=False,
+                                                           max_faces=500), name="first")
+    addon.api.import_prediction(pred, BuildOptions(output_surface=False), name="second")
+    labels = [c[1] for c in draw(blender, "DA3_PT_main") if c[0] == "label"]
+    assert "second" in labels and not any(line.startswith("Surface:") for line in labels)
+    surface = next(o for o in first.objects if o.get("da3_role") == "surface")
+    blender.context.view_layer.objects.active = surface
+    labels = [c[1] for c in draw(blender, "DA3_PT_main") if c[0] == "label"]
+    faces = surface["da3_faces"]
+    assert 0 < faces <= 500 and faces == len(surface.data.polygons)
+    assert "first" in labels and f"Surface: {faces:,} faces" in labels
+
+
 def test_a_broken_draw_fails(blender):
     """The recorder must catch what Blender would only print: guard against a lenient stand-in."""
     recorder = Recorder([], blender)

@@ -17,6 +17,7 @@ from pathlib import Path
 import blender_app as ba
 import pytest
 
+from engine.options import BuildOptions
 from engine.prediction import save_prediction
 
 APPS, WHY_NONE = ba.find_apps()
@@ -221,6 +222,11 @@ def test_file_import_keeps_the_ui_responsive_and_esc_cancels(app, home, tmp_path
               f"({ui['gaps_over_0_1_s']} of {ui['ticks']} gaps over 0.1 s); longest by step: "
               + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in ui["longest_gap_by_label_s"].items()))
     assert ui["ticks"] > 10  # the UI ran during the import (the figure above is the measure)
+    (faces,) = data["surface_faces"]
+    assert 0 < faces <= BuildOptions().max_faces
+    assert f"Surface: {faces:,} faces" in data["panel_labels"], data["panel_labels"]
+    assert any(t.startswith("Views apart: ") for t in data["panel_labels"]), data["panel_labels"]
+    assert not_blank(data["panel_screenshot"])
     assert data["after_escape"] == data["before_second"] and not data["imported_after_escape"]
 
 

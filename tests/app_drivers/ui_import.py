@@ -1,6 +1,6 @@
 """File > Import > DA3 Prediction: the file browser opens on the given file and Return imports it,
 while our own timer measures how long the UI is blocked; then Esc during a second import of it
-leaves nothing behind.
+leaves nothing behind. Between the two, the DA3 sidebar draws the result's surface face count.
 
 Args: RESULT.json NPZ.
 """
@@ -44,6 +44,43 @@ def find_import(found: list) -> bool:
     return bool(found)
 
 
+class RecordingLayout:
+    """A real UILayout that also keeps the text of every label drawn through it."""
+
+    def __init__(self, layout, labels: list):
+        self._layout, self._labels = layout, labels
+
+    def box(self):
+        return RecordingLayout(self._layout.box(), self._labels)
+
+    def label(self, **kwargs):
+        self._labels.append(kwargs.get("text", ""))
+        return self._layout.label(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._layout, name)
+
+
+def panel_result_labels():
+    """Open the DA3 sidebar and let Blender draw it: the labels its result summary drew."""
+    panels = steps.extension_module("panels.main")
+    labels: list = []
+    original = panels.draw_result
+    panels.draw_result = lambda layout, collection: original(RecordingLayout(layout, labels), collection)
+    try:
+        yield from steps.open_da3_sidebar()
+        steps.sidebar().tag_redraw()
+        yield from until(lambda: any(t.startswith("Surface:") for t in labels), 20,
+                         "the sidebar to draw the surface's face count")
+    finally:
+        panels.draw_result = original
+    result["panel_labels"] = sorted(set(labels))
+    result["surface_faces"] = [o.get("da3_faces") for o in bpy.data.objects
+                               if o.get("da3_role") == "surface"]
+    result["panel_screenshot"] = steps.screenshot("import-panel")
+    log(f"the panel drew {result['panel_labels']}")
+
+
 def script():
     yield 2.0
     yield from steps.close_splash()
@@ -65,6 +102,7 @@ def script():
     log(f"imported in {result['import_s']:.1f} s, longest UI gap "
         f"{result['ui']['longest_gap_s'] * 1000:.0f} ms: {result['objects']}")
     yield 3.0  # the first draws of 3.6M points under software OpenGL take a while
+    yield from panel_result_labels()
     # a second import of the same file, cancelled with Esc while it is fusing
     bpy.data.batch_remove([bpy.data.collections[NAME], *bpy.data.objects])
     before = {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "meshes", "collections")}

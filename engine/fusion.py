@@ -66,6 +66,9 @@ LOOKED_AT_VIEWS = 0.8
 # A floor or table is cut only when at least this share of the views see it and at least this
 # share of the points stand above it.
 FLOOR_VIEWS, FLOOR_OBJECT_SHARE = 0.5, 0.05
+# ... and reaches beyond the object on every side: each quarter around it holds this share of
+# the plane's points further out than most of the object.
+SURROUND_SHARE = 0.02
 # Object mode: a piece is kept when at least this share of its area lies where the views look,
 # and it is no speck (at least this share of the largest piece's faces).
 LOOKED_AT_AREA, SPECK_SHARE = 0.5, 0.01
@@ -618,6 +621,8 @@ def find_floor(points: np.ndarray, view_of: np.ndarray, views: list[View],
     height = sample @ plane[:3] + plane[3]
     if not supports_object(height, sample_view_of[inliers], len(views), tol):
         return None, 0.0
+    if not surrounds(sample, height, plane, tol):
+        return None, 0.0
     residual = np.abs(height)
     return plane, float(np.median(residual[residual < tol]))
 
@@ -628,6 +633,28 @@ def supports_object(height: np.ndarray, inlier_views: np.ndarray, num_views: int
     views is a side of the object, or background) and something stands on it."""
     seen_by = len(np.unique(inlier_views)) / num_views
     return seen_by >= FLOOR_VIEWS and np.mean(height > tol) >= FLOOR_OBJECT_SHARE
+
+
+def surrounds(points: np.ndarray, height: np.ndarray, plane: np.ndarray, tol: float) -> bool:
+    """A floor or table reaches out beyond what stands on it on every side; a chair's seat,
+    with its back standing on one edge, does not (nor does any plane part of the object).
+
+    In the plane, around the centre of what stands above it: each quarter must hold some of
+    the plane's points further out than most of what stands there.
+    """
+    normal = plane[:3]
+    a = np.cross(normal, [1.0, 0.0, 0.0] if abs(normal[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(normal, a)
+    flat = np.stack([points @ a, points @ b], axis=1)
+    above, on = height > tol, np.abs(height) < tol
+    centre = np.median(flat[above], axis=0)
+    reach = float(np.percentile(np.linalg.norm(flat[above] - centre, axis=1), 75))
+    offset = flat[on] - centre
+    beyond = np.linalg.norm(offset, axis=1) > reach
+    quarter = (np.floor((np.arctan2(offset[:, 1], offset[:, 0]) + np.pi) / (np.pi / 2)) % 4).astype(int)
+    counts = np.bincount(quarter[beyond], minlength=4)
+    return bool(np.all(counts >= SURROUND_SHARE * np.count_nonzero(on)))
 
 
 def floor_support(sample: np.ndarray, normals: np.ndarray, offsets: np.ndarray,

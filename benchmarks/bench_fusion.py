@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_fusion.py [--views 30 --width 504 --height 378
                                                  --resolution 256 --scenes mug room --hard]
+    .venv/bin/python benchmarks/bench_fusion.py --stages --scenes parts --renders /tmp/renders
 
 Each scene is rendered with Cycles (tests/scenes.py; cached under .cache/bench-fusion/) and
 degraded like a DA3 prediction (--no-sky: exact, but with the background at DA3's sky
@@ -16,6 +17,14 @@ edges, connected pieces and faces for REMESH (the importer's own per-view
 surfaces + Blender's voxel remesher) and TSDF (numpy; and torch in the worker environment when
 one is found, see --worker-python); then seconds per stage, peak traced memory (tracemalloc, a
 second run) and peak resident memory of the process.
+
+With --stages --renders DIR, pictures of the old default, the new default and (objects) the new
+default after the voxel remesher are written to DIR/<scene>-old-default.png, -new-default.png and
+-remeshed.png: each a strip of three 400x300 views, two from the scene's own cameras (around an
+object side-on; in the room views down toward the box and the sphere) and the first of them
+2.5x closer, to show the grain. They are rendered with Blender's Workbench engine (solid, studio
+light, one neutral grey, no vertex colours), which renders in the headless bpy module through
+EGL (it prints EGL_BAD_MATCH lines and renders all the same), so no Cycles fallback is needed.
 """
 
 from __future__ import annotations
@@ -62,7 +71,9 @@ def main() -> None:
               f"{pred.width}x{pred.height}, F-score at {0.01 * scene.size:.3f} (1% of {scene.size:.2f})")
         options = fusion.TSDFOptions(resolution=args.resolution, object_mode=name != "room")
         if args.stages:
-            print_stages(scene, degraded, options)
+            meshes = print_stages(scene, degraded, options)
+            if args.renders:
+                write_renders(Path(args.renders), name, scene, degraded, meshes)
             continue
         (v, f, _), *seconds = timed(scenes.remesh_baseline, pred)
         rows = [("REMESH", (v, f), seconds)]
@@ -94,21 +105,60 @@ STAGES = {
 }
 
 
-def print_stages(scene, degraded, options) -> None:
+def print_stages(scene, degraded, options) -> dict:
     """One row per stage (``STAGES``), and in object mode the new default after Blender's voxel
-    remesher at the fused voxel, as the importer builds it."""
+    remesher at the fused voxel, as the importer builds it. Returns each row's mesh (vertices,
+    faces; the prediction's frame) by label."""
     print(scenes.HEADER + f" {'wall s':>7} {'cpu s':>7}")
+    meshes = {}
     for label, changes in STAGES.items():
         settings = replace(options, **{**OLD_DEFAULT, **changes})
         mesh, wall, cpu = timed(fusion.fuse_tsdf, degraded.prediction, settings)
+        meshes[label] = (mesh.vertices, mesh.faces)
         print(scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene).row(label)
               + f" {wall:7.2f} {cpu:7.2f}")
     if options.object_mode:
         (v, f), wall, cpu = timed(scenes.voxel_remeshed, mesh.vertices, mesh.faces, mesh.voxel_size)
         pieces = fusion.face_components(f, len(v))
         f = f[np.bincount(pieces)[pieces] >= MIN_ISLAND_FACES]  # as the importer drops specks
+        meshes["+ remeshed"] = (v, f)
         print(scenes.evaluate(v, f, scene, degraded.to_scene).row("+ remeshed")
               + f" {wall:7.2f} {cpu:7.2f}  (Blender's voxel remesher alone, at the fused voxel)")
+    return meshes
+
+
+RENDERED = {"old default": "old-default", "new default": "new-default", "+ remeshed": "remeshed"}
+RENDER_SIZE = (400, 300)
+
+
+def write_renders(folder: Path, name: str, scene, degraded, meshes: dict) -> None:
+    """DIR/<scene>-<kind>.png for each of ``RENDERED`` in ``meshes``: three Workbench views side
+    by side, the mesh moved into the scene's world (``degraded.to_scene``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    views = render_views(name, scene, RENDER_SIZE[0])
+    for label, kind in RENDERED.items():
+        if label not in meshes:
+            continue
+        v, f = meshes[label]
+        v = v @ degraded.to_scene[:3, :3].T + degraded.to_scene[:3, 3]
+        strip = np.concatenate(list(scenes.workbench_render(v, f, views, *RENDER_SIZE)), axis=1)
+        scenes.write_png(folder / f"{name}-{kind}.png", strip)
+        print(f"wrote {folder / f'{name}-{kind}.png'}")
+
+
+def render_views(name: str, scene, width: int, zoom: float = 2.5) -> list:
+    """(w2c, K) of three views from the scene's own cameras: around an object a quarter and three
+    quarters of the way round (side-on to its row of parts), 1.3x closer; in the room the
+    downward views toward the box and the sphere; and the first of the two ``zoom`` times closer."""
+    cams = scene.w2c[2::3] if name == "room" else scene.w2c  # room_cameras: up, level, down
+    n = len(cams)
+    first, second = (0, 3 * n // 5) if name == "room" else (n // 4, 3 * n // 4)
+    K = scene.K * (width / scene.image.shape[2])
+    K[2, 2] = 1.0
+    wide, close = K.copy(), K.copy()
+    wide[:2, :2] *= 1.0 if name == "room" else 1.3
+    close[:2, :2] *= zoom
+    return [(cams[first], wide), (cams[second], wide), (cams[first], close)]
 
 
 def parse_args():
@@ -130,10 +180,15 @@ def parse_args():
                                   "the scene's size)")
     parser.add_argument("--stages", action="store_true",
                         help="TSDF only: the old default, each new stage alone, the new default")
+    parser.add_argument("--renders", metavar="DIR",
+                        help="with --stages: Workbench pictures of the old and new default meshes")
     parser.add_argument("--worker-python", default=os.environ.get("DA3_WORKER_PYTHON")
                         or str(REPO / ".worker-env" / "bin" / "python"))
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.renders and not args.stages:
+        parser.error("--renders needs --stages")
+    return args
 
 
 def cached_scene(name: str, args) -> scenes.Scene:

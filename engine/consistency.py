@@ -4,10 +4,10 @@ DA3 estimates each view's depth on its own, without a 3D consistency check: ever
 carries its own smooth error (a few percent of the depth, bending and tilting the view) and
 every pose a small error. Fused as they are, the views stand a little apart: a grainy surface,
 doubled walls, holes where they cancel. Here each view's depth is reprojected into the views
-that overlap it, and per view a smooth correction of its depth (a quadratic scale field over
-the image) is fitted so that the views agree: rounds of robust, confidence-weighted
-point-to-plane least squares, every view against the others as they stand (Jacobi, half
-steps, so that two views never swap places). Cameras are not moved: agreement alone does not
+that overlap it, and per view a smooth correction of its depth (a scale field interpolated
+from 4x4 control points over the image) is fitted so that the views agree: rounds of robust,
+confidence-weighted point-to-plane least squares, every view against the others as they stand
+(Jacobi, half steps, so that two views never swap places). Cameras are not moved: agreement alone does not
 pin them down. Fitting their positions moved them 2.6x further from the truth while the views
 agreed better (a view sliding along its axis trades against its depth scale), and turning
 them let views of a thin part slide past each other (a chair's legs: 43% of their surface
@@ -26,7 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Samples per view for the fit: plenty for its 9 unknowns.
+# The depth correction: a multiplier at GRID x GRID control points over the image,
+# interpolated bilinearly: local enough that a floor filling most of a view does not decide the
+# correction of the object in its middle, smooth enough to be a low-order correction. On the
+# scenes with DA3-like errors it leaves the views 10-25% closer than a quadratic over the image.
+GRID = 4
+# Samples per view for the fit: plenty for its 16 unknowns.
 SAMPLES_PER_VIEW = 1000
 NEIGHBOURS = 6
 ROUNDS = 8
@@ -57,7 +62,7 @@ class Stack:
     depth: np.ndarray  # (N,H,W) float32 corrected depth
     weight: np.ndarray  # (N,H,W) float32 fusion weights
     normals: np.ndarray  # (N,H,W,3) float32 camera-frame normals of the raw depth
-    scale: np.ndarray  # (N,6) depth multiplier = basis @ scale; [1, 0, ...] is no change
+    scale: np.ndarray  # (N,G*G) depth multiplier at the control points; 1 is no change
 
     @classmethod
     def of(cls, views: list) -> Stack:
@@ -68,7 +73,7 @@ class Stack:
                    np.stack([v.t for v in views]).astype(np.float64), raw, raw.copy(),
                    np.stack([v.weight for v in views]).astype(np.float32),
                    np.stack([camera_normals(v.depth, v.K) for v in views]),
-                   np.tile(np.eye(6)[0], (n, 1)))
+                   np.ones((n, GRID * GRID)))
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Samples:
     view: np.ndarray  # (M,) view index
     ray: np.ndarray  # (M,3) camera-frame direction with z = 1
     raw: np.ndarray  # (M,) raw depth
-    basis: np.ndarray  # (M,6) quadratic terms of the normalised pixel position
+    basis: np.ndarray  # (M,G*G) bilinear weights of the control points at the pixel
     weight: np.ndarray  # (M,)
 
     def world(self, stack: Stack) -> np.ndarray:
@@ -133,21 +138,28 @@ def to_world(stack: Stack, view: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return np.einsum("mji,mj->mi", stack.R[view], cam - stack.t[view])
 
 
-def quadratic_basis(u: np.ndarray, v: np.ndarray, shape: tuple) -> np.ndarray:
-    """1, x, y, x^2, xy, y^2 of the pixel position scaled to [-1, 1] across the image."""
+def grid_axis(x: np.ndarray, size: int) -> np.ndarray:
+    """(n, GRID) weights of the control columns (or rows) at pixel positions ``x``: linear
+    between the two nearest, the outer ones held flat to the image's border."""
+    t = np.clip((np.asarray(x, np.float64) + 0.5) / size * (GRID - 1), 0, GRID - 1 - 1e-9)
+    low = np.floor(t).astype(np.int64)
+    w = np.zeros((len(t), GRID))
+    w[np.arange(len(t)), low] = 1 - (t - low)
+    w[np.arange(len(t)), low + 1] = t - low
+    return w
+
+
+def grid_basis(u: np.ndarray, v: np.ndarray, shape: tuple) -> np.ndarray:
+    """(n, GRID*GRID) bilinear weights of the control points at pixels (u, v)."""
     h, w = shape
-    x = 2 * (np.asarray(u, np.float64) + 0.5) / w - 1
-    y = 2 * (np.asarray(v, np.float64) + 0.5) / h - 1
-    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+    return (grid_axis(v, h)[:, :, None] * grid_axis(u, w)[:, None, :]).reshape(len(u), -1)
 
 
 def scale_field(shape: tuple, scale: np.ndarray) -> np.ndarray:
-    """(H,W) float32 depth multiplier of the correction ``scale``."""
+    """(H,W) float32 depth multiplier interpolated from the control points ``scale``."""
     h, w = shape
-    x = (2 * (np.arange(w, dtype=np.float32) + 0.5) / w - 1)[None, :]
-    y = (2 * (np.arange(h, dtype=np.float32) + 0.5) / h - 1)[:, None]
-    s = scale.astype(np.float32)
-    return s[0] + s[1] * x + s[2] * y + s[3] * x * x + s[4] * x * y + s[5] * y * y
+    rows, cols = grid_axis(np.arange(h), h), grid_axis(np.arange(w), w)
+    return (rows @ scale.reshape(GRID, GRID) @ cols.T).astype(np.float32)
 
 
 def camera_normals(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -214,7 +226,7 @@ def sample_views(stack: Stack, rng, region: tuple | None) -> Samples:
         parts.append((np.full(len(v), i), v, u))
     view, v, u = (np.concatenate(a) for a in zip(*parts, strict=True))
     return Samples(view, pixel_rays(stack.K[view], u, v), stack.raw[view, v, u].astype(np.float64),
-                   quadratic_basis(u, v, stack.raw.shape[1:]),
+                   grid_basis(u, v, stack.raw.shape[1:]),
                    stack.weight[view, v, u].astype(np.float64))
 
 
@@ -293,7 +305,7 @@ def disagreement(stack: Stack, samples: Samples, pairs: Pairs) -> dict:
 
 
 def solve_views(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
-    """(N,6) steps of the depth scale terms that bring each view closest to its neighbours as
+    """(N,G*G) steps of the depth scale field that bring each view closest to its neighbours as
     they stand (zero for a view with no overlap), and the robust sigma of the residuals."""
     m = match(stack, samples, pairs)
     other, u, v = pairs.other[m.keep], m.seen.u, m.seen.v
@@ -306,16 +318,16 @@ def solve_views(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
     J = (np.einsum("mi,mi->m", normal, ray_world) * samples.raw[idx])[:, None] * samples.basis[idx]
     depth = samples.raw[idx] * np.einsum("mk,mk->m", samples.basis[idx], stack.scale[owner])
     w = samples.weight[idx] * stack.weight[other, v, u] * tukey(r / (sigma * depth))
-    steps = np.zeros((len(stack.K), 6))
+    steps = np.zeros((len(stack.K), GRID * GRID))
     ends = np.searchsorted(owner, np.arange(len(stack.K) + 1))  # pairs are sorted by view
-    prior = np.full(6, 1 / PRIOR_SCALE ** 2)
+    prior = np.full(GRID * GRID, 1 / PRIOR_SCALE ** 2)
     for i in range(len(stack.K)):
         a, b = ends[i], ends[i + 1]
         if b - a < 12:
             continue
         noise = sigma * float(np.median(depth[a:b]))  # residuals in world units
         Jw = J[a:b] * (w[a:b] / noise ** 2)[:, None]
-        current = stack.scale[i] - np.eye(6)[0]
+        current = stack.scale[i] - 1
         steps[i] = -np.linalg.solve(Jw.T @ J[a:b] + np.diag(prior), Jw.T @ r[a:b] + prior * current)
     new_sigma = max(1.4826 * float(np.median(np.abs(m.rel))), MIN_SIGMA) if len(m.rel) else sigma
     return steps, new_sigma

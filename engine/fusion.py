@@ -278,7 +278,12 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("weigh")
     grid = plan_grid(views, options)
     clock.lap("plan")
-    agreement = make_consistent(views, grid.box) if options.consistent_views else None
+    agreement = None
+    if options.consistent_views:
+        agreement = make_consistent(views, grid.box)
+        # planned again on the corrected views: a floor found before would sit where the
+        # floor was, and cut too little of it where the correction moved it
+        grid = plan_grid(views, options)
     clock.lap("consistency")
     mesh = fuse_on_grid(views, fit_truncation(grid, agreement, options), options, stages,
                         report, clock)

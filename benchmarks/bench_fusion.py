@@ -117,6 +117,14 @@ def print_stages(scene, degraded, options) -> dict:
         meshes[label] = (mesh.vertices, mesh.faces)
         print(scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene).row(label)
               + f" {wall:7.2f} {cpu:7.2f}")
+        agreement = mesh.stats["consistency"]
+    if agreement:
+        print("views apart (|depth difference| / depth between overlapping views), median "
+              f"{100 * agreement['disagreement_before']:.2f}% -> "
+              f"{100 * agreement['disagreement_after']:.2f}%, "
+              f"90th percentile {100 * agreement['disagreement_p90_before']:.2f}% -> "
+              f"{100 * agreement['disagreement_p90_after']:.2f}%; voting pixels another view confirms: "
+              f"{100 * agreement['confirmed_share']:.0f}%")
     if options.object_mode:
         (v, f), wall, cpu = timed(scenes.voxel_remeshed, mesh.vertices, mesh.faces, mesh.voxel_size)
         pieces = fusion.face_components(f, len(v))

@@ -293,7 +293,11 @@ def test_the_worker_fuses_only_with_settings_it_can_honour(addon):
     from engine.options import BuildOptions
 
     fusion_for = addon.reconstruct.worker_fusion
-    assert fusion_for(BuildOptions()) == {"object_mode": False, "mask_sky": True}
+    assert fusion_for(BuildOptions()) == {"object_mode": False, "mask_sky": True, "max_faces": 300_000}
+    assert fusion_for(BuildOptions(max_faces=0))["max_faces"] == 0
+    from engine.fusion import TSDFOptions
+
+    assert TSDFOptions(**fusion_for(BuildOptions())).max_faces == 300_000  # as the worker reads it
     assert fusion_for(BuildOptions(object_mode=True))["object_mode"] is True
     for other in (BuildOptions(fusion="REMESH"), BuildOptions(voxel_size=0.01),
                   BuildOptions(crop_object="Cube"), BuildOptions(output_surface=False)):

@@ -91,6 +91,8 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
                        metavar="P", help="drop the least confident pixels (0-100)")
     group.add_argument("--max-faces", type=int, default=_DEFAULTS.max_faces, metavar="N",
                        help=f"face budget of the surface; 0 = no limit (default {_DEFAULTS.max_faces})")
+    group.add_argument("--texture-size", type=int, default=_DEFAULTS.texture_size, metavar="N",
+                       help="texels along each side of the surface's texture; 0 = as sharp as the photos")
     group.add_argument("--crop-object", default="", metavar="NAME", help=argparse.SUPPRESS)
 
 

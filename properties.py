@@ -8,7 +8,7 @@ as ``engine.options.BuildOptions``.
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from .engine.options import BuildOptions
+from .engine.options import MAX_TEXTURE_SIZE, MIN_TEXTURE_SIZE, BuildOptions
 from .engine.presets import DEFAULT_MODEL, PRESETS
 
 _DEFAULTS = BuildOptions()
@@ -76,6 +76,15 @@ class BuildOptionProps:
         name="Max Faces", default=_DEFAULTS.max_faces, min=0, soft_max=2_000_000,
         description="Bring the surface down to at most this many faces (a closed one through "
         "Blender's voxel remesher for even quads, an open one through Decimate); 0: no limit")
+    texture: BoolProperty(
+        name="Texture", default=_DEFAULTS.texture,
+        description="Bake a colour texture from the photos onto the surface (UV-unwrapped, packed "
+        "into the .blend); off: the surface keeps vertex colours only")
+    texture_size: IntProperty(
+        name="Texture Size", default=_DEFAULTS.texture_size, min=0, max=MAX_TEXTURE_SIZE,
+        soft_max=8192, subtype="PIXEL",
+        description=f"Width and height of the texture; 0 picks it from the photos' detail "
+        f"({MIN_TEXTURE_SIZE}-{MAX_TEXTURE_SIZE} when set)")
     # No methods here: Blender 4.2 crashes at exit after a class whose mixin has both
     # annotations and methods was registered (build_options below is a function for that).
 

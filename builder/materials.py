@@ -26,6 +26,19 @@ def color_material(name: str) -> bpy.types.Material:
     return material
 
 
+def texture_material(name: str, image: bpy.types.Image) -> bpy.types.Material:
+    """A material whose base colour is ``image`` on the mesh's active UV map."""
+    material = bpy.data.materials.new(name)
+    tree = node_tree_of(material)
+    shader = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+    shader.inputs["Roughness"].default_value = 1.0  # a photo's colours already hold the lighting
+    texture = tree.nodes.new("ShaderNodeTexImage")
+    texture.image = image
+    texture.location = (shader.location.x - 320, shader.location.y)
+    tree.links.new(texture.outputs["Color"], shader.inputs["Base Color"])
+    return material
+
+
 def points_node_group(name: str, radius: float, material: bpy.types.Material) -> bpy.types.NodeTree:
     """Geometry Nodes: mesh vertices -> points of ``radius`` with ``material`` (renderable)."""
     group = bpy.data.node_groups.new(name, "GeometryNodeTree")

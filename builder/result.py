@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +36,9 @@ class Build:
     collection: bpy.types.Collection
     material: bpy.types.Material
     crop: tuple | None = None  # (world_to_local, low, high) of the crop object, Blender frame
+    # background(stage, fn, *args) -> Future: fn(*args, progress=...) on the importer's threads
+    # (numpy only); a part's create step yields the Future to wait for it
+    background: Callable[..., Future] | None = None
 
     @cached_property
     def far(self) -> float:
@@ -137,6 +140,12 @@ class StagedImport:
         with _timed(self.timings, part.stage):
             return part.compute(build, self._progress)
 
+    def _later(self, stage: str, fn: Callable, *args):
+        """Work a create step handed back to the threads once its Blender part was done."""
+        self._check()
+        with _timed(self.timings, stage):
+            return fn(*args, progress=self._progress)
+
     def _progress(self, fraction: float, message: str) -> None:
         self._check()
         self.fraction = fraction
@@ -151,7 +160,8 @@ class StagedImport:
         pred, geo = yield from self._result(prepared)
         name = name(pred) if callable(name) else name
         build = Build(self.context, pred, self.options, name, geo,
-                      _new_collection(self.context, name, pred, geo), color_material(name), self.crop)
+                      _new_collection(self.context, name, pred, geo), color_material(name), self.crop,
+                      background=lambda stage, fn, *args: self._pool.submit(self._later, stage, fn, *args))
         self.collection = build.collection
         parts = [part for part in _PARTS if getattr(self.options, part.wanted)]
         # all computations start now, IMPORT_THREADS at a time
@@ -168,6 +178,8 @@ class StagedImport:
                     break
                 if isinstance(more, str):  # a step may name the piece of work that follows
                     self.label = more
+                elif isinstance(more, Future):  # or wait for work it gave the threads
+                    yield from self._result(more)
                 yield
         # Linked last: until now nothing was drawn or evaluated, so no step waited on a redraw.
         self.context.scene.collection.children.link(build.collection)
@@ -298,7 +310,8 @@ def add_cameras(build: Build, _data):
 class Part:
     """One part of the result: ``compute(build, progress)`` runs on a thread (numpy only, may be
     None), ``create(build, data)`` on the main thread, yielding between pieces of Blender work
-    (None, or the label of the piece that follows when it is not what ``label`` says)."""
+    (None, the label of the piece that follows when it is not what ``label`` says, or a Future
+    from ``build.background`` to wait for)."""
 
     wanted: str  # the BuildOptions flag that asks for it
     stage: str  # its key in the timings

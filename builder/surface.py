@@ -1,6 +1,7 @@
 """Fusing the views into one surface, the way ``options.fusion`` names: ``surface_arrays`` does
 the numpy part (on the importer's thread), ``create_surface`` the Blender part, then brings it
-down to ``options.max_faces`` with Blender's voxel remesher and Decimate (``fit_face_budget``).
+down to ``options.max_faces`` with Blender's voxel remesher and Decimate (``fit_face_budget``)
+and bakes the photos into a texture on what is left (``texture.add_texture``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..engine import fusion, geometry
 from ..engine.options import fusion_settings
 from ..engine.prediction import PredictionError
 from .meshes import mesh_from_arrays
+from .texture import add_texture
 
 
 @dataclass
@@ -237,6 +239,9 @@ def create_surface(build, data):
     if not obj.data.materials:  # an operator may hand the object a new mesh
         obj.data.materials.append(build.material)
     obj["da3_faces"] = len(obj.data.polygons)
+    if build.options.texture:
+        yield "baking a texture from the photos"
+        yield from add_texture(build, obj)
 
 
 def fit_face_budget(context, obj: bpy.types.Object, fit: Fit, budget: int):

@@ -171,6 +171,16 @@ def points_to_blender(points: np.ndarray, pred: Prediction, scale: float) -> np.
     return (scale * (points @ m[:3, :3].T + m[:3, 3])).astype(np.float32)
 
 
+def points_from_blender(points: np.ndarray, pred: Prediction, scale: float,
+                        directions: bool = False) -> np.ndarray:
+    """(…,3) points (or, with ``directions``, unit directions) of Blender's frame and scale back
+    in the prediction's world frame: the inverse of ``points_to_blender``."""
+    m = prediction_to_blender(pred)
+    if directions:
+        return (points @ m[:3, :3]).astype(np.float32)
+    return ((points / scale - m[:3, 3]) @ m[:3, :3]).astype(np.float32)
+
+
 def box_in_prediction_frame(crop, pred: Prediction, scale: float) -> np.ndarray:
     """(2,3) axis-aligned box in the prediction's frame that holds the crop box ``crop``
     = (world_to_local, low, high) given in Blender's frame (a rotated box grows to fit)."""
@@ -207,6 +217,12 @@ def linear_from_srgb(colors: np.ndarray) -> np.ndarray:
     rgba = np.ones(colors.shape[:-1] + (4,), dtype=np.float32)
     rgba[..., :3] = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     return rgba
+
+
+def srgb_from_linear(colors: np.ndarray) -> np.ndarray:
+    """(…,3) linear floats -> float32 sRGB-encoded in [0,1] (the inverse of ``linear_from_srgb``)."""
+    c = np.clip(colors, 0.0, 1.0)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
 def linear_colors(image: np.ndarray) -> np.ndarray:

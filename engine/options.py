@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 # TSDF first: it is the default (clearly better F-score and fewer holes on objects and rooms;
 # see benchmarks/bench_fusion.py), REMESH the faster, simpler alternative.
 FUSION_MODES = ("TSDF", "REMESH")
+MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 64, 16384
 
 
 @dataclass
@@ -26,6 +27,8 @@ class BuildOptions:
     crop_object: str = ""  # name of a Blender object whose bounds crop the result
     object_mode: bool = False  # TSDF: one object seen from around it -> one closed object
     max_faces: int = 300_000  # the surface's face budget (Blender's remesher/Decimate); 0: no limit
+    texture: bool = True  # bake a colour texture from the photos onto the surface (else vertex colours)
+    texture_size: int = 0  # its width and height in texels; 0: as sharp as the photos (512-4096)
 
     def __post_init__(self):
         if self.fusion not in FUSION_MODES:
@@ -36,6 +39,9 @@ class BuildOptions:
             raise ValueError("confidence_percentile must be between 0 and 100")
         if self.max_faces < 0:
             raise ValueError(f"max_faces must be 0 (no limit) or a number of faces, not {self.max_faces}")
+        if self.texture_size and not MIN_TEXTURE_SIZE <= self.texture_size <= MAX_TEXTURE_SIZE:
+            raise ValueError(f"texture_size must be 0 (automatic) or {MIN_TEXTURE_SIZE}-{MAX_TEXTURE_SIZE} "
+                             f"texels, not {self.texture_size}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

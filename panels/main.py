@@ -141,13 +141,15 @@ def last_result(context):
 
 
 def draw_result(layout, collection) -> None:
-    """A result's name, the face count of its surface (after the face budget) and how far
-    apart its views stood before and after they were made to agree."""
+    """A result's name, the face count of its surface (after the face budget), its texture and
+    how far apart its views stood before and after they were made to agree."""
     box = layout.box()
     box.label(text=collection.name, icon="OUTLINER_COLLECTION")
     for obj in collection.objects:
         if obj.get("da3_role") == "surface" and obj.type == "MESH":
             box.label(text=f"Surface: {len(obj.data.polygons):,} faces", icon="MESH_DATA")
+            if "da3_texture" in obj:
+                box.label(text=f"Texture: {obj['da3_texture']}", icon="TEXTURE")
             if "da3_views_disagree" in obj:
                 box.label(text=f"Views apart: {obj['da3_views_disagree']}", icon="CAMERA_DATA")
 
@@ -205,6 +207,11 @@ def draw_build_options(layout, settings) -> None:
         layout.prop(settings, "object_mode")
     layout.prop(settings, "voxel_size")
     layout.prop(settings, "max_faces")
+    row = layout.row(heading="Texture")
+    row.prop(settings, "texture", text="")
+    sub = row.row()
+    sub.active = settings.texture
+    sub.prop(settings, "texture_size", text="Size")
     layout.prop(settings, "confidence_percentile")
     layout.prop(settings, "mask_sky")
     layout.prop_search(settings, "crop_object", bpy.data, "objects")

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.prediction import Prediction
+from engine.texture import png_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,6 +211,15 @@ def parts_shapes(z0=0.0):
             sphere((0.75, 0.0, z0 + 0.37), 0.14, color=(0.2, 0.7, 0.3))]
 
 
+def checkered_parts_shapes(z0=0.0):
+    """``parts_shapes`` painted with a checker pattern: detail finer than the surface's vertices
+    for the texture baked from the photos to reproduce."""
+    shapes = parts_shapes(z0)
+    for shape in shapes:
+        shape.checker = True
+    return shapes
+
+
 def thin_shapes(z0=0.0, leg=0.02, slat=0.02):
     """A chair standing at ``z0``: a seat slab (0.6 x 0.6 at 0.5) on four legs of radius ``leg``,
     the back legs running on up to a top rail, with three slats ``slat`` deep between seat and
@@ -332,6 +342,7 @@ OBJECT_SCENES = {
     "parts": ObjectScene(parts_shapes, lambda: [], 0.0),  # nothing under it: no floor in view
     "parts_table": ObjectScene(parts_shapes, table, 0.6),
     "parts_floor": ObjectScene(parts_shapes, lambda: [floor(checker=True)], 0.0),
+    "parts_checker": ObjectScene(checkered_parts_shapes, lambda: [], 0.0),
     # a chair with thin legs and slats on nothing; sampled by area, so that its many small
     # parts weigh what their surface does
     "thin": ObjectScene(thin_shapes, lambda: [], 0.0, (-0.3, -0.3, 0.0), (0.3, 0.3, 1.1),
@@ -887,6 +898,61 @@ def workbench_render(vertices, faces, views, width, height) -> np.ndarray:
     return np.array(images)
 
 
+# --- a view left out: how closely a result renders like a photo it never saw ------------------
+
+def without_view(pred: Prediction, j: int) -> Prediction:
+    """``pred`` without view ``j`` (which must not be view 0: that one defines the frame)."""
+    keep = np.arange(pred.num_views) != j
+    return Prediction(depth=pred.depth[keep], intrinsics=pred.intrinsics[keep],
+                      extrinsics=pred.extrinsics[keep], conf=pred.conf[keep], image=pred.image[keep])
+
+
+def camera_in_result(pred: Prediction, j: int, scale: float) -> np.ndarray:
+    """View ``j``'s OpenCV world-to-camera (3,4) in the result's frame: view 0's camera turned
+    Z-up, times ``scale`` (worked out here from the frame's definition)."""
+    cv_to_blender = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
+    to_result = np.eye(4)
+    to_result[:3, :3] = scale * cv_to_blender @ pred.extrinsics[0][:, :3]
+    to_result[:3, 3] = scale * cv_to_blender @ pred.extrinsics[0][:, 3]
+    w2c = np.eye(4)
+    w2c[:3] = pred.extrinsics[j]
+    return scale * (w2c @ np.linalg.inv(to_result))[:3]
+
+
+def workbench_colours(surface, w2c, k, width, height, color_type):
+    """(H,W,4) float sRGB of the object ``surface`` alone, as Blender's Workbench engine draws it
+    flat-lit: its texture (``color_type`` "TEXTURE") or its vertex colours ("VERTEX")."""
+    import bpy
+
+    scene = bpy.context.scene
+    for obj in scene.objects:
+        obj.hide_render = obj is not surface
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.render.resolution_percentage = 100
+    scene.render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"
+    scene.display.shading.light = "FLAT"
+    scene.display.shading.color_type = color_type
+    camera = scene.camera = bpy.data.objects.new("held out", bpy.data.cameras.new("held out"))
+    scene.collection.objects.link(camera)
+    camera.data.sensor_fit, camera.data.sensor_width = "HORIZONTAL", 36.0
+    camera.data.lens = k[0, 0] * 36.0 / width
+    camera.data.clip_start, camera.data.clip_end = 0.01, 1000
+    camera.matrix_world = blender_camera_matrix(w2c)
+    scene.render.filepath = str(Path(tempfile.mkdtemp(prefix="da3-texture-")) / "view.png")
+    bpy.ops.render.render(write_still=True)
+    return read_exr(Path(scene.render.filepath))
+
+
+def photo_error(rendered: np.ndarray, photo: np.ndarray, truth_depth: np.ndarray) -> float:
+    """Mean |difference| (0-255) over the object's pixels that the render covers."""
+    judged = (truth_depth > 0) & (rendered[..., 3] > 0.99)
+    if judged.mean() < 0.05:
+        raise ValueError("the render covers almost none of the object: wrong camera?")
+    return float(np.abs(rendered[..., :3][judged] * 255 - photo[judged]).mean())
+
+
 def mesh_from_arrays(name: str, vertices: np.ndarray, triangles: np.ndarray):
     """A Blender mesh from numpy arrays (foreach_set; no per-element Python)."""
     import bpy
@@ -904,16 +970,5 @@ def mesh_from_arrays(name: str, vertices: np.ndarray, triangles: np.ndarray):
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """An 8-bit RGB image (H,W,3) as a PNG file (zlib; no imaging library needed)."""
-    import struct
-    import zlib
-
-    rgb = np.ascontiguousarray(rgb, np.uint8)
-    h, w = rgb.shape[:2]
-    rows = np.c_[np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)]  # filter type 0 per row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                           + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+    """An 8-bit RGB image (H,W,3) as a PNG file (no imaging library needed)."""
+    Path(path).write_bytes(png_bytes(np.ascontiguousarray(rgb, np.uint8)))

@@ -141,9 +141,10 @@ def face_centres(mesh, verts):
 
 
 def test_remeshed_surface_exists_and_keeps_colours(addon):
+    """Vertex colours, and the material that shows them when no texture is asked for."""
     pred, _ = make_prediction(n_views=3, width=96, height=72, focal=90.0)
     coll = addon.api.import_prediction(pred, BuildOptions(fusion="REMESH", output_points=False,
-                                                          output_cameras=False))
+                                                          output_cameras=False, texture=False))
     (surface,) = by_role(coll, "surface")
     mesh = surface.data
     assert len(mesh.polygons) > 1000 and surface["da3_voxel_size"] > 0

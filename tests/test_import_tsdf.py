@@ -236,7 +236,8 @@ def test_the_operator_keeps_a_remeshed_surface_to_the_budget(blender, tmp_path):
     pred, _ = make_prediction(n_views=3, width=96, height=72, focal=90.0)
     path = save_prediction(pred, tmp_path / "walls.npz")
     assert blender.ops.da3.import_prediction(filepath=str(path), fusion="REMESH", max_faces=2000,
-                                             output_points=False, output_cameras=False) == {"FINISHED"}
+                                             output_points=False, output_cameras=False,
+                                             texture=False) == {"FINISHED"}
     surface = surface_of(blender.data.collections["walls"])
     assert 1000 < len(surface.data.polygons) <= 2000
     assert boundary_and_non_manifold_edges(surface.data) == (0, 0)

@@ -269,12 +269,12 @@ def test_the_drop_dialog_draws_the_operators_settings(blender, addon):
 
     panels = import_module(f"{addon.__name__}.panels.main")
     op = SimpleNamespace(bl_rna=blender.ops.da3.reconstruct.get_rna_type(), frame_sampling="FPS",
-                         fusion="TSDF")
+                         fusion="TSDF", texture=True)
     calls = []
     panels.draw_run_settings(Recorder(calls, blender), op, blender.context)
     drawn = [c[1] for c in calls if c[0] in ("prop", "prop_search")]
     assert {"source", "model", "process_res", "fps", "device", "output_surface",
-            "object_mode"} <= set(drawn)
+            "object_mode", "texture", "texture_size"} <= set(drawn)
 
 
 def wait_for_counts(reconstruct, timeout=20.0):

@@ -226,6 +226,7 @@ def test_file_import_keeps_the_ui_responsive_and_esc_cancels(app, home, tmp_path
     assert 0 < faces <= BuildOptions().max_faces
     assert f"Surface: {faces:,} faces" in data["panel_labels"], data["panel_labels"]
     assert any(t.startswith("Views apart: ") for t in data["panel_labels"]), data["panel_labels"]
+    assert any(t.startswith("Texture: ") for t in data["panel_labels"]), data["panel_labels"]
     assert not_blank(data["panel_screenshot"])
     assert data["after_escape"] == data["before_second"] and not data["imported_after_escape"]
 

@@ -1,0 +1,92 @@
+"""The texture baked from the photos: how closely the surface renders like a photo it never saw,
+with the texture and with vertex colours, and what the bake costs.
+
+    .venv/bin/python benchmarks/bench_texture.py [--scenes parts_checker room --hard
+                                                  --budgets 20000 300000 --renders DIR]
+
+Each scene is rendered with Cycles at 504x378 from 30 views (tests/scenes.py; cached under
+.cache/bench-fusion/ like bench_fusion.py's) and degraded like a DA3 prediction (--hard:
+scenes.HARD). View 5 is left out; the rest is imported with default options at each face budget
+(object mode for objects), then the surface is rendered from view 5 by Blender's Workbench
+engine (flat light) with its texture and with its vertex colours. Printed per scene and budget:
+the mean |difference| (0-255) from the left-out photo over the object's pixels, the texture's
+size and the share of it that came from the photos, the surface's faces, and the seconds of the
+bake (on the importer's thread) and of the whole import. With --renders DIR, DIR/<scene>-<budget>.png
+shows the photo, the texture and the vertex colours side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# bench_fusion first: it points HOME and the caches somewhere temporary before bpy is imported,
+# and puts tests/ (scenes) on the path
+from bench_fusion import cached_scene, scenes
+from bench_import import load_extension
+
+HELD_OUT = 5
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", nargs="+", default=["parts_checker", "room"])
+    parser.add_argument("--budgets", nargs="+", type=int, default=[20_000, 300_000])
+    parser.add_argument("--hard", action="store_true", help="scenes.HARD errors")
+    parser.add_argument("--views", type=int, default=30)
+    parser.add_argument("--width", type=int, default=504)
+    parser.add_argument("--height", type=int, default=378)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--renders", type=Path, default=None)
+    return parser.parse_args()
+
+
+def measure(api, scene, degraded, budget: int, renders: Path | None) -> str:
+    import bpy
+    from da3_reconstruct.engine.options import BuildOptions
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    pred = scenes.without_view(degraded.prediction, HELD_OUT)
+    options = BuildOptions(object_mode=scene.name != "room", output_points=False,
+                           output_cameras=False, max_faces=budget)
+    timings: dict = {}
+    start = time.perf_counter()
+    collection = api.import_prediction(pred, options, name=scene.name, timings=timings)
+    whole = time.perf_counter() - start
+    surface = next(o for o in collection.objects if o.get("da3_role") == "surface")
+    w2c = scenes.camera_in_result(degraded.prediction, HELD_OUT, collection["da3_scale"])
+    height, width = scene.depth.shape[1:]
+    photo, depth = scene.image[HELD_OUT], scene.depth[HELD_OUT]
+    pictures = {kind: scenes.workbench_colours(surface, w2c, scene.K, width, height, kind)
+                for kind in ("TEXTURE", "VERTEX")}
+    errors = {kind: scenes.photo_error(picture, photo, depth) for kind, picture in pictures.items()}
+    if renders:
+        strip = [photo] + [np.round(p[..., :3] * 255).astype(np.uint8) for p in pictures.values()]
+        renders.mkdir(parents=True, exist_ok=True)
+        scenes.write_png(renders / f"{scene.name}-{budget}.png", np.concatenate(strip, axis=1))
+    return (f"{scene.name:<14} {budget:>8,} {len(surface.data.polygons):>8,} "
+            f"{errors['TEXTURE']:>8.1f} {errors['VERTEX']:>8.1f}   {surface['da3_texture']:<28} "
+            f"{timings.get('texture', 0.0):>6.2f} s {whole:>7.2f} s")
+
+
+def main():
+    args = parse_args()
+    _, api = load_extension()
+    print(f"left-out view {HELD_OUT}; errors: mean |photo - render| (0-255) on the object's pixels"
+          f"{'; scenes.HARD errors' if args.hard else ''}")
+    print(f"{'scene':<14} {'budget':>8} {'faces':>8} {'texture':>8} {'vertex':>8}   "
+          f"{'texture made':<28} {'bake':>8} {'import':>9}")
+    for name in args.scenes:
+        scene = cached_scene(name, args)
+        degraded = scenes.degrade(scene, seed=0, **(scenes.HARD if args.hard else {}))
+        for budget in args.budgets:
+            print(measure(api, scene, degraded, budget, args.renders), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -179,18 +179,23 @@ class StagedImport:
                 if isinstance(more, str):  # a step may name the piece of work that follows
                     self.label = more
                 elif isinstance(more, Future):  # or wait for work it gave the threads
-                    yield from self._result(more)
+                    yield from self._done(more)  # (the step reads its result, or its error)
                 yield
         # Linked last: until now nothing was drawn or evaluated, so no step waited on a redraw.
         self.context.scene.collection.children.link(build.collection)
 
     def _result(self, future):
         """The future's value, yielding (so the UI runs on) until it is ready."""
+        yield from self._done(future)
+        return future.result()
+
+    def _done(self, future):
+        """Yield (so the UI runs on) until ``future`` is done."""
         while not future.done():
             if self._wait:
-                return future.result()
+                wait([future])
+                return
             yield
-        return future.result()
 
 
 # Two threads (the fusion beside the rest) where that leaves a core to Blender's UI, else one.

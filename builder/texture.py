@@ -28,11 +28,20 @@ def add_texture(build, obj: bpy.types.Object):
         build.note("no texture: the file holds no images (DA3's mini_npz export); vertex colours kept")
         return
     mesh = obj.data
+    if not len(mesh.polygons):
+        return
     polygons, colors = read_polygons(mesh), read_point_colors(mesh)
     voxel = obj.get("da3_voxel_size", 0.0) / build.geo.scale
     job = build.background("texture", bake_in_prediction_frame, polygons, build, voxel, colors)
     yield job
-    baked = job.result()
+    try:
+        baked = job.result()
+    except MemoryError:  # the surface is done: keep it, with its vertex colours
+        build.note("no texture: out of memory; try a smaller texture_size (vertex colours kept)")
+        return
+    except ValueError as exc:
+        build.note(f"no texture: {exc} (vertex colours kept)")
+        return
     set_uvs(mesh, baked.uv)
     image = packed_image(f"{build.name} texture", baked)
     mesh.materials.clear()

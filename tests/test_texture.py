@@ -229,3 +229,15 @@ def test_vertex_colours_remain_an_option_and_files_without_images_keep_them(addo
 def test_a_texture_size_out_of_range_is_refused_in_one_line():
     with pytest.raises(ValueError, match="texture_size must be 0 .automatic. or 64-16384 texels"):
         BuildOptions(texture_size=10)
+
+
+def test_a_texture_that_cannot_be_made_leaves_the_finished_surface_as_it_was(addon, parts):
+    """64 x 64 texels cannot hold the hundreds of pieces REMESH leaves, each with its gutter: the
+    surface stays, with its vertex colours and a note saying what to do."""
+    _, degraded = parts
+    options = BuildOptions(fusion="REMESH", output_points=False, output_cameras=False, texture_size=64)
+    collection = addon.api.import_prediction(degraded.prediction, options, name="tiny")
+    assert "no texture: the surface has too many separate pieces" in collection["da3_notes"]
+    surface = next(o for o in collection.objects if o.get("da3_role") == "surface")
+    assert len(surface.data.polygons) > 1000 and not surface.data.uv_layers
+    assert surface.data.materials[0].node_tree.nodes.get("Attribute").attribute_name == "Col"

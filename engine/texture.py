@@ -105,11 +105,14 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     report(0.1, "unwrapping")
     corners = mesh.fan_triangles()
     texels, triangle, bary = rasterize(uv[corners] * size, size)
+    order = np.argsort(triangle, kind="stable")  # each triangle's texels together
+    texels, triangle, bary = texels[order], triangle[order], bary[order]
     vertices = mesh.vertices.astype(np.float32)
     corner_vertex = mesh.corner_vert[corners]  # (T,3)
     triangles = vertices[corner_vertex]  # (T,3,3)
     texels_of = Texels(triangle, np.einsum("kc,kcx->kx", bary, triangles[triangle]),
-                       triangle_normals(triangles), triangles.mean(axis=1), corner_vertex)
+                       triangle_normals(triangles), triangles.mean(axis=1), corner_vertex,
+                       np.searchsorted(triangle, np.arange(len(corners) + 1)))
     rgb, seen = blend_views(texels_of, vertices, pred, voxel,
                             lambda f: report(0.1 + 0.8 * f, "baking"))
     if colors is not None:
@@ -356,26 +359,33 @@ def triangle_normals(positions: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Texels:
-    """The texels inside the surface: the triangle each lies in, its surface point, and the
-    triangles' normals."""
+    """The texels inside the surface, sorted by the triangle each lies in, with its surface
+    point; and the triangles' normals, centres, vertices and first texels."""
 
-    triangle: np.ndarray  # (K,)
+    triangle: np.ndarray  # (K,) sorted
     points: np.ndarray  # (K,3)
     triangle_normals: np.ndarray  # (T,3)
     triangle_centres: np.ndarray  # (T,3)
     triangle_vertices: np.ndarray  # (T,3) vertex indices
+    first: np.ndarray  # (T+1,) triangle t's texels are first[t]:first[t + 1]
+
+    def of_triangles(self, chosen: np.ndarray) -> np.ndarray:
+        """Indices of the texels of the ``chosen`` triangles (without touching the others)."""
+        starts, counts = self.first[chosen], np.diff(self.first)[chosen]
+        offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
+        return offsets + np.arange(len(offsets))
 
 
 def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: float,
                 progress: Callable[[float], None]) -> tuple[np.ndarray, np.ndarray]:
     """(K,3) sRGB colour in [0,1] of each texel, from the views that see it, and (K,) whether
-    any did. Each view only looks at the texels of the triangles that face it inside its image."""
+    any did. Each view only looks at the texels of the triangles it is among the best views of."""
     total = np.zeros((len(texels.points), 3), dtype=np.float32)
     weights = np.zeros(len(texels.points), dtype=np.float32)
     w2c = pred.world_to_camera()
+    best = best_views(texels, vertices, pred, w2c, voxel)
     for i in range(pred.num_views):
-        candidates = facing_triangles(texels, vertices, pred, i, w2c[i])
-        chosen = np.flatnonzero(candidates[texels.triangle])
+        chosen = texels.of_triangles(np.flatnonzero((best == i).any(axis=1)))
         index, colour, weight = view_colours(texels.points[chosen],
                                              texels.triangle_normals[texels.triangle[chosen]],
                                              pred, i, w2c[i], voxel)
@@ -387,6 +397,31 @@ def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: f
     seen = weights > 0
     total[seen] /= weights[seen, None]
     return total, seen
+
+
+# Views blended per triangle: with weights squared the best few carry nearly all of a texel's
+# colour; more only cost time (each view is a projection of every texel it is chosen for).
+VIEWS_PER_TRIANGLE = 4
+
+
+def best_views(texels: Texels, vertices: np.ndarray, pred: Prediction, w2c: np.ndarray,
+               voxel: float) -> np.ndarray:
+    """(T, VIEWS_PER_TRIANGLE) the views most likely to see each triangle best: facing it,
+    overlapping it, its centre where their depth puts the surface, most pixels on it. A view
+    whose depth test fails at the centre only stands in when there are not enough others (part
+    of a large triangle may still be in view); -1 for none."""
+    scores = np.zeros((pred.num_views, len(texels.triangle_normals)), dtype=np.float32)
+    for i in range(pred.num_views):
+        scores[i, facing_triangles(texels, vertices, pred, i, w2c[i])] = STAND_IN
+        index, pixels_per_area = seen_by_view(texels.triangle_centres, texels.triangle_normals,
+                                              pred, i, w2c[i], voxel)[:2]
+        scores[i, index] = np.maximum(pixels_per_area, 2 * STAND_IN)
+    count = min(VIEWS_PER_TRIANGLE, pred.num_views)
+    best = np.argsort(-scores, axis=0)[:count].T  # (T, count)
+    return np.where(np.take_along_axis(scores.T, best, axis=1) > 0, best, -1)
+
+
+STAND_IN = 1e-6
 
 
 def facing_triangles(texels: Texels, vertices: np.ndarray, pred: Prediction, i: int,
@@ -422,28 +457,29 @@ def seen_by_view(points, normals, pred: Prediction, i: int, w2c: np.ndarray, vox
     """The points (K,3) with unit ``normals`` that view ``i`` sees (facing it, inside its image,
     where its own depth map puts the surface): their indices, the view's pixels per unit of
     their surface area (frontal and near views resolve the most detail), and where they fall:
-    pixel coordinates u, v and the pixel's row and column."""
-    centre = (-w2c[:3, :3].T @ w2c[:3, 3]).astype(np.float32)
-    to_camera = centre[None] - points
-    distance = np.sqrt(np.einsum("kx,kx->k", to_camera, to_camera))
-    cosine = np.einsum("kx,kx->k", normals, to_camera) / np.maximum(distance, 1e-30)
-    index = np.flatnonzero(cosine > MIN_COSINE)
-    camera = points[index] @ w2c[:3, :3].T.astype(np.float32) + w2c[:3, 3].astype(np.float32)
+    pixel coordinates u, v and the pixel's row and column. (All tests first, one selection
+    after: each selection copies every array.)"""
+    rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
+    camera = points @ rotation.T + shift
     z = camera[:, 2]
-    k = pred.intrinsics[i]
+    distance = np.sqrt(np.einsum("kx,kx->k", camera, camera))
+    # the camera sits at the origin of its own frame: the way to it is -camera
+    cosine = -np.einsum("kx,kx->k", normals @ rotation.T, camera) / np.maximum(distance, 1e-30)
+    k = pred.intrinsics[i].astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         u = k[0, 0] * camera[:, 0] / z + k[0, 2]
         v = k[1, 1] * camera[:, 1] / z + k[1, 2]
-    inside = (z > 0) & (u >= 0) & (v >= 0) & (u < pred.width) & (v < pred.height)
-    index, u, v, z = index[inside], u[inside], v[inside], z[inside]
-    row, col = v.astype(np.int64), u.astype(np.int64)
+    seen = (cosine > MIN_COSINE) & (z > 0) & (u >= 0) & (v >= 0) & (u < pred.width) & (v < pred.height)
+    row = np.where(seen, v, 0).astype(np.int64)
+    col = np.where(seen, u, 0).astype(np.int64)
     depth = pred.depth[i, row, col]
-    visible = np.abs(depth - z) <= DEPTH_TOLERANCE * z + voxel
+    seen &= np.abs(depth - z) <= DEPTH_TOLERANCE * z + voxel
     if pred.sky is not None:
-        visible &= ~pred.sky[i, row, col]
-    index, u, v, z, row, col = (a[visible] for a in (index, u, v, z, row, col))
+        seen &= ~pred.sky[i, row, col]
+    index = np.flatnonzero(seen)
+    z = z[index]
     pixels_per_area = cosine[index] * k[0, 0] * k[1, 1] / (z * z)
-    return index, pixels_per_area, u, v, row, col
+    return index, pixels_per_area, u[index], v[index], row[index], col[index]
 
 
 def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -3,19 +3,24 @@
 Run with the worker environment's Python from the repository root (numpy and torch, no Blender)::
 
     .worker-env/bin/python benchmarks/bench_fusion_speed.py [--views 30 --width 504 --height 378
-                                                             --resolution 256 --device cuda]
+                                                             --resolution 256 --device cuda
+                                                             --profile 25]
 
 The scene is the ray-cast room of tests/test_align.py (walls and pillars, cameras on a circle)
 at full DA3 resolution, with DA3-like depth noise, a confidence map and colour, so no Blender is
 needed and it runs on a GPU machine as it is. Each path runs once to warm up (CUDA context,
 kernels), then ``--repeat`` times; the best and the median wall time and each stage's seconds are
 printed, with the faces produced (both paths must agree) and the GPU allocator's peak.
+``--profile N`` adds one more numpy run under cProfile and prints its N most expensive functions
+(own time). On a machine shared with other work, compare timings taken in the same run.
 Quality is bench_fusion.py's job.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -71,6 +76,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
     parser.add_argument("--skip-numpy", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile one more numpy run and print its N costliest functions")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -81,6 +88,10 @@ def main(argv=None) -> int:
     rows = []
     if not args.skip_numpy:
         rows.append(run("numpy", lambda: fusion.fuse_tsdf(pred, options), args.repeat))
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.runcall(fusion.fuse_tsdf, pred, options)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
     try:
         import torch
 

@@ -13,6 +13,8 @@ window, the edge of what the cameras saw) are left open.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 SMOOTH_ITERATIONS = 4
@@ -20,56 +22,128 @@ LAMBDA, MU = 0.5, -0.53  # Taubin's pass band: shapes a few edges wide and large
 MAX_HOLE_EDGES = 24
 
 
-def border_vertices(faces: np.ndarray, num_vertices: int) -> np.ndarray:
-    """(V,) bool: on an edge that only one triangle has."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    e.sort(axis=1)
-    keys, counts = np.unique(e[:, 0].astype(np.int64) * num_vertices + e[:, 1], return_counts=True)
-    once = keys[counts == 1]
-    on = np.zeros(num_vertices, bool)
-    on[once // num_vertices] = True
-    on[once % num_vertices] = True
-    return on
+def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int = MAX_HOLE_EDGES,
+                  iterations: int = SMOOTH_ITERATIONS) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`fill_small_holes`, then :func:`taubin_smooth`: the vertices, the faces and the
+    number of holes closed. The mesh's edges are sorted out once for both (0.15 s of the
+    room's 960k triangles), the fans' edges merged in."""
+    n = len(vertices)
+    if not len(faces) or (max_hole_edges < 3 and iterations <= 0):
+        return vertices, faces, 0
+    edges = face_edges(faces, n)
+    filled, holes = fill_small_holes(faces, n, max_hole_edges, edges)
+    if holes:
+        edges = edges.merged(face_edges(filled[len(faces):], n))
+    return taubin_smooth(vertices, filled, iterations, edges), filled, holes
 
 
-def taubin_smooth(vertices: np.ndarray, faces: np.ndarray,
-                  iterations: int = SMOOTH_ITERATIONS) -> np.ndarray:
-    """Vertices moved by ``iterations`` lambda|mu passes of the umbrella operator; border
-    vertices stay."""
+@dataclass
+class Edges:
+    """Every edge of some triangles once, sorted by (low, high) vertex index: how many
+    triangles have it, and whether some run it from low to high (``forward``) and some from
+    high to low (``backward``; the triangles' winding)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    count: np.ndarray
+    forward: np.ndarray
+    backward: np.ndarray
+    bits: int  # a key packs low << bits | high
+
+    def keys(self) -> np.ndarray:
+        return self.low << self.bits | self.high
+
+    def merged(self, more: Edges) -> Edges:
+        """These edges and ``more`` (of other triangles of the same mesh) together."""
+        keys, extra = self.keys(), more.keys()
+        at = np.searchsorted(keys, extra)
+        known = at < len(keys)
+        known[known] = keys[at[known]] == extra[known]
+        count, forward, backward = self.count.copy(), self.forward.copy(), self.backward.copy()
+        count[at[known]] += more.count[known]
+        forward[at[known]] |= more.forward[known]
+        backward[at[known]] |= more.backward[known]
+        new = ~known
+        return Edges(*(np.insert(mine, at[new], theirs[new]) for mine, theirs in (
+            (self.low, more.low), (self.high, more.high), (count, more.count),
+            (forward, more.forward), (backward, more.backward))), self.bits)
+
+
+def face_edges(faces: np.ndarray, num_vertices: int) -> Edges:
+    """The edges of ``faces``.
+
+    One sort of packed keys (low, high, direction bit): np.unique and np.isin cannot carry the
+    direction along, and under numpy 2.4 they hash, which on a room's 2.9M edges took 7 s
+    (np.unique) and 3.8 s (np.isin) against 0.1 s for the sort."""
+    a = faces.astype(np.int64).ravel()
+    b = np.empty_like(a).reshape(-1, 3)  # each corner's next corner, without a fancy index
+    b[:, :2], b[:, 2] = faces[:, 1:], faces[:, 0]
+    b = b.ravel()
+    bits = max(int(num_vertices - 1).bit_length(), 1)
+    key = np.sort(((np.minimum(a, b) << bits | np.maximum(a, b)) << 1) | (a < b))
+    edge = key >> 1
+    first = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
+    last = np.r_[first[1:], len(key)] - 1
+    edge = edge[first]
+    # within an edge's run the keys are sorted, the direction bit last: a backward one first
+    return Edges(edge >> bits, edge & ((1 << bits) - 1), last - first + 1,
+                 (key[last] & 1).astype(bool), (key[first] & 1) == 0, bits)
+
+
+def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int = SMOOTH_ITERATIONS,
+                  edges: Edges | None = None) -> np.ndarray:
+    """Vertices moved by ``iterations`` lambda|mu passes of the umbrella operator (every
+    neighbour weighs the same); border vertices stay. ``edges``: :func:`face_edges` of
+    ``faces`` when known."""
     if not len(faces) or iterations <= 0:
         return vertices
     n = len(vertices)
-    # every triangle's edges, one way: an inner edge comes twice (once from each side), so
-    # each neighbour weighs the same
-    a = faces.ravel()
-    b = faces[:, [1, 2, 0]].ravel()
-    degree = np.bincount(a, minlength=n) + np.bincount(b, minlength=n)
-    free = (degree > 0) & ~border_vertices(faces, n)
-    inverse = 1.0 / np.maximum(degree, 1)
-    v = vertices.astype(np.float64)
+    edges = edges if edges is not None else face_edges(faces, n)
+    neighbour, bounds = neighbour_lists(edges, n)
+    degree = np.diff(bounds)
+    free = degree > 0
+    free[edges.low[edges.count == 1]] = free[edges.high[edges.count == 1]] = False
+    dtype = vertices.dtype if vertices.dtype.kind == "f" else np.float64
+    # each pass moves a vertex by factor * (step * (sum of its neighbours) - free * itself):
+    # nothing for a fixed one (step and free 0), so every vertex goes through the same sums
+    step = (free / np.maximum(degree, 1)).astype(dtype)
+    free = free.astype(dtype)
+    columns = [np.array(vertices[:, k], dtype) for k in range(3)]
+    # one coordinate at a time, neighbours gathered in vertex order and summed per vertex: on a
+    # room of 960k triangles 0.55 s with the lists made, against 1.7 s for scatter-adds
+    # (np.bincount) in float64 over both ends of every triangle edge
     for factor in (LAMBDA, MU) * iterations:
-        pull = np.empty_like(v)
-        for k in range(3):
-            total = np.bincount(a, v[b, k], minlength=n) + np.bincount(b, v[a, k], minlength=n)
-            pull[:, k] = total * inverse - v[:, k]
-        v[free] += factor * pull[free]
-    return v.astype(vertices.dtype)
+        for column in columns:
+            total = np.add.reduceat(np.take(column, neighbour), bounds)[:-1]
+            column += factor * (step * total - free * column)
+    return np.stack(columns, axis=1).astype(vertices.dtype)
 
 
-def fill_small_holes(faces: np.ndarray, num_vertices: int,
-                     max_edges: int = MAX_HOLE_EDGES) -> tuple[np.ndarray, int]:
-    """Faces with every border loop of at most ``max_edges`` edges closed by a fan, and the
-    number of holes closed. Loops through a vertex with more than one border edge (two holes
-    touching, a non-manifold corner) are left alone."""
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    key = directed[:, 0] * num_vertices + directed[:, 1]
-    reverse = directed[:, 1] * num_vertices + directed[:, 0]
-    border = directed[~np.isin(key, reverse)]  # no triangle on the other side
+def neighbour_lists(edges: Edges, num_vertices: int):
+    """Each vertex's neighbours along ``edges``, vertex after vertex, and where each vertex's
+    list begins ((V+1,) bounds: vertex i's are bounds[i]:bounds[i+1]). The lists end with one
+    entry more, so that np.add.reduceat over every bound stays in range (a vertex with no
+    neighbour gets a meaningless sum) and the last vertex's sum ends with its own list."""
+    low, high = edges.low, edges.high
+    key = np.sort(np.concatenate([edges.keys(), high << edges.bits | low]))
+    degree = np.bincount(low, minlength=num_vertices) + np.bincount(high, minlength=num_vertices)
+    bounds = np.concatenate([[0], np.cumsum(degree)])
+    return np.append(key & ((1 << edges.bits) - 1), 0), bounds
+
+
+def fill_small_holes(faces: np.ndarray, num_vertices: int, max_edges: int = MAX_HOLE_EDGES,
+                     edges: Edges | None = None) -> tuple[np.ndarray, int]:
+    """Faces with every border loop of at most ``max_edges`` edges closed by a fan (appended),
+    and the number of holes closed. Loops through a vertex with more than one border edge
+    (two holes touching, a non-manifold corner) are left alone. ``edges``: :func:`face_edges`
+    of ``faces`` when known."""
+    if max_edges < 3 or not len(faces):  # no loop is that short
+        return faces, 0
+    border = one_way_edges(edges if edges is not None else face_edges(faces, num_vertices))
     if not len(border):
         return faces, 0
-    starts, counts = np.unique(border[:, 0], return_counts=True)
-    simple = np.isin(border[:, 0], starts[counts == 1]) & np.isin(border[:, 1], starts[counts == 1])
-    border = border[simple]
+    starts = np.bincount(border[:, 0], minlength=num_vertices)
+    border = border[(starts[border[:, 0]] == 1) & (starts[border[:, 1]] == 1)]
     # the loop runs the border edges backwards (they follow the triangles' winding, the fill
     # must wind the other way): from each vertex, the border edge that ends there
     step = np.full(num_vertices, -1, np.int64)
@@ -92,3 +166,13 @@ def fill_small_holes(faces: np.ndarray, num_vertices: int,
     if not fans:
         return faces, 0
     return np.concatenate([faces, np.concatenate(fans).astype(faces.dtype)]), len(fans)
+
+
+def one_way_edges(edges: Edges) -> np.ndarray:
+    """(B,2) the directed edges whose reverse no triangle has (a border, as its triangles wind
+    it), as often as triangles have them."""
+    one_way = edges.forward != edges.backward
+    low, high, count = edges.low[one_way], edges.high[one_way], edges.count[one_way]
+    forward = edges.forward[one_way]
+    pairs = np.stack([np.where(forward, low, high), np.where(forward, high, low)], axis=1)
+    return np.repeat(pairs, count, axis=0)

@@ -36,14 +36,16 @@ class Fit:
     area projected on the three axes' planes, summed, or 0 when unknown: the remesher makes at
     most about ``area / voxel**2`` quads (one per voxel face the surface crosses; 0.95x that
     measured on a fused mug at 19k-170k faces); ``voxel``: the voxel it was fused or remeshed
-    at, in the result's units (it is never remeshed finer); ``remeshed``: it is already the
-    remesher's output.
+    at, in the result's units; ``detail``: the finest voxel it was fused at (its first pass,
+    when a second, coarser one met the face budget; the remesher never goes finer);
+    ``remeshed``: it is already the remesher's output.
     """
 
     closed: bool
     area: float
     voxel: float
     remeshed: bool = False
+    detail: float = 0.0
 
 
 # The remesher aims this far under the budget: a decimation after it would cost far more time.
@@ -148,7 +150,8 @@ def fused_surface(build, progress) -> tuple[fusion.FusedMesh, tuple, Fit] | Skip
     fused.vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
     edges = geometry.triangle_edges(fused.faces)
     fit = Fit(closed=is_closed(edges), area=projected_area(fused.vertices, fused.faces),
-              voxel=fused.voxel_size * geo.scale)
+              voxel=fused.voxel_size * geo.scale,
+              detail=fused.stats.get("first_pass_voxel", fused.voxel_size) * geo.scale)
     return fused, edges, fit
 
 
@@ -199,15 +202,16 @@ def fused_by_worker(build) -> fusion.FusedMesh | None:
     return fusion.FusedMesh(pred.fused_vertices, pred.fused_faces, pred.fused_colors,
                             voxel_size=float(made.get("voxel_size", 0.0)),
                             truncation=float(made.get("truncation", 0.0)),
-                            stats={"fused_in": "worker", "consistency": made.get("consistency")})
+                            stats={"fused_in": "worker", "consistency": made.get("consistency"),
+                                   "first_pass_voxel": float(made.get("first_pass_voxel", 0.0))
+                                   or float(made.get("voxel_size", 0.0))})
 
 
 def fuse_here(build, progress) -> fusion.FusedMesh | Skipped:
     """Fuse in Blender's process (numpy, on the importer's thread)."""
     pred, geo, options = build.prediction, build.geo, build.options
     tsdf_options = fusion.TSDFOptions(
-        voxel_size=options.voxel_size / geo.scale, mask_sky=options.mask_sky,
-        object_mode=options.object_mode, max_faces=options.max_faces,
+        voxel_size=options.voxel_size / geo.scale, **fusion_settings(options),
         crop_box=None if build.crop is None else geometry.box_in_prediction_frame(
             build.crop, pred, geo.scale))
     try:
@@ -279,7 +283,9 @@ def remesh_voxel(fit: Fit, budget: int, faces: int) -> float:
         return fit.voxel * math.sqrt(faces / (REMESH_AIM * budget)) if faces > budget else 0.0
     if not fit.area:
         return 0.0
-    return max(fit.voxel, math.sqrt(fit.area / (REMESH_AIM * budget)))
+    # finer than a second, coarser pass (options.TRIANGLES_PER_REMESHED_FACE), never finer
+    # than the first: no more detail was fused
+    return max(fit.detail or fit.voxel, math.sqrt(fit.area / (REMESH_AIM * budget)))
 
 
 def decimate(context, obj: bpy.types.Object, ratio: float) -> None:

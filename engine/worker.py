@@ -693,6 +693,7 @@ def fuse(run: Run, pred) -> None:
     pred.fused_vertices, pred.fused_faces, pred.fused_colors = mesh.vertices, mesh.faces, mesh.colors
     pred.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
                                       "truncation": mesh.truncation, "device": mesh.stats["device"],
+                                      "first_pass_voxel": mesh.stats["first_pass_voxel"],
                                       "consistency": mesh.stats["consistency"]})
     run.timings["fuse"] = round(time.monotonic() - start, 3)
 

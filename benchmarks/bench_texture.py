@@ -65,12 +65,15 @@ def measure(api, scene, degraded, budget: int, renders: Path | None) -> str:
     pictures = {kind: scenes.workbench_colours(surface, w2c, scene.K, width, height, kind)
                 for kind in ("TEXTURE", "VERTEX")}
     errors = {kind: scenes.photo_error(picture, photo, depth) for kind, picture in pictures.items()}
+    sharp = {kind: scenes.sharpness(picture[..., :3] * 255, picture[..., 3] > 0.99, photo, depth)
+             for kind, picture in pictures.items()}
     if renders:
         strip = [photo] + [np.round(p[..., :3] * 255).astype(np.uint8) for p in pictures.values()]
         renders.mkdir(parents=True, exist_ok=True)
         scenes.write_png(renders / f"{scene.name}-{budget}.png", np.concatenate(strip, axis=1))
     return (f"{scene.name:<14} {budget:>8,} {len(surface.data.polygons):>8,} "
-            f"{errors['TEXTURE']:>8.1f} {errors['VERTEX']:>8.1f}   {surface['da3_texture']:<28} "
+            f"{errors['TEXTURE']:>8.1f} {errors['VERTEX']:>8.1f} {sharp['TEXTURE']:>6.2f} "
+            f"{sharp['VERTEX']:>6.2f}   {surface['da3_texture']:<28} "
             f"{timings.get('texture', 0.0):>6.2f} s {whole:>7.2f} s")
 
 
@@ -79,7 +82,10 @@ def main():
     _, api = load_extension()
     print(f"left-out view {HELD_OUT}; errors: mean |photo - render| (0-255) on the object's pixels"
           f"{'; scenes.HARD errors' if args.hard else ''}")
-    print(f"{'scene':<14} {'budget':>8} {'faces':>8} {'texture':>8} {'vertex':>8}   "
+    print("sharpness: mean |gradient| of the render over the photo's, same pixels (photo = 1); "
+          "a mean error rewards blur where poses are off, sharpness does not")
+    print(f"{'scene':<14} {'budget':>8} {'faces':>8} {'texture':>8} {'vertex':>8} {'sharp':>6} "
+          f"{'sharp':>6}   "
           f"{'texture made':<28} {'bake':>8} {'import':>9}")
     for name in args.scenes:
         scene = cached_scene(name, args)

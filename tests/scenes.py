@@ -953,6 +953,18 @@ def photo_error(rendered: np.ndarray, photo: np.ndarray, truth_depth: np.ndarray
     return float(np.abs(rendered[..., :3][judged] * 255 - photo[judged]).mean())
 
 
+def sharpness(render: np.ndarray, covered: np.ndarray, photo: np.ndarray, depth: np.ndarray) -> float:
+    """Mean |horizontal| + |vertical| difference of neighbouring pixels' grey levels in
+    ``render`` over the same in ``photo``, where both show the object (away from its outline)."""
+    def gradient(image):
+        grey = image.astype(np.float64).mean(axis=-1)
+        return np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1]
+
+    judged = covered & (depth > 0)
+    judged = judged[:-1, :-1] & judged[1:, :-1] & judged[:-1, 1:]
+    return float(gradient(render)[judged].mean() / max(gradient(photo)[judged].mean(), 1e-9))
+
+
 def mesh_from_arrays(name: str, vertices: np.ndarray, triangles: np.ndarray):
     """A Blender mesh from numpy arrays (foreach_set; no per-element Python)."""
     import bpy

@@ -59,11 +59,8 @@ def measure(api, scene, degraded, budget: int, renders: Path | None) -> str:
     collection = api.import_prediction(pred, options, name=scene.name, timings=timings)
     whole = time.perf_counter() - start
     surface = next(o for o in collection.objects if o.get("da3_role") == "surface")
-    w2c = scenes.camera_in_result(degraded.prediction, HELD_OUT, collection["da3_scale"])
-    height, width = scene.depth.shape[1:]
+    pictures = scenes.left_out_renders(collection, scene, degraded, HELD_OUT)
     photo, depth = scene.image[HELD_OUT], scene.depth[HELD_OUT]
-    pictures = {kind: scenes.workbench_colours(surface, w2c, scene.K, width, height, kind)
-                for kind in ("TEXTURE", "VERTEX")}
     errors = {kind: scenes.photo_error(picture, photo, depth) for kind, picture in pictures.items()}
     sharp = {kind: scenes.sharpness(picture[..., :3] * 255, picture[..., 3] > 0.99, photo, depth)
              for kind, picture in pictures.items()}

@@ -945,6 +945,16 @@ def workbench_colours(surface, w2c, k, width, height, color_type):
     return read_exr(Path(scene.render.filepath))
 
 
+def left_out_renders(collection, scene: Scene, degraded: Degraded, j: int) -> dict:
+    """The result's surface seen from left-out view ``j``, flat-lit by Workbench, with its
+    texture and with its vertex colours: {"TEXTURE": (H,W,4), "VERTEX": (H,W,4)}."""
+    surface = next(o for o in collection.objects if o.get("da3_role") == "surface")
+    w2c = camera_in_result(degraded.prediction, j, collection["da3_scale"])
+    height, width = scene.depth.shape[1:]
+    return {kind: workbench_colours(surface, w2c, scene.K, width, height, kind)
+            for kind in ("TEXTURE", "VERTEX")}
+
+
 def photo_error(rendered: np.ndarray, photo: np.ndarray, truth_depth: np.ndarray) -> float:
     """Mean |difference| (0-255) over the object's pixels that the render covers."""
     judged = (truth_depth > 0) & (rendered[..., 3] > 0.99)

@@ -107,6 +107,7 @@ def bench_whole_import(api, path, report: Report):
 
     seconds = []
     for label, options in (("whole import, default options", BuildOptions()),
+                           ("whole import, default, no texture", BuildOptions(texture=False)),
                            ("whole import, points + cameras", BuildOptions(output_surface=False))):
         timings = {}
         coll, t = timed(api.import_prediction, path, options, name=label, timings=timings)

@@ -28,7 +28,7 @@ class BuildOptions:
     object_mode: bool = False  # TSDF: one object seen from around it -> one closed object
     max_faces: int = 300_000  # the surface's face budget (Blender's remesher/Decimate); 0: no limit
     texture: bool = True  # bake a colour texture from the photos onto the surface (else vertex colours)
-    texture_size: int = 0  # its width and height in texels; 0: as sharp as the photos (512-4096)
+    texture_size: int = 0  # its width and height in texels; 0: as sharp as the photos (512-2048)
 
     def __post_init__(self):
         if self.fusion not in FUSION_MODES:

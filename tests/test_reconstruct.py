@@ -299,8 +299,11 @@ def test_the_worker_fuses_only_with_settings_it_can_honour(addon):
 
     assert TSDFOptions(**fusion_for(BuildOptions())).max_faces == 300_000  # as the worker reads it
     assert fusion_for(BuildOptions(object_mode=True))["object_mode"] is True
-    # an object is remeshed to the budget afterwards: fusion may use 6 triangles per face
+    # an object is remeshed to the budget afterwards: fusion may use 6 triangles per face, up
+    # to 300 k (the remesher's input), or the budget itself
     assert fusion_for(BuildOptions(object_mode=True, max_faces=20_000))["max_faces"] == 120_000
+    assert fusion_for(BuildOptions(object_mode=True, max_faces=100_000))["max_faces"] == 300_000
+    assert fusion_for(BuildOptions(object_mode=True, max_faces=500_000))["max_faces"] == 500_000
     for other in (BuildOptions(fusion="REMESH"), BuildOptions(voxel_size=0.01),
                   BuildOptions(crop_object="Cube"), BuildOptions(output_surface=False)):
         assert fusion_for(other) == {}

@@ -1,7 +1,7 @@
 """The Python API of DA3 Reconstruct: what the operators, the reconstruct pipeline and scripts call.
 
     from bl_ext.<repo>.da3_reconstruct import api
-    from bl_ext.<repo>.da3_reconstruct.engine.options import BuildOptions
+    from bl_ext.<repo>.da3_reconstruct.engine.core.options import BuildOptions
     collection = api.import_prediction("scene.npz", BuildOptions(output_view_meshes=True))
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 
 from .builder.rescale import SCALE_KEY, rescale_collection
 from .builder.result import StagedImport
-from .engine.options import BuildOptions
-from .engine.prediction import Prediction, PredictionError
+from .engine.core.options import BuildOptions
+from .engine.core.prediction import Prediction, PredictionError
 
 
 def import_prediction(filepath: str | os.PathLike | Prediction, options: BuildOptions | None = None,
@@ -38,7 +38,7 @@ def import_prediction(filepath: str | os.PathLike | Prediction, options: BuildOp
 
     The result is in view 0's camera frame turned Z-up (first camera at the origin, looking
     along +Y). Metric predictions are in metres. Relative ones are scaled so the median depth
-    of the kept pixels is 2 m (``engine.geometry.RELATIVE_MEDIAN_DEPTH``); the factor applied
+    of the kept pixels is 2 m (``engine.core.geometry.RELATIVE_MEDIAN_DEPTH``); the factor applied
     (metres per depth unit) is the collection's ``da3_scale`` and ``da3_is_metric`` says which
     case it was; ``bpy.ops.da3.set_scale`` fixes the scale from a known distance later.
     Every object has ``da3_role`` ("points", "view_mesh", "surface", "camera" with

@@ -20,9 +20,9 @@ import bpy
 from . import reconstruct
 from .api import result_warning
 from .builder.compat import cycles_can_denoise, node_tree_of
-from .engine.options import FUSION_MODES, BuildOptions
-from .engine.presets import DEFAULT_MODEL, PRESETS
-from .engine.protocol import DEVICES
+from .engine.core.options import FUSION_MODES, MAX_FRAMES, PROCESS_RES, BuildOptions
+from .engine.core.presets import DEFAULT_MODEL, PRESETS
+from .engine.core.protocol import DEVICES
 
 COMMAND = "da3_reconstruct"
 _DEFAULTS = BuildOptions()
@@ -62,11 +62,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="", metavar="DIR",
                         help="folder with config.json and model.safetensors (default: the models folder)")
     parser.add_argument("--device", default="", choices=DEVICES, help="compute device (default: preferences)")
-    parser.add_argument("--resolution", type=int, default=504, dest="process_res", metavar="PX",
-                        help="longest side the model sees, in pixels (default 504)")
+    parser.add_argument("--resolution", type=int, default=int(PROCESS_RES.default), dest="process_res",
+                        metavar="PX", help=f"longest side the model sees, in pixels (default "
+                        f"{PROCESS_RES.default:g}, {PROCESS_RES.min:g}-{PROCESS_RES.max:g})")
     frames = parser.add_mutually_exclusive_group()
-    frames.add_argument("--frames", type=int, default=32, dest="max_frames", metavar="N",
-                        help="video: number of frames to use (default 32)")
+    frames.add_argument("--frames", type=int, default=int(MAX_FRAMES.default), dest="max_frames",
+                        metavar="N", help=f"video: number of frames to use (default {MAX_FRAMES.default:g})")
     frames.add_argument("--fps", type=float, default=0.0, help="video: frames per second to use instead")
     parser.add_argument("--motion", action="store_true",
                         help="video: keep frames by camera motion (parallax), at most --frames; "

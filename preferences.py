@@ -4,7 +4,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from . import paths, vendor_install
-from .engine.presets import DEFAULT_MODEL
+from .engine.core.presets import DEFAULT_MODEL
 from .properties import DEVICE_ITEMS, MODEL_ITEMS
 
 

@@ -2,14 +2,21 @@
 
 The build options are declared once in ``BuildOptionProps`` and shared by the settings, the
 import operator and the reconstruct operator, so every place uses the same names and defaults
-as ``engine.options.BuildOptions``.
+as ``engine.core.options.BuildOptions``.
 """
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from .engine.options import MAX_TEXTURE_SIZE, MIN_TEXTURE_SIZE, BuildOptions
-from .engine.presets import DEFAULT_MODEL, PRESETS
+from .engine.core.options import (
+    FPS,
+    MAX_FRAMES,
+    MAX_TEXTURE_SIZE,
+    MIN_TEXTURE_SIZE,
+    PROCESS_RES,
+    BuildOptions,
+)
+from .engine.core.presets import DEFAULT_MODEL, PRESETS
 
 _DEFAULTS = BuildOptions()
 
@@ -89,25 +96,34 @@ class BuildOptionProps:
     # annotations and methods was registered (build_options below is a function for that).
 
 
+class RunSettingProps:
+    """Mixin: how the model sees the input, shared by the settings and the reconstruct operator
+    (defaults and bounds from ``engine.core.options.RUN_SETTINGS``)."""
+
+    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
+    weights: StringProperty(name="Weights", subtype="DIR_PATH",
+                            description="Folder with config.json and model.safetensors; "
+                            "empty uses the models folder")
+    process_res: IntProperty(name="Resolution", default=int(PROCESS_RES.default), min=int(PROCESS_RES.min),
+                             soft_min=int(PROCESS_RES.soft_min), max=int(PROCESS_RES.max), step=14,
+                             description="Longest side the model sees, in pixels (DA3 default 504)")
+    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")
+    max_frames: IntProperty(name="Frames", default=int(MAX_FRAMES.default), min=int(MAX_FRAMES.min),
+                            max=int(MAX_FRAMES.max), description="Video: how many frames to use")
+    fps: FloatProperty(name="FPS", default=FPS.default, min=FPS.min, max=FPS.max,
+                       description="Video: how many frames per second of video to use")
+
+
 def build_options(props) -> BuildOptions:
     """The BuildOptions that ``props`` (settings or an operator with BuildOptionProps) holds."""
     return BuildOptions.from_mapping(props)
 
 
-class DA3Settings(BuildOptionProps, bpy.types.PropertyGroup):
+class DA3Settings(BuildOptionProps, RunSettingProps, bpy.types.PropertyGroup):
     """What the panel shows; saved with the .blend file."""
 
     source: StringProperty(name="Source", subtype="FILE_PATH",
                            description="A folder of images, an image or a video file")
-    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
-    weights: StringProperty(name="Weights", subtype="DIR_PATH",
-                            description="Folder with config.json and model.safetensors; "
-                            "empty uses the models folder")
-    process_res: IntProperty(name="Resolution", default=504, min=140, max=2016, step=14,
-                             description="Longest side the model sees, in pixels (DA3 default 504)")
-    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")
-    max_frames: IntProperty(name="Frames", default=32, min=1, max=5000)
-    fps: FloatProperty(name="FPS", default=2.0, min=0.01, max=120.0)
 
 
 class DA3JobState(bpy.types.PropertyGroup):

@@ -5,7 +5,7 @@
 
 ``start()`` writes the job into its own folder under ``paths.jobs_dir()`` and hands it to the
 session's warm worker (``paths.worker_python() -m engine.worker --serve``, cwd = this
-extension's folder, under an ``engine.monitor.JobMonitor``; started by the first run). The
+extension's folder, under an ``engine.host.monitor.JobMonitor``; started by the first run). The
 caller then drives the returned ``Run``: ``tick()`` from a modal timer (the UI) or ``run()`` in a
 loop (background mode, the command line, scripts). When the worker is done, ``Run.build()``
 imports the prediction with ``api.start_import``: its numpy work on threads, its Blender work
@@ -15,7 +15,7 @@ One run at a time.
 
 The warm worker keeps the model loaded between runs, so the next run with the same model skips
 the process start and the load. It exits after a cancel (the next run starts a fresh one), after
-``engine.worker.IDLE_EXIT_S`` without a job, and when Blender stops it: ``stop_all()`` on
+``engine.worker.process.IDLE_EXIT_S`` without a job, and when Blender stops it: ``stop_all()`` on
 unregister, on loading a file and at exit (and when Blender dies, its stdin closes).
 """
 
@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,13 +35,12 @@ from pathlib import Path
 import bpy
 
 from . import paths, vendor_install
-from .engine import protocol
-from .engine import weights as weights_layout
-from .engine.monitor import JobMonitor, MonitorState, ProcessMonitor
-from .engine.options import BuildOptions, fusion_settings
-from .engine.presets import DEFAULT_MODEL, get_preset
-from .engine.protocol import DEVICES, SAMPLINGS, Job
-from .engine.sources import image_folder, is_image, is_video, result_name
+from .engine.core import presets, protocol
+from .engine.core.options import FPS, MAX_FRAMES, PROCESS_RES, BuildOptions, fusion_settings
+from .engine.core.presets import DEFAULT_MODEL, get_preset
+from .engine.core.protocol import DEVICES, SAMPLINGS, Job
+from .engine.core.sources import image_folder, is_image, is_video, result_name
+from .engine.host.monitor import JobMonitor, MonitorState, ProcessMonitor
 
 EXTENSION_DIR = Path(__file__).resolve().parent
 
@@ -84,8 +84,8 @@ class Request:
     model: str = DEFAULT_MODEL
     weights: str = ""  # a folder with config.json + model.safetensors; "" = models folder
     device: str = ""  # auto | cuda | mps | cpu; "" = the preferences' device
-    process_res: int = 504
-    max_frames: int = 32  # video: frames to keep (0 = use fps)
+    process_res: int = int(PROCESS_RES.default)
+    max_frames: int = int(MAX_FRAMES.default)  # video: frames to keep (0 = use fps)
     fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
     sampling: str = "count"  # video: "count" | "fps" (windows) | "motion" (keyframes by parallax)
     options: BuildOptions = field(default_factory=BuildOptions)
@@ -98,8 +98,9 @@ class Request:
 class Run:
     """One running job: its monitor and what to build when the worker is done.
 
-    A weights download (``start_download``) is a Run too, with nothing to build: one thing at a
-    time runs in the worker environment, and the panel shows either the same way.
+    A weights download (``start_download``) and the worker environment's installation
+    (``start_install``) are Runs too, with nothing to build: one thing at a time runs, the
+    panel shows each the same way and one modal operator (``da3.watch_job``) follows them all.
     """
 
     def __init__(self, request: Request, monitor: ProcessMonitor, kind: str = "reconstruct"):
@@ -122,6 +123,8 @@ class Run:
 
     def progress(self) -> float:
         """Overall progress 0..1 across the stages."""
+        if self.kind == "install":  # the installer's own stages, already one fraction
+            return self.state.fraction
         if self.building:
             return STAGE_SPANS["building"][0]
         low, high = STAGE_SPANS.get(self.state.stage, (0.0, 0.0))
@@ -137,6 +140,8 @@ class Run:
     def status_line(self) -> str:
         """'Estimating depth 3/8, about 12 s left' and the like."""
         state = self.state
+        if self.kind == "install":
+            return state.message or state.stage or "Starting"
         stage = "building" if self.building else state.stage
         text = STAGE_LABELS.get(stage, stage.replace("_", " ").capitalize() or "Starting")
         if state.total > 0 and not self.building:
@@ -170,8 +175,11 @@ class Run:
         if not state.succeeded:
             if state.final and state.final.get("kind") == "cancelled":
                 raise ReconstructCancelled("reconstruction cancelled")
+            if self.kind == "install":
+                raise ReconstructError("Installing the dependencies failed: "
+                                       + (state.error or "the installation was stopped"))
             raise ReconstructError(state.error or "the worker has not finished")
-        if self.kind == "download":
+        if self.kind != "reconstruct":  # a download or an installation: nothing to build
             return None
         from .api import start_import
 
@@ -185,19 +193,29 @@ class Run:
 
     def close(self) -> None:
         """Stop the job if it still runs and remove the job folder (the warm worker stays)."""
-        global _current
-        self.monitor.end_run()
+        global _current, _environment_generation
+        if self.kind == "install":
+            self.monitor.close()
+            _environment_generation += 1  # whatever happened, the environment is checked again
+        else:
+            self.monitor.end_run()
         if _current is self:
             _current = None
 
 
 _current: Run | None = None
 _worker: JobMonitor | None = None  # the session's warm worker, kept between runs
+_environment_generation = 0  # bumped after every installation: cached environment checks are redone
 
 
 def current() -> Run | None:
     """The run in progress, if any."""
     return _current
+
+
+def environment_generation() -> int:
+    """Changes whenever an installation ended, so the panel checks the environment again."""
+    return _environment_generation
 
 
 def start(request: Request) -> Run:
@@ -250,13 +268,38 @@ def start_download(model: str) -> Run:
     if not bpy.app.online_access:
         raise ReconstructError("online access is off: allow it in Preferences > System > Network")
     monitor = ProcessMonitor()
-    argv = [paths.worker_python(), "-m", "engine.weights", "download", model, weights_folder(request)]
+    argv = [paths.worker_python(), "-m", "engine.worker", "download", model, weights_folder(request)]
     try:
         monitor.start_process(argv, EXTENSION_DIR)
     except OSError as exc:
         raise ReconstructError(f"could not start the download ({paths.worker_python()}): {exc}") from exc
     _current = Run(request, monitor, kind="download")
     return _current
+
+
+def start_install(torch: str = "auto") -> Run:
+    """Create the worker environment: ``vendor_install.py --events``, run by Blender's own
+    Python (never modified itself), makes it from ``paths.base_python()``; a Run with nothing
+    to build, followed like any other."""
+    global _current
+    if _current is not None:
+        raise ReconstructError("a reconstruction, download or installation is already running")
+    if not bpy.app.online_access:
+        raise ReconstructError(OFFLINE_INSTALL_MESSAGE)
+    monitor = ProcessMonitor()
+    argv = [sys.executable, str(EXTENSION_DIR / "vendor_install.py"), "--events",
+            "--target", str(paths.worker_env_dir()), "--torch", torch,
+            "--python", str(paths.base_python())]
+    try:
+        monitor.start_process(argv, EXTENSION_DIR)
+    except OSError as exc:
+        raise ReconstructError(f"could not start the installer: {exc}") from exc
+    _current = Run(Request([]), monitor, kind="install")
+    return _current
+
+
+OFFLINE_INSTALL_MESSAGE = ("Online access is off: allow it in Preferences > System > Network to "
+                           "install the dependencies, or run vendor_install.py yourself (see the README)")
 
 
 def run(request: Request, *, context=None, report: Callable[[str], None] | None = print,
@@ -266,7 +309,13 @@ def run(request: Request, *, context=None, report: Callable[[str], None] | None 
     ``should_cancel`` is asked between events; when it says yes the worker is stopped and
     ReconstructCancelled raised. Nothing is left behind on failure, cancel or Ctrl-C.
     """
-    job = start(request)
+    return follow(start(request), context=context, report=report, should_cancel=should_cancel)
+
+
+def follow(job: Run, *, context=None, report: Callable[[str], None] | None = print,
+           should_cancel: Callable[[], bool] | None = None):
+    """Drive a started run to its end, blocking (background mode, scripts), and build its
+    result; the run is closed whatever happens."""
     reporter = _Reporter(report)
     try:
         while not job.finished:
@@ -274,7 +323,7 @@ def run(request: Request, *, context=None, report: Callable[[str], None] | None 
             if should_cancel is not None and should_cancel():
                 job.cancel(wait=False)
             reporter.show(job)
-        if job.state.succeeded:
+        if job.state.succeeded and job.kind == "reconstruct":
             reporter.say(STAGE_LABELS["building"])
         return job.build(context)
     finally:
@@ -386,13 +435,13 @@ def _check_settings(request: Request) -> str:
     device = request.device or paths.device()
     if device not in DEVICES:
         return f"device must be one of {', '.join(DEVICES)}, not '{device}'"
-    if request.process_res < 14:
-        return "the processing resolution must be at least 14 pixels"
     if request.sampling not in SAMPLINGS:
         return f"sampling must be one of {', '.join(SAMPLINGS)}, not '{request.sampling}'"
     if request.sampling != "motion" and request.max_frames <= 0 and request.fps <= 0:
         return "give a number of frames or frames per second above zero"
-    return ""
+    return (PROCESS_RES.problem("the processing resolution", request.process_res)
+            or (request.max_frames and MAX_FRAMES.problem("the number of frames", request.max_frames))
+            or (request.fps and FPS.problem("frames per second", request.fps)) or "")
 
 
 def _check_environment(_request: Request) -> str:
@@ -407,27 +456,27 @@ def _check_environment(_request: Request) -> str:
 def _check_weights(request: Request) -> str:
     """Missing weights are an error before starting only when they cannot be downloaded."""
     folder = weights_folder(request)
-    if weights_layout.has_weights(folder):
+    if presets.has_weights(folder):
         return ""
     preset = get_preset(request.model)
     if request.weights:
-        return f"no {weights_layout.WEIGHTS_FILE} in the weights folder '{folder}'"
+        return f"no {presets.WEIGHTS_FILE} in the weights folder '{folder}'"
     if not bpy.app.online_access:
-        return (weights_layout.missing_message(folder, preset)
+        return (presets.missing_message(folder, preset)
                 + " (Preferences > System > Network)")
     return ""
 
 
 def weights_folder(request: Request) -> Path:
     preset = get_preset(request.model)
-    return weights_layout.resolve_folder(request.weights, str(paths.models_dir()), preset)
+    return presets.resolve_folder(request.weights, str(paths.models_dir()), preset)
 
 
 def weights_present(model: str, weights: str = "") -> bool:
     """Whether ``model``'s weights are on disk (in ``weights`` or the models folder)."""
     try:
-        return weights_layout.has_weights(weights_folder(Request([], model=model, weights=weights)))
-    except (ValueError, weights_layout.WeightsError):
+        return presets.has_weights(weights_folder(Request([], model=model, weights=weights)))
+    except (ValueError, presets.WeightsError):
         return False
 
 
@@ -448,8 +497,8 @@ def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> st
 
     Folders are listed (cached by modification time). A video's facts come from a background
     process in the worker environment, cached per file: its frame count and rate for 'count' and
-    'fps' (the same windows as ``engine.inputs.sampling_windows``), or its keyframe selection for
-    'motion' (``python -m engine.keyframes``, in the cache the worker reads too). "" = say nothing.
+    'fps' (the same windows as ``engine.worker.inputs.sampling_windows``), or its keyframe selection for
+    'motion' (``python -m engine.worker keyframes``, in the cache the worker reads too). "" = say nothing.
     """
     path = Path(source).expanduser() if source else None
     if path is None or not path.exists():
@@ -508,9 +557,10 @@ class _FrameCounts:
             self.answers[key] = {"error": "Frames: counted once the worker environment is installed"}
             return
         if kind == "motion":
-            argv = [python, "-m", "engine.keyframes", str(path), "--cache", str(keyframe_cache_dir())]
+            argv = [python, "-m", "engine.worker", "keyframes", str(path),
+                    "--cache", str(keyframe_cache_dir())]
         else:
-            argv = [python, "-m", "engine.inputs", str(path)]
+            argv = [python, "-m", "engine.worker", "video-info", str(path)]
         handle, name = tempfile.mkstemp(prefix="frames-", suffix=".json", dir=paths.user_dir("counts"))
         os.close(handle)
         out = Path(name)

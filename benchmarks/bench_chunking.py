@@ -11,7 +11,7 @@ the shared views, and the process's peak memory.
     .venv/bin/python benchmarks/bench_chunking.py synthetic --frames 300 1000
 
 ``model`` (the worker environment: torch + depth-anything-3): the real network in chunks through
-``engine.chunking.predict_in_chunks``: two memory probes, the chunk size they allow, frames/s and
+``engine.worker.chunking.predict_in_chunks``: two memory probes, the chunk size they allow, frames/s and
 peak memory. Without ``--weights`` the network is random-initialised (timings and memory are
 real, the geometry is not). On a GPU machine this is the run that compares with DA3-Streaming's
 8.5 frames/s on an A100:
@@ -36,8 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.align import ChunkMerger, backproject, camera_centres, umeyama  # noqa: E402
-from engine.chunking import (  # noqa: E402
+from engine.worker.align import ChunkMerger, backproject, camera_centres, umeyama  # noqa: E402
+from engine.worker.chunking import (  # noqa: E402
     free_device_bytes,
     measure_chunk_size,
     predict_in_chunks,
@@ -71,7 +71,7 @@ class RoomChunks:
         return np.stack([ray_cast(self.extrinsics[i], self.k, self.h, self.w) for i in views])
 
     def __call__(self, indices):
-        from engine.prediction import Prediction
+        from engine.core.prediction import Prediction
         from tests.test_align import as_da3_chunk
 
         start = time.perf_counter()
@@ -149,9 +149,9 @@ def panning_frames(n: int, height: int, width: int, seed: int = 0) -> list[np.nd
 def load_net(args):
     import torch
 
-    from engine.model import autocast_dtype, build_network, pick_device, skip_ray_branch
-    from engine.presets import get_preset
-    from engine.weights import load_network
+    from engine.core.presets import get_preset
+    from engine.worker.model import autocast_dtype, build_network, pick_device, skip_ray_branch
+    from engine.worker.weights import load_network
 
     preset = get_preset(args.model)
     if args.weights:
@@ -182,8 +182,8 @@ def model_row(net, device, dtype, frames: int, args) -> tuple:
     """One chunked run of ``frames`` views: probes, chunk size, the run, its figures."""
     import torch
 
-    from engine.model import forward, free_device_memory, to_views
-    from engine.preprocess import preprocess
+    from engine.worker.model import forward, free_device_memory, to_views
+    from engine.worker.preprocess import preprocess
 
     batch = preprocess(panning_frames(frames, 378, 504), args.res)
     size, model, probes = measure_chunk_size(

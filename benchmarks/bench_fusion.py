@@ -51,9 +51,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import numpy as np  # noqa: E402
 import scenes  # noqa: E402
 
-from engine import fusion  # noqa: E402
-from engine.options import BuildOptions  # noqa: E402
-from engine.prediction import save_prediction  # noqa: E402
+from engine.core.options import BuildOptions  # noqa: E402
+from engine.core.prediction import save_prediction  # noqa: E402
+from engine.fusion import tsdf as fusion  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench-fusion"
 
@@ -236,7 +236,7 @@ def run_torch(pred, options, args) -> dict | None:
     code = (
         "import sys, json, time, resource, numpy as np\n"
         "from engine import fusion, fusion_torch\n"
-        "from engine.prediction import load_prediction\n"
+        "from engine.core.prediction import load_prediction\n"
         "pred = load_prediction(sys.argv[1])\n"
         "opts = fusion.TSDFOptions(**json.loads(sys.argv[3]))\n"
         "dev = sys.argv[4] if sys.argv[4] != 'None' else None\n"
@@ -276,7 +276,7 @@ def print_cost(mesh, pred, options, torch_result) -> None:
           "(includes Blender, the scenes and the REMESH run)")
     if torch_result is not None:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in torch_result["timings"].items())
-        print(f"worker entry point (engine.fusion_torch) on {torch_result['device']}: "
+        print(f"worker entry point (engine.fusion.tsdf_torch) on {torch_result['device']}: "
               f"{torch_result['seconds'][0]:.2f} s ({stages}); "
               f"worker peak RSS {torch_result['rss_mb']:.0f} MB"
               + (f", GPU peak {torch_result['gpu_peak_mb']:.0f} MB"

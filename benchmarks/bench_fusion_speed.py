@@ -31,8 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import fusion  # noqa: E402
-from engine.prediction import Prediction  # noqa: E402
+from engine.core.prediction import Prediction  # noqa: E402
+from engine.fusion import tsdf as fusion  # noqa: E402
 from tests.room import circle_path, intrinsics_for, ray_cast  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     try:
         import torch
 
-        from engine import fusion_torch
+        from engine.fusion import tsdf_torch as fusion_torch
     except ImportError:
         print("(no torch here: the worker's path is skipped)")
         return 0

@@ -67,8 +67,8 @@ def timed(fn, *args, **kwargs):
 def bench_stages(pkg, path, report: Report):
     from da3_reconstruct.builder.meshes import grid_mesh, mesh_from_arrays
     from da3_reconstruct.engine import geometry
-    from da3_reconstruct.engine.options import BuildOptions
-    from da3_reconstruct.engine.prediction import load_prediction
+    from da3_reconstruct.engine.core.options import BuildOptions
+    from da3_reconstruct.engine.core.prediction import load_prediction
 
     pred, t = timed(load_prediction, path)
     report.add("read (np.load + validate)", t, pred.depth.size)
@@ -90,7 +90,7 @@ def bench_stages(pkg, path, report: Report):
 
 
 def bench_remesh(api, pkg, pred, report: Report):
-    from da3_reconstruct.engine.options import BuildOptions
+    from da3_reconstruct.engine.core.options import BuildOptions
 
     timings = {}
     options = BuildOptions(output_points=False, output_cameras=False)
@@ -103,7 +103,7 @@ def bench_remesh(api, pkg, pred, report: Report):
 def bench_whole_import(api, path, report: Report):
     """The whole import from the file: default options, and points + cameras only (what the
     GLB route gives, so the like-for-like comparison)."""
-    from da3_reconstruct.engine.options import BuildOptions
+    from da3_reconstruct.engine.core.options import BuildOptions
 
     seconds = []
     for label, options in (("whole import, default options", BuildOptions()),
@@ -289,7 +289,7 @@ def write_point_glb(path: Path, positions: np.ndarray, colors: np.ndarray) -> No
 def synthetic_file(views: int, width: int, height: int) -> Path:
     from synthetic_scenes import make_prediction
 
-    from engine.prediction import save_prediction
+    from engine.core.prediction import save_prediction
 
     pred, _ = make_prediction(n_views=views, width=width, height=height, focal=0.8 * width,
                               depth_scale=0.6, video=True)

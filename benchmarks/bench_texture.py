@@ -48,7 +48,7 @@ def parse_args():
 
 def measure(api, scene, degraded, budget: int, renders: Path | None) -> str:
     import bpy
-    from da3_reconstruct.engine.options import BuildOptions
+    from da3_reconstruct.engine.core.options import BuildOptions
 
     bpy.ops.wm.read_homefile(use_empty=True)
     pred = scenes.without_view(degraded.prediction, HELD_OUT)

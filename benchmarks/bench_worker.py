@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DA3_LOG_LEVEL", "WARN")  # DA3 logs to stdout: keep the table readable
 
-from engine import preprocess as pp  # noqa: E402
-from engine.protocol import EXIT_LINE, Job, job_line  # noqa: E402
+from engine.core.protocol import EXIT_LINE, Job, job_line  # noqa: E402
+from engine.worker import preprocess as pp  # noqa: E402
 from tests import media  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 
 def weights_for(model: str, root: Path) -> Path:
-    from engine.weights import has_weights, save_random
+    from engine.worker.weights import has_weights, save_random
 
     folder = root / model
     if not has_weights(folder):
@@ -99,7 +99,7 @@ class HeadTimer:
 
 
 def timed_forward(net, pixels, device, dtype, timer: HeadTimer) -> float:
-    from engine.model import forward
+    from engine.worker.model import forward
 
     timer.seconds = 0.0
     synchronize(device)
@@ -113,9 +113,9 @@ def raw_forwards(model: str, weights: Path, images: list[Path], args) -> dict:
     """In-process forward times, full head then ray-skipped head, after a one-view warm-up."""
     import torch
 
-    from engine.model import autocast_dtype, pick_device, skip_ray_branch
-    from engine.presets import get_preset
-    from engine.weights import load_network
+    from engine.core.presets import get_preset
+    from engine.worker.model import autocast_dtype, pick_device, skip_ray_branch
+    from engine.worker.weights import load_network
 
     device = pick_device(args.device)
     dtype = autocast_dtype(device)
@@ -139,7 +139,7 @@ def raw_forwards(model: str, weights: Path, images: list[Path], args) -> dict:
 
 
 def media_read(path: Path) -> np.ndarray:
-    from engine.inputs import read_image
+    from engine.worker.inputs import read_image
 
     return read_image(path)
 

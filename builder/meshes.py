@@ -12,7 +12,7 @@ NEUTRAL_GREY = (0.5, 0.5, 0.5, 1.0)  # colour of files without images (mini_npz)
 def mesh_from_arrays(name: str, vertices: np.ndarray, triangles: np.ndarray | None = None,
                      colors: np.ndarray | None = None, edges=None) -> bpy.types.Mesh:
     """A mesh with ``vertices`` (V,3), optional ``triangles`` (T,3) and per-vertex ``colors``
-    (V,4); ``edges`` = ``engine.geometry.triangle_edges(triangles)`` when already known (then
+    (V,4); ``edges`` = ``engine.core.geometry.triangle_edges(triangles)`` when already known (then
     Blender derives nothing)."""
     mesh = bpy.data.meshes.new(name)
     set_vertices(mesh, vertices)
@@ -26,7 +26,7 @@ def mesh_from_arrays(name: str, vertices: np.ndarray, triangles: np.ndarray | No
 
 
 def grid_mesh(name: str, grid) -> bpy.types.Mesh:
-    """A mesh from an ``engine.geometry.GridMesh``: its quads, then its triangles.
+    """A mesh from an ``engine.core.geometry.GridMesh``: its quads, then its triangles.
 
     The grid's own edges go in too, so ``update`` has none left to derive (it only does so for
     a mesh with faces but no edges): that was two thirds of the build time.

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import bpy
 
-from ..engine import geometry
-from ..engine.options import BuildOptions
-from ..engine.prediction import Prediction, PredictionError, load_prediction, validate
+from ..engine.core import geometry
+from ..engine.core.options import BuildOptions
+from ..engine.core.prediction import Prediction, PredictionError, load_prediction, validate
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
 from .meshes import flat, grid_mesh, set_colors, set_vertices

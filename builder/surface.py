@@ -14,9 +14,10 @@ import bmesh
 import bpy
 import numpy as np
 
-from ..engine import fusion, geometry
-from ..engine.options import fusion_settings
-from ..engine.prediction import PredictionError
+from ..engine.core import geometry
+from ..engine.core.options import fusion_settings
+from ..engine.core.prediction import PredictionError
+from ..engine.fusion import tsdf as fusion
 from .meshes import mesh_from_arrays
 from .texture import add_texture
 
@@ -130,7 +131,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def fused_surface(build, progress) -> tuple[fusion.FusedMesh, tuple, Fit] | Skipped:
-    """One signed-distance volume of every view (``engine.fusion``), meshed, in the result's
+    """One signed-distance volume of every view (``engine.fusion.tsdf``), meshed, in the result's
     frame, with its edges and what the face budget needs to know of it.
 
     Fusion works in the prediction's own frame and units; the mesh is moved into the result's
@@ -164,7 +165,7 @@ def tsdf_surface(build, data) -> tuple[bpy.types.Object, Fit]:
     obj["da3_fused_in"] = fused.stats.get("fused_in", "blender")
     agreement = fused.stats.get("consistency")
     if agreement:  # median distance between overlapping views, % of depth: before -> after
-        # engine.consistency made them agree
+        # engine.fusion.consistency made them agree
         obj["da3_views_disagree"] = (f"{100 * agreement['disagreement_before']:.2f}% -> "
                                      f"{100 * agreement['disagreement_after']:.2f}%")
     return obj, fit

@@ -12,7 +12,7 @@ import tempfile
 import bpy
 import numpy as np
 
-from ..engine import geometry
+from ..engine.core import geometry
 from ..engine.texture import Baked, Polygons, bake_texture
 from .materials import texture_material
 from .meshes import COLOR_ATTRIBUTE

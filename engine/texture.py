@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import island_labels, srgb_from_linear
-from .prediction import Prediction
+from .core.geometry import island_labels, srgb_from_linear
+from .core.prediction import Prediction
 
 # Automatic texture size: OVERSAMPLING texels (along each side) per pixel the best photo has of
 # the surface, at the median surface point, within these bounds. Baking resamples the photos

@@ -12,7 +12,7 @@ from bpy.props import BoolProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from .. import api
-from ..engine.prediction import PredictionError
+from ..engine.core.prediction import PredictionError
 from ..properties import BuildOptionProps, build_options
 
 STEP_INTERVAL_S = 0.02  # one piece of Blender work per tick; the numpy work runs on threads

@@ -19,15 +19,13 @@ from bpy.props import (
     BoolProperty,
     CollectionProperty,
     EnumProperty,
-    FloatProperty,
-    IntProperty,
     StringProperty,
 )
 
-from .. import api, reconstruct
-from ..engine.options import BuildOptions
-from ..engine.presets import DEFAULT_MODEL
-from ..properties import DEVICE_ITEMS, MODEL_ITEMS, SAMPLING_ITEMS, BuildOptionProps, build_options
+from .. import api, paths, reconstruct
+from ..engine.core.options import BuildOptions
+from ..engine.core.presets import DEFAULT_MODEL
+from ..properties import DEVICE_ITEMS, MODEL_ITEMS, BuildOptionProps, RunSettingProps, build_options
 
 TICK_S = 0.1  # modal timer interval
 TICK_BUDGET_S = 0.004  # the most a tick spends draining events
@@ -153,9 +151,11 @@ class DA3_OT_watch_job(bpy.types.Operator):
 
 
 def finished_message(run, collection) -> str:
-    if collection is None:
-        return f"Downloaded the {run.request.model} weights"
-    return f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)"
+    if collection is not None:
+        return f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)"
+    if run.kind == "install":
+        return f"Dependencies installed in {paths.worker_env_dir()}"
+    return f"Downloaded the {run.request.model} weights"
 
 
 def report_result(op, run, collection) -> None:
@@ -178,7 +178,7 @@ def follow_in_ui(run) -> None:
         raise reconstruct.ReconstructError("could not follow the job in this window")
 
 
-class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
+class DA3_OT_reconstruct(BuildOptionProps, RunSettingProps, bpy.types.Operator):
     """Reconstruct a 3D scene from a folder of images, image files or a video with DA3"""
 
     bl_idname = "da3.reconstruct"
@@ -194,18 +194,7 @@ class DA3_OT_reconstruct(BuildOptionProps, bpy.types.Operator):
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_movie: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
-    weights: StringProperty(name="Weights", subtype="DIR_PATH",
-                            description="Folder with config.json and model.safetensors; empty uses "
-                            "the models folder")
     device: EnumProperty(name="Device", items=RUN_DEVICE_ITEMS, default="PREFERENCES")
-    process_res: IntProperty(name="Resolution", default=504, min=14, soft_min=140, max=2016, step=14,
-                             description="Longest side the model sees, in pixels (DA3 default 504)")
-    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")
-    max_frames: IntProperty(name="Frames", default=32, min=1, max=5000,
-                            description="Video: how many frames to use")
-    fps: FloatProperty(name="FPS", default=2.0, min=0.01, max=120.0,
-                       description="Video: how many frames per second of video to use")
     browse: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},
                          description="Always open the file browser first")
     use_modal: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},

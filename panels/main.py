@@ -13,8 +13,7 @@ import bpy
 
 from .. import paths, reconstruct, vendor_install
 from ..builder.rescale import SCALE_KEY, result_collection_of
-from ..engine.presets import get_preset
-from ..operators import install_deps
+from ..engine.core.presets import get_preset
 from ..properties import FUSION_HINTS
 
 
@@ -82,11 +81,9 @@ def draw_main(layout, context) -> None:
 
 def draw_environment(layout) -> bool:
     """Say when the worker environment is missing and offer to install it; True when ready."""
-    if install_deps.running():
-        box = layout.box()
-        box.label(text="Installing dependencies", icon="IMPORT")
-        state = install_deps.current_state()
-        box.progress(factor=state.fraction, type="BAR", text=state.message or state.stage or "Starting")
+    run = reconstruct.current()
+    if run is not None and run.kind == "install":  # its progress: draw_progress, below
+        layout.label(text="Installing dependencies", icon="IMPORT")
         return False
     status = worker_status()
     if status.ok:
@@ -250,7 +247,7 @@ _status_cache: dict = {}
 def worker_status() -> vendor_install.EnvStatus:
     """The worker environment's status, checked again only when its interpreter changes."""
     python = paths.worker_python()
-    key = (str(python), _mtime(python), install_deps.generation())
+    key = (str(python), _mtime(python), reconstruct.environment_generation())
     if _status_cache.get("key") != key:
         _status_cache.update(key=key, status=vendor_install.env_status(python))
     return _status_cache["status"]

@@ -134,7 +134,7 @@ def small_weights(worker_python) -> Path:
     """
     folder = CACHE / "test-weights" / "da3-small"
     if not (folder / "model.safetensors").exists():
-        subprocess.run([str(worker_python), "-m", "engine.weights", "save-random",
+        subprocess.run([str(worker_python), "-m", "engine.worker", "save-random",
                         "--model", "da3-small", "--out", str(folder)],
                        cwd=REPO, check=True)
     return folder

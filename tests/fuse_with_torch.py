@@ -1,4 +1,4 @@
-"""Fuse a prediction file with engine.fusion_torch, as the worker does (run by its Python).
+"""Fuse a prediction file with engine.fusion.tsdf_torch, as the worker does (run by its Python).
 
     python tests/fuse_with_torch.py PREDICTION.npz OUT.npz '{"resolution": 64}' [DEVICE]
 
@@ -13,8 +13,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import fusion, fusion_torch  # noqa: E402
-from engine.prediction import load_prediction  # noqa: E402
+from engine.core.prediction import load_prediction  # noqa: E402
+from engine.fusion import tsdf as fusion  # noqa: E402
+from engine.fusion import tsdf_torch as fusion_torch  # noqa: E402
 
 if __name__ == "__main__":
     source, target, options = sys.argv[1:4]

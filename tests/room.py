@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.prediction import Prediction
+from engine.core.prediction import Prediction
 
 ROOM_LOW, ROOM_HIGH = np.array([-4.0, -1.5, -4.0]), np.array([4.0, 1.5, 4.0])
 PILLARS = [(np.array([-0.6, -1.5, -0.6]), np.array([0.6, 1.5, 0.6])),

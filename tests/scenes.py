@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.prediction import Prediction
+from engine.core.prediction import Prediction
 from engine.texture import png_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -822,12 +822,12 @@ def count_components(faces, num_vertices: int) -> int:
 def remesh_baseline(pred: Prediction, voxel_size: float = 0.0):
     """Vertices (prediction units) and faces of what fusion='REMESH' builds.
 
-    Uses the importer's own filters and triangulation (engine.geometry) and Blender's voxel
+    Uses the importer's own filters and triangulation (engine.core.geometry) and Blender's voxel
     remesher with the same settings as builder/surface.py.
     """
 
-    from engine import geometry
-    from engine.options import BuildOptions
+    from engine.core import geometry
+    from engine.core.options import BuildOptions
 
     geo = geometry.prepare(pred, BuildOptions(), None)
     voxel = geometry.voxel_size_for(geo, voxel_size * geo.scale if voxel_size else 0.0)

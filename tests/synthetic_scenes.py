@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.prediction import Prediction
+from engine.core.prediction import Prediction
 
 PLANE_Z = 6.0
 BOX_LOW = np.array([-1.0, -1.0, 3.0])

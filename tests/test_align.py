@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.align import (
+from engine.core.prediction import Prediction, validate
+from engine.worker.align import (
     AlignmentError,
     ChunkMerger,
     Sim3,
@@ -21,7 +22,6 @@ from engine.align import (
     transform_extrinsics,
     umeyama,
 )
-from engine.prediction import Prediction, validate
 from tests.room import SCENE_SIZE, look_extrinsics, room_truth
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.prediction import load_prediction
+from engine.core.prediction import load_prediction
 from tests import media
 from tests.test_worker import REPO, final, job_file, parse_events, run_worker
 
@@ -119,8 +119,9 @@ OOM_FALLBACK = """
 import io, json, sys
 import numpy as np
 import torch
-from engine import model, worker
-from engine.preprocess import make_batch
+from engine.worker import model
+from engine.worker import process as worker
+from engine.worker.preprocess import make_batch
 
 
 def fake_forward(net, pixels, device, dtype=None):  # a flat wall seen by 1 camera; OOM above 4
@@ -169,7 +170,7 @@ def test_out_of_memory_while_measuring_continues_in_small_chunks(worker_python):
 
 
 def test_old_job_files_keep_their_meaning(tmp_path):
-    from engine.protocol import Job
+    from engine.core.protocol import Job
 
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"sources": ["a.mp4"], "output": "o.npz", "max_frames": 8,

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.chunking import (
+from engine.worker.chunking import (
     Cancelled,
     EtaClock,
     MemoryModel,
@@ -164,11 +164,11 @@ def test_cpu_probe_sees_an_allocation():
 
 
 def test_chunks_as_objects_without_images_take_the_callers_images():
-    """The worker's runner returns engine.model.Views-like objects (no image); the job's images
+    """The worker's runner returns engine.worker.model.Views-like objects (no image); the job's images
     go in once at the end instead of being copied through every chunk."""
     from types import SimpleNamespace
 
-    from engine.align import ChunkMerger, merge_chunks
+    from engine.worker.align import ChunkMerger, merge_chunks
 
     truth = room_truth(16, 12, 16)
     rng = np.random.default_rng(0)

@@ -16,9 +16,10 @@ import sys
 import numpy as np
 import pytest
 
-from engine import fusion, geometry
-from engine.options import BuildOptions
-from engine.prediction import load_prediction, save_prediction
+from engine.core import geometry
+from engine.core.options import BuildOptions
+from engine.core.prediction import load_prediction, save_prediction
+from engine.fusion import tsdf as fusion
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402

@@ -1,4 +1,4 @@
-"""Views made to agree before fusion (engine.consistency), judged against the analytic room:
+"""Views made to agree before fusion (engine.fusion.consistency), judged against the analytic room:
 every check compares with depth ray-cast from the true cameras, never with the fit itself."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from room import ray_cast, room_truth
 
-from engine import consistency, fusion
+from engine.fusion import consistency
+from engine.fusion import tsdf as fusion
 
 H, W, VIEWS = 96, 128, 24
 

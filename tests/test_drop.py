@@ -18,8 +18,8 @@ def test_file_handler_is_registered_with_the_extensions(blender):
 
 
 def test_every_extension_is_one_the_worker_reads(blender):
-    # engine.inputs needs OpenCV, which the dev env has
-    from engine.inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    # engine.worker.inputs needs OpenCV, which the dev env has
+    from engine.worker.inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
     claimed = set(blender.types.DA3_FH_reconstruct.bl_file_extensions.split(";"))
     assert claimed <= set(IMAGE_EXTENSIONS) | set(VIDEO_EXTENSIONS)

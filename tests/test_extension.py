@@ -69,9 +69,10 @@ def test_manifest_passes_blenders_validator():
 def test_built_zip_holds_the_extension_and_nothing_of_development(built_zip):
     names = set(zipfile.ZipFile(built_zip).namelist())
     for needed in ("blender_manifest.toml", "__init__.py", "vendor_install.py",
-                   "engine/prediction.py", "operators/__init__.py", "panels/__init__.py"):
+                   "engine/core/prediction.py", "engine/worker/__main__.py", "operators/__init__.py",
+                   "panels/__init__.py"):
         assert needed in names
-    for dev_only in ("tests/", ".venv/", ".worker-env/", ".cache/", "benchmarks/", ".git/"):
+    for dev_only in ("tests/", ".venv/", ".worker-env/", ".cache/", "benchmarks/", ".git/", ".whl/"):
         assert not any(n.startswith(dev_only) for n in names), dev_only
     assert not any(n.endswith(".pyc") for n in names)
 
@@ -145,7 +146,7 @@ def fail(exc): raise exc
 assert addon_utils.enable(f'bl_ext.{{module}}.da3_reconstruct', handle_error=fail)
 ext = sys.modules[f'bl_ext.{{module}}.da3_reconstruct']
 import numpy as np
-P = sys.modules[ext.__name__ + '.engine.prediction'].Prediction
+P = sys.modules[ext.__name__ + '.engine.core.prediction'].Prediction
 depth = np.full((1, 6, 8), 2.0, np.float32)
 K = np.array([[[8.0, 0, 4], [0, 8.0, 3], [0, 0, 1]]])
 ext.api.import_prediction(P(depth=depth, intrinsics=K), name='plain')

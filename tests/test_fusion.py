@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine import fusion
-from engine.prediction import Prediction, save_prediction
+from engine.core.prediction import Prediction, save_prediction
+from engine.fusion import tsdf as fusion
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402

@@ -1,4 +1,4 @@
-"""engine.geometry on its own (numpy only): masks, frames, scale, triangulation, sizes."""
+"""engine.core.geometry on its own (numpy only): masks, frames, scale, triangulation, sizes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from synthetic_scenes import blender_to_world, distance_to_scene, make_prediction
 
-from engine import geometry as g
-from engine.options import BuildOptions
+from engine.core import geometry as g
+from engine.core.options import BuildOptions
 
 # --- masks ---------------------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from synthetic_scenes import (
     make_prediction,
 )
 
-from engine.options import BuildOptions
-from engine.prediction import save_prediction
+from engine.core.options import BuildOptions
+from engine.core.prediction import save_prediction
 
 ROLES = {"points", "view_mesh", "surface", "camera", "camera_track"}
 TRACKED = ("collections", "objects", "meshes", "materials", "cameras", "images", "node_groups",
@@ -472,7 +472,7 @@ def test_a_failure_mid_build_removes_what_was_made(blender, addon, everything, m
     resolution = resolution_of(blender)
 
     def explode(build, data):
-        raise addon.engine.prediction.PredictionError("simulated failure after the cameras")
+        raise addon.engine.core.prediction.PredictionError("simulated failure after the cameras")
         yield
 
     result = addon.builder.result

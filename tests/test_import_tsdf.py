@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import geometry
-from engine.options import BuildOptions
-from engine.prediction import save_prediction
+from engine.core import geometry
+from engine.core.options import BuildOptions
+from engine.core.prediction import save_prediction
 
 sys.path.insert(0, str(Path(__file__).parent))
 import scenes  # noqa: E402
@@ -158,12 +158,12 @@ def test_the_operator_fuses_with_tsdf_by_default(blender, mug, tmp_path):
 
 
 def with_worker_fusion(pred, options: BuildOptions):
-    """The prediction as the worker writes it after fusing (engine.worker.fuse)."""
+    """The prediction as the worker writes it after fusing (engine.worker.process.fuse)."""
     import copy
     import json
 
-    from engine import fusion
-    from engine.options import fusion_settings
+    from engine.core.options import fusion_settings
+    from engine.fusion import tsdf as fusion
 
     settings = fusion_settings(options)
     mesh = fusion.fuse_tsdf(pred, fusion.TSDFOptions(**settings))

@@ -1,4 +1,4 @@
-"""Real-world sources -> RGB frames (engine.inputs), in the dev environment (no torch)."""
+"""Real-world sources -> RGB frames (engine.worker.inputs), in the dev environment (no torch)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import inputs
-from engine.inputs import InputError
+from engine.worker import inputs
+from engine.worker.inputs import InputError
 from tests import media
 
 

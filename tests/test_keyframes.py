@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import keyframes
-from engine.keyframes import (
+from engine.worker import keyframes
+from engine.worker.keyframes import (
     BLURRED,
     BUDGET,
     DUPLICATE,

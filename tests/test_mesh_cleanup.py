@@ -1,11 +1,11 @@
-"""Clean-up of fused meshes (engine.mesh_cleanup), judged with bmesh and analytic shapes."""
+"""Clean-up of fused meshes (engine.fusion.mesh_cleanup), judged with bmesh and analytic shapes."""
 
 from __future__ import annotations
 
 import bpy
 import numpy as np
 
-from engine import mesh_cleanup
+from engine.fusion import mesh_cleanup
 
 
 def sphere(subdivisions=4):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.monitor import JobMonitor, ProcessMonitor
-from engine.protocol import Job
+from engine.core.protocol import Job
+from engine.host.monitor import JobMonitor, ProcessMonitor
 
 FAKE_WORKER = textwrap.dedent('''
     import json, signal, sys, threading, time

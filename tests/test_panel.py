@@ -187,7 +187,7 @@ def test_video_sampling_switches_between_count_and_fps(blender, ready_env):
 
 
 def test_output_panel_shows_every_build_option(blender):
-    from engine.options import BuildOptions
+    from engine.core.options import BuildOptions
 
     calls = draw(blender, "DA3_PT_output")
     drawn = {c[1] for c in calls if c[0] in ("prop", "prop_search")}
@@ -199,7 +199,7 @@ def test_the_panel_shows_the_face_count_of_the_last_result(blender, addon, ready
     after the face budget."""
     from synthetic_scenes import make_prediction
 
-    from engine.options import BuildOptions
+    from engine.core.options import BuildOptions
 
     pred, _ = make_prediction(n_views=2)
     assert not any(c[0] == "label" and c[1].startswith("Surface:") for c in draw(blender, "DA3_PT_main"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.prediction import Prediction, PredictionError, load_prediction, save_prediction
+from engine.core.prediction import Prediction, PredictionError, load_prediction, save_prediction
 
 N, H, W = 3, 6, 8
 

@@ -1,4 +1,4 @@
-"""DA3's resize/crop/normalise recipe (engine.preprocess) against the numbers of the recipe."""
+"""DA3's resize/crop/normalise recipe (engine.worker.preprocess) against the numbers of the recipe."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import preprocess as pp
+from engine.worker import preprocess as pp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ sys.path.append(sys.argv[1])  # torchvision (+ imageio) for DA3's own InputProce
 sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
 import numpy as np
 from depth_anything_3.utils.io.input_processor import InputProcessor
-from engine import preprocess as pp
+from engine.worker import preprocess as pp
 from tests import media
 rng = np.random.default_rng(0)
 cases = [[media.scene(480, 640, 1)], [media.scene(1080, 1920, 2)], [media.scene(300, 400, 3)],

@@ -2,8 +2,8 @@
 
 from conftest import REPO
 
-from engine.options import BuildOptions
-from engine.presets import PRESETS
+from engine.core.options import BuildOptions
+from engine.core.presets import PRESETS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 

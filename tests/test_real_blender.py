@@ -17,8 +17,8 @@ from pathlib import Path
 import blender_app as ba
 import pytest
 
-from engine.options import BuildOptions
-from engine.prediction import save_prediction
+from engine.core.options import BuildOptions
+from engine.core.prediction import save_prediction
 
 APPS, WHY_NONE = ba.find_apps()
 VIDEO = ba.REPO / "samples" / "courtyard.mp4"

@@ -290,12 +290,12 @@ def test_motion_sampling_through_the_api(blender, addon, worker_env, small_weigh
 
 
 def test_the_worker_fuses_only_with_settings_it_can_honour(addon):
-    from engine.options import BuildOptions
+    from engine.core.options import BuildOptions
 
     fusion_for = addon.reconstruct.worker_fusion
     assert fusion_for(BuildOptions()) == {"object_mode": False, "mask_sky": True, "max_faces": 300_000}
     assert fusion_for(BuildOptions(max_faces=0))["max_faces"] == 0
-    from engine.fusion import TSDFOptions
+    from engine.fusion.tsdf import TSDFOptions
 
     assert TSDFOptions(**fusion_for(BuildOptions())).max_faces == 300_000  # as the worker reads it
     assert fusion_for(BuildOptions(object_mode=True))["object_mode"] is True

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from synthetic_scenes import make_prediction
 
-from engine.options import BuildOptions
+from engine.core.options import BuildOptions
 
 
 def imported(addon, **kwargs):

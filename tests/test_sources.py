@@ -1,10 +1,10 @@
-"""What a source is (engine.sources, imported by Blender and the worker alike)."""
+"""What a source is (engine.core.sources, imported by Blender and the worker alike)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine.sources import image_folder, result_name
+from engine.core.sources import image_folder, result_name
 
 
 def touch(path: Path) -> Path:

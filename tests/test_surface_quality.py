@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine import fusion
+from engine.fusion import tsdf as fusion
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402

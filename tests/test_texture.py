@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from engine import texture
-from engine.options import BuildOptions
-from engine.prediction import Prediction, save_prediction
+from engine.core.options import BuildOptions
+from engine.core.prediction import Prediction, save_prediction
 
 sys.path.insert(0, str(Path(__file__).parent))
 import scenes  # noqa: E402

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.presets import get_preset
-from engine.weights import WeightsError, check_keys, read_config, resolve_folder
+from engine.core.presets import WeightsError, get_preset, resolve_folder
+from engine.worker.weights import check_keys, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = get_preset("da3-small")
@@ -23,9 +23,10 @@ import json, shutil, sys
 from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
-from engine.model import build_network, skip_ray_branch
-from engine.presets import get_preset
-from engine.weights import WeightsError, load_network, save_network
+from engine.worker.model import build_network, skip_ray_branch
+from engine.core.presets import get_preset
+from engine.core.presets import WeightsError
+from engine.worker.weights import load_network, save_network
 
 src, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 preset = get_preset("da3-small")
@@ -93,7 +94,7 @@ def torch_results(worker_python, small_weights, tmp_path_factory) -> dict:
 
 def test_hub_layout_on_disk(small_weights):
     assert json.loads((small_weights / "config.json").read_text()) == {"model_name": "da3-small"}
-    from engine.weights import WEIGHTS_FILE
+    from engine.core.presets import WEIGHTS_FILE
 
     header_len = int.from_bytes((small_weights / WEIGHTS_FILE).read_bytes()[:8], "little")
     header = json.loads((small_weights / WEIGHTS_FILE).read_bytes()[8:8 + header_len])

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.prediction import load_prediction
-from engine.protocol import ERROR_KINDS, STAGES, Job, decode, job_line
+from engine.core.prediction import load_prediction
+from engine.core.protocol import ERROR_KINDS, STAGES, Job, decode, job_line
 from tests import media
 
 REPO = Path(__file__).resolve().parents[1]
@@ -406,8 +406,9 @@ def test_download_failure_is_a_missing_weights_error(worker_python, folder, tmp_
 # --------------------------------------------------------------------------- post-processing
 
 def test_engine_worker_modules_import_without_torch_or_bpy():
-    code = ("import sys, engine.inputs, engine.preprocess, engine.model, engine.weights, "
-            "engine.worker; bad = {'torch', 'bpy'} & set(sys.modules); assert not bad, bad")
+    code = ("import sys, engine.worker.inputs, engine.worker.preprocess, engine.worker.model, "
+            "engine.worker.weights, engine.worker.process; "
+            "bad = {'torch', 'bpy'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -418,8 +419,8 @@ def raw_output(n=1, h=28, w=42, **extra) -> dict:
 
 
 def test_metric_model_depth_becomes_metres_with_the_default_focal():
-    from engine.model import to_views
-    from engine.preprocess import default_intrinsics
+    from engine.worker.model import to_views
+    from engine.worker.preprocess import default_intrinsics
 
     sky = np.zeros((1, 1, 28, 42), np.float32)
     sky[..., :5, :] = 0.9
@@ -431,7 +432,7 @@ def test_metric_model_depth_becomes_metres_with_the_default_focal():
 
 
 def test_field_of_view_can_be_chosen_for_monocular_views():
-    from engine.model import to_views
+    from engine.worker.model import to_views
 
     views = to_views(raw_output(), fov_x_deg=90.0)
     assert views.intrinsics[0, 0, 0] == pytest.approx(21.0)  # (w/2) / tan(45 degrees)
@@ -439,7 +440,7 @@ def test_field_of_view_can_be_chosen_for_monocular_views():
 
 
 def test_multi_view_outputs_pass_through():
-    from engine.model import to_views
+    from engine.worker.model import to_views
 
     ext = np.tile(np.eye(4)[:3], (1, 2, 1, 1))
     K = np.tile(np.eye(3), (1, 2, 1, 1))
@@ -452,7 +453,7 @@ def test_multi_view_outputs_pass_through():
 def test_out_of_memory_says_what_to_change(worker_python):
     code = """
 import torch
-from engine.worker import WorkerError, raise_if_out_of_memory
+from engine.worker.process import WorkerError, raise_if_out_of_memory
 for exc in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
             RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9"),
             RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)")):

@@ -22,7 +22,11 @@ def script():
     yield 2.0
     yield from steps.close_splash()
     yield from steps.open_da3_sidebar()
-    install = steps.extension_module("operators.install_deps")
+    runs = steps.extension_module("reconstruct")
+
+    def installing():
+        run = runs.current()
+        return run is not None and run.kind == "install"
     panels = steps.extension_module("panels.main")
     result["status_before"] = panels.worker_status().summary
     result["offered_screenshot"] = steps.screenshot("install-offered")
@@ -31,10 +35,10 @@ def script():
         result["click"] = sorted(bpy.ops.da3.install_dependencies("INVOKE_DEFAULT"))
     yield 1.0
     steps.xdotool("key", "Return")  # the confirmation's Install button
-    yield from until(install.running, 20, "the installer to start")
+    yield from until(installing, 20, "the installer to start")
     started, messages, shot = time.perf_counter(), [], False
-    while install.running():
-        state = install.current_state()
+    while installing():
+        state = runs.current().state
         line = state.message or state.stage
         if line and (not messages or messages[-1] != line):
             messages.append(line)

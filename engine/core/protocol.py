@@ -24,6 +24,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .options import MAX_FRAMES, PROCESS_RES
+
 PROTOCOL_VERSION = 1
 
 STAGES = ("starting", "downloading_weights", "loading_model", "reading_frames", "inference",
@@ -49,8 +51,8 @@ class Job:
     models_dir: str = ""  # where weights are found or downloaded to
     allow_download: bool = False  # Blender's online-access setting decides
     device: str = "auto"
-    process_res: int = 504
-    max_frames: int = 32  # video: how many frames to keep (0 = use fps)
+    process_res: int = int(PROCESS_RES.default)
+    max_frames: int = int(MAX_FRAMES.default)  # video: how many frames to keep (0 = use fps)
     fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
     # video: "count" and "fps" split it into windows by max_frames / fps (as before this field);
     # "motion" keeps frames by parallax (engine.keyframes), at most max_frames

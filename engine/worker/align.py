@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prediction import Prediction
+from ..core.prediction import Prediction
 
 CAUCHY_C = 2.3849  # 95% efficiency of the Cauchy loss for Gaussian residuals
 RANSAC_INLIER = 0.05  # a pair within 5% of its depth supports a hypothesis

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.prediction import Prediction
 from .align import ChunkAlignment, ChunkMerger
-from .prediction import Prediction
 
 DEFAULT_SAFETY = 0.8  # use at most this share of the free memory: fragmentation, activations' peaks
 MIN_CHUNK = 2  # below this a chunk has no view of its own beyond the overlap

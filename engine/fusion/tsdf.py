@@ -39,10 +39,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import geometry
+from ..core import geometry
+from ..core.prediction import Prediction
 from .consistency import make_consistent, transform
 from .mesh_cleanup import MAX_HOLE_EDGES, SMOOTH_ITERATIONS, clean_surface
-from .prediction import Prediction
 
 BLOCK = 8  # voxels per block side
 BLOCK_VOXELS = BLOCK ** 3

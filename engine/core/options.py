@@ -1,7 +1,9 @@
-"""Build options shared by the import operator, the reconstruct operator, the panel and the API.
+"""Every setting users see, defined once: the build options (``BuildOptions``) and the run
+settings' defaults and bounds (``RUN_SETTINGS``).
 
 The names here are the names users see everywhere (``bpy.ops.da3.import_prediction(fusion=...)``,
-the panel, the command line), so they are defined once.
+the panel, the command line), and the operator properties, the panel, the CLI, the job file and
+the checks before a run all take their defaults and bounds from here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,31 @@ from dataclasses import dataclass, fields
 # see benchmarks/bench_fusion.py), REMESH the faster, simpler alternative.
 FUSION_MODES = ("TSDF", "REMESH")
 MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 64, 16384
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A number setting's default and limits; ``soft_min`` is where the UI's slider starts."""
+
+    default: float
+    min: float
+    max: float
+    soft_min: float | None = None
+
+    def problem(self, label: str, value: float) -> str:
+        """One line when ``value`` is out of bounds, else ""."""
+        if self.min <= value <= self.max:
+            return ""
+        return f"{label} must be between {self.min:g} and {self.max:g}, not {value:g}"
+
+
+# The run settings (how the model sees the input): the processing resolution is a multiple of
+# DA3's 14-pixel patch (below 140 only tests go); a video gives this many frames, or this many
+# per second.
+PROCESS_RES = Bounds(default=504, min=14, max=2016, soft_min=140)
+MAX_FRAMES = Bounds(default=32, min=1, max=5000)
+FPS = Bounds(default=2.0, min=0.01, max=120.0)
+RUN_SETTINGS = {"process_res": PROCESS_RES, "max_frames": MAX_FRAMES, "fps": FPS}
 
 
 @dataclass

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .protocol import CANCEL_LINE, EXIT_LINE, Job, decode, job_line, serving_continues
+from ..core.protocol import CANCEL_LINE, EXIT_LINE, Job, decode, job_line, serving_continues
 
 GRACE_S = 3.0  # between the cancel line and SIGTERM, and between SIGTERM and SIGKILL
 _EOF = object()

@@ -26,8 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .protocol import window_count
-from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, image_folder
+from ..core.protocol import window_count
+from ..core.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, image_folder
 
 SHARPNESS_SIZE = 256  # long side of the grey copy that sharpness is measured on
 MAX_CANDIDATES_PER_WINDOW = 12  # frames scored per sampling window; the rest are only grabbed
@@ -376,14 +376,14 @@ def skipped_warning(skipped: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.inputs VIDEO``: the video's frame count and rate as one JSON line
+    """``python -m engine.worker video-info VIDEO``: the video's frame count and rate as one JSON line
     (the panel's frame count, worked out in the worker environment, which has OpenCV)."""
     import json
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m engine.inputs VIDEO", file=sys.stderr)
+        print("usage: python -m engine.worker video-info VIDEO", file=sys.stderr)
         return 2
     path = Path(args[0])
     try:
@@ -393,7 +393,3 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": str(exc)}))
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

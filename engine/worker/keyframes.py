@@ -296,10 +296,10 @@ def _cache_file(path, options: KeyframeOptions, cache_dir) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.keyframes VIDEO [--cache DIR] [--max N]``: prints the selection as JSON."""
+    """``python -m engine.worker keyframes VIDEO [--cache DIR] [--max N]``: prints the selection as JSON."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m engine.keyframes")
+    parser = argparse.ArgumentParser(prog="python -m engine.worker keyframes")
     parser.add_argument("video")
     parser.add_argument("--cache", default=None)
     parser.add_argument("--max", type=int, default=0, help="at most this many keyframes")
@@ -310,7 +310,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"count": len(sel.kept), "kept": sel.kept, "reasons": sel.counts(),
                       "frames_analysed": sel.frames_analysed}))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

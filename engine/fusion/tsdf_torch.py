@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fusion, geometry
-from .prediction import Prediction
+from ..core import geometry
+from ..core.prediction import Prediction
+from . import tsdf as fusion
 
 
 def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,

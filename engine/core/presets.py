@@ -7,6 +7,7 @@ download), the panel (size, licence, metric scale) and the README.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 HUB_ORG = "depth-anything"
 DEFAULT_MODEL = "da3-small"
@@ -67,3 +68,46 @@ def get_preset(name: str) -> ModelPreset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(PRESETS)}") from None
+
+
+# --------------------------------------------------------------------------- where the weights live
+# (the model hub's layout; Blender checks it before a run, the worker loads from it)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class WeightsError(Exception):
+    """Weights that are missing or wrong; ``kind`` is the protocol's error kind."""
+
+    def __init__(self, message: str, kind: str = "missing_weights"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def hub_url(preset: ModelPreset) -> str:
+    return f"https://huggingface.co/{preset.hub_repo}"
+
+
+def default_folder(models_dir: str | Path, preset: ModelPreset) -> Path:
+    return Path(models_dir).expanduser() / preset.name
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / WEIGHTS_FILE).is_file()
+
+
+def resolve_folder(weights: str, models_dir: str, preset: ModelPreset) -> Path:
+    """The folder the weights are (or will be downloaded) in: ``weights`` or models_dir/<name>."""
+    if weights:
+        path = Path(weights).expanduser()
+        return path.parent if path.suffix == ".safetensors" else path
+    if not models_dir:
+        raise WeightsError(f"no weights folder and no models folder given for {preset.name}; "
+                           "set the models folder in the preferences")
+    return default_folder(models_dir, preset)
+
+
+def missing_message(folder: Path, preset: ModelPreset) -> str:
+    return (f"no {preset.name} weights in '{folder}': put {CONFIG_FILE} and {WEIGHTS_FILE} from "
+            f"{hub_url(preset)} there, or allow online access to download them")

@@ -11,8 +11,8 @@ and nothing else may be, or loading stops with one line naming the problem.
 
 Command line (used by the tests' ``small_weights`` fixture)::
 
-    python -m engine.weights save-random --model da3-small --out DIR
-    python -m engine.weights download da3-small DIR      # JSON-lines events, for the panel
+    python -m engine.worker save-random --model da3-small --out DIR
+    python -m engine.worker download da3-small DIR      # JSON-lines events, for the panel
 """
 
 from __future__ import annotations
@@ -24,51 +24,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .presets import ModelPreset, get_preset
+from ..core.presets import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelPreset,
+    WeightsError,
+    get_preset,
+    has_weights,
+    hub_url,
+    missing_message,
+)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 KEY_PREFIX = "model."
 
 Progress = Callable[[int, int], None]
-
-
-class WeightsError(Exception):
-    """Weights that are missing or wrong; ``kind`` is the protocol's error kind."""
-
-    def __init__(self, message: str, kind: str = "missing_weights"):
-        super().__init__(message)
-        self.kind = kind
-
-
-# --------------------------------------------------------------------------- where
-
-def hub_url(preset: ModelPreset) -> str:
-    return f"https://huggingface.co/{preset.hub_repo}"
-
-
-def default_folder(models_dir: str | Path, preset: ModelPreset) -> Path:
-    return Path(models_dir).expanduser() / preset.name
-
-
-def has_weights(folder: Path) -> bool:
-    return (folder / WEIGHTS_FILE).is_file()
-
-
-def resolve_folder(weights: str, models_dir: str, preset: ModelPreset) -> Path:
-    """The folder the weights are (or will be downloaded) in: ``weights`` or models_dir/<name>."""
-    if weights:
-        path = Path(weights).expanduser()
-        return path.parent if path.suffix == ".safetensors" else path
-    if not models_dir:
-        raise WeightsError(f"no weights folder and no models folder given for {preset.name}; "
-                           "set the models folder in the preferences")
-    return default_folder(models_dir, preset)
-
-
-def missing_message(folder: Path, preset: ModelPreset) -> str:
-    return (f"no {preset.name} weights in '{folder}': put {CONFIG_FILE} and {WEIGHTS_FILE} from "
-            f"{hub_url(preset)} there, or allow online access to download them")
 
 
 # --------------------------------------------------------------------------- download
@@ -291,7 +260,7 @@ def save_random(preset_name: str, folder: Path, seed: int = 0) -> Path:
 def download_with_events(model: str, folder: Path) -> int:
     """``download`` for the panel's Download button: progress and the outcome as the worker's
     JSON-lines events (engine.protocol), a failure as one ``error`` event naming the folder."""
-    from .protocol import encode
+    from ..core.protocol import encode
 
     preset = get_preset(model)
 
@@ -313,7 +282,7 @@ def download_with_events(model: str, folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.weights")
+    parser = argparse.ArgumentParser(prog="python -m engine.worker")
     sub = parser.add_subparsers(dest="command", required=True)
     rnd = sub.add_parser("save-random", help="save random-initialised weights in the hub layout")
     rnd.add_argument("--model", default="da3-small")
@@ -328,7 +297,3 @@ def main(argv: list[str] | None = None) -> int:
     folder = save_random(args.model, Path(args.out), args.seed)
     print(f"saved random {args.model} weights to {folder}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

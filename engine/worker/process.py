@@ -94,7 +94,7 @@ class Emitter:
             self._last_progress.clear()
 
     def send(self, event: str, **fields) -> None:
-        from .protocol import encode
+        from ..core.protocol import encode
 
         with self.lock:
             if self.finished:
@@ -186,7 +186,7 @@ def listen(cancel: CancelToken, on_line=None) -> None:
     (the parent is gone) cancels too, and ``on_line(None)`` follows a cancel to wake the idle
     loop. One-shot, the end of stdin (no parent pipe) just ends the reader.
     """
-    from .protocol import CANCEL_LINE
+    from ..core.protocol import CANCEL_LINE
 
     def stop(reason: str) -> None:
         cancel.request(reason)
@@ -269,7 +269,7 @@ def release_memory() -> None:
 def model_key(folder: Path, preset, device) -> tuple:
     """What makes a loaded network reusable: the preset, the weights file (a replaced file has
     another size or time, and is loaded again) and the device."""
-    from .weights import WEIGHTS_FILE
+    from ..core.presets import WEIGHTS_FILE
 
     weights = folder / WEIGHTS_FILE
     stat = weights.stat()
@@ -307,8 +307,8 @@ class Run:
 
 
 def load_job(path: str):
-    from .presets import get_preset
-    from .protocol import Job
+    from ..core.presets import get_preset
+    from ..core.protocol import Job
 
     try:
         job = Job.load(path)
@@ -350,7 +350,7 @@ def find_sources(run: Run):
 
 
 def raise_mono_error(preset, views: int | None) -> None:
-    from .presets import PRESETS
+    from ..core.presets import PRESETS
 
     multi = next(p.name for p in PRESETS.values() if p.multi_view and p.commercial_use)
     count = f"{views} images" if views else "a video"
@@ -397,7 +397,8 @@ def frames_or_error(future, run: Run):
 
 
 def weights_folder(run: Run) -> Path:
-    from .weights import WeightsError, download, has_weights, hub_url, missing_message, resolve_folder
+    from ..core.presets import WeightsError, has_weights, hub_url, missing_message, resolve_folder
+    from .weights import download
 
     job, preset, emitter = run.job, run.preset, run.emitter
     folder = resolve_folder(job.weights, job.models_dir, preset)
@@ -655,8 +656,8 @@ def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -
 def assemble(run: Run, views, batch, frames):
     import numpy as np
 
+    from ..core.prediction import Prediction
     from .model import identity_extrinsics
-    from .prediction import Prediction
 
     n = views.depth.shape[0]
     extrinsics = views.extrinsics if views.extrinsics is not None else identity_extrinsics(n)
@@ -674,8 +675,8 @@ def fuse(run: Run, pred) -> None:
     warning: the importer still builds points and cameras."""
     import json
 
-    from .fusion import TSDFOptions
-    from .fusion_torch import fuse_tsdf
+    from ..fusion.tsdf import TSDFOptions
+    from ..fusion.tsdf_torch import fuse_tsdf
 
     settings = dict(run.job.tsdf)  # engine.options.fusion_settings
     run.emitter.stage("fusing", "fusing the views into one surface")
@@ -700,7 +701,7 @@ def fuse(run: Run, pred) -> None:
 
 def write(run: Run, pred) -> Path:
     """Write next to the target, then move it in place and report done as one step."""
-    from .prediction import PredictionError, save_prediction
+    from ..core.prediction import PredictionError, save_prediction
 
     output = Path(run.job.output)
     run.emitter.stage("writing", f"writing {output.name}")
@@ -774,7 +775,7 @@ class timed:
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(kind, one-line message) for any failure."""
-    from .weights import WeightsError
+    from ..core.presets import WeightsError
 
     if isinstance(exc, WorkerError):
         return exc.kind, str(exc)
@@ -806,7 +807,7 @@ def idle_seconds() -> float:
 def serve(emitter: Emitter, cancel: CancelToken, cleanup: Cleanup) -> int:
     """Run the jobs named on stdin one after another, the model kept loaded, until told to stop
     (see the module's docstring); returns the exit status."""
-    from .protocol import EXIT_LINE, job_path_from_line, serving_continues
+    from ..core.protocol import EXIT_LINE, job_path_from_line, serving_continues
 
     lines: queue.Queue = queue.Queue()
     listen(cancel, lines.put)
@@ -826,7 +827,7 @@ def serve(emitter: Emitter, cancel: CancelToken, cleanup: Cleanup) -> int:
 def next_line(lines: queue.Queue, idle_s: float, after_job: bool) -> str | None:
     """The next stdin line (None: stop), or ``exit`` after ``idle_s`` without one. After a job,
     its memory is released first if no line comes within ``RELEASE_AFTER_S``."""
-    from .protocol import EXIT_LINE
+    from ..core.protocol import EXIT_LINE
 
     if after_job:
         try:
@@ -872,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(emitter, cancel, cleanup)
     listen(cancel)
     if len(argv) != 1:
-        emitter.error("bad_input", "usage: python -m engine.worker JOB.json | --serve")
+        emitter.error("bad_input", "usage: python -m engine.worker JOB.json | --serve | download | "
+                                   "save-random | video-info | keyframes")
         return EXIT_ERROR
     return run_one(argv[0], emitter, cancel, cleanup, ModelCache())
 
@@ -884,11 +886,3 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-if __name__ == "__main__":
-    code = main()
-    # A serving worker leaves at once too: Blender waits for it when it quits or loads a file.
-    if code == EXIT_CANCELLED or sys.argv[1:] == ["--serve"]:
-        exit_now(code)
-    sys.exit(code)

@@ -51,6 +51,9 @@ def download(preset: ModelPreset, folder: Path, progress: Progress | None = None
     ``progress(done_bytes, total_bytes)`` follows the weights file. Where the hub gives the
     file's SHA-256 (its LFS/Xet ETag), the finished file is checked against it.
     """
+    # Not ``hf_hub_download``: in huggingface_hub 2.x it writes each attempt to a new
+    # process-unique temporary file (huggingface_hub PR 4228), so a lost connection restarts a
+    # 1.3 GB download from zero, and it checks the size but not the SHA-256.
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session
 

@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.worker.align import ChunkMerger, backproject, camera_centres, umeyama  # noqa: E402
+from engine.worker.align import backproject, camera_centres, umeyama  # noqa: E402
 from engine.worker.chunking import (  # noqa: E402
     free_device_bytes,
     measure_chunk_size,
@@ -105,10 +105,17 @@ def synthetic_errors(merged, room: RoomChunks, sample_views: int = 20) -> dict:
             "point_median_pct": 100 * float(np.median(errs)) / SCENE_SIZE}
 
 
+def merged_bytes(merged) -> int:
+    """What the merge allocated once: the merged prediction's arrays."""
+    arrays = (merged.depth, merged.conf, merged.image, merged.sky, merged.intrinsics,
+              merged.extrinsics)
+    return sum(a.nbytes for a in arrays if a is not None)
+
+
 def run_synthetic(args) -> None:
     width, height = args.width, args.height
     print(f"synthetic room, {width}x{height}, chunk {args.chunk} / overlap {args.overlap}, "
-          f"reference '{args.reference}', numpy on CPU")
+          "numpy on CPU")
     header = ("frames", "chunks", "align+merge ms/chunk (median / max)", "merge total s",
               "cam err max %", "point err med %", "ghosting med %", "merged GiB", "peak RSS GiB")
     rows = []
@@ -116,7 +123,7 @@ def run_synthetic(args) -> None:
         room = RoomChunks(frames, height, width, seed=args.seed)
         start = time.perf_counter()
         merged, reports, run = predict_in_chunks(frames, room, chunk_size=args.chunk,
-                                                 overlap=args.overlap, reference=args.reference)
+                                                 overlap=args.overlap)
         total = time.perf_counter() - start - room.make_seconds
         per_chunk = [1000 * r.seconds for r in reports[1:]] or [0.0]
         err = synthetic_errors(merged, room)
@@ -124,7 +131,7 @@ def run_synthetic(args) -> None:
         rows.append((frames, len(reports), f"{np.median(per_chunk):.0f} / {max(per_chunk):.0f}",
                      f"{total:.2f}", f"{err['centre_max_pct']:.3f}",
                      f"{err['point_median_pct']:.3f}", f"{ghost:.2f}",
-                     f"{ChunkMerger.footprint_bytes(frames, height, width) / GIB:.2f}",
+                     f"{merged_bytes(merged) / GIB:.2f}",
                      f"{peak_rss_gib():.2f}"))
         del merged
     print_table(header, rows)
@@ -244,7 +251,6 @@ def main(argv=None) -> int:
     syn.add_argument("--height", type=int, default=378)
     syn.add_argument("--chunk", type=int, default=120)
     syn.add_argument("--overlap", type=int, default=60)
-    syn.add_argument("--reference", choices=("global", "neighbour"), default="global")
     syn.add_argument("--seed", type=int, default=0)
     mod = sub.add_parser("model", help="the real network in chunks (worker environment)")
     mod.add_argument("--model", default="da3-small")

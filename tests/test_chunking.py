@@ -1,4 +1,5 @@
-"""Chunk planning, the memory model, and the driver with a fake runner (no model needed)."""
+"""Which views each chunk holds, the memory model, and the driver with a fake runner (no model
+needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from engine.worker.chunking import (
     fit_memory_model,
     is_out_of_memory,
     largest_chunk_size,
-    plan_chunks,
     predict_in_chunks,
     probe_peak_bytes,
     run_chunks,
@@ -50,9 +50,19 @@ def test_largest_chunk_size_respects_bounds():
         fit_memory_model([])
 
 
+def chunks_run(n: int, size: int, overlap: int) -> list[range]:
+    """The views of each chunk the driver runs when nothing runs out of memory."""
+    seen = []
+    run = run_chunks(n, lambda indices: indices, lambda indices, chunk: seen.append(indices),
+                     chunk_size=size, overlap=overlap)
+    assert [(int(i[0]), int(i[-1]) + 1) for i in seen] == run.chunks
+    assert all(np.array_equal(i, np.arange(i[0], i[-1] + 1)) for i in seen)
+    return [range(b, e) for b, e in run.chunks]
+
+
 @pytest.mark.parametrize("n,size,overlap", [(100, 20, 5), (37, 10, 4), (8, 10, 3), (121, 120, 60)])
-def test_plan_covers_every_view_with_overlaps(n, size, overlap):
-    chunks = plan_chunks(n, size, overlap)
+def test_chunks_cover_every_view_with_overlaps(n, size, overlap):
+    chunks = chunks_run(n, size, overlap)
     assert chunks[0].start == 0 and chunks[-1].stop == n
     assert all(len(c) <= size for c in chunks)
     for before, after in zip(chunks, chunks[1:], strict=False):
@@ -163,24 +173,21 @@ def test_cpu_probe_sees_an_allocation():
     assert 60 * 1024**2 < measured < 200 * 1024**2
 
 
-def test_chunks_as_objects_without_images_take_the_callers_images():
-    """The worker's runner returns engine.worker.model.Views-like objects (no image); the job's images
-    go in once at the end instead of being copied through every chunk."""
+def test_chunks_as_objects_without_images_merge_without_images():
+    """The worker's runner returns engine.worker.model.Views-like objects (no image, no sky): the
+    merge allocates neither, and the job's images go in once at the end instead of being copied
+    through every chunk."""
     from types import SimpleNamespace
-
-    from engine.worker.align import ChunkMerger, merge_chunks
 
     truth = room_truth(16, 12, 16)
     rng = np.random.default_rng(0)
-    chunks = []
-    for idx in plan_chunks(16, 8, 3):
-        arrays = as_da3_chunk(truth, np.asarray(idx), rng)
+
+    def views_like(indices):
+        arrays = as_da3_chunk(truth, np.asarray(indices), rng)
         del arrays["image"]
-        chunks.append((idx, SimpleNamespace(sky=None, **arrays)))
-    merged, reports = merge_chunks(chunks, 16)
-    assert merged.image is None and merged.sky is None and len(reports) == 3
-    images = np.full((16, 12, 16, 3), 7, np.uint8)
-    merger = ChunkMerger(16)
-    for idx, chunk in chunks:
-        merger.add(idx, chunk)
-    assert merger.result(image=images, model="da3-small").image is images
+        return SimpleNamespace(sky=None, **arrays)
+
+    merged, reports, run = predict_in_chunks(16, views_like, chunk_size=8, overlap=3)
+    assert merged.image is None and merged.sky is None
+    assert len(reports) == len(run.chunks) == 3 and merged.depth.shape == (16, 12, 16)
+    assert errors_vs_truth(merged, truth)["centre_max"] < 0.005

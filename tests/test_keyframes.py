@@ -17,7 +17,6 @@ from engine.worker.keyframes import (
     KEPT_REASONS,
     LAST,
     KeyframeOptions,
-    count_keyframes,
     select_keyframes,
     select_video_keyframes,
     sharpness,
@@ -102,9 +101,11 @@ def pan_video(tmp_path_factory):
     return path
 
 
-def test_video_count_matches_the_selection_and_is_cached(pan_video, tmp_path, monkeypatch):
+def test_the_panels_count_reuses_the_runs_selection(pan_video, tmp_path, monkeypatch, capsys):
+    """The worker's run (``KeyframeOptions()``) and the panel's count (``keyframes VIDEO --cache
+    DIR``) share one cached selection: whichever comes second analyses nothing."""
     cache = tmp_path / "cache"
-    sel = select_video_keyframes(pan_video, cache_dir=cache)
+    sel = select_video_keyframes(pan_video, KeyframeOptions(), cache_dir=cache)
     assert sel.frames_analysed == 100  # 300 frames at 30 fps analysed at 10 fps
     assert all(k % 3 == 0 for k in sel.kept) and 10 <= len(sel.kept) <= 16
     assert len(list(cache.glob("keyframes-*.json"))) == 1
@@ -113,9 +114,12 @@ def test_video_count_matches_the_selection_and_is_cached(pan_video, tmp_path, mo
         raise AssertionError("the cached selection should have been used")
 
     monkeypatch.setattr(keyframes, "select_keyframes", not_again)
-    assert count_keyframes(pan_video, cache_dir=cache) == len(sel.kept)
+    assert keyframes.main([str(pan_video), "--cache", str(cache)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kept"] == sel.kept and out["count"] == len(sel.kept)
+    assert select_video_keyframes(pan_video, cache_dir=cache).reasons == sel.reasons
     with pytest.raises(AssertionError):  # other options are another cache entry
-        count_keyframes(pan_video, KeyframeOptions(min_motion=0.1), cache_dir=cache)
+        select_video_keyframes(pan_video, KeyframeOptions(min_motion=0.1), cache_dir=cache)
 
 
 def test_command_line_prints_the_count(pan_video, capsys):
@@ -128,4 +132,4 @@ def test_an_unreadable_video_is_one_clear_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     with pytest.raises(ValueError, match="cannot open"):
-        count_keyframes(bad)
+        select_video_keyframes(bad)

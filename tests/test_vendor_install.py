@@ -78,7 +78,8 @@ def test_worker_env_passes_its_self_test_and_holds_only_what_the_worker_needs(ma
     assert installed == dict.fromkeys(NOT_WANTED), installed
 
 
-def test_second_run_is_a_fast_no_op(managed_env):
+def test_second_run_is_a_no_op(managed_env):
+    """It only checks: no stage but "check" runs and no file of the environment changes."""
     marker_before = vi.read_marker(managed_env)
     watched = [managed_env / vi.MARKER_NAME, managed_env / "pyvenv.cfg",
                managed_env / marker_before["files"][0]]

@@ -12,7 +12,7 @@ brought into the frame of the growing result by a similarity (scale, rotation, t
   RANSAC so that outliers (sky, flying pixels, a wrong depth) cannot drag it. Residuals are measured
   relative to depth because DA3's depth error grows with depth.
 * The merge writes into arrays allocated once for all views (no growing copies); a view predicted
-  by two chunks keeps the version with the higher confidence (or a confidence-weighted average).
+  by two chunks keeps the version with the higher confidence.
 
 Frames: depth is z-depth; extrinsics are world-to-camera (3x4, OpenCV axes); pixel j spans [j, j+1).
 """
@@ -367,30 +367,19 @@ class ChunkMerger:
     Parameters
     ----------
     num_views : views of the whole job; chunk view ``j`` is global view ``indices[j]``.
-    reference : "global" aligns each chunk to every already-placed view it shares or sees
-        (drift stays bounded on revisits); "neighbour" only to the previous chunk (for comparison).
-    overlap_merge : "best" keeps, per shared view, the side with the higher median confidence;
-        "average" blends the depths pixel by pixel, weighted by confidence.
     max_pairs : point pairs per fit, spread over the shared views (more only costs time).
     max_covisible : earlier views, outside the chunk, matched by projection.
     """
 
-    def __init__(self, num_views: int, *, reference: str = "global", overlap_merge: str = "best",
-                 max_pairs: int = 40_000, max_covisible: int = 8, seed: int = 0):
-        if reference not in ("global", "neighbour"):
-            raise ValueError(f"reference must be 'global' or 'neighbour', not '{reference}'")
-        if overlap_merge not in ("best", "average"):
-            raise ValueError(f"overlap_merge must be 'best' or 'average', not '{overlap_merge}'")
+    def __init__(self, num_views: int, *, max_pairs: int = 40_000, max_covisible: int = 8,
+                 seed: int = 0):
         self.num_views = num_views
-        self.reference = reference
-        self.overlap_merge = overlap_merge
         self.max_pairs = max_pairs
-        self.max_covisible = max_covisible if reference == "global" else 0
+        self.max_covisible = max_covisible
         self.rng = np.random.default_rng(seed)
         self.filled = np.zeros(num_views, dtype=bool)
         self.reports: list[ChunkAlignment] = []
         self._arrays: dict[str, np.ndarray] | None = None
-        self._previous: dict[int, ViewData] = {}  # the last chunk's placed views ("neighbour")
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -414,23 +403,14 @@ class ChunkMerger:
         self.reports.append(report)
         return report
 
-    def result(self, **extras) -> Prediction:
-        """The merged prediction; ``extras`` fill its metadata (model, source_paths, ...)."""
+    def result(self) -> Prediction:
+        """The merged prediction; its metadata (model, source_paths, ...) is the caller's to fill."""
         if self._arrays is None or not self.filled.all():
             missing = self.num_views - int(self.filled.sum())
             raise AlignmentError(f"{missing} views were never predicted: the chunks left a gap")
         a = self._arrays
-        fields = {"depth": a["depth"], "intrinsics": a["intrinsics"], "extrinsics": a["extrinsics"],
-                  "conf": a.get("conf"), "image": a.get("image"), "sky": a.get("sky")}
-        fields.update(extras)  # e.g. the worker's own image array, never copied through chunks
-        return Prediction(**fields)
-
-    @staticmethod
-    def footprint_bytes(num_views: int, height: int, width: int, image: bool = True,
-                        conf: bool = True, sky: bool = False) -> int:
-        """Bytes the merged arrays take (what the merge allocates once)."""
-        per_pixel = 4 + (4 if conf else 0) + (3 if image else 0) + (1 if sky else 0)
-        return num_views * (height * width * per_pixel + 9 * 8 + 12 * 8)
+        return Prediction(depth=a["depth"], intrinsics=a["intrinsics"], extrinsics=a["extrinsics"],
+                          conf=a.get("conf"), image=a.get("image"), sky=a.get("sky"))
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -456,17 +436,12 @@ class ChunkMerger:
         return ViewData(a["depth"][g], a["conf"][g] if "conf" in a else None,
                         a["sky"][g] if "sky" in a else None, a["intrinsics"][g], a["extrinsics"][g])
 
-    def _target(self, g: int) -> ViewData:
-        if self.reference == "neighbour":
-            return self._previous[g]
-        return self._result_view(g)
-
     def _align(self, indices, chunk, shared, cancel) -> ChunkAlignment:
         h, w = _get(chunk, "depth").shape[1:]
         stride = _stride_for(h, w, self.max_pairs // max(1, len(shared)))
         shared_pairs = Pairs.concat([
-            same_pixel_pairs(chunk_view(chunk, j), self._target(indices[j]), stride)
-            for j in shared if indices[j] in self._previous or self.reference == "global"])
+            same_pixel_pairs(chunk_view(chunk, j), self._result_view(indices[j]), stride)
+            for j in shared])
         fit = robust_sim3(shared_pairs.src, shared_pairs.dst, shared_pairs.weight,
                           shared_pairs.depth, rng=self.rng, cancel=cancel)
         covisible = self._covisible(indices, chunk, fit.sim)
@@ -514,7 +489,6 @@ class ChunkMerger:
     def _write(self, indices, chunk, sim: Sim3, shared) -> None:
         depth, conf = _get(chunk, "depth"), _get(chunk, "conf")
         ext = transform_extrinsics(np.asarray(_get(chunk, "extrinsics"), np.float64), sim)
-        previous = {}
         for j, g in enumerate(indices):
             placed_depth = depth[j].astype(np.float32) * np.float32(sim.scale)
             new_conf = conf[j] if conf is not None else None
@@ -522,11 +496,6 @@ class ChunkMerger:
                 self._merge_view(g, placed_depth, new_conf, ext[j], chunk, j)
             else:
                 self._store(g, placed_depth, new_conf, ext[j], chunk, j)
-            if self.reference == "neighbour":  # only this mode keeps the chunk's own version
-                previous[int(g)] = ViewData(placed_depth, new_conf, _view(chunk, "sky", j),
-                                            np.asarray(_get(chunk, "intrinsics")[j], np.float64),
-                                            ext[j])
-        self._previous = previous
         self.filled[indices] = True
 
     def _store(self, g, depth, conf, ext, chunk, j) -> None:
@@ -539,37 +508,16 @@ class ChunkMerger:
                 a[key][g] = _get(chunk, key)[j]
 
     def _merge_view(self, g, depth, conf, ext, chunk, j) -> None:
+        """A view both sides predicted keeps the side with the higher median confidence."""
         a = self._arrays
         if conf is None or "conf" not in a:
             return  # without confidence nothing says the new side is better: keep the first
-        old_conf = a["conf"][g]
         # a median over every 4th pixel each way decides as well and costs 1/16 of the full one
-        new_better = np.median(conf[::4, ::4]) > np.median(old_conf[::4, ::4])
-        if self.overlap_merge == "average":
-            total = old_conf + conf
-            a["depth"][g] = (a["depth"][g] * old_conf + depth * conf) / total
-            np.maximum(old_conf, conf, out=a["conf"][g])
-            if new_better:
-                a["extrinsics"][g] = ext
-                a["intrinsics"][g] = _get(chunk, "intrinsics")[j]
-        elif new_better:
+        if np.median(conf[::4, ::4]) > np.median(a["conf"][g][::4, ::4]):
             self._store(g, depth, conf, ext, chunk, j)
-
-
-def _view(chunk, key: str, j: int):
-    arr = _get(chunk, key)
-    return None if arr is None else arr[j]
 
 
 def _stride_for(height: int, width: int, budget: int) -> int:
     """Pixel step that samples about ``budget`` pixels of an image."""
     return max(1, int(np.ceil(np.sqrt(height * width / max(budget, 1)))))
 
-
-def merge_chunks(chunks: Sequence[tuple[Sequence[int], object]], num_views: int,
-                 **options) -> tuple[Prediction, list[ChunkAlignment]]:
-    """Align and merge already computed chunks ``[(global indices, chunk prediction), ...]``."""
-    merger = ChunkMerger(num_views, **options)
-    for indices, chunk in chunks:
-        merger.add(indices, chunk)
-    return merger.result(), merger.reports

@@ -118,18 +118,6 @@ def next_chunk(covered: int, num_views: int, size: int, overlap: int) -> tuple[i
     return max(0, min(covered - shared, end - size)), end
 
 
-def plan_chunks(num_views: int, chunk_size: int, overlap: int) -> list[range]:
-    """The chunks the driver runs when nothing runs out of memory (for display and tests)."""
-    if chunk_size < MIN_CHUNK or overlap < 0:
-        raise ValueError(f"chunk size must be >= {MIN_CHUNK} and overlap >= 0")
-    chunks, covered = [], 0
-    while covered < num_views:
-        begin, end = next_chunk(covered, num_views, chunk_size, overlap)
-        chunks.append(range(begin, end))
-        covered = end
-    return chunks
-
-
 # --- the driver --------------------------------------------------------------------------------
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -247,18 +235,17 @@ def predict_in_chunks(num_views: int, run_chunk: Callable[[np.ndarray], object],
                       on_retry: Callable[[int, int, BaseException], None] | None = None,
                       on_aligned: Callable[[ChunkAlignment], None] | None = None,
                       min_chunk: int = MIN_CHUNK,
-                      is_oom: Callable[[BaseException], bool] = is_out_of_memory,
-                      **merger_options
+                      is_oom: Callable[[BaseException], bool] = is_out_of_memory
                       ) -> tuple[Prediction, list[ChunkAlignment], ChunkRun]:
     """Predict ``num_views`` views in overlapping chunks and merge them into one prediction.
 
     The merged prediction is in the first chunk's frame and scale, as if from one pass; its
     metadata (model, source_paths, frame_indices, image when run_chunk gives none) is the
-    caller's to fill. ``merger_options`` go to ``ChunkMerger`` (reference, overlap_merge, ...).
+    caller's to fill.
     ``on_aligned(report)`` sees how each chunk was placed (e.g. to log its ghosting).
     ``is_oom`` decides which errors of ``run_chunk`` are out-of-memory (retried smaller).
     """
-    merger = ChunkMerger(num_views, **merger_options)
+    merger = ChunkMerger(num_views)
 
     def place(indices, chunk):
         report = merger.add(indices, chunk, cancel=cancel)

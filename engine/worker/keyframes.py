@@ -277,15 +277,6 @@ def select_video_keyframes(path: str | os.PathLike, options: KeyframeOptions | N
     return selection
 
 
-def count_keyframes(path: str | os.PathLike, options: KeyframeOptions | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> int:
-    """How many keyframes a run on this video would use (what the panel shows before a run).
-
-    The same selection as the run's, so with a shared ``cache_dir`` the run reuses it for free.
-    """
-    return len(select_video_keyframes(path, options, cache_dir=cache_dir).kept)
-
-
 def _cache_file(path, options: KeyframeOptions, cache_dir) -> Path | None:
     if cache_dir is None:
         return None

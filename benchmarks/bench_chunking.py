@@ -194,7 +194,7 @@ def model_row(net, device, dtype, frames: int, args) -> tuple:
 
     batch = preprocess(panning_frames(frames, 378, 504), args.res)
     size, model, probes = measure_chunk_size(
-        lambda k: forward(net, batch.pixels[:k], device, dtype), str(device),
+        lambda k: forward(net, batch.rgb[:k], device, dtype), str(device),
         probe_views=tuple(args.probes), max_views=frames)
     free = free_device_bytes(str(device))
     chunk = args.chunk or size
@@ -206,7 +206,7 @@ def model_row(net, device, dtype, frames: int, args) -> tuple:
     def run_chunk(indices):
         start = time.perf_counter()
         try:
-            return to_views(forward(net, batch.pixels[indices], device, dtype))
+            return to_views(forward(net, batch.rgb[indices], device, dtype))
         except Exception:
             free_device_memory()  # the driver retries a smaller chunk on out-of-memory
             raise

@@ -235,7 +235,7 @@ def run_torch(pred, options, args) -> dict | None:
     out = TMP / "torch.npz"
     code = (
         "import sys, json, time, resource, numpy as np\n"
-        "from engine import fusion, fusion_torch\n"
+        "from engine.fusion import tsdf as fusion, tsdf_torch as fusion_torch\n"
         "from engine.core.prediction import load_prediction\n"
         "pred = load_prediction(sys.argv[1])\n"
         "opts = fusion.TSDFOptions(**json.loads(sys.argv[3]))\n"

@@ -98,13 +98,13 @@ class HeadTimer:
         self.seconds += time.perf_counter() - self._start
 
 
-def timed_forward(net, pixels, device, dtype, timer: HeadTimer) -> float:
+def timed_forward(net, rgb, device, dtype, timer: HeadTimer) -> float:
     from engine.worker.model import forward
 
     timer.seconds = 0.0
     synchronize(device)
     start = time.perf_counter()
-    forward(net, pixels, device, dtype)
+    forward(net, rgb, device, dtype)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -122,13 +122,13 @@ def raw_forwards(model: str, weights: Path, images: list[Path], args) -> dict:
     net = load_network(weights, get_preset(model), str(device))  # as the worker loads it
     timer = HeadTimer(net, device)
     batch = pp.preprocess([media_read(p) for p in images], args.process_res)
-    timed_forward(net, batch.pixels[:1], device, dtype, timer)  # lazy initialisation
+    timed_forward(net, batch.rgb[:1], device, dtype, timer)  # lazy initialisation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    full = timed_forward(net, batch.pixels, device, dtype, timer)
+    full = timed_forward(net, batch.rgb, device, dtype, timer)
     head_full = timer.seconds
     skip_ray_branch(net)
-    fast = timed_forward(net, batch.pixels, device, dtype, timer)
+    fast = timed_forward(net, batch.rgb, device, dtype, timer)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     row = {"device": device.type, "size": f"{batch.size[1]}x{batch.size[0]}", "fwd_full": full,
            "head_full": head_full, "fwd": fast, "head": timer.seconds, "peak_gpu_mib": peak_gpu}

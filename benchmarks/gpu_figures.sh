@@ -5,14 +5,15 @@
 #   bash benchmarks/gpu_figures.sh OUT_DIR [STEPS...]
 #
 # STEPS (default: all, most wanted first): fusion worker-small worker-large worker-giant chunking
-# worker-base. Each step's output goes to OUT_DIR/<step>.txt as it runs, so a step cut off by its
-# time limit (DA3_STEP_LIMIT_S, default 150 s) still leaves the steps before it. Wheels of DA3 and
-# its few pure-Python needs (depth-anything-3 --no-deps, omegaconf, addict, evo), saved in .whl/
+# worker-base steps (the last: the warm worker's own steps around the forward pass). Each step's
+# output goes to OUT_DIR/<step>.txt as it runs, so a step cut off by its time limit
+# (DA3_STEP_LIMIT_S, default 150 s) still leaves the steps before it. Wheels of DA3 and its few
+# pure-Python needs (depth-anything-3 --no-deps, omegaconf, addict, evo), saved in .whl/
 # by `pip download`, are installed into a scratch folder first when the machine lacks them.
 set -u
 out=${1:?usage: gpu_figures.sh OUT_DIR [STEPS...]}
 shift
-steps=${*:-fusion worker-small worker-large worker-giant chunking worker-base}
+steps=${*:-fusion worker-small worker-large worker-giant chunking worker-base steps}
 limit=${DA3_STEP_LIMIT_S:-150}
 views=${DA3_VIEWS:-1 8 32 100}  # of each worker step
 python=${PYTHON:-python3}
@@ -48,6 +49,8 @@ for step in $steps; do
         worker-*)
             run_step "$step" $python benchmarks/bench_worker.py --device cuda --models "da3-${step#worker-}" \
                 --views $views --weights-dir /tmp/da3-weights --json "$out/$step.json" ;;
+        steps)
+            run_step steps $python benchmarks/bench_worker_steps.py --device cuda --views 100 --repeat 5 ;;
         chunking)
             run_step chunking $python benchmarks/bench_chunking.py model --model da3-large \
                 --device cuda --frames 300 1000 --chunk 0 --overlap 60 --probes 8 32 ;;

@@ -39,7 +39,7 @@ NORMAL_SMOOTHING = 3  # rounds of averaging polygon normals with their neighbour
 # A view whose ray meets the surface at more than ~84 degrees sees it smeared over a pixel.
 MIN_COSINE = 0.1
 # A view sees a surface point when its depth there is this close (fraction of depth, plus a
-# voxel of the surface): the views still disagree by ~0.6 % after engine.consistency, and the
+# voxel of the surface): the views still disagree by ~0.6 % after engine.fusion.consistency, and the
 # remeshed surface lies up to a voxel off the fused one.
 DEPTH_TOLERANCE = 0.02
 # Weights are raised to this power before blending: the best-placed views dominate, so small
@@ -105,19 +105,13 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     report(0.1, "unwrapping")
     corners = mesh.fan_triangles()
     texels, triangle, bary = rasterize(uv[corners] * size, size)
-    order = np.argsort(triangle, kind="stable")  # each triangle's texels together
-    texels, triangle, bary = texels[order], triangle[order], bary[order]
     vertices = mesh.vertices.astype(np.float32)
-    corner_vertex = mesh.corner_vert[corners]  # (T,3)
-    triangles = vertices[corner_vertex]  # (T,3,3)
-    texels_of = Texels(triangle, np.einsum("kc,kcx->kx", bary, triangles[triangle]),
-                       triangle_normals(triangles), triangles.mean(axis=1), corner_vertex,
-                       np.searchsorted(triangle, np.arange(len(corners) + 1)))
-    rgb, seen = blend_views(texels_of, vertices, pred, voxel,
-                            lambda f: report(0.1 + 0.8 * f, "baking"))
+    rgb, seen = blend_views(Texels.of_mesh(vertices, mesh.corner_vert[corners], triangle, bary),
+                            vertices, pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"))
     if colors is not None:
-        fallback = np.einsum("kc,kcx->kx", bary, colors[mesh.corner_vert[corners[triangle]], :3])
-        rgb[~seen] = srgb_from_linear(fallback[~seen])
+        unseen = np.flatnonzero(~seen)
+        fallback = colors[mesh.corner_vert[corners[triangle[unseen]]], :3]  # (n,3 corners,3)
+        rgb[unseen] = srgb_from_linear(np.einsum("kc,kcx->kx", bary[unseen], fallback))
     image = np.zeros((size * size, 3), dtype=np.float32)
     image[texels] = rgb
     covered = np.zeros(size * size, dtype=bool)
@@ -142,8 +136,9 @@ def automatic_size(mesh: Polygons, pred: Prediction, voxel: float) -> int:
     unit = (normals[chosen] / area[chosen, None]).astype(np.float32)
     best = np.zeros(len(chosen))
     w2c = pred.world_to_camera()
-    for i in range(pred.num_views):
-        index, pixels_per_area = seen_by_view(points, unit, pred, i, w2c[i], voxel)[:2]
+    for i, eye in enumerate(camera_centres(w2c)):
+        heights = np.einsum("kx,kx->k", unit, eye - points)
+        index, pixels_per_area = seen_by_view(points, heights, pred, i, w2c[i], voxel)[:2]
         np.maximum.at(best, index, pixels_per_area)
     if not best.any():
         return MIN_SIZE
@@ -301,52 +296,81 @@ def shelf_pack(boxes: np.ndarray, order: np.ndarray, size: int) -> np.ndarray | 
 
 # --- 2. texels -> triangles ----------------------------------------------------------------------
 
-RASTER_CHUNK = 1 << 21  # candidate texels tested at once
+RASTER_CHUNK = 1 << 21  # texels of the triangles' bounding boxes handled at once
+EDGES = ((0, 1), (1, 2), (2, 0))
 
 
 def rasterize(triangles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Texels whose centre lies in a triangle of ``triangles`` (T,3,2, in texels).
 
-    Returns the flat texel indices (K,), the triangle of each (K,) and its barycentric
-    coordinates (K,3). Triangles are grouped by the size of their bounding box so that each
-    group tests one square of candidates per triangle.
+    Returns the flat texel indices (K,), the triangle of each (K,), in the triangles' order,
+    and its barycentric coordinates (K,3). Each texel row a triangle crosses is scanned only
+    where the triangle lies along it; a texel on an edge two triangles share goes to the first.
     """
-    low = np.floor(triangles.min(axis=1)).astype(np.int64)
-    extent = (np.floor(triangles.max(axis=1)).astype(np.int64) - low + 1).max(axis=1)
-    found = []
-    side = 1
-    remaining = np.ones(len(triangles), dtype=bool)
-    while remaining.any():
-        group = np.flatnonzero(remaining & (extent <= side))
-        remaining[group] = False
-        per_chunk = max(1, RASTER_CHUNK // (side * side))
-        for start in range(0, len(group), per_chunk):
-            chosen = group[start:start + per_chunk]
-            found.append(_texels_inside(triangles[chosen], low[chosen], side, chosen, size))
-        side *= 2
+    first_row = np.floor(triangles[..., 1].min(axis=1)).clip(0, size).astype(np.int64)
+    rows = np.maximum(np.floor(triangles[..., 1].max(axis=1)).clip(-1, size - 1) - first_row + 1, 0)
+    rows = rows.astype(np.int64)
+    width = np.floor(triangles[..., 0].max(axis=1)) - np.floor(triangles[..., 0].min(axis=1)) + 1
+    boxes = np.cumsum(rows * width)
+    cuts = np.searchsorted(boxes, np.arange(RASTER_CHUNK, boxes[-1] if len(boxes) else 0, RASTER_CHUNK))
+    found = [_texels_inside(triangles[start:stop], first_row[start:stop], rows[start:stop], start, size)
+             for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(triangles)], strict=True)]
     texels, triangle, bary = (np.concatenate(parts) for parts in zip(*found, strict=True))
-    texels, first = np.unique(texels, return_index=True)  # a texel on a shared edge: one triangle
-    return texels, triangle[first], bary[first]
+    shared = np.flatnonzero(np.bincount(texels, minlength=size * size)[texels] > 1)
+    keep = np.ones(len(texels), dtype=bool)
+    keep[shared] = False
+    keep[shared[np.unique(texels[shared], return_index=True)[1]]] = True
+    return texels[keep], triangle[keep], bary[keep]
 
 
-def _texels_inside(tri: np.ndarray, low: np.ndarray, side: int, index: np.ndarray, size: int):
-    offsets = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="xy"), -1).reshape(-1, 2)
-    cells = low[:, None, :] + offsets[None]  # (n, side², 2)
-    centre = cells + 0.5
-    a, b, c = tri[:, 0, None], tri[:, 1, None], tri[:, 2, None]
-    v0, v1, v2 = b - a, c - a, centre - a
-    det = v0[..., 0] * v1[..., 1] - v1[..., 0] * v0[..., 1]
-    safe = np.where(np.abs(det) > 1e-12, det, 1.0)
-    w1 = (v2[..., 0] * v1[..., 1] - v1[..., 0] * v2[..., 1]) / safe
-    w2 = (v0[..., 0] * v2[..., 1] - v2[..., 0] * v0[..., 1]) / safe
+def _texels_inside(tri: np.ndarray, first_row: np.ndarray, rows: np.ndarray, first: int, size: int):
+    """Texels (flat), triangles (``first`` + index) and barycentric coordinates of the texel
+    centres inside ``tri`` (n,3,2), whose rows start at ``first_row`` (n,), ``rows`` (n,) each."""
+    owner = np.repeat(np.arange(len(tri)), rows)
+    row = first_row[owner] + _ramps(rows)
+    corner = tri[owner]  # (R,3,2): one entry per texel row of a triangle
+    low, high = _row_span(corner, row + 0.5)
+    first_col = np.ceil(low - 0.5 - 1e-3).clip(0, size).astype(np.int64)
+    last_col = np.floor(high - 0.5 + 1e-3).clip(-1, size - 1).astype(np.int64)
+    # along a row each barycentric coordinate is linear: w = slope * x + offset
+    a, v0, v1 = corner[:, 0], corner[:, 1] - corner[:, 0], corner[:, 2] - corner[:, 0]
+    det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    valid = np.abs(det) > 1e-12
+    safe = np.where(valid, det, 1.0)
+    dy = row + 0.5 - a[:, 1]
+    slope1, offset1 = v1[:, 1] / safe, (-a[:, 0] * v1[:, 1] - v1[:, 0] * dy) / safe
+    slope2, offset2 = -v0[:, 1] / safe, (v0[:, 0] * dy + a[:, 0] * v0[:, 1]) / safe
+    count = np.where(valid, np.maximum(last_col - first_col + 1, 0), 0)
+    at = np.repeat(np.arange(len(row)), count)
+    x = first_col[at] + _ramps(count) + 0.5
+    w1 = slope1[at] * x + offset1[at]
+    w2 = slope2[at] * x + offset2[at]
     w0 = 1 - w1 - w2
-    inside = ((np.abs(det) > 1e-12) & (w0 >= -1e-6) & (w1 >= -1e-6) & (w2 >= -1e-6)
-              & (cells[..., 0] >= 0) & (cells[..., 1] >= 0)
-              & (cells[..., 0] < size) & (cells[..., 1] < size))
-    row, col = np.nonzero(inside)
-    texels = cells[row, col, 1] * size + cells[row, col, 0]
-    bary = np.stack([w0[row, col], w1[row, col], w2[row, col]], axis=1)
-    return texels, index[row], np.clip(bary, 0, 1).astype(np.float32)
+    inside = (w0 >= -1e-6) & (w1 >= -1e-6) & (w2 >= -1e-6)
+    at, x = at[inside], x[inside]
+    bary = np.stack([w0[inside], w1[inside], w2[inside]], axis=1)
+    texels = row[at] * size + (x - 0.5).astype(np.int64)
+    return texels, first + owner[at], np.clip(bary, 0, 1).astype(np.float32)
+
+
+def _ramps(counts: np.ndarray) -> np.ndarray:
+    """0, 1, .., counts[0] - 1, 0, 1, .., counts[1] - 1, ..."""
+    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _row_span(corner: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the line at height ``y`` (R,) meets the triangles ``corner`` (R,3,2): the lowest
+    and highest x (the line is moved inside a triangle it misses, to its nearest corner)."""
+    y = np.clip(y, corner[..., 1].min(axis=1), corner[..., 1].max(axis=1))
+    low, high = np.full(len(y), np.inf), np.full(len(y), -np.inf)
+    for a, b in EDGES:
+        (xa, ya), (xb, yb) = corner[:, a].T, corner[:, b].T
+        level = ya == yb
+        x = xa + (y - ya) / np.where(level, 1, yb - ya) * (xb - xa)
+        crosses = (y - ya) * (y - yb) <= 0
+        low = np.where(crosses, np.minimum(low, np.where(level, np.minimum(xa, xb), x)), low)
+        high = np.where(crosses, np.maximum(high, np.where(level, np.maximum(xa, xb), x)), high)
+    return low, high
 
 
 def triangle_normals(positions: np.ndarray) -> np.ndarray:
@@ -360,20 +384,32 @@ def triangle_normals(positions: np.ndarray) -> np.ndarray:
 @dataclass
 class Texels:
     """The texels inside the surface, sorted by the triangle each lies in, with its surface
-    point; and the triangles' normals, centres, vertices and first texels."""
+    point; and the triangles' normals, centres, planes, vertices and first texels."""
 
     triangle: np.ndarray  # (K,) sorted
     points: np.ndarray  # (K,3)
-    triangle_normals: np.ndarray  # (T,3)
+    triangle_normals: np.ndarray  # (T,3) unit
     triangle_centres: np.ndarray  # (T,3)
+    triangle_planes: np.ndarray  # (T,) normal . centre: normal . (eye - point) = normal . eye - plane
     triangle_vertices: np.ndarray  # (T,3) vertex indices
     first: np.ndarray  # (T+1,) triangle t's texels are first[t]:first[t + 1]
 
-    def of_triangles(self, chosen: np.ndarray) -> np.ndarray:
-        """Indices of the texels of the ``chosen`` triangles (without touching the others)."""
+    @classmethod
+    def of_mesh(cls, vertices: np.ndarray, triangle_vertices: np.ndarray, triangle: np.ndarray,
+                bary: np.ndarray) -> Texels:
+        """The texels of ``rasterize`` (``triangle`` sorted) on triangles of ``vertices`` (V,3)."""
+        corners = vertices[triangle_vertices]  # (T,3,3)
+        normals, centres = triangle_normals(corners), corners.mean(axis=1)
+        points = np.einsum("kc,kcx->kx", bary, corners[triangle])
+        return cls(triangle, points, normals, centres, np.einsum("tx,tx->t", normals, centres),
+                   triangle_vertices, np.searchsorted(triangle, np.arange(len(corners) + 1)))
+
+    def of_triangles(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the texels of the ``chosen`` triangles (without touching the others),
+        and how many each triangle has."""
         starts, counts = self.first[chosen], np.diff(self.first)[chosen]
         offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
-        return offsets + np.arange(len(offsets))
+        return offsets + np.arange(len(offsets)), counts
 
 
 def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: float,
@@ -384,10 +420,14 @@ def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: f
     weights = np.zeros(len(texels.points), dtype=np.float32)
     w2c = pred.world_to_camera()
     best = best_views(texels, vertices, pred, w2c, voxel)
-    for i in range(pred.num_views):
-        chosen = texels.of_triangles(np.flatnonzero((best == i).any(axis=1)))
-        index, colour, weight = view_colours(texels.points[chosen],
-                                             texels.triangle_normals[texels.triangle[chosen]],
+    views = best.reshape(-1).astype(np.int16)  # a stable sort of 16-bit integers is a radix sort
+    order = np.argsort(views, kind="stable")
+    bounds = np.searchsorted(views[order], np.arange(pred.num_views + 1))
+    for i, eye in enumerate(camera_centres(w2c)):
+        chosen_triangles = order[bounds[i]:bounds[i + 1]] // best.shape[1]  # in order
+        chosen, counts = texels.of_triangles(chosen_triangles)
+        heights = texels.triangle_normals[chosen_triangles] @ eye - texels.triangle_planes[chosen_triangles]
+        index, colour, weight = view_colours(texels.points[chosen], np.repeat(heights, counts),
                                              pred, i, w2c[i], voxel)
         index = chosen[index]
         weight = weight ** SHARPNESS
@@ -397,6 +437,12 @@ def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: f
     seen = weights > 0
     total[seen] /= weights[seen, None]
     return total, seen
+
+
+def camera_centres(w2c: np.ndarray) -> np.ndarray:
+    """(N,3) float32 the cameras' positions in the world (w2c: (N,4,4) or (N,3,4))."""
+    rotation, shift = w2c[:, :3, :3], w2c[:, :3, 3]
+    return -np.einsum("nji,nj->ni", rotation, shift).astype(np.float32)
 
 
 # Views blended per triangle: with weights squared the best few carry nearly all of a texel's
@@ -410,89 +456,104 @@ def best_views(texels: Texels, vertices: np.ndarray, pred: Prediction, w2c: np.n
     overlapping it, its centre where their depth puts the surface, most pixels on it. A view
     whose depth test fails at the centre only stands in when there are not enough others (part
     of a large triangle may still be in view); -1 for none."""
-    scores = np.zeros((pred.num_views, len(texels.triangle_normals)), dtype=np.float32)
-    for i in range(pred.num_views):
-        scores[i, facing_triangles(texels, vertices, pred, i, w2c[i])] = STAND_IN
-        index, pixels_per_area = seen_by_view(texels.triangle_centres, texels.triangle_normals,
+    scores = np.zeros((len(texels.triangle_normals), pred.num_views), dtype=np.float32)
+    for i, eye in enumerate(camera_centres(w2c)):
+        heights = texels.triangle_normals @ eye - texels.triangle_planes
+        facing = facing_triangles(texels, heights, vertices, pred, i, w2c[i])
+        scores[facing, i] = STAND_IN
+        # seen at its centre implies facing and overlapping: the others need no exact test
+        index, pixels_per_area = seen_by_view(texels.triangle_centres[facing], heights[facing],
                                               pred, i, w2c[i], voxel)[:2]
-        scores[i, index] = np.maximum(pixels_per_area, 2 * STAND_IN)
-    count = min(VIEWS_PER_TRIANGLE, pred.num_views)
-    best = np.argsort(-scores, axis=0)[:count].T  # (T, count)
-    return np.where(np.take_along_axis(scores.T, best, axis=1) > 0, best, -1)
+        scores[facing[index], i] = np.maximum(pixels_per_area, 2 * STAND_IN)
+    return top_views(scores, min(VIEWS_PER_TRIANGLE, pred.num_views))
+
+
+def top_views(scores: np.ndarray, count: int) -> np.ndarray:
+    """(T, count) the columns of ``scores`` (T,N, >= 0) with the highest scores per row, the
+    lowest column first among equals (as a stable sort would); -1 where the score is 0."""
+    scores = scores.copy()
+    rows = np.arange(len(scores))
+    best = np.empty((len(scores), count), dtype=np.int64)
+    for j in range(count):
+        column = scores.argmax(axis=1)
+        best[:, j] = np.where(scores[rows, column] > 0, column, -1)
+        scores[rows, column] = -1
+    return best
 
 
 STAND_IN = 1e-6
 
 
-def facing_triangles(texels: Texels, vertices: np.ndarray, pred: Prediction, i: int,
-                     w2c: np.ndarray) -> np.ndarray:
-    """(T,) the triangles that face view ``i`` at their centre and whose projection overlaps its
-    image (or that reach behind the camera): a cheap test that spares most texels the exact one."""
+def facing_triangles(texels: Texels, heights: np.ndarray, vertices: np.ndarray, pred: Prediction,
+                     i: int, w2c: np.ndarray) -> np.ndarray:
+    """Indices of the triangles that face view ``i`` at their centre (``heights``: (T,) how far
+    the camera is in front of each triangle's plane) and whose projection overlaps its image
+    (or that reach behind the camera): a cheap test that spares most texels the exact one."""
+    facing = np.flatnonzero(heights > 0)
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    to_camera = -rotation.T @ shift - texels.triangle_centres
-    facing = np.einsum("tx,tx->t", texels.triangle_normals, to_camera) > 0
     camera = vertices @ rotation.T + shift
     k = pred.intrinsics[i]
     with np.errstate(divide="ignore", invalid="ignore"):
         u = k[0, 0] * camera[:, 0] / camera[:, 2] + k[0, 2]
         v = k[1, 1] * camera[:, 1] / camera[:, 2] + k[1, 2]
-    corners = texels.triangle_vertices
-    overlaps = facing.copy()
-    for coordinate, limit in ((u, pred.width), (v, pred.height)):
-        a, b, c = (coordinate[corners[:, j]] for j in range(3))
-        overlaps &= (np.maximum(np.maximum(a, b), c) >= 0) & (np.minimum(np.minimum(a, b), c) < limit)
-    behind = (camera[:, 2] <= 0)[corners].any(axis=1)
-    return overlaps | (facing & behind)
+    # one bit per side of the image a vertex lies beyond, and one for behind the camera: a
+    # triangle misses the image when all its corners lie beyond one side
+    side = ((u < 0) | (u >= pred.width) << 1 | (v < 0) << 2 | (v >= pred.height) << 3
+            | (camera[:, 2] <= 0) << 4).astype(np.uint8)
+    a, b, c = (side[texels.triangle_vertices[facing, j]] for j in range(3))
+    return facing[((a & b & c) == 0) | ((a | b | c) >= 16)]
 
 
-def view_colours(points, normals, pred: Prediction, i: int, w2c: np.ndarray, voxel: float):
+def view_colours(points, heights, pred: Prediction, i: int, w2c: np.ndarray, voxel: float):
     """The points view ``i`` sees: their indices, sRGB colours (n,3) and weights (n,)."""
-    index, pixels_per_area, u, v, row, col = seen_by_view(points, normals, pred, i, w2c, voxel)
-    confidence = 1.0 if pred.conf is None else pred.conf[i, row, col]
+    index, pixels_per_area, u, v, pixel = seen_by_view(points, heights, pred, i, w2c, voxel)
+    confidence = 1.0 if pred.conf is None else pred.conf[i].reshape(-1)[pixel]
     weight = (confidence * pixels_per_area).astype(np.float32)
     return index, sample_bilinear(pred.image[i], u - 0.5, v - 0.5), weight
 
 
-def seen_by_view(points, normals, pred: Prediction, i: int, w2c: np.ndarray, voxel: float):
-    """The points (K,3) with unit ``normals`` that view ``i`` sees (facing it, inside its image,
-    where its own depth map puts the surface): their indices, the view's pixels per unit of
-    their surface area (frontal and near views resolve the most detail), and where they fall:
-    pixel coordinates u, v and the pixel's row and column. (All tests first, one selection
-    after: each selection copies every array.)"""
+def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, voxel: float):
+    """The points (K,3) that view ``i`` sees (facing it, inside its image, where its own depth
+    map puts the surface); ``heights`` (K,): how far its camera lies in front of the surface's
+    plane at each point. Returns their indices, the view's pixels per unit of their surface
+    area (frontal and near views resolve the most detail), and where they fall: pixel
+    coordinates u, v and the flat index of the pixel. (All tests first, one selection after:
+    each selection copies every array.)"""
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
     camera = points @ rotation.T + shift
     z = camera[:, 2]
-    distance = np.sqrt(np.einsum("kx,kx->k", camera, camera))
-    # the camera sits at the origin of its own frame: the way to it is -camera
-    cosine = -np.einsum("kx,kx->k", normals @ rotation.T, camera) / np.maximum(distance, 1e-30)
+    cosine = heights / np.maximum(np.sqrt(np.einsum("kx,kx->k", camera, camera)), 1e-30)
     k = pred.intrinsics[i].astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         u = k[0, 0] * camera[:, 0] / z + k[0, 2]
         v = k[1, 1] * camera[:, 1] / z + k[1, 2]
     seen = (cosine > MIN_COSINE) & (z > 0) & (u >= 0) & (v >= 0) & (u < pred.width) & (v < pred.height)
-    row = np.where(seen, v, 0).astype(np.int64)
-    col = np.where(seen, u, 0).astype(np.int64)
-    depth = pred.depth[i, row, col]
+    pixel = np.where(seen, v, 0).astype(np.int32) * pred.width + np.where(seen, u, 0).astype(np.int32)
+    depth = pred.depth[i].reshape(-1)[pixel]
     seen &= np.abs(depth - z) <= DEPTH_TOLERANCE * z + voxel
     if pred.sky is not None:
-        seen &= ~pred.sky[i, row, col]
+        seen &= ~pred.sky[i].reshape(-1)[pixel]
     index = np.flatnonzero(seen)
     z = z[index]
     pixels_per_area = cosine[index] * k[0, 0] * k[1, 1] / (z * z)
-    return index, pixels_per_area, u[index], v[index], row[index], col[index]
+    return index, pixels_per_area, u[index], v[index], pixel[index]
 
 
 def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(n,3) float colours in [0,1] of ``image`` (H,W,3 uint8) at pixel coordinates x, y."""
     h, w = image.shape[:2]
     x, y = np.clip(x, 0, w - 1.001), np.clip(y, 0, h - 1.001)
-    x0, y0 = x.astype(np.int64), y.astype(np.int64)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    flat = image.reshape(-1, 3).astype(np.float32) * np.float32(1 / 255)
+    x0, y0 = x.astype(np.int32), y.astype(np.int32)
+    fx, fy = x - x0, y - y0
     corner = y0 * w + x0
-    top = flat[corner] * (1 - fx) + flat[corner + 1] * fx
-    bottom = flat[corner + w] * (1 - fx) + flat[corner + w + 1] * fx
-    return top * (1 - fy) + bottom * fy
+    colours = np.empty((len(x), 3), dtype=np.float32)
+    for channel in range(3):  # one plane at a time: gathers of single values are the fastest
+        plane = image[..., channel].reshape(-1).astype(np.float32) * np.float32(1 / 255)
+        top, bottom = plane.take(corner), plane.take(corner + w)
+        top += (plane.take(corner + 1) - top) * fx
+        bottom += (plane.take(corner + w + 1) - bottom) * fx
+        colours[:, channel] = top + (bottom - top) * fy
+    return colours
 
 
 # --- 4. gutters and the file -------------------------------------------------------------------
@@ -500,18 +561,28 @@ def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
 def fill_gutters(image: np.ndarray, known: np.ndarray, rounds: int) -> np.ndarray:
     """Texels outside every chart take the mean of their known 4-neighbours, ``rounds`` times
     outward, so a texture filtered across a chart's edge shows the chart's own colours.
-    ``image`` is 0 where not ``known``."""
+    ``image`` (H,W,3) is 0 where not ``known`` (H,W). Only the ring around the known texels is
+    visited each round."""
     image, known = image.copy(), known.copy()
+    height, width = known.shape
+    flat, filled = image.reshape(-1, 3), known.reshape(-1)
     for _ in range(rounds):
-        total = np.zeros_like(image)
-        count = np.zeros(known.shape, dtype=np.float32)
-        for axis in (0, 1):
-            for shift in (1, -1):
-                total += np.roll(image, shift, axis=axis)
-                count += np.roll(known, shift, axis=axis)
-        grow = ~known & (count > 0)
-        image[grow] = total[grow] / count[grow, None]
-        known |= grow
+        ring = np.zeros_like(known)
+        ring[1:] |= known[:-1]
+        ring[:-1] |= known[1:]
+        ring[:, 1:] |= known[:, :-1]
+        ring[:, :-1] |= known[:, 1:]
+        at = np.flatnonzero(ring & ~known)
+        row, col = np.divmod(at, width)
+        total = np.zeros((len(at), 3), dtype=image.dtype)
+        count = np.zeros(len(at), dtype=image.dtype)
+        for inside, step in ((row > 0, -width), (row < height - 1, width), (col > 0, -1),
+                             (col < width - 1, 1)):
+            neighbour = np.where(inside, at + step, at)  # at itself: unknown, 0
+            total += flat[neighbour]
+            count += filled[neighbour]
+        flat[at] = total / count[:, None]
+        filled[at] = True
     return image
 
 

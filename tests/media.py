@@ -21,6 +21,13 @@ def noise(h: int = 48, w: int = 64, seed: int = 0, channels: int = 3, dtype=np.u
     return rng.integers(0, top, shape, dtype=dtype)
 
 
+def every_value(n: int = 2, h: int = 14, w: int = 28) -> np.ndarray:
+    """(n,h,w,3) random uint8 views; the first holds every value 0-255 in every channel."""
+    rgb = np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    rgb[0].reshape(-1, 3)[:256] = np.arange(256)[:, None]  # a view: h * w >= 256
+    return rgb
+
+
 def scene(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     """Smooth shapes with edges (noise has no structure to blur away)."""
     rng = np.random.default_rng(seed)

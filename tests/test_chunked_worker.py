@@ -124,8 +124,8 @@ from engine.worker import process as worker
 from engine.worker.preprocess import make_batch
 
 
-def fake_forward(net, pixels, device, dtype=None):  # a flat wall seen by 1 camera; OOM above 4
-    k, _, h, w = pixels.shape
+def fake_forward(net, rgb, device, dtype=None):  # a flat wall seen by 1 camera; OOM above 4
+    k, h, w, _ = rgb.shape
     if k > 4:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
     K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1.0]])

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 
-from engine.core.prediction import Prediction, PredictionError, load_prediction, save_prediction
+from engine.core.prediction import (
+    Prediction,
+    PredictionError,
+    PredictionWriter,
+    load_prediction,
+    prediction_arrays,
+    save_prediction,
+)
 
 N, H, W = 3, 6, 8
 
@@ -56,11 +65,57 @@ def test_our_file_round_trips_and_keeps_the_official_keys(tmp_path):
     assert not (tmp_path / "ours.npz.partial").exists()
 
 
+def our_prediction(seed: int) -> Prediction:
+    arrays = official_arrays(np.random.default_rng(seed))
+    arrays["intrinsics"] = np.asfortranarray(arrays["intrinsics"])  # numpy's own path for these
+    return Prediction(**arrays, sky=np.zeros((N, H, W), bool), source_paths=["a", "b", "c"],
+                      frame_indices=np.arange(N), model="da3-small", process_res=504)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_every_entry_holds_the_bytes_numpy_writes(tmp_path, compress):
+    """Large arrays go out from their own memory; the entries must still be np.savez's (or
+    np.savez_compressed's), byte for byte, so that every npz reader reads them."""
+    pred = our_prediction(4)
+    ours = save_prediction(pred, tmp_path / "ours.npz", compress=compress)
+    (np.savez_compressed if compress else np.savez)(tmp_path / "numpy.npz", **prediction_arrays(pred))
+    with zipfile.ZipFile(ours) as a, zipfile.ZipFile(tmp_path / "numpy.npz") as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        for name in b.namelist():
+            assert a.read(name) == b.read(name), name
+            assert a.getinfo(name).compress_type == b.getinfo(name).compress_type, name
+
+
+def test_a_file_written_in_two_parts_is_the_same_file(tmp_path):
+    pred = our_prediction(5)
+    writer = PredictionWriter(tmp_path / "two.npz")
+    writer.begin(image=pred.image)
+    assert writer.partial.exists() and not writer.path.exists()  # nothing to read yet
+    two = writer.finish(pred)
+    one = save_prediction(pred, tmp_path / "one.npz")
+    assert not writer.partial.exists()
+    with np.load(two, allow_pickle=False) as a, np.load(one, allow_pickle=False) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in b.files:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
+def test_an_array_written_first_must_be_the_predictions(tmp_path):
+    pred = our_prediction(6)
+    writer = PredictionWriter(tmp_path / "two.npz")
+    writer.begin(image=pred.image.copy())
+    with pytest.raises(ValueError, match="image written first"):
+        writer.finish(pred)
+    assert not writer.path.exists()
+
+
 @pytest.mark.parametrize("spoil, words", [
     (lambda a: a.pop("depth"), "lacks depth"),
     (lambda a: a.update(conf=a["conf"][:, :-1]), "conf has shape"),
     (lambda a: a["depth"].__setitem__((0, 0, 0), np.nan), "NaN"),
     (lambda a: a["depth"].__setitem__((0, 0, 0), -1.0), "negative"),
+    (lambda a: a["depth"].__setitem__((2, 5, 7), -np.inf), "depth holds NaN or infinite"),
+    (lambda a: a["conf"].__setitem__((1, 2, 3), np.inf), "conf holds NaN or infinite"),
     (lambda a: a["intrinsics"].__setitem__((1, 0, 0), 0.0), "focal length"),
     (lambda a: a.pop("extrinsics"), "no extrinsics"),
     (lambda a: [a.update({k: v[:0]}) for k, v in list(a.items())], "no usable view"),

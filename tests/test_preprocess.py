@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.worker import preprocess as pp
+from tests import media
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,6 +115,35 @@ def test_image_field_is_what_da3_stores():
     assert diff.min() >= 0 and diff.max() <= 1
 
 
+def test_batch_tables_give_the_arithmetic_exactly():
+    rgb = media.every_value(2)
+    batch = pp.make_batch(list(rgb))
+    assert np.array_equal(batch.rgb, rgb)
+    assert np.array_equal(batch.pixels, pp.normalise(rgb))
+    assert np.array_equal(batch.images, pp.denormalise_to_uint8(pp.normalise(rgb)))
+
+
+DEVICE_CHECK = r"""
+import numpy as np, torch
+from engine.worker import preprocess as pp
+from engine.worker.model import network_input
+from tests import media
+rgb = media.every_value(3)
+x = network_input(rgb, torch.device("cpu"))
+assert x.shape == (1, 3, 3, 14, 28) and x.dtype == torch.float32 and x.is_contiguous()
+assert np.array_equal(x[0].numpy(), pp.normalise(rgb))
+print("identical")
+"""
+
+
+def test_normalising_on_the_device_is_the_cpu_arithmetic_bit_for_bit(worker_python):
+    """The worker uploads uint8 views and normalises them where the network runs (a table
+    lookup, so any device gives the CPU's float32 values; checked here on the CPU)."""
+    out = subprocess.run([str(worker_python), "-c", DEVICE_CHECK], cwd=REPO, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("identical"), out.stderr[-3000:]
+
+
 def test_default_intrinsics_have_the_documented_field_of_view():
     K = pp.default_intrinsics(2, 378, 504)
     assert K.shape == (2, 3, 3)
@@ -128,8 +158,10 @@ sys.path.append(sys.argv[1])  # torchvision (+ imageio) for DA3's own InputProce
 # a torchvision wheel built for another torch cannot register its C++ ops; transforms need none
 sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
 import numpy as np
+import torch
 from depth_anything_3.utils.io.input_processor import InputProcessor
 from engine.worker import preprocess as pp
+from engine.worker.model import network_input
 from tests import media
 rng = np.random.default_rng(0)
 cases = [[media.scene(480, 640, 1)], [media.scene(1080, 1920, 2)], [media.scene(300, 400, 3)],
@@ -142,6 +174,7 @@ for imgs in cases:
         lib, _, lib_k = InputProcessor()(imgs, None, K, res, "upper_bound_resize", num_workers=1)
         ours = pp.preprocess(imgs, res, intrinsics=list(K))
         assert np.array_equal(lib.numpy(), ours.pixels), (res, [im.shape for im in imgs])
+        assert torch.equal(lib, network_input(ours.rgb, torch.device("cpu"))[0]), res
         assert np.allclose(lib_k.numpy(), ours.intrinsics, rtol=1e-6, atol=1e-4)
 print("identical")
 """

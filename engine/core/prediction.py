@@ -72,11 +72,9 @@ class Prediction:
         return w2c
 
 
-def save_prediction(pred: Prediction, path: str | os.PathLike, compress: bool = False) -> Path:
-    """Write ``pred`` to ``path`` atomically (a reader never sees a half-written file)."""
-    validate(pred)
-    path = Path(path)
-    arrays = {"depth": pred.depth.astype(np.float32), "intrinsics": pred.intrinsics}
+def prediction_arrays(pred: Prediction) -> dict[str, np.ndarray]:
+    """The file's arrays by key: DA3's layout and our extras (the one definition of both)."""
+    arrays = {"depth": np.asarray(pred.depth, dtype=np.float32), "intrinsics": pred.intrinsics}
     optional = {"image": pred.image, "conf": pred.conf, "extrinsics": pred.extrinsics,
                 "sky": pred.sky, "frame_indices": pred.frame_indices,
                 "fused_vertices": pred.fused_vertices, "fused_faces": pred.fused_faces,
@@ -89,11 +87,62 @@ def save_prediction(pred: Prediction, path: str | os.PathLike, compress: bool = 
     arrays["process_res"] = np.array(int(pred.process_res))
     if pred.fused_settings:
         arrays["fused_settings"] = np.array(pred.fused_settings, dtype=str)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    return arrays
+
+
+class PredictionWriter:
+    """Writes a prediction file in two parts: ``begin`` the arrays known early (the worker writes
+    the image while the network runs), ``finish`` the rest once the prediction is complete. Each
+    part leaves a closed, valid npz at ``partial``; the file appears at ``path`` only at the end,
+    so a reader never sees a half-written one."""
+
+    def __init__(self, path: str | os.PathLike, compress: bool = False):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.compress = compress
+        self.written: dict[str, np.ndarray] = {}
+
+    def begin(self, **arrays: np.ndarray) -> None:
+        """Write these arrays first; ``finish`` checks that the prediction holds the same ones."""
+        write_npz(self.partial, arrays, "w", self.compress)
+        self.written = arrays
+
+    def finish(self, pred: Prediction) -> Path:
+        validate(pred)
+        arrays = prediction_arrays(pred)
+        for key, value in self.written.items():
+            if arrays.get(key) is not value:
+                raise ValueError(f"the {key} written first is not the prediction's")
+        rest = {k: v for k, v in arrays.items() if k not in self.written}
+        write_npz(self.partial, rest, "a" if self.written else "w", self.compress)
+        os.replace(self.partial, self.path)
+        return self.path
+
+
+def save_prediction(pred: Prediction, path: str | os.PathLike, compress: bool = False) -> Path:
+    """Write ``pred`` to ``path`` atomically (a reader never sees a half-written file)."""
+    return PredictionWriter(path, compress).finish(pred)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], mode: str = "w",
+              compress: bool = False) -> None:
+    """``np.savez`` (``np.savez_compressed`` with ``compress``) of ``arrays``, or (``mode`` "a")
+    the same entries added to an existing npz."""
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, mode, compression=compression, allowZip64=True) as npz:
+        for key, value in arrays.items():
+            with npz.open(key + ".npy", "w", force_zip64=True) as entry:  # as np.savez does
+                write_npy(entry, np.asanyarray(value))
+
+
+def write_npy(entry, array: np.ndarray) -> None:
+    """The bytes ``np.lib.format.write_array`` writes, but a C-ordered plain array goes out in one
+    piece from its own memory (write_array copies it in 16 MiB pieces into a zip entry)."""
+    if not (array.flags.c_contiguous and array.dtype.kind in "biuf"):
+        np.lib.format.write_array(entry, array, allow_pickle=False)
+        return
+    np.lib.format.write_array_header_1_0(entry, np.lib.format.header_data_from_array_1_0(array))
+    entry.write(memoryview(array.reshape(-1).view(np.uint8)))
 
 
 def load_prediction(path: str | os.PathLike) -> Prediction:
@@ -162,13 +211,13 @@ def validate(pred: Prediction) -> None:
         raise PredictionError(f"{n} views but no extrinsics: cannot place the views in one scene")
     if pred.source_paths and len(pred.source_paths) != n:
         raise PredictionError(f"{len(pred.source_paths)} source paths for {n} views")
-    if not np.all(np.isfinite(depth)):
+    if not _all_finite(depth):
         raise PredictionError("depth holds NaN or infinite values: the file is corrupt")
-    if np.any(depth < 0):
+    if depth.min() < 0:
         raise PredictionError("depth holds negative values: the file is corrupt")
     for key in ("intrinsics", "extrinsics", "conf"):
         arr = getattr(pred, key)
-        if arr is not None and not np.all(np.isfinite(arr)):
+        if arr is not None and not _all_finite(arr):
             raise PredictionError(f"{key} holds NaN or infinite values: the file is corrupt")
     focal = pred.intrinsics[:, [0, 1], [0, 1]]
     if np.any(focal <= 0):
@@ -176,6 +225,12 @@ def validate(pred: Prediction) -> None:
     _check_fused(pred)
     if pred.image is not None and pred.image.dtype != np.uint8:
         raise PredictionError(f"image has dtype {pred.image.dtype}; expected uint8 RGB")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """Whether every value is finite, from the extremes alone (NaN and infinities reach them),
+    which reads the array without the boolean copy of ``np.isfinite``."""
+    return arr.size == 0 or bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
 
 
 def _check_fused(pred: Prediction) -> None:

@@ -55,7 +55,7 @@ class Job:
     max_frames: int = int(MAX_FRAMES.default)  # video: how many frames to keep (0 = use fps)
     fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
     # video: "count" and "fps" split it into windows by max_frames / fps (as before this field);
-    # "motion" keeps frames by parallax (engine.keyframes), at most max_frames
+    # "motion" keeps frames by parallax (engine.worker.keyframes), at most max_frames
     sampling: str = "count"
     keyframe_cache: str = ""  # "motion": folder of cached selections (shared with the panel)
     chunk_size: int = 0  # views per forward pass; 0 = all that fit (measured above 16 views)

@@ -25,7 +25,7 @@ space that no view could see is treated as solid. Every piece that lies where th
 is kept (an object may be several parts), specks and inside-out bubbles are dropped: every
 kept part is closed.
 
-``engine.fusion_torch`` runs the array-heavy stages (:class:`Stages`: pixel weights,
+``engine.fusion.tsdf_torch`` runs the array-heavy stages (:class:`Stages`: pixel weights,
 integration, meshing, connected pieces) on a torch device; planning, allocation and clean-up
 are shared.
 """
@@ -58,7 +58,7 @@ GRAZING_COS, FULL_COS = 0.05, 0.25
 RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE = 5.0, 75.0
 # A second, coarser pass aims this far under the face budget (the count is not exact).
 BUDGET_AIM = 0.9
-# Once the views agree (engine.consistency), the truncation band spans this many robust sigmas
+# Once the views agree (engine.fusion.consistency), the truncation band spans this many robust sigmas
 # of their remaining disagreement.
 TRUNCATION_SIGMAS = 4.0
 # Object mode: the object is what at least this share of the views hold in their image.
@@ -93,12 +93,12 @@ class TSDFOptions:
         floor of 1.05 alone drops DA3's background (confidence 1.0).
     object_mode: isolate one object photographed from around it (see the module doc).
     consistent_views: correct each view's smooth depth error and pose so that the views
-        agree, and silence pixels that other views see through (``engine.consistency``).
+        agree, and silence pixels that other views see through (``engine.fusion.consistency``).
     max_faces: 0 for no limit, else the surface is fused again with coarser voxels when it
         has more triangles than this.
     smooth_iterations: Taubin lambda|mu passes over the mesh (0: none), and
     max_hole_edges: border loops up to this many edges are closed (0: none); see
-        ``engine.mesh_cleanup``.
+        ``engine.fusion.mesh_cleanup``.
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying
@@ -240,7 +240,7 @@ class Volume:
 @dataclass(frozen=True)
 class Stages:
     """The array-heavy stages of :func:`fuse_tsdf`, swappable as one set: numpy here,
-    ``engine.fusion_torch.torch_stages`` on a torch device. Each takes and returns numpy arrays,
+    ``engine.fusion.tsdf_torch.torch_stages`` on a torch device. Each takes and returns numpy arrays,
     so planning, allocation and clean-up stay shared and the two paths give the same mesh."""
 
     weigh: Callable  # (pred, options) -> (N,H,W) float32 surface-vote weights
@@ -263,7 +263,7 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     progress : callable(fraction, message), optional
         Called between steps with a fraction in [0, 1].
     stages : Stages, optional
-        The array-heavy stages (default :data:`NUMPY_STAGES`; ``engine.fusion_torch`` passes
+        The array-heavy stages (default :data:`NUMPY_STAGES`; ``engine.fusion.tsdf_torch`` passes
         its GPU versions).
 
     Returns
@@ -409,7 +409,7 @@ def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:
 def confidence_weights(conf: np.ndarray | None) -> np.ndarray | None:
     """Map DA3's confidence (>= 1, unbounded) to [0,1]: from 0 at P5 to 1 from P75.
 
-    A ramp on top of the floor (:func:`engine.geometry.confident_pixels`), so that views of
+    A ramp on top of the floor (:func:`engine.core.geometry.confident_pixels`), so that views of
     middling confidence still help where nothing better saw the surface.
     """
     if conf is None:
@@ -585,7 +585,7 @@ def seen_by_fraction(points: np.ndarray, views: list[View]) -> np.ndarray:
 
 def project(points: np.ndarray, view: View):
     # not points @ R.T: OpenBLAS's threads stall that product on a busy machine (see
-    # engine.consistency.transform): 1.1 s of a room's fusion went here, 0.1 s written out
+    # engine.fusion.consistency.transform): 1.1 s of a room's fusion went here, 0.1 s written out
     x, y, z = transform(view.R, view.t, np.asarray(points, np.float64).T)
     safe = np.where(np.abs(z) > 1e-12, z, 1e-12)
     return view.K[0, 0] * x / safe + view.K[0, 2], view.K[1, 1] * y / safe + view.K[1, 2], z
@@ -828,7 +828,7 @@ def surface_block_keys(grid: Grid, view: View, offsets: tuple[float, ...]) -> np
 
 
 # --------------------------------------------------------------------------------------------
-# fine integration (the hot loop; engine.fusion_torch has the same on a torch device)
+# fine integration (the hot loop; engine.fusion.tsdf_torch has the same on a torch device)
 
 
 def local_offsets() -> np.ndarray:

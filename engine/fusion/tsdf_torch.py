@@ -1,6 +1,6 @@
 """TSDF fusion with its array-heavy stages on a torch device (the GPU, in the worker).
 
-The worker imports this when torch is present. Each stage is ``engine.fusion``'s, step for
+The worker imports this when torch is present. Each stage is ``engine.fusion.tsdf``'s, step for
 step (same weights, votes, cases and order of operations; float64 where numpy computes in
 float64), so the two paths give the same mesh up to float32 summation order. Planning,
 allocation and clean-up are the shared numpy code: they take a fraction of the time. torch is

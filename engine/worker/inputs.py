@@ -11,7 +11,7 @@ Runs in the worker (and in plain tests) with numpy + OpenCV only.
 * A video is split into equal sampling windows (``max_frames`` of them, or as many as ``fps``
   asks for) and the sharpest frame of each window (variance of the Laplacian on a small grey
   copy) is kept, so motion-blurred frames lose to clean ones; or (sampling "motion") the
-  keyframes of ``engine.keyframes``: enough parallax between kept frames, no blur, no duplicates.
+  keyframes of ``engine.worker.keyframes``: enough parallax between kept frames, no blur, no duplicates.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ import numpy as np
 from ..core.protocol import window_count
 from ..core.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, image_folder
 
+# Images decoded at once: enough to keep the cores busy; each holds one full-size image.
+READ_THREADS = min(8, os.cpu_count() or 1)
 SHARPNESS_SIZE = 256  # long side of the grey copy that sharpness is measured on
 MAX_CANDIDATES_PER_WINDOW = 12  # frames scored per sampling window; the rest are only grabbed
 
@@ -146,18 +149,30 @@ def read_image(path: str | Path) -> np.ndarray | None:
 def read_images(paths: list[Path], progress: Progress | None = None,
                 cancelled: IsCancelled | None = None,
                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
-    """Decode each image (``transform`` shrinks it at once so huge files do not pile up)."""
-    frames, skipped = [], []
-    for i, path in enumerate(paths):
-        if cancelled is not None and cancelled():
-            break
+    """Decode each image (``transform`` shrinks it at once so huge files do not pile up),
+    ``READ_THREADS`` at a time (OpenCV releases the GIL while it decodes and resizes); the frames
+    keep the order of ``paths``."""
+
+    def load(path: Path) -> np.ndarray | None:
         rgb = read_image(path)
-        if rgb is None:
-            skipped.append(str(path))
-        else:
-            frames.append(Frame(transform(rgb) if transform else rgb, str(path)))
-        if progress is not None:
-            progress(i + 1, len(paths))
+        return transform(rgb) if rgb is not None and transform is not None else rgb
+
+    frames, skipped = [], []
+    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="decode")
+    try:
+        decoded = [pool.submit(load, path) for path in paths]
+        for i, (path, future) in enumerate(zip(paths, decoded, strict=True)):
+            if cancelled is not None and cancelled():
+                break
+            rgb = future.result()
+            if rgb is None:
+                skipped.append(str(path))
+            else:
+                frames.append(Frame(rgb, str(path)))
+            if progress is not None:
+                progress(i + 1, len(paths))
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a cancel or an error: only those under way finish
     return FrameSet(frames, skipped)
 
 
@@ -303,7 +318,7 @@ def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None 
                          cancelled: IsCancelled | None = None,
                          transform: Callable[[np.ndarray], np.ndarray] | None = None,
                          cache_dir: str | None = None) -> FrameSet:
-    """Keyframes by motion (``engine.keyframes``, at most ``max_frames``), then a second pass
+    """Keyframes by motion (``engine.worker.keyframes``, at most ``max_frames``), then a second pass
     that decodes only those. The selection is cached in ``cache_dir`` (shared with the panel's
     count, so a counted video is not analysed twice)."""
     from .keyframes import KeyframeOptions, select_video_keyframes, thin_to_budget

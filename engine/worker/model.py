@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocess import DEFAULT_FOV_X_DEG, default_intrinsics
+from .preprocess import DEFAULT_FOV_X_DEG, NORMALISED, default_intrinsics
 
 METRIC_FOCAL_DIVISOR = 300.0  # DA3 metric depth: metres = focal_px * output / 300
 SKY_THRESHOLD = 0.5  # OutputProcessor's ``sky >= 0.5`` (the network itself masks at 0.3)
@@ -215,15 +215,33 @@ class reporting_steps:
             handle.remove()
 
 
-def forward(net, pixels: np.ndarray, device, dtype=None) -> dict:
-    """One raw network call on (N,3,H,W) normalised views seen together; outputs on the CPU.
+def network_input(rgb: np.ndarray, device):
+    """(N,H,W,3) uint8 views (``preprocess.Batch.rgb``) -> the network's (1,N,3,H,W) float32 input
+    on ``device``, normalised there.
+
+    The views travel as uint8, a quarter of the float32 bytes, and normalising is a gather from
+    ``preprocess.NORMALISED`` (no arithmetic on the device), so the input equals
+    ``preprocess.normalise`` bit for bit on every device.
+    """
+    import torch
+
+    table = torch.from_numpy(NORMALISED).to(device).reshape(-1)  # channel c's values at 256 c + v
+    views = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    index = views.permute(0, 3, 1, 2).to(torch.int32, memory_format=torch.contiguous_format)
+    index += torch.arange(0, 3 * 256, 256, dtype=torch.int32, device=device).reshape(1, 3, 1, 1)
+    return table.index_select(0, index.reshape(-1)).reshape(index.shape)[None]
+
+
+def forward(net, rgb: np.ndarray, device, dtype=None) -> dict:
+    """One raw network call on (N,H,W,3) uint8 views seen together (normalised on ``device``:
+    ``network_input``); outputs on the CPU.
 
     Seeded so that the sky-depth quantile (sampled when a view has >100k non-sky pixels) is
     reproducible.
     """
     import torch
 
-    x = torch.from_numpy(pixels).to(device)[None].float()
+    x = network_input(rgb, device)
     torch.manual_seed(0)
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=dtype,
                                                 enabled=dtype is not None):
@@ -254,9 +272,9 @@ def to_views(raw: dict, metric_raw_depth: bool = False,
     conf = raw["depth_conf"][0] if "depth_conf" in raw else None
     sky = raw["sky"][0] >= SKY_THRESHOLD if "sky" in raw else None
     is_metric = bool(raw.get("is_metric", 0)) or metric_raw_depth
-    return Views(depth.astype(np.float32), intrinsics.astype(np.float64),
+    return Views(depth.astype(np.float32, copy=False), intrinsics.astype(np.float64),
                  None if extrinsics is None else extrinsics[:, :3, :4].astype(np.float64),
-                 None if conf is None else conf.astype(np.float32), sky, is_metric)
+                 None if conf is None else conf.astype(np.float32, copy=False), sky, is_metric)
 
 
 def identity_extrinsics(n: int) -> np.ndarray:

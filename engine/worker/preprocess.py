@@ -13,6 +13,12 @@ Reproduces ``depth_anything_3.utils.io.input_processor.InputProcessor`` bit for 
 
 cv2, not PIL, does the resizing: PIL's bicubic differs from cv2's by up to 0.12 after
 normalisation, which changes the network's output.
+
+Speed: a batch keeps its views as uint8 (``Batch.rgb``); the worker uploads those and normalises
+on its device (``model.network_input``) by looking up ``NORMALISED``, a table of step 4's float32
+values for the 256 values of each channel, made by ``normalise`` itself: the input is the same bit
+for bit on every device, and a quarter of the bytes travels. The stored image comes from the same
+kind of table (``DENORMALISED``: ``stored_images``), not from a float64 pass over the batch.
 """
 
 from __future__ import annotations
@@ -33,14 +39,24 @@ DEFAULT_FOV_X_DEG = 60.0  # monocular presets predict no camera: assume this hor
 class Batch:
     """Network-ready views."""
 
-    pixels: np.ndarray  # (N,3,H,W) float32, normalised
-    images: np.ndarray  # (N,H,W,3) uint8, what DA3 stores as ``image`` in its npz export
+    rgb: np.ndarray  # (N,H,W,3) uint8 after steps 1-3 and 5: the network's input before step 4
     intrinsics: np.ndarray | None  # (N,3,3) given intrinsics in processed pixels, if any
 
     @property
     def size(self) -> tuple[int, int]:
         """(height, width) of every view."""
-        return int(self.pixels.shape[2]), int(self.pixels.shape[3])
+        return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(N,3,H,W) float32, normalised on the CPU (the worker normalises on its device)."""
+        return normalise(self.rgb)
+
+    @property
+    def images(self) -> np.ndarray:
+        """(N,H,W,3) uint8, what DA3 stores as ``image`` in its npz export, made on each access
+        (the worker makes it once, in a thread: ``stored_images``)."""
+        return stored_images(self.rgb)
 
 
 def bound_size(w: int, h: int, process_res: int) -> tuple[int, int]:
@@ -118,15 +134,34 @@ def denormalise_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
+def _value_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Step 4 and DA3's denormalisation for every uint8 value of every channel, computed by
+    ``normalise`` and ``denormalise_to_uint8`` themselves: both work value by value, so a lookup
+    in these tables gives their results exactly."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)[None, None]  # (1,1,256,3)
+    normalised = normalise(values)  # (1,3,1,256)
+    return normalised[0, :, 0, :].copy(), denormalise_to_uint8(normalised)[0, 0].copy()
+
+
+NORMALISED, DENORMALISED = _value_tables()  # (3,256) float32 by channel; (256,3) uint8 by value
+
+
+def stored_images(rgb: np.ndarray) -> np.ndarray:
+    """(N,H,W,3) uint8 -> ``denormalise_to_uint8(normalise(rgb))``, by table lookup."""
+    n, h, w, _ = rgb.shape
+    table = DENORMALISED.reshape(256, 1, 3)  # cv2.LUT: one table per channel
+    return cv2.LUT(rgb.reshape(n * h, w, 3), table).reshape(n, h, w, 3)
+
+
 def make_batch(resized: list[np.ndarray], intrinsics: list[np.ndarray] | None = None) -> Batch:
-    """Steps 4-5 on images already passed through ``resize_for_network``."""
+    """Step 5 on images already passed through ``resize_for_network`` (step 4 is left to
+    ``Batch.pixels`` or the device: ``model.network_input``)."""
     if not resized:
         raise ValueError("no image to process")
     if len({im.shape for im in resized}) > 1:
         resized, intrinsics = centre_crop_to_common(resized, intrinsics)
-    pixels = normalise(np.stack(resized))
     K = np.stack(intrinsics) if intrinsics is not None else None
-    return Batch(pixels, denormalise_to_uint8(pixels), K)
+    return Batch(np.stack(resized), K)
 
 
 def preprocess(images: list[np.ndarray], process_res: int = 504,

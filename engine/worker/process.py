@@ -3,10 +3,11 @@ Python).
 
 Reads the job (``protocol.Job``), decodes and preprocesses the frames in a thread while the
 model loads (a video's frames by windows, or its keyframes by motion: ``job.sampling``), runs the
-network once for all views, and writes one prediction file (``prediction.save_prediction``).
+network once for all views, and writes one prediction file (``prediction.PredictionWriter``: the
+image while the network runs, the rest after it).
 
-Views that do not fit one pass run in overlapping chunks (``engine.chunking``), each placed into
-view 0's frame and scale by a robust Sim(3) fit (``engine.align``): ``job.chunk_size`` views per
+Views that do not fit one pass run in overlapping chunks (``engine.worker.chunking``), each placed into
+view 0's frame and scale by a robust Sim(3) fit (``engine.worker.align``): ``job.chunk_size`` views per
 pass, or as many as two probe forwards say fit (only above ``CHUNK_PROBE_ABOVE`` views); an
 out-of-memory error in the one pass continues in chunks of half the views, with a warning.
 
@@ -287,6 +288,9 @@ class Run:
     cache: ModelCache = field(default_factory=ModelCache)
     timings: dict = field(default_factory=dict)
     frames_future: object = None
+    writer: object = None  # prediction.PredictionWriter of the output's temporary file
+    image: object = None  # Futures (``start_writing``): the stored image, made in a thread...
+    image_written: object = None  # ...and written there as the file's first part
     peak_gpu_mib: float | None = None
     model: LoadedModel | None = None
     model_reused: bool = False
@@ -467,7 +471,7 @@ def infer(run: Run, net, device, dtype, batch):
     from .model import concat_views, eta, forward, to_views
     from .preprocess import DEFAULT_FOV_X_DEG
 
-    n = batch.pixels.shape[0]
+    n = batch.rgb.shape[0]
     h, w = batch.size
     run.emitter.stage("inference", f"{n} view(s) at {w}x{h} on {device.type}")
     metric_raw = run.preset.metric and not run.preset.multi_view
@@ -486,7 +490,7 @@ def infer(run: Run, net, device, dtype, batch):
             parts = []
             for i in range(n):
                 run.cancel.check()
-                parts.append(to_views(forward(net, batch.pixels[i:i + 1], device, dtype),
+                parts.append(to_views(forward(net, batch.rgb[i:i + 1], device, dtype),
                                       metric_raw, fov))
                 run.emitter.progress("inference", i + 1, n, eta(i + 1, n, time.monotonic() - start))
             views = concat_views(parts)
@@ -504,13 +508,13 @@ def infer_multi_view(run: Run, net, device, dtype, batch, step_done, fov: float)
     from .chunking import is_out_of_memory
     from .model import forward, reporting_steps, to_views
 
-    n = batch.pixels.shape[0]
+    n = batch.rgb.shape[0]
     size = chunk_size_for(run, net, device, dtype, batch)
     if size >= n:
         try:
             with reporting_steps(net, step_done) as steps:
                 run.emitter.progress("inference", 0, steps.total)
-                return to_views(forward(net, batch.pixels, device, dtype), False, fov)
+                return to_views(forward(net, batch.rgb, device, dtype), False, fov)
         except Exception as exc:
             if not is_out_of_memory(exc) or n // 2 < MIN_CHUNK:
                 raise
@@ -528,7 +532,7 @@ def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     """The job's chunk size, or the views that fit as measured by two probe forwards."""
     from .chunking import fitting_chunk_size
 
-    n = batch.pixels.shape[0]
+    n = batch.rgb.shape[0]
     if run.job.chunk_size > 0:
         return max(MIN_CHUNK, run.job.chunk_size)
     if n <= CHUNK_PROBE_ABOVE:
@@ -554,8 +558,8 @@ def probe_memory(run: Run, net, device, dtype, batch) -> tuple[int, list | None]
     try:
         with reporting_steps(net, lambda done, total: run.cancel.check()):
             size, _, probes = measure_chunk_size(
-                lambda k: forward(net, batch.pixels[:k], device, dtype), str(device),
-                max_views=batch.pixels.shape[0], baseline=baseline)
+                lambda k: forward(net, batch.rgb[:k], device, dtype), str(device),
+                max_views=batch.rgb.shape[0], baseline=baseline)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -585,7 +589,7 @@ def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
     from .chunking import is_out_of_memory, predict_in_chunks
     from .model import Views, forward, reporting_steps, to_views
 
-    n, emitter = batch.pixels.shape[0], run.emitter
+    n, emitter = batch.rgb.shape[0], run.emitter
     overlap = run.job.chunk_overlap or max(1, size // 2)
     covered, metric, eta_at = [0], [False], [None, 0.0]  # eta_at: (ETA, when it was given)
 
@@ -599,7 +603,7 @@ def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
             emitter.progress("inference", covered[0] + new * done // (total + 1), n, left)
 
         with reporting_steps(net, step_done):
-            views = to_views(forward(net, batch.pixels[indices], device, dtype), False, fov)
+            views = to_views(forward(net, batch.rgb[indices], device, dtype), False, fov)
         metric[0] = views.is_metric
         return views
 
@@ -653,7 +657,8 @@ def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -
                       "use fewer frames, a lower processing resolution or a smaller model") from exc
 
 
-def assemble(run: Run, views, batch, frames):
+def assemble(run: Run, views, frames):
+    """The prediction, with the stored image ``start_writing`` made."""
     import numpy as np
 
     from ..core.prediction import Prediction
@@ -663,7 +668,7 @@ def assemble(run: Run, views, batch, frames):
     extrinsics = views.extrinsics if views.extrinsics is not None else identity_extrinsics(n)
     return Prediction(
         depth=views.depth, intrinsics=views.intrinsics, extrinsics=extrinsics, conf=views.conf,
-        image=batch.images, sky=views.sky, is_metric=views.is_metric,
+        image=run.image.result(), sky=views.sky, is_metric=views.is_metric,
         source_paths=[f.source for f in frames],
         frame_indices=np.array([f.index for f in frames], dtype=np.int64),
         model=run.preset.name, process_res=int(run.job.process_res))
@@ -678,7 +683,7 @@ def fuse(run: Run, pred) -> None:
     from ..fusion.tsdf import TSDFOptions
     from ..fusion.tsdf_torch import fuse_tsdf
 
-    settings = dict(run.job.tsdf)  # engine.options.fusion_settings
+    settings = dict(run.job.tsdf)  # engine.core.options.fusion_settings
     run.emitter.stage("fusing", "fusing the views into one surface")
     start = time.monotonic()
 
@@ -699,18 +704,31 @@ def fuse(run: Run, pred) -> None:
     run.timings["fuse"] = round(time.monotonic() - start, 3)
 
 
+def start_writing(run: Run, batch, pool: ThreadPoolExecutor) -> None:
+    """Make the stored image and write it into the output's temporary file in ``pool`` while the
+    network runs, so that ``write`` has only the network's arrays left; the partial file goes if
+    the job fails."""
+    from ..core.prediction import PredictionWriter
+    from .preprocess import stored_images
+
+    output = Path(run.job.output)
+    run.writer = PredictionWriter(output.with_name(output.name + ".tmp.npz"))
+    run.cancel.cleanup.paths += [run.writer.path, run.writer.partial]
+    run.image = pool.submit(stored_images, batch.rgb)
+    run.image_written = pool.submit(lambda: run.writer.begin(image=run.image.result()))
+
+
 def write(run: Run, pred) -> Path:
-    """Write next to the target, then move it in place and report done as one step."""
-    from ..core.prediction import PredictionError, save_prediction
+    """Finish the file ``start_writing`` began, then move it in place and report done as one
+    step."""
+    from ..core.prediction import PredictionError
 
     output = Path(run.job.output)
     run.emitter.stage("writing", f"writing {output.name}")
     start = time.monotonic()
-    tmp = output.with_name(output.name + ".tmp.npz")
-    run.cancel.cleanup.paths += [tmp, tmp.with_name(tmp.name + ".partial")]
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        save_prediction(pred, tmp)
+        run.image_written.result()
+        tmp = run.writer.finish(pred)
     except PredictionError as exc:
         raise WorkerError("internal", f"the network's output is unusable: {exc}") from None
     except OSError as exc:
@@ -743,17 +761,25 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken, cache: ModelCa
             run.abandoned.set()  # stops the reader at its next frame; it is not needed any more
             raise
         found = frames_or_error(run.frames_future, run)
-    with timed(run, "make_batch"):  # normalising on the CPU: 0.3-1 s for 100 views
+    with timed(run, "make_batch"):  # stacking uint8 views: the device normalises them
         batch = make_batch([f.rgb for f in found.frames])
     cancel.check()
-    reset_peak_gpu(model.device)
-    views = infer(run, model.net, model.device, model.dtype, batch)
-    cancel.check()
-    with timed(run, "assemble"):
-        pred = assemble(run, views, batch, found.frames)
-    if job.tsdf:
-        fuse(run, pred)
-    write(run, pred)
+    predict_and_write(run, model, batch, found.frames)
+
+
+def predict_and_write(run: Run, model: LoadedModel, batch, frames) -> None:
+    """The network, the prediction and its file, whose image is written while the network runs
+    (on failure the pool waits for that write, so the partial file can be removed)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writing") as pool:
+        start_writing(run, batch, pool)
+        reset_peak_gpu(model.device)
+        views = infer(run, model.net, model.device, model.dtype, batch)
+        run.cancel.check()
+        with timed(run, "assemble"):
+            pred = assemble(run, views, frames)
+        if run.job.tsdf:
+            fuse(run, pred)
+        write(run, pred)
 
 
 class timed:

@@ -262,7 +262,7 @@ def save_random(preset_name: str, folder: Path, seed: int = 0) -> Path:
 
 def download_with_events(model: str, folder: Path) -> int:
     """``download`` for the panel's Download button: progress and the outcome as the worker's
-    JSON-lines events (engine.protocol), a failure as one ``error`` event naming the folder."""
+    JSON-lines events (engine.core.protocol), a failure as one ``error`` event naming the folder."""
     from ..core.protocol import encode
 
     preset = get_preset(model)

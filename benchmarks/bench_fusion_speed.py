@@ -10,7 +10,10 @@ The scene is the ray-cast room of tests/test_align.py (walls and pillars, camera
 at full DA3 resolution, with DA3-like depth noise, a confidence map and colour, so no Blender is
 needed and it runs on a GPU machine as it is. Each path runs once to warm up (CUDA context,
 kernels), then ``--repeat`` times; the best and the median wall time and each stage's seconds are
-printed, with the faces produced (both paths must agree) and the GPU allocator's peak.
+printed, with the faces produced (both paths must agree) and the GPU allocator's peak. The stages
+are fusion's laps: weigh, plan, consistency (the views made to agree), replan, allocate,
+integrate, mesh, pieces (vertex colours, connected pieces) and clean (holes, smoothing); the
+torch path runs all but plan, replan and allocate on the device (pieces: its connected pieces).
 ``--profile N`` adds one more numpy run under cProfile and prints its N most expensive functions
 (own time). On a machine shared with other work, compare timings taken in the same run.
 Quality is bench_fusion.py's job.

@@ -2,7 +2,8 @@
 
     python tests/fuse_with_torch.py PREDICTION.npz OUT.npz '{"resolution": 64}' [DEVICE]
 
-Writes the mesh (v, f) to OUT.npz and prints the device used as JSON.
+Writes the mesh (v, f) to OUT.npz and prints the device used as JSON. Tensors made without
+naming a device land on 'meta' here and fail: what passes on the CPU keeps to one device on a GPU.
 """
 
 import json
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -20,6 +22,7 @@ from engine.fusion import tsdf_torch as fusion_torch  # noqa: E402
 if __name__ == "__main__":
     source, target, options = sys.argv[1:4]
     device = sys.argv[4] if len(sys.argv) > 4 else None
+    torch.set_default_device("meta")
     mesh = fusion_torch.fuse_tsdf(load_prediction(source), fusion.TSDFOptions(**json.loads(options)),
                                   device=device)
     np.savez(target, v=mesh.vertices, f=mesh.faces)

@@ -3,14 +3,20 @@ every check compares with depth ray-cast from the true cameras, never with the f
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 from room import ray_cast, room_truth
 
+from engine.core.prediction import save_prediction
 from engine.fusion import consistency
 from engine.fusion import tsdf as fusion
 
 H, W, VIEWS = 96, 128, 24
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +87,14 @@ def test_smooth_depth_errors_are_corrected(truth):
     assert error_after < 0.7 * error_before, (error_before, error_after)  # 0.44% -> 0.27%
 
 
+def with_floater(pred):
+    """``pred`` with a floater in front of view 0's wall, confidently (changed in place)."""
+    pred.depth[0, 30:50, 40:70] *= 0.6
+    return pred
+
+
 def test_pixels_floating_where_others_see_through_lose_their_vote(truth):
-    pred = room_truth(VIEWS, H, W)
-    pred.depth[0, 30:50, 40:70] *= 0.6  # a floater in front of the wall, confidently
+    pred = with_floater(room_truth(VIEWS, H, W))
     views = views_of(pred)
     floating = np.zeros((H, W), bool)
     floating[30:50, 40:70] = views[0].weight[30:50, 40:70] > 0
@@ -101,3 +112,30 @@ def test_fusion_reports_the_views_agreement(truth):
     assert report["disagreement_after"] < report["disagreement_before"]
     off = fusion.fuse_tsdf(truth, fusion.TSDFOptions(resolution=64, consistent_views=False))
     assert off.stats["consistency"] is None
+
+
+def test_views_looked_up_at_once_change_nothing(truth):
+    """Several views per look-up step (as the GPU runs it) give the one-by-one answer."""
+    one, many = (views_of(with_floater(smooth_errors(truth))) for _ in range(2))
+    assert consistency.make_consistent(one) == consistency.make_consistent(many, views_at_once=5)
+    for a, b in zip(one, many, strict=True):
+        assert np.array_equal(a.depth, b.depth) and np.array_equal(a.weight, b.weight)
+
+
+def test_torch_path_makes_the_same_views(truth, worker_python, tmp_path):
+    """engine.fusion.consistency on torch (many views per look-up, as on the worker's GPU) corrects the
+    depth as numpy does and silences the same pixels, in a subprocess of the worker's Python."""
+    path = save_prediction(with_floater(smooth_errors(truth)), tmp_path / "room.npz")
+    out = tmp_path / "views.npz"
+    done = subprocess.run([str(worker_python), str(REPO / "tests" / "torch_stages.py"),
+                           "consistency", str(path), str(out), "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = np.load(out)
+    ours, theirs = json.loads(str(got["reports"]))
+    assert theirs == pytest.approx(ours, rel=1e-9)
+    assert ours["disagreement_after"] < 0.5 * ours["disagreement_before"]  # the fit did work
+    np.testing.assert_allclose(got["depth_torch"], got["depth_numpy"], rtol=1e-6)
+    assert np.mean(got["weight_torch"] != got["weight_numpy"]) < 1e-5
+    for weight in (got["weight_numpy"], got["weight_torch"]):
+        assert np.mean(weight[0, 30:50, 40:70] == 0) > 0.95  # the floater is silenced

@@ -180,8 +180,10 @@ def test_no_usable_pixel_is_one_line_error():
 
 @pytest.mark.parametrize("object_mode", [True, False])
 def test_torch_path_agrees_with_numpy(mug, worker_python, tmp_path, object_mode):
-    """Every torch stage (weights, integration, meshing with the front-side test in scene mode,
-    connected pieces) gives numpy's mesh, in a real subprocess of the worker's Python."""
+    """Every torch stage (weights, the views' consistency, integration, meshing with the
+    front-side test in scene mode, connected pieces, hole filling) gives numpy's mesh, in a real
+    subprocess of the worker's Python (tests/test_consistency.py and tests/test_mesh_cleanup.py
+    hold the consistency and the clean-up to tighter tolerances, smoothing included)."""
     _, degraded = mug
     path = save_prediction(degraded.prediction, tmp_path / "mug.npz")
     out = tmp_path / "mesh.npz"

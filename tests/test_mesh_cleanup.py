@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import bpy
 import numpy as np
 
 from engine.fusion import mesh_cleanup
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sphere(subdivisions=4):
@@ -70,3 +75,24 @@ def test_open_borders_stay_put():
     rim = used[np.abs(v[used, 2]) < 1e-6]
     assert len(rim) > 10 and np.array_equal(smooth[rim], v[rim])
     assert np.array_equal(mesh_cleanup.taubin_smooth(v, f, iterations=0), v)
+
+
+def test_torch_path_cleans_alike(worker_python, tmp_path):
+    """clean_surface on torch (the worker's GPU path) closes the same holes and moves the
+    vertices as numpy does (to float64 noise), in a subprocess of the worker's Python."""
+    v, f = sphere()
+    noisy = v * (1 + np.random.default_rng(0).normal(0, 0.01, (len(v), 1)))
+    centres = v[f].mean(axis=1)
+    holes = (centres[:, 2] > 0.97) | (centres[:, 0] > 0.97) | (centres[:, 2] < -0.5)
+    np.savez(tmp_path / "mesh.npz", v=noisy, f=f[~holes])
+    done = subprocess.run([str(worker_python), str(REPO / "tests" / "torch_stages.py"), "clean",
+                           str(tmp_path / "mesh.npz"), str(tmp_path / "out.npz"), "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = np.load(tmp_path / "out.npz")
+    assert got["holes"].tolist() == [2, 2]  # the two caps, not the large hole
+    assert np.array_equal(got["f_torch"], got["f_numpy"])
+    np.testing.assert_allclose(got["v_torch"], got["v_numpy"], rtol=0, atol=1e-12)
+    boundary, non_manifold = open_and_non_manifold(got["v_torch"], got["f_torch"])
+    assert non_manifold == boundary > 24  # only the large hole's rim is left
+    assert not np.allclose(got["v_torch"], noisy)  # and it was smoothed

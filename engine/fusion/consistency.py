@@ -18,13 +18,23 @@ their weight.
 
 The views' disagreement (median distance between a view's surface and its neighbours',
 relative to depth) is reported before and after.
+
+Every step is written once for an array namespace ``xp`` (``engine.core.arrays``): numpy here and in
+Blender, ``engine.fusion_torch.TorchArrays`` on the worker's GPU. The cameras and the small
+per-view decisions (which pixels to sample, which views are neighbours) stay on the host. Points
+are looked up in ``views_at_once`` views per step: one on numpy, where each view that confirms
+a pixel spares the next views' look-ups, several on a GPU, where a step costs its launches
+more than its arithmetic (the answers are the same either way).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from ..core.arrays import to_numpy
 
 # The depth correction: a multiplier at GRID x GRID control points over the image,
 # interpolated bilinearly: local enough that a floor filling most of a view does not decide the
@@ -57,67 +67,83 @@ LENS = ((0, 0), (1, 1), (0, 2), (1, 2))  # where fx, fy, cx, cy stand in K
 class Stack:
     """Every view and its depth correction so far (all views share one image size). The
     corrected depth is evaluated where the fit looks (:meth:`depth_at`), and as whole maps
-    once the fit is done (:func:`corrected_depth`)."""
+    once the fit is done (:func:`corrected_depth`). The cameras stay numpy arrays on the host
+    (their numbers are read one view at a time); the maps and the fit are ``xp`` arrays."""
 
     K: np.ndarray  # (N,3,3)
     R: np.ndarray  # (N,3,3) world-to-camera rotations
     t: np.ndarray  # (N,3)
-    raw: np.ndarray  # (N,H,W) float32 depth as DA3 gave it
-    weight: np.ndarray  # (N,H,W) float32 fusion weights
-    scale: np.ndarray  # (N,G*G) depth multiplier at the control points; 1 is no change
-    rows: np.ndarray  # (H,G) weights of the control rows at every pixel row (grid_axis)
-    cols: np.ndarray  # (W,G) and of the control columns at every pixel column
+    raw: Any  # (N,H,W) float32 depth as DA3 gave it
+    weight: Any  # (N,H,W) float32 fusion weights
+    scale: Any  # (N,G*G) depth multiplier at the control points; 1 is no change
+    rows: Any  # (H,G) weights of the control rows at every pixel row (grid_axis)
+    cols: Any  # (W,G) and of the control columns at every pixel column
+    xp: Any = np  # the array namespace (engine.core.arrays)
+    views_at_once: int = 1  # how many views a look-up step sees points in
+    lenses: Any = field(init=False)  # (4,N) fx, fy, cx, cy of every view, for look-ups by element
+    poses: Any = field(init=False)  # (N,3,4) [R | t] of every view, for look-ups by element
+
+    def __post_init__(self):
+        self.lenses = self.xp.asarray(np.stack([self.K[:, a, b] for a, b in LENS]))
+        self.poses = self.xp.asarray(np.concatenate([self.R, self.t[:, :, None]], axis=2))
 
     @classmethod
-    def of(cls, views: list) -> Stack:
-        raw = np.stack([v.depth for v in views]).astype(np.float32)
+    def of(cls, views: list, xp=np, views_at_once: int = 1) -> Stack:
+        raw = xp.asarray(np.stack([v.depth for v in views]), dtype=xp.float32)
         _, h, w = raw.shape
         return cls(np.stack([v.K for v in views]).astype(np.float64),
                    np.stack([v.R for v in views]).astype(np.float64),
                    np.stack([v.t for v in views]).astype(np.float64), raw,
-                   np.stack([v.weight for v in views]).astype(np.float32),
-                   np.ones((len(views), GRID * GRID)),
-                   grid_axis(np.arange(h), h), grid_axis(np.arange(w), w))
+                   xp.asarray(np.stack([v.weight for v in views]), dtype=xp.float32),
+                   xp.ones((len(views), GRID * GRID)),
+                   xp.asarray(grid_axis(np.arange(h), h)), xp.asarray(grid_axis(np.arange(w), w)),
+                   xp, views_at_once)
 
-    def lens(self, view: np.ndarray | int) -> tuple:
+    def lens(self, view, dtype=None) -> tuple:
         """fx, fy, cx, cy of ``view``: plain numbers for one view (they keep float32 arrays in
-        float32), else one per element (four numbers gathered, not whole 3x3 matrices)."""
+        float32), else one per element (four numbers gathered, not whole 3x3 matrices), in
+        ``dtype`` when given (float32 ones keep float32 points in float32 too)."""
         if np.ndim(view) == 0:
             return tuple(float(self.K[view, a, b]) for a, b in LENS)
-        return tuple(self.K[:, a, b][view] for a, b in LENS)
+        lenses = self.lenses if dtype is None else self.xp.asarray(self.lenses, dtype=dtype)
+        return tuple(per_view[view] for per_view in lenses)
 
-    def rays(self, view: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def rays(self, view, v, u):
         """(3,n) camera-frame rays (z = 1) through the centres of pixels (``view``, ``v``,
         ``u``)."""
+        xp = self.xp
         fx, fy, cx, cy = self.lens(view)
-        return np.stack([(u + 0.5 - cx) / fx, (v + 0.5 - cy) / fy, np.ones(len(u))])
+        u, v = (xp.asarray(a, dtype=xp.float64) for a in (u, v))
+        return xp.stack([(u + 0.5 - cx) / fx, (v + 0.5 - cy) / fy, xp.ones(len(u))])
 
-    def basis(self, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def basis(self, v, u):
         """(n, G*G) bilinear weights of the control points at pixels (``v``, ``u``)."""
         return (self.rows[v, :, None] * self.cols[u, None, :]).reshape(len(v), -1)
 
-    def depth_at(self, seen: LookUp) -> np.ndarray:
+    def depth_at(self, seen: LookUp):
         """The corrected depth at the pixels ``seen``: the scale field of each view along the
         pixel's row first (N*H,G), then across to its column."""
-        along_rows = np.einsum("hk,nkl->nhl", self.rows, self.scale.reshape(-1, GRID, GRID))
+        xp = self.xp
+        along_rows = xp.einsum("hk,nkl->nhl", self.rows, self.scale.reshape(-1, GRID, GRID))
         at_row = along_rows.reshape(-1, GRID)[seen.flat // self.raw.shape[2]]
-        return self.raw.reshape(-1)[seen.flat] * np.einsum("ml,ml->m", at_row, self.cols[seen.u])
+        return self.raw.reshape(-1)[seen.flat] * xp.einsum("ml,ml->m", at_row, self.cols[seen.u])
 
 
 @dataclass
 class Samples:
-    """Sampled pixels of every view, flat: which view, where, and their depth basis."""
+    """Sampled pixels of every view, flat: which view, where, and their depth basis (``xp``
+    arrays)."""
 
-    view: np.ndarray  # (M,) view index
-    ray: np.ndarray  # (M,3) camera-frame direction with z = 1
-    raw: np.ndarray  # (M,) raw depth
-    basis: np.ndarray  # (M,G*G) bilinear weights of the control points at the pixel
-    weight: np.ndarray  # (M,)
+    view: Any  # (M,) view index
+    ray: Any  # (M,3) camera-frame direction with z = 1
+    raw: Any  # (M,) raw depth
+    basis: Any  # (M,G*G) bilinear weights of the control points at the pixel
+    weight: Any  # (M,)
 
-    def depth(self, stack: Stack) -> np.ndarray:
-        return self.raw * np.einsum("mk,mk->m", self.basis, stack.scale[self.view])
+    def depth(self, stack: Stack):
+        return self.raw * stack.xp.einsum("mk,mk->m", self.basis, stack.scale[self.view])
 
-    def world(self, stack: Stack) -> np.ndarray:
+    def world(self, stack: Stack):
         return to_world(stack, self.view, self.ray * self.depth(stack)[:, None])
 
 
@@ -127,19 +153,22 @@ class Pairs:
     the neighbour's camera frame: at depth d the sample lies at origin + d * direction there
     (the poses stay, so a round's look-ups need no rotation)."""
 
-    sample: np.ndarray  # (P,) index into Samples
-    other: np.ndarray  # (P,) the neighbour
-    neighbours: list  # each view's neighbours, the one that sees most of it first
-    origin: np.ndarray  # (3,P) the sample's camera centre in the neighbour's frame
-    direction: np.ndarray  # (3,P) the sample's ray (z = 1 in its own view) in that frame
+    sample: Any  # (P,) index into Samples
+    other: Any  # (P,) the neighbour
+    neighbours: list  # each view's neighbours (numpy), the one that sees most of it first
+    origin: Any  # (3,P) the sample's camera centre in the neighbour's frame
+    direction: Any  # (3,P) the sample's ray (z = 1 in its own view) in that frame
 
 
-def make_consistent(views: list, region: tuple | None = None, seed: int = 0) -> dict:
+def make_consistent(views: list, region: tuple | None = None, seed: int = 0, xp=np,
+                    views_at_once: int = 1) -> dict:
     """Correct ``views`` (``engine.fusion.View``, changed in place: depth, weight) so that
     they agree where they are fused (``region``: world (low, high) corners); returns the
     report (median and 90th percentile of the disagreement before and after, relative to
-    depth, and the share of voting pixels another view confirms)."""
-    stack = Stack.of(views)
+    depth, and the share of voting pixels another view confirms). ``xp``: the array namespace
+    the work is done in (``engine.core.arrays``; the views stay numpy arrays); ``views_at_once``:
+    how many views one look-up step sees points in (the answers do not change)."""
+    stack = Stack.of(views, xp, views_at_once)
     samples = sample_views(stack, np.random.default_rng(seed), region)
     pairs = pair_up(stack, samples, pick_neighbours(stack, samples))
     before = disagreement(stack, samples, pairs)
@@ -150,8 +179,9 @@ def make_consistent(views: list, region: tuple | None = None, seed: int = 0) -> 
     after = disagreement(stack, samples, pairs)
     depth = corrected_depth(stack)
     confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region)
+    depth, weight = to_numpy(depth), to_numpy(stack.weight)
     for i, view in enumerate(views):
-        view.depth, view.weight = depth[i], stack.weight[i]
+        view.depth, view.weight = depth[i], weight[i]
     return {"disagreement_before": before["median"], "disagreement_after": after["median"],
             "disagreement_p90_before": before["p90"], "disagreement_p90_after": after["p90"],
             "confirmed_share": confirmed}
@@ -161,8 +191,9 @@ def make_consistent(views: list, region: tuple | None = None, seed: int = 0) -> 
 # geometry of the stack
 
 
-def to_world(stack: Stack, view: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    return np.einsum("mji,mj->mi", stack.R[view], cam - stack.t[view])
+def to_world(stack: Stack, view, cam):
+    xp = stack.xp
+    return xp.einsum("mji,mj->mi", xp.asarray(stack.R)[view], cam - xp.asarray(stack.t)[view])
 
 
 def transform(R: np.ndarray, t: np.ndarray, points) -> list[np.ndarray]:
@@ -176,23 +207,24 @@ def transform(R: np.ndarray, t: np.ndarray, points) -> list[np.ndarray]:
             for k in range(3)]
 
 
-def world_map(stack: Stack, i: int, depth: np.ndarray) -> np.ndarray:
+def world_map(stack: Stack, i: int, depth):
     """(3,H,W) float32 world points of every pixel of view i at ``depth`` (H,W) (float32:
     millions of pixels, and a millionth of the depth is far below the views' disagreement)."""
+    xp = stack.xp
     h, w = depth.shape
     fx, fy, cx, cy = stack.lens(i)
-    x = ((np.arange(w) + 0.5 - cx) / fx).astype(np.float32)[None, :]
-    y = ((np.arange(h) + 0.5 - cy) / fy).astype(np.float32)[:, None]
+    x = xp.asarray((xp.arange(w, dtype=xp.float64) + 0.5 - cx) / fx, dtype=xp.float32)[None, :]
+    y = xp.asarray((xp.arange(h, dtype=xp.float64) + 0.5 - cy) / fy, dtype=xp.float32)[:, None]
     # the camera frame to the world: R^T (depth * ray - t), one world axis at a time
     R, centre = stack.R[i].tolist(), (stack.t[i] @ stack.R[i]).tolist()
-    return np.stack([depth * (x * R[0][k] + y * R[1][k] + R[2][k]) - centre[k] for k in range(3)])
+    return xp.stack([depth * (x * R[0][k] + y * R[1][k] + R[2][k]) - centre[k] for k in range(3)])
 
 
-def in_region(points: np.ndarray, region: tuple) -> np.ndarray:
+def in_region(points, region: tuple, xp=np):
     """Which of ``points`` ((3, ...) coordinates) lie inside ``region`` (world (low, high)
     corners)."""
     low, high = region
-    inside = np.ones(points.shape[1:], bool)
+    inside = xp.ones(tuple(points.shape[1:]), dtype=bool)
     for k in range(3):
         inside &= (points[k] >= low[k]) & (points[k] <= high[k])
     return inside
@@ -209,82 +241,98 @@ def grid_axis(x: np.ndarray, size: int) -> np.ndarray:
     return w
 
 
-def corrected_depth(stack: Stack) -> np.ndarray:
+def corrected_depth(stack: Stack):
     """(N,H,W) float32 every view's depth as corrected."""
-    depth = stack.raw.copy()
-    cols = stack.cols.astype(np.float32)
-    for i in np.nonzero(np.any(stack.scale != 1, axis=1))[0]:
-        depth[i] *= scale_field(stack.rows, cols, stack.scale[i])
+    xp = stack.xp
+    depth = xp.copy(stack.raw)
+    cols = xp.asarray(stack.cols, dtype=xp.float32)
+    for i in np.flatnonzero(to_numpy(xp.any(stack.scale != 1, axis=1))):
+        depth[i] *= scale_field(stack.rows, cols, stack.scale[i], xp)
     return depth
 
 
-def scale_field(rows: np.ndarray, cols: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def scale_field(rows, cols, scale, xp=np):
     """(H,W) float32 depth multiplier interpolated from the control points ``scale`` (``rows``,
     ``cols``: :func:`grid_axis` of every row and column). A sum of GRID outer products: as
     one (H,G) @ (G,W) product OpenBLAS's threads stalled it to 15 ms on a busy machine."""
-    along_rows = (rows @ scale.reshape(GRID, GRID)).astype(np.float32)
-    return sum(np.multiply.outer(along_rows[:, k], cols[:, k]) for k in range(GRID))
+    along_rows = xp.asarray(rows @ scale.reshape(GRID, GRID), dtype=xp.float32)
+    return sum(along_rows[:, k, None] * cols[None, :, k] for k in range(GRID))
 
 
-def normals_at(stack: Stack, view: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+def normals_at(stack: Stack, view, v, u):
     """(3,n) camera-frame unit normals of the raw depth at pixels (``view``, ``v``, ``u``),
     facing the camera: the cross product of central differences along the row and down the
     column (zero on the image's border). Only where the fit looks (50k pixels a round on the
     room): whole maps for its 30 views of 504x378 took 0.4 s to 1 s."""
+    xp = stack.xp
     _, h, w = stack.raw.shape
     raw = stack.raw.reshape(-1)
     fx, fy, cx, cy = stack.lens(view)
 
     def point(row, col):
-        d = raw[(view * h + row) * w + col].astype(np.float64)
-        return np.stack([(col + 0.5 - cx) / fx * d, (row + 0.5 - cy) / fy * d, d])
+        d = xp.asarray(raw[(view * h + row) * w + col], dtype=xp.float64)
+        row, col = (xp.asarray(a, dtype=xp.float64) for a in (row, col))
+        return xp.stack([(col + 0.5 - cx) / fx * d, (row + 0.5 - cy) / fy * d, d])
 
-    along = (point(v, np.minimum(u + 1, w - 1)) - point(v, np.maximum(u - 1, 0))) * ((u > 0) & (u < w - 1))
-    down = (point(np.minimum(v + 1, h - 1), u) - point(np.maximum(v - 1, 0), u)) * ((v > 0) & (v < h - 1))
-    n = np.stack([along[1] * down[2] - along[2] * down[1], along[2] * down[0] - along[0] * down[2],
+    along = (point(v, xp.minimum(u + 1, w - 1)) - point(v, xp.maximum(u - 1, 0))) * ((u > 0) & (u < w - 1))
+    down = (point(xp.minimum(v + 1, h - 1), u) - point(xp.maximum(v - 1, 0), u)) * ((v > 0) & (v < h - 1))
+    n = xp.stack([along[1] * down[2] - along[2] * down[1], along[2] * down[0] - along[0] * down[2],
                   along[0] * down[1] - along[1] * down[0]])
-    n /= np.maximum(np.sqrt(np.einsum("im,im->m", n, n)), 1e-12)
-    return n * -np.sign(np.einsum("im,im->m", n, point(v, u)) + 1e-30)  # towards the camera
+    n /= xp.maximum(xp.sqrt(xp.einsum("im,im->m", n, n)), 1e-12)
+    return n * -xp.sign(xp.einsum("im,im->m", n, point(v, u)) + 1e-30)  # towards the camera
 
 
 @dataclass
 class LookUp:
     """Where camera-frame points fall in their view."""
 
-    u: np.ndarray  # pixel column (0 outside the frame)
-    v: np.ndarray  # pixel row (0 outside the frame)
-    z: np.ndarray  # the points' depth in the view
-    flat: np.ndarray  # the pixel's index into (N,H,W) maps, flattened
-    inside: np.ndarray  # the point is in front of the view and inside its frame
+    u: Any  # pixel column (0 outside the frame)
+    v: Any  # pixel row (0 outside the frame)
+    z: Any  # the points' depth in the view
+    flat: Any  # the pixel's index into (N,H,W) maps, flattened
+    inside: Any  # the point is in front of the view and inside its frame
 
 
-def look_up(stack: Stack, cam, view: np.ndarray | int) -> LookUp:
-    """Where ``cam`` (three coordinate arrays of points in the frame of ``view``: one view, or
-    one per point) falls."""
-    fx, fy, cx, cy = stack.lens(view)
+def look_up(stack: Stack, cam, view) -> LookUp:
+    """Where ``cam`` (three coordinate arrays of points in the frame of ``view``: an array of
+    view indices that broadcasts against them) falls."""
+    xp = stack.xp
     z = cam[2]
+    fx, fy, cx, cy = stack.lens(view, z.dtype)
     _, h, w = stack.raw.shape
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.floor(fx * cam[0] / z + cx)
-        v = np.floor(fy * cam[1] / z + cy)
+    with xp.errstate(divide="ignore", invalid="ignore"):
+        u = xp.floor(fx * cam[0] / z + cx)
+        v = xp.floor(fy * cam[1] / z + cy)
     inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    u = np.where(inside, u, 0).astype(np.int64)
-    v = np.where(inside, v, 0).astype(np.int64)
-    return LookUp(u, v, z, (np.asarray(view, np.int64) * h + v) * w + u, inside)
+    u = xp.asarray(xp.where(inside, u, 0), dtype=xp.int64)
+    v = xp.asarray(xp.where(inside, v, 0), dtype=xp.int64)
+    return LookUp(u, v, z, (view * h + v) * w + u, inside)
 
 
-def voting_depth(depth: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def voting_depth(depth, weight, xp=np):
     """(N,H,W) ``depth`` where a pixel votes for a surface, 0 elsewhere."""
-    return np.where(weight > 0, depth, np.float32(0))
+    return xp.where(weight > 0, depth, 0)
 
 
-def seen_depth(stack: Stack, votes: np.ndarray, points, j: int):
-    """The depth of world ``points`` (three coordinate arrays) in view j, and the depth view j
-    votes for at the pixel they fall on (``votes``: :func:`voting_depth`; 0 where no pixel of
-    j votes for them)."""
-    seen = look_up(stack, transform(stack.R[j], stack.t[j], points), j)
-    there = np.where(seen.inside, votes.reshape(-1)[seen.flat], 0).astype(seen.z.dtype, copy=False)
+def seen_depth(stack: Stack, votes, points, views: np.ndarray):
+    """The depth of world ``points`` (three coordinate arrays of n points) in each of ``views``
+    (host indices), and the depth each votes for at the pixel they fall on (``votes``:
+    :func:`voting_depth`; 0 where no pixel of the view votes for them): (len(views), n) arrays,
+    in the points' precision."""
+    xp = stack.xp
+    rows = xp.asarray(np.asarray(views, np.int64)[:, None])
+    pose = xp.asarray(stack.poses[rows], dtype=points.dtype)  # (g,1,3,4): [R | t] of each row
+    # :func:`transform`, sum for sum, with a pose per row
+    cam = [points[0] * pose[..., k, 0] + points[1] * pose[..., k, 1] + points[2] * pose[..., k, 2]
+           + pose[..., k, 3] for k in range(3)]
+    seen = look_up(stack, cam, rows)
+    there = xp.asarray(xp.where(seen.inside, votes.reshape(-1)[seen.flat], 0), dtype=seen.z.dtype)
     return seen.z, there
+
+
+def in_groups(views: np.ndarray, size: int) -> list[np.ndarray]:
+    """``views`` in runs of ``size`` (the look-up steps of :func:`seen_depth`)."""
+    return [views[start:start + size] for start in range(0, len(views), size)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,34 +340,38 @@ def seen_depth(stack: Stack, votes: np.ndarray, points, j: int):
 
 
 def sample_views(stack: Stack, rng, region: tuple | None) -> Samples:
-    """Up to ``SAMPLES_PER_VIEW`` confident pixels of each view inside ``region``, at random."""
+    """Up to ``SAMPLES_PER_VIEW`` confident pixels of each view inside ``region``, at random
+    (the draw is numpy's, on the host, whatever ``xp``: both paths sample the same pixels)."""
+    xp = stack.xp
     parts = []
     for i in range(len(stack.K)):
         confident = stack.weight[i] >= FIT_WEIGHT
         if region is not None:
-            confident &= in_region(world_map(stack, i, stack.raw[i]), region)
-        v, u = np.nonzero(confident)
+            confident &= in_region(world_map(stack, i, stack.raw[i]), region, xp)
+        v, u = xp.nonzero(confident)
         if len(v) > SAMPLES_PER_VIEW:
-            pick = np.sort(rng.choice(len(v), SAMPLES_PER_VIEW, replace=False))
+            pick = xp.asarray(np.sort(rng.choice(len(v), SAMPLES_PER_VIEW, replace=False)))
             v, u = v[pick], u[pick]
-        parts.append((np.full(len(v), i), v, u))
-    view, v, u = (np.concatenate(a) for a in zip(*parts, strict=True))
-    return Samples(view, stack.rays(view, v, u).T, stack.raw[view, v, u].astype(np.float64),
-                   stack.basis(v, u), stack.weight[view, v, u].astype(np.float64))
+        parts.append((xp.full(len(v), i), v, u))
+    view, v, u = (xp.concatenate(a) for a in zip(*parts, strict=True))
+    return Samples(view, stack.rays(view, v, u).T, xp.asarray(stack.raw[view, v, u], dtype=xp.float64),
+                   stack.basis(v, u), xp.asarray(stack.weight[view, v, u], dtype=xp.float64))
 
 
 def pick_neighbours(stack: Stack, samples: Samples) -> list[np.ndarray]:
     """For each view, the views that see most of its surface where it does (both ways: a
     view that sees a sliver of the other is no neighbour), the one that sees most first."""
+    xp = stack.xp
     n = len(stack.K)
-    share = np.zeros((n, n))
     points = samples.world(stack).T
-    votes = voting_depth(stack.raw, stack.weight)
-    per_view = np.maximum(np.bincount(samples.view, minlength=n), 1)
-    for j in range(n):
-        z, there = seen_depth(stack, votes, points, j)
-        agree = (there > 0) & (np.abs(z - there) < 2 * MATCH_TOLERANCE * there)
-        share[:, j] = np.bincount(samples.view, agree, minlength=n) / per_view
+    votes = voting_depth(stack.raw, stack.weight, xp)
+    per_view = xp.maximum(xp.bincount(samples.view, minlength=n), 1)
+    share = []  # column j: the share of each view's samples that view j sees alike
+    for views in in_groups(np.arange(n), stack.views_at_once):
+        z, there = seen_depth(stack, votes, points, views)
+        agree = (there > 0) & (xp.abs(z - there) < 2 * MATCH_TOLERANCE * there)
+        share.extend(xp.bincount(samples.view, row, minlength=n) / per_view for row in agree)
+    share = to_numpy(xp.stack(share, axis=1))  # (N,N): ranked on the host, ties as numpy's
     np.fill_diagonal(share, 0)
     share = np.minimum(share, share.T)
     order = np.argsort(-share, axis=1)[:, :NEIGHBOURS]
@@ -327,39 +379,61 @@ def pick_neighbours(stack: Stack, samples: Samples) -> list[np.ndarray]:
 
 
 def pair_up(stack: Stack, samples: Samples, neighbours: list) -> Pairs:
-    sample, other, origin, direction = [], [], [], []
-    for i, near in enumerate(neighbours):
-        mine = np.nonzero(samples.view == i)[0]
-        for j in near:
-            turn = stack.R[j] @ stack.R[i].T  # from view i's camera frame to view j's
-            sample.append(mine)
-            other.append(np.full(len(mine), j))
-            origin.append(np.repeat((stack.t[j] - turn @ stack.t[i])[:, None], len(mine), axis=1))
-            direction.append(np.stack(transform(turn, np.zeros(3), samples.ray[mine].T)))
-    return Pairs(*(np.concatenate(a) if a else np.zeros(0, np.int64) for a in (sample, other)),
-                 neighbours,
-                 *(np.concatenate(a, axis=1) if a else np.zeros((3, 0)) for a in (origin, direction)))
+    """Every sample of each view with each of the view's ``neighbours`` (:class:`Pairs`)."""
+    xp = stack.xp
+    owner = np.repeat(np.arange(len(neighbours)), [len(near) for near in neighbours])
+    other = np.concatenate([np.zeros(0, np.int64), *neighbours]).astype(np.int64)
+    turn, shift = view_to_view(stack, owner, other)
+    # each pair of views once per sample of the first (samples are sorted by view)
+    per_view = np.bincount(to_numpy(samples.view), minlength=len(neighbours))
+    sample, pair = concatenated_ranges((np.cumsum(per_view) - per_view)[owner], per_view[owner])
+    # per sample: row 3k + j of ``turn`` is turn[k, j] (rows gathered one by one: a (3,P)
+    # result of numpy's a[:, index] is laid out column by column, and slows every round)
+    on = xp.asarray(pair)
+    turn, shift = (xp.stack([row[on] for row in xp.asarray(np.ascontiguousarray(table.T))])
+                   for table in (turn.reshape(-1, 9), shift))
+    ray = samples.ray[xp.asarray(sample)]
+    # transform() with a turn per sample, written out as there
+    direction = xp.stack([ray[:, 0] * turn[3 * k] + ray[:, 1] * turn[3 * k + 1]
+                          + ray[:, 2] * turn[3 * k + 2] for k in range(3)])
+    return Pairs(xp.asarray(sample), xp.asarray(other[pair]), neighbours, shift, direction)
+
+
+def view_to_view(stack: Stack, views: np.ndarray, others: np.ndarray):
+    """(n,3,3) turns and (n,3) shifts from the camera frame of each of ``views`` to that of the
+    matching one of ``others`` (one 3x3 product at a time, on the host)."""
+    turn = [stack.R[j] @ stack.R[i].T for i, j in zip(views, others, strict=True)]
+    shift = [stack.t[j] - r @ stack.t[i] for r, i, j in zip(turn, views, others, strict=True)]
+    return np.reshape(turn, (-1, 3, 3)), np.reshape(shift, (-1, 3))
+
+
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray):
+    """starts[k] .. starts[k] + lengths[k] - 1 for every k, one after the other, and the k of
+    each."""
+    run = np.repeat(np.arange(len(lengths)), lengths)
+    return starts[run] + np.arange(len(run)) - (np.cumsum(lengths) - lengths)[run], run
 
 
 @dataclass
 class Matches:
     """The pairs whose sample lands on the other view's surface."""
 
-    keep: np.ndarray  # (P,) bool
-    cam: np.ndarray  # (3,K) the matched samples in the other view's camera frame
-    u: np.ndarray  # (K,) the pixel they fall on
-    v: np.ndarray
-    flat: np.ndarray  # (K,) its index into (N,H,W) maps, flattened
-    there: np.ndarray  # (K,) the other view's depth at that pixel
-    rel: np.ndarray  # (K,) depth difference relative to depth
+    keep: Any  # (P,) bool
+    cam: Any  # (3,K) the matched samples in the other view's camera frame
+    u: Any  # (K,) the pixel they fall on
+    v: Any
+    flat: Any  # (K,) its index into (N,H,W) maps, flattened
+    there: Any  # (K,) the other view's depth at that pixel
+    rel: Any  # (K,) depth difference relative to depth
 
 
 def match(stack: Stack, samples: Samples, pairs: Pairs) -> Matches:
+    xp = stack.xp
     cam = pairs.origin + samples.depth(stack)[pairs.sample] * pairs.direction
     seen = look_up(stack, cam, pairs.other)
     there = stack.depth_at(seen)
-    rel = (seen.z - there) / np.maximum(there, 1e-12)
-    keep = (seen.inside & (there > 0) & (np.abs(rel) < MATCH_TOLERANCE)
+    rel = (seen.z - there) / xp.maximum(there, 1e-12)
+    keep = (seen.inside & (there > 0) & (xp.abs(rel) < MATCH_TOLERANCE)
             & (stack.weight.reshape(-1)[seen.flat] >= FIT_WEIGHT))
     return Matches(keep, cam[:, keep], *(a[keep] for a in (seen.u, seen.v, seen.flat, there, rel)))
 
@@ -367,11 +441,12 @@ def match(stack: Stack, samples: Samples, pairs: Pairs) -> Matches:
 def disagreement(stack: Stack, samples: Samples, pairs: Pairs) -> dict:
     """How far apart overlapping views are: |depth difference| / depth over every matched
     sample of every view pair."""
-    a = np.abs(match(stack, samples, pairs).rel)
+    xp = stack.xp
+    a = xp.abs(match(stack, samples, pairs).rel)
     if not len(a):
         return {"median": 0.0, "p90": 0.0, "sigma": MIN_SIGMA}
-    median = float(np.median(a))
-    return {"median": median, "p90": float(np.percentile(a, 90)),
+    median = float(xp.median(a))
+    return {"median": median, "p90": float(xp.percentile(a, 90)),
             "sigma": max(1.4826 * median, MIN_SIGMA)}
 
 
@@ -382,42 +457,55 @@ def disagreement(stack: Stack, samples: Samples, pairs: Pairs) -> dict:
 def solve_views(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
     """(N,G*G) steps of the depth scale field that bring each view closest to its neighbours as
     they stand (zero for a view with no overlap), and the robust sigma of the residuals."""
+    xp = stack.xp
     m = match(stack, samples, pairs)
     other, idx = pairs.other[m.keep], pairs.sample[m.keep]
     owner = samples.view[idx]
     # point-to-plane, in the other view's camera frame (a rotation changes no dot product)
     normal = normals_at(stack, other, m.v, m.u)
     target = stack.rays(other, m.v, m.u) * m.there
-    r = np.einsum("im,im->m", normal, m.cam - target)
-    along = np.einsum("im,im->m", normal, pairs.direction[:, m.keep])  # d point / d depth
+    r = xp.einsum("im,im->m", normal, m.cam - target)
+    along = xp.einsum("im,im->m", normal, pairs.direction[:, m.keep])  # d point / d depth
     J = (along * samples.raw[idx])[:, None] * samples.basis[idx]
-    depth = samples.raw[idx] * np.einsum("mk,mk->m", samples.basis[idx], stack.scale[owner])
-    w = samples.weight[idx] * stack.weight.reshape(-1)[m.flat] * tukey(r / (sigma * depth))
-    steps = np.zeros((len(stack.K), GRID * GRID))
-    ends = np.searchsorted(owner, np.arange(len(stack.K) + 1))  # pairs are sorted by view
-    prior = np.full(GRID * GRID, 1 / PRIOR_SCALE ** 2)
-    for i in range(len(stack.K)):
-        a, b = ends[i], ends[i + 1]
-        if b - a < 12:
-            continue
-        noise = sigma * float(np.median(depth[a:b]))  # residuals in world units
-        Jw = J[a:b] * (w[a:b] / noise ** 2)[:, None]
-        current = stack.scale[i] - 1
-        steps[i] = -np.linalg.solve(Jw.T @ J[a:b] + np.diag(prior), Jw.T @ r[a:b] + prior * current)
-    new_sigma = max(1.4826 * float(np.median(np.abs(m.rel))), MIN_SIGMA) if len(m.rel) else sigma
+    depth = samples.raw[idx] * xp.einsum("mk,mk->m", samples.basis[idx], stack.scale[owner])
+    w = samples.weight[idx] * stack.weight.reshape(-1)[m.flat] * tukey(r / (sigma * depth), xp)
+    steps = xp.zeros((len(stack.K), GRID * GRID))
+    # pairs are sorted by view: its rows are ends[i]:ends[i + 1] (one copy to the host)
+    ends = to_numpy(xp.searchsorted(owner, xp.arange(len(stack.K) + 1))).tolist()
+    solved = [i for i in range(len(stack.K)) if ends[i + 1] - ends[i] >= 12]
+    if solved:
+        lhs, rhs = normal_equations(stack, J, r, w, depth, sigma, [ends[i:i + 2] for i in solved],
+                                    solved, owner)
+        steps[solved] = -xp.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]  # one batch: no syncs
+    new_sigma = max(1.4826 * float(xp.median(xp.abs(m.rel))), MIN_SIGMA) if len(m.rel) else sigma
     return steps, new_sigma
 
 
-def tukey(x: np.ndarray, c: float = 4.685) -> np.ndarray:
+def normal_equations(stack: Stack, J, r, w, depth, sigma: float, spans: list, views: list, owner):
+    """(lhs, rhs) of each of ``views``' damped, weighted least squares for its step (lhs @ step
+    = -rhs), its rows of J, r, w at ``spans`` (owner: the view of each row). Each view's
+    residuals are scaled to world units by its median depth; the prior pulls the correction
+    towards none."""
+    xp = stack.xp
+    noise = xp.ones(len(stack.K))  # views left out (too few rows) have no system to weigh
+    noise[views] = sigma * xp.stack([xp.median(depth[a:b]) for a, b in spans])
+    Jw = J * (w / (noise ** 2)[owner])[:, None]
+    prior = xp.full(GRID * GRID, 1 / PRIOR_SCALE ** 2)
+    lhs = xp.stack([Jw[a:b].T @ J[a:b] for a, b in spans]) + xp.diag(prior)
+    rhs = xp.stack([Jw[a:b].T @ r[a:b] for a, b in spans]) + prior * (stack.scale[views] - 1)
+    return lhs, rhs
+
+
+def tukey(x, xp=np, c: float = 4.685):
     """Tukey's biweight: residuals beyond ``c`` sigmas (another surface) weigh nothing."""
-    return np.where(np.abs(x) < c, (1 - (x / c) ** 2) ** 2, 0.0)
+    return xp.where(xp.abs(x) < c, (1 - (x / c) ** 2) ** 2, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
 # confirmation
 
 
-def confirm_pixels(stack: Stack, depth: np.ndarray, pairs: Pairs, sigma: float,
+def confirm_pixels(stack: Stack, depth, pairs: Pairs, sigma: float,
                    region: tuple | None) -> float:
     """Silence, in place, the voting pixels (inside ``region``) that no neighbour confirms
     and that lie where at least ``CONTRADICTIONS`` neighbours see through (a flying pixel, a
@@ -426,14 +514,15 @@ def confirm_pixels(stack: Stack, depth: np.ndarray, pairs: Pairs, sigma: float,
     (a grazing view) is more often right than wrong; on the room scene with DA3-like errors,
     weighting those down by 0.3 cost 0.04 of recall (unchecked ones as well: 0.13). Returns
     the share of those pixels confirmed."""
-    votes = voting_depth(depth, stack.weight)  # every view is judged against the same weights
+    xp = stack.xp
+    votes = voting_depth(depth, stack.weight, xp)  # every view is judged against the same weights
     confirmed_total = voting_total = 0
     for i, neighbours in enumerate(pairs.neighbours):
         points = world_map(stack, i, depth[i])
         voting = stack.weight[i] > 0
         if region is not None:
-            voting &= in_region(points, region)
-        v, u = np.nonzero(voting)
+            voting &= in_region(points, region, xp)
+        v, u = xp.nonzero(voting)
         if not len(v) or not len(neighbours):
             continue
         pending, through = unconfirmed(stack, votes, points[:, v, u], neighbours, sigma)
@@ -444,20 +533,21 @@ def confirm_pixels(stack: Stack, depth: np.ndarray, pairs: Pairs, sigma: float,
     return confirmed_total / max(voting_total, 1)
 
 
-def unconfirmed(stack: Stack, votes: np.ndarray, points: np.ndarray, neighbours: np.ndarray,
-                sigma: float):
+def unconfirmed(stack: Stack, votes, points, neighbours: np.ndarray, sigma: float):
     """Which of ``points`` ((3,n) world) no neighbour confirms (indices), and how many
     neighbours see through each of them. Once one neighbour confirms a pixel, the others need
     not look (the answer stays the same): the neighbours come best first, and on the room
     (30 views) the first confirms 64% of the voting pixels, the second all but 5%, so a
     quarter of the look-ups are left."""
-    pending = np.arange(points.shape[1])
-    through = np.zeros(len(pending), np.int32)
-    for j in neighbours:
-        z, there = seen_depth(stack, votes, points[:, pending], int(j))
+    xp = stack.xp
+    pending = xp.arange(points.shape[1])
+    through = xp.zeros(len(pending), dtype=xp.int32)
+    for views in in_groups(neighbours, stack.views_at_once):
+        z, there = seen_depth(stack, votes, points[:, pending], views)
         tolerance = CONFIRM_SIGMAS * sigma * there
         voting = there > 0
-        confirmed = voting & (np.abs(z - there) < tolerance)
-        through += voting & (z < there - tolerance)
+        confirmed = xp.any(voting & (xp.abs(z - there) < tolerance), axis=0)
+        for seen_through in voting & (z < there - tolerance):  # a row per view
+            through += seen_through
         pending, through = pending[~confirmed], through[~confirmed]
     return pending, through

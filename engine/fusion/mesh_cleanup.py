@@ -9,32 +9,39 @@ they are (plain Laplacian smoothing would shrink them). Open borders stay put.
 A hole in a surface is a loop of border edges; a loop of a few edges (a pixel or two that no
 view saw well) is closed with a fan of triangles wound like its border. Longer loops (a room's
 window, the edge of what the cameras saw) are left open.
+
+The array work is written once for an array namespace ``xp`` (``engine.core.arrays``): numpy, or
+``engine.fusion_torch.TorchArrays`` on the worker's GPU. Walking the border loops is sequential
+and short (a room has a few thousand border edges): it stays on the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ..core.arrays import to_numpy
 
 SMOOTH_ITERATIONS = 4
 LAMBDA, MU = 0.5, -0.53  # Taubin's pass band: shapes a few edges wide and larger survive
 MAX_HOLE_EDGES = 24
 
 
-def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int = MAX_HOLE_EDGES,
-                  iterations: int = SMOOTH_ITERATIONS) -> tuple[np.ndarray, np.ndarray, int]:
+def clean_surface(vertices, faces, max_hole_edges: int = MAX_HOLE_EDGES,
+                  iterations: int = SMOOTH_ITERATIONS, xp=np) -> tuple[Any, Any, int]:
     """:func:`fill_small_holes`, then :func:`taubin_smooth`: the vertices, the faces and the
     number of holes closed. The mesh's edges are sorted out once for both (0.15 s of the
-    room's 960k triangles), the fans' edges merged in."""
+    room's 960k triangles), the fans' edges merged in. ``xp``: the namespace of the arrays."""
     n = len(vertices)
     if not len(faces) or (max_hole_edges < 3 and iterations <= 0):
         return vertices, faces, 0
-    edges = face_edges(faces, n)
+    edges = face_edges(faces, n, xp)
     filled, holes = fill_small_holes(faces, n, max_hole_edges, edges)
     if holes:
-        edges = edges.merged(face_edges(filled[len(faces):], n))
-    return taubin_smooth(vertices, filled, iterations, edges), filled, holes
+        edges = edges.merged(face_edges(filled[len(faces):], n, xp))
+    return taubin_smooth(vertices, filled, iterations, edges, xp), filled, holes
 
 
 @dataclass
@@ -43,80 +50,81 @@ class Edges:
     triangles have it, and whether some run it from low to high (``forward``) and some from
     high to low (``backward``; the triangles' winding)."""
 
-    low: np.ndarray
-    high: np.ndarray
-    count: np.ndarray
-    forward: np.ndarray
-    backward: np.ndarray
+    low: Any
+    high: Any
+    count: Any
+    forward: Any
+    backward: Any
     bits: int  # a key packs low << bits | high
+    xp: Any = np  # the namespace of the arrays
 
-    def keys(self) -> np.ndarray:
+    def keys(self):
         return self.low << self.bits | self.high
 
     def merged(self, more: Edges) -> Edges:
         """These edges and ``more`` (of other triangles of the same mesh) together."""
+        xp = self.xp
         keys, extra = self.keys(), more.keys()
-        at = np.searchsorted(keys, extra)
-        known = at < len(keys)
-        known[known] = keys[at[known]] == extra[known]
-        count, forward, backward = self.count.copy(), self.forward.copy(), self.backward.copy()
+        at = xp.searchsorted(keys, extra)
+        known = keys[xp.minimum(at, len(keys) - 1)] == extra  # at the end: larger than any key
+        count, forward, backward = xp.copy(self.count), xp.copy(self.forward), xp.copy(self.backward)
         count[at[known]] += more.count[known]
         forward[at[known]] |= more.forward[known]
         backward[at[known]] |= more.backward[known]
         new = ~known
-        return Edges(*(np.insert(mine, at[new], theirs[new]) for mine, theirs in (
+        return Edges(*(xp.insert(mine, at[new], theirs[new]) for mine, theirs in (
             (self.low, more.low), (self.high, more.high), (count, more.count),
-            (forward, more.forward), (backward, more.backward))), self.bits)
+            (forward, more.forward), (backward, more.backward))), self.bits, xp)
 
 
-def face_edges(faces: np.ndarray, num_vertices: int) -> Edges:
+def face_edges(faces, num_vertices: int, xp=np) -> Edges:
     """The edges of ``faces``.
 
     One sort of packed keys (low, high, direction bit): np.unique and np.isin cannot carry the
     direction along, and under numpy 2.4 they hash, which on a room's 2.9M edges took 7 s
     (np.unique) and 3.8 s (np.isin) against 0.1 s for the sort."""
-    a = faces.astype(np.int64).ravel()
-    b = np.empty_like(a).reshape(-1, 3)  # each corner's next corner, without a fancy index
+    a = xp.asarray(faces, dtype=xp.int64).reshape(-1)
+    b = xp.empty_like(a).reshape(-1, 3)  # each corner's next corner, without a fancy index
     b[:, :2], b[:, 2] = faces[:, 1:], faces[:, 0]
-    b = b.ravel()
+    b = b.reshape(-1)
     bits = max(int(num_vertices - 1).bit_length(), 1)
-    key = np.sort(((np.minimum(a, b) << bits | np.maximum(a, b)) << 1) | (a < b))
+    key = xp.sort(((xp.minimum(a, b) << bits | xp.maximum(a, b)) << 1) | (a < b))
     edge = key >> 1
-    first = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
-    last = np.r_[first[1:], len(key)] - 1
+    first = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), edge[1:] != edge[:-1]]))
+    last = xp.concatenate([first[1:], xp.full(1, len(key))]) - 1
     edge = edge[first]
     # within an edge's run the keys are sorted, the direction bit last: a backward one first
     return Edges(edge >> bits, edge & ((1 << bits) - 1), last - first + 1,
-                 (key[last] & 1).astype(bool), (key[first] & 1) == 0, bits)
+                 (key[last] & 1) == 1, (key[first] & 1) == 0, bits, xp)
 
 
-def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int = SMOOTH_ITERATIONS,
-                  edges: Edges | None = None) -> np.ndarray:
+def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
+                  edges: Edges | None = None, xp=np):
     """Vertices moved by ``iterations`` lambda|mu passes of the umbrella operator (every
     neighbour weighs the same); border vertices stay. ``edges``: :func:`face_edges` of
     ``faces`` when known."""
     if not len(faces) or iterations <= 0:
         return vertices
     n = len(vertices)
-    edges = edges if edges is not None else face_edges(faces, n)
+    edges = edges if edges is not None else face_edges(faces, n, xp)
     neighbour, bounds = neighbour_lists(edges, n)
-    degree = np.diff(bounds)
+    degree = xp.asarray(xp.diff(bounds), dtype=xp.float64)
     free = degree > 0
     free[edges.low[edges.count == 1]] = free[edges.high[edges.count == 1]] = False
-    dtype = vertices.dtype if vertices.dtype.kind == "f" else np.float64
+    dtype = vertices.dtype if vertices.dtype in (xp.float32, xp.float64) else xp.float64
     # each pass moves a vertex by factor * (step * (sum of its neighbours) - free * itself):
     # nothing for a fixed one (step and free 0), so every vertex goes through the same sums
-    step = (free / np.maximum(degree, 1)).astype(dtype)
-    free = free.astype(dtype)
-    columns = [np.array(vertices[:, k], dtype) for k in range(3)]
+    step = xp.asarray(free / xp.maximum(degree, 1), dtype=dtype)
+    free = xp.asarray(free, dtype=dtype)
+    columns = [xp.array(vertices[:, k], dtype=dtype) for k in range(3)]
     # one coordinate at a time, neighbours gathered in vertex order and summed per vertex: on a
     # room of 960k triangles 0.55 s with the lists made, against 1.7 s for scatter-adds
     # (np.bincount) in float64 over both ends of every triangle edge
     for factor in (LAMBDA, MU) * iterations:
         for column in columns:
-            total = np.add.reduceat(np.take(column, neighbour), bounds)[:-1]
+            total = xp.add.reduceat(xp.take(column, neighbour), bounds)[:-1]
             column += factor * (step * total - free * column)
-    return np.stack(columns, axis=1).astype(vertices.dtype)
+    return xp.asarray(xp.stack(columns, axis=1), dtype=vertices.dtype)
 
 
 def neighbour_lists(edges: Edges, num_vertices: int):
@@ -124,24 +132,36 @@ def neighbour_lists(edges: Edges, num_vertices: int):
     list begins ((V+1,) bounds: vertex i's are bounds[i]:bounds[i+1]). The lists end with one
     entry more, so that np.add.reduceat over every bound stays in range (a vertex with no
     neighbour gets a meaningless sum) and the last vertex's sum ends with its own list."""
+    xp = edges.xp
     low, high = edges.low, edges.high
-    key = np.sort(np.concatenate([edges.keys(), high << edges.bits | low]))
-    degree = np.bincount(low, minlength=num_vertices) + np.bincount(high, minlength=num_vertices)
-    bounds = np.concatenate([[0], np.cumsum(degree)])
-    return np.append(key & ((1 << edges.bits) - 1), 0), bounds
+    key = xp.sort(xp.concatenate([edges.keys(), high << edges.bits | low]))
+    degree = xp.bincount(low, minlength=num_vertices) + xp.bincount(high, minlength=num_vertices)
+    bounds = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(degree)])
+    return xp.concatenate([key & ((1 << edges.bits) - 1), xp.zeros(1, dtype=xp.int64)]), bounds
 
 
-def fill_small_holes(faces: np.ndarray, num_vertices: int, max_edges: int = MAX_HOLE_EDGES,
-                     edges: Edges | None = None) -> tuple[np.ndarray, int]:
+def fill_small_holes(faces, num_vertices: int, max_edges: int = MAX_HOLE_EDGES,
+                     edges: Edges | None = None, xp=np) -> tuple[Any, int]:
     """Faces with every border loop of at most ``max_edges`` edges closed by a fan (appended),
     and the number of holes closed. Loops through a vertex with more than one border edge
     (two holes touching, a non-manifold corner) are left alone. ``edges``: :func:`face_edges`
-    of ``faces`` when known."""
+    of ``faces`` when known (its namespace is then the one used)."""
     if max_edges < 3 or not len(faces):  # no loop is that short
         return faces, 0
-    border = one_way_edges(edges if edges is not None else face_edges(faces, num_vertices))
-    if not len(border):
+    edges = edges if edges is not None else face_edges(faces, num_vertices, xp)
+    fans = hole_fans(to_numpy(one_way_edges(edges)), num_vertices, max_edges)
+    if not fans:
         return faces, 0
+    added = edges.xp.asarray(np.concatenate(fans), dtype=faces.dtype)
+    return edges.xp.concatenate([faces, added]), len(fans)
+
+
+def hole_fans(border: np.ndarray, num_vertices: int, max_edges: int) -> list[np.ndarray]:
+    """Fans of triangles that close the loops of ``border`` edges ((B,2) directed, as
+    :func:`one_way_edges`) of at most ``max_edges`` edges: a walk from vertex to vertex, on the
+    host."""
+    if not len(border):
+        return []
     starts = np.bincount(border[:, 0], minlength=num_vertices)
     border = border[(starts[border[:, 0]] == 1) & (starts[border[:, 1]] == 1)]
     # the loop runs the border edges backwards (they follow the triangles' winding, the fill
@@ -163,16 +183,15 @@ def fill_small_holes(faces: np.ndarray, num_vertices: int, max_edges: int = MAX_
         if nxt == start and 3 <= len(loop) <= max_edges:
             ring = np.array(loop)
             fans.append(np.stack([np.full(len(ring) - 2, ring[0]), ring[1:-1], ring[2:]], axis=1))
-    if not fans:
-        return faces, 0
-    return np.concatenate([faces, np.concatenate(fans).astype(faces.dtype)]), len(fans)
+    return fans
 
 
-def one_way_edges(edges: Edges) -> np.ndarray:
+def one_way_edges(edges: Edges):
     """(B,2) the directed edges whose reverse no triangle has (a border, as its triangles wind
     it), as often as triangles have them."""
+    xp = edges.xp
     one_way = edges.forward != edges.backward
     low, high, count = edges.low[one_way], edges.high[one_way], edges.count[one_way]
     forward = edges.forward[one_way]
-    pairs = np.stack([np.where(forward, low, high), np.where(forward, high, low)], axis=1)
-    return np.repeat(pairs, count, axis=0)
+    pairs = xp.stack([xp.where(forward, low, high), xp.where(forward, high, low)], axis=1)
+    return xp.repeat(pairs, count, axis=0)

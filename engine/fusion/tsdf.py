@@ -25,9 +25,9 @@ space that no view could see is treated as solid. Every piece that lies where th
 is kept (an object may be several parts), specks and inside-out bubbles are dropped: every
 kept part is closed.
 
-``engine.fusion.tsdf_torch`` runs the array-heavy stages (:class:`Stages`: pixel weights,
-integration, meshing, connected pieces) on a torch device; planning, allocation and clean-up
-are shared.
+``engine.fusion.tsdf_torch`` runs the array-heavy stages (:class:`Stages`: pixel weights, the views'
+consistency, integration, meshing, connected pieces, the surface clean-up) on a torch device;
+planning and allocation are shared.
 """
 
 from __future__ import annotations
@@ -241,12 +241,14 @@ class Volume:
 class Stages:
     """The array-heavy stages of :func:`fuse_tsdf`, swappable as one set: numpy here,
     ``engine.fusion.tsdf_torch.torch_stages`` on a torch device. Each takes and returns numpy arrays,
-    so planning, allocation and clean-up stay shared and the two paths give the same mesh."""
+    so planning and allocation stay shared and the two paths give the same mesh."""
 
     weigh: Callable  # (pred, options) -> (N,H,W) float32 surface-vote weights
+    make_consistent: Callable  # (views, region) -> report; corrects the views' depth, weight
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
+    clean_surface: Callable  # (vertices, faces, max_hole_edges, iterations) -> v, f, holes
 
 
 def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
@@ -286,11 +288,12 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("plan")
     agreement = None
     if options.consistent_views:
-        agreement = make_consistent(views, grid.box)
+        agreement = stages.make_consistent(views, grid.box)
+        clock.lap("consistency")
         # planned again on the corrected views: a floor found before would sit where the
         # floor was, and cut too little of it where the correction moved it
         grid = plan_grid(views, options)
-    clock.lap("consistency")
+        clock.lap("replan")
     mesh = fuse_on_grid(views, fit_truncation(grid, agreement, options), options, stages,
                         report, clock)
     first_pass_voxel = mesh.voxel_size  # the finest detail fused: the importer remeshes down to it
@@ -345,8 +348,9 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
     if grid.object_mode and meshed and not len(faces):
         raise ValueError("object mode found no closed part where most views look (photos that "
                          "circle one object); for a scene, turn object mode off")
-    vertices, faces, holes = clean_surface(vertices, faces, options.max_hole_edges,
-                                           options.smooth_iterations)
+    clock.lap("pieces")
+    vertices, faces, holes = stages.clean_surface(vertices, faces, options.max_hole_edges,
+                                                  options.smooth_iterations)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
@@ -1344,5 +1348,6 @@ def boundary_edges(faces: np.ndarray) -> int:
     return int(np.count_nonzero(edge_face_counts(faces) == 1)) if len(faces) else 0
 
 
-NUMPY_STAGES = Stages(weigh=view_weights, integrate=integrate_views, extract=mesh_volume,
-                      components=face_components)
+NUMPY_STAGES = Stages(weigh=view_weights, make_consistent=make_consistent,
+                      integrate=integrate_views, extract=mesh_volume, components=face_components,
+                      clean_surface=clean_surface)

@@ -2,18 +2,28 @@
 
 The worker imports this when torch is present. Each stage is ``engine.fusion.tsdf``'s, step for
 step (same weights, votes, cases and order of operations; float64 where numpy computes in
-float64), so the two paths give the same mesh up to float32 summation order. Planning,
-allocation and clean-up are the shared numpy code: they take a fraction of the time. torch is
-imported here only.
+float64), so the two paths give the same mesh up to float32 summation order. The views'
+consistency (``engine.fusion.consistency``) and the surface clean-up (``engine.fusion.mesh_cleanup``) are
+written once for an array namespace: here they run on :class:`TorchArrays`. Planning and
+allocation are the shared numpy code: they take a fraction of the time. torch is imported here
+only.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
 from ..core import geometry
 from ..core.prediction import Prediction
+from . import consistency, mesh_cleanup
 from . import tsdf as fusion
+
+# The views' consistency looks points up in this many views per step on a device, where a step
+# costs its kernel launches more than its arithmetic (numpy looks in one at a time: each view
+# that confirms a pixel spares the next ones' look-ups).
+VIEWS_AT_ONCE = 32
 
 
 def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,
@@ -50,9 +60,165 @@ def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,
 
 def torch_stages(device) -> fusion.Stages:
     return fusion.Stages(weigh=lambda pred, options: view_weights(pred, options, device),
+                         make_consistent=lambda views, region: make_consistent(views, region, device),
                          integrate=TorchIntegrator(device),
                          extract=lambda *args: TorchMesher(device)(*args),
-                         components=lambda faces, n: face_components(faces, n, device))
+                         components=lambda faces, n: face_components(faces, n, device),
+                         clean_surface=lambda *args: clean_surface(*args, device=device))
+
+
+def make_consistent(views: list[fusion.View], region, device) -> dict:
+    """engine.fusion.consistency.make_consistent on ``device`` (the views go there and back once)."""
+    xp = TorchArrays(device)
+    at_once = 1 if xp.device.type == "cpu" else VIEWS_AT_ONCE  # a CPU pays for arithmetic
+    return consistency.make_consistent(views, region, xp=xp, views_at_once=at_once)
+
+
+def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int, iterations: int,
+                  device) -> tuple[np.ndarray, np.ndarray, int]:
+    """engine.fusion.mesh_cleanup.clean_surface on ``device``: the mesh goes there and back once."""
+    xp = TorchArrays(device)
+    vertices, faces, holes = mesh_cleanup.clean_surface(
+        xp.asarray(vertices), xp.asarray(faces), max_hole_edges, iterations, xp=xp)
+    return vertices.cpu().numpy(), faces.cpu().numpy(), holes
+
+
+# --------------------------------------------------------------------------------------------
+# numpy's namespace on a torch device (engine.core.arrays)
+
+
+class TorchArrays:
+    """The numpy functions that the code written for an array namespace uses (``engine.core.arrays``),
+    with numpy's signatures and results on a torch device: new arrays are float64 unless told
+    (torch's default is float32), weighted counts are float64, medians and percentiles
+    interpolate as numpy's. Functions torch spells and behaves as numpy pass through; nothing
+    else does, so that a numpy name torch means otherwise (sort, any, median) cannot slip in.
+    """
+
+    PASSTHROUGH = ("abs", "floor", "sqrt", "sign", "where", "einsum", "diff", "diag", "take",
+                   "searchsorted", "empty_like", "linalg", "float32", "float64", "int32", "int64")
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        for name in self.PASSTHROUGH:
+            setattr(self, name, getattr(torch, name))
+        self.add = _SegmentSums(self)
+
+    def dtype(self, dtype):
+        """torch's dtype for a numpy one (or a Python type: float is float64, as in numpy)."""
+        if dtype is None or isinstance(dtype, self.torch.dtype):
+            return dtype
+        return getattr(self.torch, np.dtype(dtype).name)
+
+    def asarray(self, a, dtype=None):
+        return self.torch.as_tensor(a, dtype=self.dtype(dtype), device=self.device)
+
+    def array(self, a, dtype=None):
+        return self.asarray(a, dtype).clone()
+
+    def copy(self, a):
+        return a.clone()
+
+    def zeros(self, shape, dtype=float):
+        return self.torch.zeros(shape, dtype=self.dtype(dtype), device=self.device)
+
+    def ones(self, shape, dtype=float):
+        return self.torch.ones(shape, dtype=self.dtype(dtype), device=self.device)
+
+    def full(self, shape, value, dtype=None):
+        dtype = self.dtype(dtype or np.asarray(value).dtype)  # an int fills int64, as numpy
+        return self.torch.full((shape,) if np.ndim(shape) == 0 else tuple(shape), value,
+                               dtype=dtype, device=self.device)
+
+    def arange(self, n, dtype=None):
+        return self.torch.arange(n, dtype=self.dtype(dtype), device=self.device)
+
+    def stack(self, arrays, axis=0):
+        return self.torch.stack(list(arrays), dim=axis)
+
+    def concatenate(self, arrays, axis=0):
+        return self.torch.cat(list(arrays), dim=axis)
+
+    def maximum(self, a, b):
+        if not self.torch.is_tensor(b):
+            return self.torch.clamp(a, min=b)
+        return self.torch.maximum(a, b)
+
+    def minimum(self, a, b):
+        if not self.torch.is_tensor(b):
+            return self.torch.clamp(a, max=b)
+        return self.torch.minimum(a, b)
+
+    def nonzero(self, a):
+        return self.torch.nonzero(a, as_tuple=True)
+
+    def flatnonzero(self, a):
+        return self.torch.nonzero(a.reshape(-1))[:, 0]
+
+    def any(self, a, axis=None):
+        return self.torch.any(a) if axis is None else self.torch.any(a, dim=axis)
+
+    def sort(self, a):
+        return self.torch.sort(a).values
+
+    def cumsum(self, a):
+        return self.torch.cumsum(a.reshape(-1), 0)
+
+    def repeat(self, a, repeats, axis=None):
+        return self.torch.repeat_interleave(a, repeats, dim=axis)
+
+    def bincount(self, x, weights=None, minlength=0):
+        weights = None if weights is None else weights.to(self.torch.float64)
+        return self.torch.bincount(x, weights, minlength=minlength)
+
+    def median(self, a):
+        """numpy's median of a 1-D array (the mean of the middle two), as a 0-d array: no sync."""
+        ordered = self.torch.sort(a).values
+        return (ordered[(len(a) - 1) // 2] + ordered[len(a) // 2]) / 2
+
+    def percentile(self, a, q: float):
+        """numpy's default (linear) percentile of a 1-D array, interpolated as numpy's _lerp."""
+        ordered = self.torch.sort(a).values
+        pos = q / 100 * (len(a) - 1)
+        low = int(pos)
+        below, above = ordered[low], ordered[min(low + 1, len(a) - 1)]
+        t = pos - low
+        diff = above - below
+        return above - diff * (1 - t) if t >= 0.5 else below + diff * t
+
+    def insert(self, a, index, values):
+        """numpy's insert of ``values`` before positions ``index`` of 1-D ``a``."""
+        torch = self.torch
+        rank = torch.empty_like(index)
+        rank[torch.argsort(index, stable=True)] = torch.arange(len(index), device=self.device)
+        at = index + rank
+        out = torch.empty(len(a) + len(index), dtype=a.dtype, device=self.device)
+        old = torch.ones(len(out), dtype=torch.bool, device=self.device)
+        old[at] = False
+        out[at] = values.to(a.dtype)
+        out[old] = a
+        return out
+
+    def errstate(self, **_):
+        return contextlib.nullcontext()  # torch raises no floating-point warnings
+
+
+class _SegmentSums:
+    """``xp.add.reduceat(values, bounds)`` as numpy's for segments that are not empty (an empty
+    one sums to 0 here, to values[bound] in numpy: callers give such sums no weight)."""
+
+    def __init__(self, xp: TorchArrays):
+        self.xp = xp
+
+    def reduceat(self, values, bounds):
+        torch, dev = self.xp.torch, values.device
+        # the last segment runs to the end; sizes given, so that nothing waits for the device
+        lengths = torch.diff(bounds, append=torch.full((1,), len(values), device=dev))
+        owner = torch.repeat_interleave(torch.arange(len(bounds), device=dev), lengths,
+                                        output_size=len(values))
+        return torch.zeros(len(bounds), dtype=values.dtype, device=dev).index_add_(0, owner, values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -127,6 +127,14 @@ def decode(line: str) -> dict:
     return obj
 
 
+def seconds_left(done: int, total: int, elapsed: float) -> float | None:
+    """A progress event's ``eta_s``: seconds left at the pace so far; None before anything is
+    done. (Blender's side estimates it the same way for events that come without one.)"""
+    if done <= 0 or elapsed <= 0:
+        return None
+    return round(elapsed / done * (total - done), 1)
+
+
 def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> int:
     """How many frames of a ``total``-frame video a job keeps with count or fps sampling.
 

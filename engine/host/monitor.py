@@ -33,7 +33,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.protocol import CANCEL_LINE, EXIT_LINE, Job, decode, job_line, serving_continues
+from ..core.protocol import (
+    CANCEL_LINE,
+    EXIT_LINE,
+    Job,
+    decode,
+    job_line,
+    seconds_left,
+    serving_continues,
+)
 
 GRACE_S = 3.0  # between the cancel line and SIGTERM, and between SIGTERM and SIGKILL
 _EOF = object()
@@ -203,9 +211,9 @@ class ProcessMonitor:
 
     def _estimated_eta(self) -> float | None:
         done, total = self.state.done, self.state.total
-        if done <= 0 or total <= done:
+        if total <= done:
             return None
-        return (time.monotonic() - self._stage_started) / done * (total - done)
+        return seconds_left(done, total, time.monotonic() - self._stage_started)
 
     def _check_exit(self) -> list[dict]:
         """After the process ended and its output was read: an error event if none was final."""

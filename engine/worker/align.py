@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.geometry import depth_jumps
 from ..core.prediction import Prediction
 
 CAUCHY_C = 2.3849  # 95% efficiency of the Cauchy loss for Gaussian residuals
 RANSAC_INLIER = 0.05  # a pair within 5% of its depth supports a hypothesis
 CONSISTENT_DEPTH = 0.05  # a projected point within 5% of the depth seen there is the same surface
-EDGE_JUMP = 0.05  # a pixel whose neighbour's depth jumps by more is on an occlusion edge
 MIN_PAIRS = 12
 
 
@@ -222,13 +222,13 @@ def backproject(depth: np.ndarray, intrinsics: np.ndarray, extrinsics: np.ndarra
 
 
 def smooth_at(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """True where no 4-neighbour's depth jumps by more than EDGE_JUMP (not a flying pixel)."""
+    """True where no 4-neighbour's depth jumps (``geometry.depth_jumps``: not a flying pixel)."""
     h, w = depth.shape
     centre = depth[rows, cols]
     ok = centre > 0
     for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         nb = depth[np.clip(rows + dr, 0, h - 1), np.clip(cols + dc, 0, w - 1)]
-        ok &= np.abs(nb - centre) <= EDGE_JUMP * np.minimum(nb, centre)
+        ok &= ~depth_jumps(nb, centre)
     return ok
 
 

@@ -291,8 +291,3 @@ def concat_views(parts: list[Views]) -> Views:
                  all(p.is_metric for p in parts))
 
 
-def eta(done: int, total: int, elapsed: float) -> float | None:
-    """Seconds left at the pace so far; None before anything is done."""
-    if done <= 0 or elapsed <= 0:
-        return None
-    return round(elapsed / done * (total - done), 1)

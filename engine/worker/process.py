@@ -52,6 +52,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.protocol import seconds_left
+
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 CANCEL_GRACE_S = 1.0  # then the watchdog ends the process; the contract is 2 s
 PROGRESS_INTERVAL_S = 0.2  # at most this often per stage, besides the last step
@@ -374,9 +376,8 @@ def read_frames_job(run: Run, sources):
     emitter.stage("reading_frames", f"reading {what}")
 
     def progress(done, total):
-        from .model import eta
 
-        emitter.progress("reading_frames", done, total, eta(done, total, time.monotonic() - start))
+        emitter.progress("reading_frames", done, total, seconds_left(done, total, time.monotonic() - start))
 
     found = read_frames(sources, job.max_frames, job.fps, progress, run.stopped,
                         transform=lambda rgb: resize_for_network(rgb, job.process_res),
@@ -416,11 +417,10 @@ def weights_folder(run: Run) -> Path:
     start = time.monotonic()
 
     def progress(done, total):
-        from .model import eta
 
         run.cancel.check()
         emitter.progress("downloading_weights", done, total,
-                         eta(done, total, time.monotonic() - start))
+                         seconds_left(done, total, time.monotonic() - start))
 
     try:
         download(preset, folder, progress)
@@ -468,7 +468,7 @@ def load_network_on(run: Run, folder: Path, device, key: tuple) -> LoadedModel:
 
 def infer(run: Run, net, device, dtype, batch):
     """All views in one pass (multi-view presets) or one at a time (monocular presets)."""
-    from .model import concat_views, eta, forward, to_views
+    from .model import concat_views, forward, to_views
     from .preprocess import DEFAULT_FOV_X_DEG
 
     n = batch.rgb.shape[0]
@@ -480,7 +480,7 @@ def infer(run: Run, net, device, dtype, batch):
 
     def step_done(done, total):  # inside the forward pass, between blocks
         run.cancel.check()
-        run.emitter.progress("inference", done, total, eta(done, total, time.monotonic() - start))
+        run.emitter.progress("inference", done, total, seconds_left(done, total, time.monotonic() - start))
 
     try:
         if run.preset.multi_view:
@@ -492,7 +492,7 @@ def infer(run: Run, net, device, dtype, batch):
                 run.cancel.check()
                 parts.append(to_views(forward(net, batch.rgb[i:i + 1], device, dtype),
                                       metric_raw, fov))
-                run.emitter.progress("inference", i + 1, n, eta(i + 1, n, time.monotonic() - start))
+                run.emitter.progress("inference", i + 1, n, seconds_left(i + 1, n, time.monotonic() - start))
             views = concat_views(parts)
     except Exception as exc:
         raise_if_out_of_memory(exc, device, n, w, h)

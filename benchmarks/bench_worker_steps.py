@@ -32,9 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.worker.inputs import collect_sources, read_frames  # noqa: E402
-
 from engine.core.prediction import Prediction, PredictionWriter  # noqa: E402
+from engine.worker.inputs import collect_sources, read_frames  # noqa: E402
 from engine.worker.preprocess import make_batch, resize_for_network, stored_images  # noqa: E402
 from tests import media  # noqa: E402
 

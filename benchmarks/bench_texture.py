@@ -2,7 +2,8 @@
 with the texture and with vertex colours, and what the bake costs.
 
     .venv/bin/python benchmarks/bench_texture.py [--scenes parts_checker room --hard
-                                                  --budgets 20000 300000 --renders DIR]
+                                                  --budgets 20000 300000 --renders DIR
+                                                  --texture-size 0 1024 2048]
 
 Each scene is rendered with Cycles at 504x378 from 30 views (tests/scenes.py; cached under
 .cache/bench-fusion/ like bench_fusion.py's) and degraded like a DA3 prediction (--hard:
@@ -11,7 +12,8 @@ scenes.HARD). View 5 is left out; the rest is imported with default options at e
 engine (flat light) with its texture and with its vertex colours. Printed per scene and budget:
 the mean |difference| (0-255) from the left-out photo over the object's pixels, the texture's
 size and the share of it that came from the photos, the surface's faces, and the seconds of the
-bake (on the importer's thread) and of the whole import. With --renders DIR, DIR/<scene>-<budget>.png
+bake (on the importer's thread) and of the whole import. --texture-size compares fixed sizes with
+the automatic one (0). With --renders DIR, DIR/<scene>-<budget>.png
 shows the photo, the texture and the vertex colours side by side.
 """
 
@@ -43,17 +45,19 @@ def parse_args():
     parser.add_argument("--height", type=int, default=378)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--renders", type=Path, default=None)
+    parser.add_argument("--texture-size", type=int, nargs="+", default=[0],
+                        help="texture sizes to compare (0: automatic)")
     return parser.parse_args()
 
 
-def measure(api, scene, degraded, budget: int, renders: Path | None) -> str:
+def measure(api, scene, degraded, budget: int, renders: Path | None, texture_size: int = 0) -> str:
     import bpy
     from da3_reconstruct.engine.core.options import BuildOptions
 
     bpy.ops.wm.read_homefile(use_empty=True)
     pred = scenes.without_view(degraded.prediction, HELD_OUT)
     options = BuildOptions(object_mode=scene.name != "room", output_points=False,
-                           output_cameras=False, max_faces=budget)
+                           output_cameras=False, max_faces=budget, texture_size=texture_size)
     timings: dict = {}
     start = time.perf_counter()
     collection = api.import_prediction(pred, options, name=scene.name, timings=timings)
@@ -67,7 +71,8 @@ def measure(api, scene, degraded, budget: int, renders: Path | None) -> str:
     if renders:
         strip = [photo] + [np.round(p[..., :3] * 255).astype(np.uint8) for p in pictures.values()]
         renders.mkdir(parents=True, exist_ok=True)
-        scenes.write_png(renders / f"{scene.name}-{budget}.png", np.concatenate(strip, axis=1))
+        suffix = f"-{texture_size}" if texture_size else ""
+        scenes.write_png(renders / f"{scene.name}-{budget}{suffix}.png", np.concatenate(strip, axis=1))
     return (f"{scene.name:<14} {budget:>8,} {len(surface.data.polygons):>8,} "
             f"{errors['TEXTURE']:>8.1f} {errors['VERTEX']:>8.1f} {sharp['TEXTURE']:>6.2f} "
             f"{sharp['VERTEX']:>6.2f}   {surface['da3_texture']:<28} "
@@ -88,7 +93,8 @@ def main():
         scene = cached_scene(name, args)
         degraded = scenes.degrade(scene, seed=0, **(scenes.HARD if args.hard else {}))
         for budget in args.budgets:
-            print(measure(api, scene, degraded, budget, args.renders), flush=True)
+            for texture_size in args.texture_size:
+                print(measure(api, scene, degraded, budget, args.renders, texture_size), flush=True)
 
 
 if __name__ == "__main__":

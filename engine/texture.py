@@ -18,9 +18,11 @@ Blender's process runs this on the importer's thread once the surface has its fi
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +47,9 @@ DEPTH_TOLERANCE = 0.02
 # Weights are raised to this power before blending: the best-placed views dominate, so small
 # pose errors blur less than in a plain average.
 SHARPNESS = 2.0
+
+# Threads that bake: two where that leaves a core to Blender's UI (as the importer's threads)
+BAKE_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
 
 Progress = Callable[[float, str], None]
 
@@ -84,6 +89,25 @@ class Polygons:
         return np.stack([first, first + step + 1, first + step + 2], axis=1)
 
 
+class Workers:
+    """Runs independent pieces of numpy work on ``count`` threads (numpy lets go of the GIL in
+    its array operations); with one, in the calling thread."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="da3-bake") if count > 1 else None
+
+    def map(self, fn: Callable, *iterables) -> list:
+        return list(self._pool.map(fn, *iterables) if self._pool else map(fn, *iterables))
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool:
+            self._pool.shutdown()
+
+
 @dataclass
 class Baked:
     uv: np.ndarray  # (L,2) float32, per face corner, in [0,1]
@@ -106,21 +130,28 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     corners = mesh.fan_triangles()
     texels, triangle, bary = rasterize(uv[corners] * size, size)
     vertices = mesh.vertices.astype(np.float32)
-    rgb, seen = blend_views(Texels.of_mesh(vertices, mesh.corner_vert[corners], triangle, bary),
-                            vertices, pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"))
+    with Workers(BAKE_THREADS) as workers:
+        rgb, seen = blend_views(Texels.of_mesh(vertices, mesh.corner_vert[corners], triangle, bary),
+                                vertices, pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"), workers)
     if colors is not None:
         unseen = np.flatnonzero(~seen)
         fallback = colors[mesh.corner_vert[corners[triangle[unseen]]], :3]  # (n,3 corners,3)
         rgb[unseen] = srgb_from_linear(np.einsum("kc,kcx->kx", bary[unseen], fallback))
+    report(0.95, "writing the texture")
+    return Baked(uv.astype(np.float32), atlas_png(size, texels, rgb),
+                 seen=float(seen.mean()) if len(seen) else 0.0)
+
+
+def atlas_png(size: int, texels: np.ndarray, rgb: np.ndarray) -> bytes:
+    """The PNG of a ``size`` x ``size`` atlas whose ``texels`` (flat indices, v up) have the
+    colours ``rgb`` (K,3 sRGB in [0,1]), its gutters filled."""
     image = np.zeros((size * size, 3), dtype=np.float32)
     image[texels] = rgb
     covered = np.zeros(size * size, dtype=bool)
     covered[texels] = True
     image = fill_gutters(image.reshape(size, size, 3), covered.reshape(size, size), PADDING + 1)
-    report(0.95, "writing the texture")
     pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return Baked(uv.astype(np.float32), png_bytes(pixels[::-1]),  # PNG rows run top-down
-                 seen=float(seen.mean()) if len(seen) else 0.0)
+    return png_bytes(pixels[::-1])  # PNG rows run top-down
 
 
 def automatic_size(mesh: Polygons, pred: Prediction, voxel: float) -> int:
@@ -161,13 +192,20 @@ def unwrap(mesh: Polygons, size: int, padding: int = PADDING) -> np.ndarray:
     kept_axes = np.array([[1, 2], [2, 0], [0, 1]])[axis[corner_polygon]]  # the two other axes
     flat = np.take_along_axis(mesh.vertices[mesh.corner_vert], kept_axes, axis=1)
     corner_chart = chart[corner_polygon]
-    low = np.full((chart.max() + 1, 2), np.inf)
-    high = np.full((chart.max() + 1, 2), -np.inf)
-    np.minimum.at(low, corner_chart, flat)
-    np.maximum.at(high, corner_chart, flat)
+    low, high = chart_bounds(flat, mesh.loop_start, chart)
     density, offsets = pack_charts(high - low, size, padding)
     texel = (flat - low[corner_chart]) * density + offsets[corner_chart] + padding
     return texel / size
+
+
+def chart_bounds(flat: np.ndarray, loop_start: np.ndarray, chart: np.ndarray):
+    """(C,2) float64 lowest and highest of the corners' ``flat`` (L,2) coordinates per chart
+    (``chart``: (P,) each polygon's, its corners from ``loop_start``)."""
+    low, high = np.minimum.reduceat(flat, loop_start), np.maximum.reduceat(flat, loop_start)
+    order = np.argsort(chart, kind="stable")
+    starts = np.searchsorted(chart[order], np.arange(chart.max() + 1))
+    return (np.minimum.reduceat(low[order], starts).astype(np.float64),
+            np.maximum.reduceat(high[order], starts).astype(np.float64))
 
 
 def polygon_normals(mesh: Polygons) -> np.ndarray:
@@ -219,27 +257,38 @@ def charts(pairs: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """(P,) direction and chart index (0..) of each polygon: connected polygons facing one
     axis direction most, with small charts merged into a neighbouring chart they also face."""
     direction = np.argmax(normals @ DIRECTIONS.T, axis=1)
+    neighbours = np.r_[pairs, pairs[:, ::-1]]
+    chart = connected(pairs, direction)
     for _ in range(MERGE_ROUNDS):
-        chart = connected(pairs, direction)
         size = np.bincount(chart)[chart]
         # each small chart's polygon may take the direction of its largest neighbouring chart
-        p, q = np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]]
-        wanted = (size[p] < MIN_CHART_POLYGONS) & (size[q] > size[p])
-        wanted &= np.einsum("kx,kx->k", normals[p], DIRECTIONS[direction[q]]) > MERGE_COSINE
-        p, q = p[wanted], q[wanted]
+        p, q = neighbours[(size[neighbours[:, 0]] < MIN_CHART_POLYGONS)
+                          & (size[neighbours[:, 1]] > size[neighbours[:, 0]])].T
+        facing = np.einsum("kx,kx->k", normals[p], DIRECTIONS[direction[q]]) > MERGE_COSINE
+        p, q = p[facing], q[facing]
         if not len(p):
             break
         order = np.lexsort((-size[q], p))  # per polygon, its largest neighbouring chart first
         first = np.r_[True, p[order][1:] != p[order][:-1]]
         direction[p[order][first]] = direction[q[order][first]]
-    return direction, connected(pairs, direction)
+        # only polygons of small charts turned: the others' charts are still connected
+        chart = connected(pairs, direction, np.where(size >= MIN_CHART_POLYGONS, chart, -1))
+    return direction, chart
 
 
-def connected(pairs: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """(P,) index (0..) of the connected set of same-direction polygons each one is in."""
+def connected(pairs: np.ndarray, direction: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """(P,) index (0..) of the connected set of same-direction polygons each one is in, in the
+    order of their first polygons. ``known`` (P,): a set of polygons known to be connected that
+    each is in (-1: none); the search then takes each set as one node."""
+    node = np.arange(len(direction))
+    if known is not None:
+        node = np.where(known >= 0, known, known.max() + 1 + node)
     same = pairs[direction[pairs[:, 0]] == direction[pairs[:, 1]]]
-    roots = island_labels(same, len(direction))
-    return np.unique(roots, return_inverse=True)[1].reshape(-1)
+    edges = node[same]
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    label = island_labels(edges, node.max() + 1)[node]
+    first, inverse = np.unique(label, return_index=True, return_inverse=True)[1:]
+    return np.argsort(np.argsort(first))[inverse.reshape(-1)]
 
 
 PACKING_FILL = 0.85  # the share of the atlas the charts' boxes are sized to cover at first
@@ -297,7 +346,6 @@ def shelf_pack(boxes: np.ndarray, order: np.ndarray, size: int) -> np.ndarray | 
 # --- 2. texels -> triangles ----------------------------------------------------------------------
 
 RASTER_CHUNK = 1 << 21  # texels of the triangles' bounding boxes handled at once
-EDGES = ((0, 1), (1, 2), (2, 0))
 
 
 def rasterize(triangles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -307,11 +355,10 @@ def rasterize(triangles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray,
     and its barycentric coordinates (K,3). Each texel row a triangle crosses is scanned only
     where the triangle lies along it; a texel on an edge two triangles share goes to the first.
     """
-    first_row = np.floor(triangles[..., 1].min(axis=1)).clip(0, size).astype(np.int64)
-    rows = np.maximum(np.floor(triangles[..., 1].max(axis=1)).clip(-1, size - 1) - first_row + 1, 0)
-    rows = rows.astype(np.int64)
-    width = np.floor(triangles[..., 0].max(axis=1)) - np.floor(triangles[..., 0].min(axis=1)) + 1
-    boxes = np.cumsum(rows * width)
+    low, high = triangles.min(axis=1), triangles.max(axis=1)
+    first_row = np.floor(low[:, 1]).clip(0, size).astype(np.int64)
+    rows = np.maximum(np.floor(high[:, 1]).clip(-1, size - 1) - first_row + 1, 0).astype(np.int64)
+    boxes = np.cumsum(rows * (np.floor(high[:, 0]) - np.floor(low[:, 0]) + 1))
     cuts = np.searchsorted(boxes, np.arange(RASTER_CHUNK, boxes[-1] if len(boxes) else 0, RASTER_CHUNK))
     found = [_texels_inside(triangles[start:stop], first_row[start:stop], rows[start:stop], start, size)
              for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(triangles)], strict=True)]
@@ -326,31 +373,31 @@ def rasterize(triangles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray,
 def _texels_inside(tri: np.ndarray, first_row: np.ndarray, rows: np.ndarray, first: int, size: int):
     """Texels (flat), triangles (``first`` + index) and barycentric coordinates of the texel
     centres inside ``tri`` (n,3,2), whose rows start at ``first_row`` (n,), ``rows`` (n,) each."""
-    owner = np.repeat(np.arange(len(tri)), rows)
-    row = first_row[owner] + _ramps(rows)
-    corner = tri[owner]  # (R,3,2): one entry per texel row of a triangle
-    low, high = _row_span(corner, row + 0.5)
+    row = np.repeat(first_row, rows) + _ramps(rows)
+    low, high = _row_spans(tri, rows, row + 0.5)
     first_col = np.ceil(low - 0.5 - 1e-3).clip(0, size).astype(np.int64)
-    last_col = np.floor(high - 0.5 + 1e-3).clip(-1, size - 1).astype(np.int64)
-    # along a row each barycentric coordinate is linear: w = slope * x + offset
-    a, v0, v1 = corner[:, 0], corner[:, 1] - corner[:, 0], corner[:, 2] - corner[:, 0]
+    count = np.maximum(np.floor(high - 0.5 + 1e-3).clip(-1, size - 1) - first_col + 1, 0).astype(np.int64)
+    # barycentric coordinates relative to corner a: w = slope * (x - a_x) + offset(y - a_y)
+    a, v0, v1 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
     det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
     valid = np.abs(det) > 1e-12
     safe = np.where(valid, det, 1.0)
-    dy = row + 0.5 - a[:, 1]
-    slope1, offset1 = v1[:, 1] / safe, (-a[:, 0] * v1[:, 1] - v1[:, 0] * dy) / safe
-    slope2, offset2 = -v0[:, 1] / safe, (v0[:, 0] * dy + a[:, 0] * v0[:, 1]) / safe
-    count = np.where(valid, np.maximum(last_col - first_col + 1, 0), 0)
-    at = np.repeat(np.arange(len(row)), count)
-    x = first_col[at] + _ramps(count) + 0.5
-    w1 = slope1[at] * x + offset1[at]
-    w2 = slope2[at] * x + offset2[at]
+    count *= np.repeat(valid, rows)
+    dy = row + 0.5 - np.repeat(a[:, 1], rows)
+    triangle = np.repeat(np.arange(len(tri)), rows)
+    per_row = (np.repeat(value, rows) for value in (a[:, 0], v1[:, 1] / safe, -v0[:, 1] / safe))
+    ax, slope1, slope2 = (np.repeat(value, count) for value in per_row)
+    offset1 = np.repeat(np.repeat(-v1[:, 0] / safe, rows) * dy, count)
+    offset2 = np.repeat(np.repeat(v0[:, 0] / safe, rows) * dy, count)
+    col = np.repeat(first_col, count) + _ramps(count)
+    dx = col + 0.5 - ax
+    w1 = slope1 * dx + offset1
+    w2 = slope2 * dx + offset2
     w0 = 1 - w1 - w2
-    inside = (w0 >= -1e-6) & (w1 >= -1e-6) & (w2 >= -1e-6)
-    at, x = at[inside], x[inside]
+    inside = np.flatnonzero((w0 >= -1e-6) & (w1 >= -1e-6) & (w2 >= -1e-6))
     bary = np.stack([w0[inside], w1[inside], w2[inside]], axis=1)
-    texels = row[at] * size + (x - 0.5).astype(np.int64)
-    return texels, first + owner[at], np.clip(bary, 0, 1).astype(np.float32)
+    texels = np.repeat(row * size, count)[inside] + col[inside]
+    return texels, first + np.repeat(triangle, count)[inside], np.clip(bary, 0, 1).astype(np.float32)
 
 
 def _ramps(counts: np.ndarray) -> np.ndarray:
@@ -358,19 +405,31 @@ def _ramps(counts: np.ndarray) -> np.ndarray:
     return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def _row_span(corner: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where the line at height ``y`` (R,) meets the triangles ``corner`` (R,3,2): the lowest
-    and highest x (the line is moved inside a triangle it misses, to its nearest corner)."""
-    y = np.clip(y, corner[..., 1].min(axis=1), corner[..., 1].max(axis=1))
-    low, high = np.full(len(y), np.inf), np.full(len(y), -np.inf)
-    for a, b in EDGES:
-        (xa, ya), (xb, yb) = corner[:, a].T, corner[:, b].T
-        level = ya == yb
-        x = xa + (y - ya) / np.where(level, 1, yb - ya) * (xb - xa)
-        crosses = (y - ya) * (y - yb) <= 0
-        low = np.where(crosses, np.minimum(low, np.where(level, np.minimum(xa, xb), x)), low)
-        high = np.where(crosses, np.maximum(high, np.where(level, np.maximum(xa, xb), x)), high)
-    return low, high
+def _row_spans(tri: np.ndarray, rows: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the lines at heights ``y`` (R,: ``rows`` (n,) per triangle) meet the triangles
+    ``tri`` (n,3,2): the lowest and highest x (a line that misses its triangle is moved to its
+    nearest corner). With the corners sorted by height, one side runs from the lowest corner to
+    the highest, the other from the lowest to the middle one and on to the highest."""
+    (x0, y0), (x1, y1), (x2, y2) = (corner.T for corner in _by_height(tri))
+    slopes = [dx / np.where(dy > 0, dy, 1) * (dy > 0)
+              for dx, dy in ((x2 - x0, y2 - y0), (x1 - x0, y1 - y0), (x2 - x1, y2 - y1))]
+    across, lower, upper = (np.repeat(slope, rows) for slope in slopes)
+    x0, y0, x1, y1 = (np.repeat(value, rows) for value in (x0, y0, x1, y1))
+    y = np.clip(y, y0, np.repeat(y2, rows))
+    far = x0 + (y - y0) * across
+    near = np.where(y < y1, x0 + (y - y0) * lower, x1 + (y - y1) * upper)
+    return np.minimum(far, near), np.maximum(far, near)
+
+
+def _by_height(tri: np.ndarray) -> list[np.ndarray]:
+    """The corners of ``tri`` (n,3,2), lowest first: three (n,2) arrays (a sorting network, where
+    argsort would sort every row of three alone)."""
+    corners = [tri[:, 0], tri[:, 1], tri[:, 2]]
+    for i, j in ((0, 1), (1, 2), (0, 1)):
+        low, high = corners[i], corners[j]
+        swap = (high[:, 1] < low[:, 1])[:, None]
+        corners[i], corners[j] = np.where(swap, high, low), np.where(swap, low, high)
+    return corners
 
 
 def triangle_normals(positions: np.ndarray) -> np.ndarray:
@@ -384,14 +443,14 @@ def triangle_normals(positions: np.ndarray) -> np.ndarray:
 @dataclass
 class Texels:
     """The texels inside the surface, sorted by the triangle each lies in, with its surface
-    point; and the triangles' normals, centres, planes, vertices and first texels."""
+    point; and the triangles' normals, centres, planes, corners' vertices and first texels."""
 
     triangle: np.ndarray  # (K,) sorted
     points: np.ndarray  # (K,3)
     triangle_normals: np.ndarray  # (T,3) unit
     triangle_centres: np.ndarray  # (T,3)
     triangle_planes: np.ndarray  # (T,) normal . centre: normal . (eye - point) = normal . eye - plane
-    triangle_vertices: np.ndarray  # (T,3) vertex indices
+    corner_vertices: np.ndarray  # (3,T) vertex indices: row j holds every triangle's corner j
     first: np.ndarray  # (T+1,) triangle t's texels are first[t]:first[t + 1]
 
     @classmethod
@@ -402,7 +461,12 @@ class Texels:
         normals, centres = triangle_normals(corners), corners.mean(axis=1)
         points = np.einsum("kc,kcx->kx", bary, corners[triangle])
         return cls(triangle, points, normals, centres, np.einsum("tx,tx->t", normals, centres),
-                   triangle_vertices, np.searchsorted(triangle, np.arange(len(corners) + 1)))
+                   np.ascontiguousarray(triangle_vertices.T),
+                   np.searchsorted(triangle, np.arange(len(corners) + 1)))
+
+    def heights(self, eye: np.ndarray, chosen=slice(None)) -> np.ndarray:
+        """How far ``eye`` (3,) lies in front of the plane of each (``chosen``) triangle."""
+        return self.triangle_normals[chosen] @ eye - self.triangle_planes[chosen]
 
     def of_triangles(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the texels of the ``chosen`` triangles (without touching the others),
@@ -413,30 +477,46 @@ class Texels:
 
 
 def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: float,
-                progress: Callable[[float], None]) -> tuple[np.ndarray, np.ndarray]:
+                progress: Callable[[float], None], workers: Workers | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(K,3) sRGB colour in [0,1] of each texel, from the views that see it, and (K,) whether
-    any did. Each view only looks at the texels of the triangles it is among the best views of."""
-    total = np.zeros((len(texels.points), 3), dtype=np.float32)
+    any did. Each view only looks at the texels of the triangles it is among the best views of
+    (split among the ``workers``: each takes its own texels, so none writes where another does)."""
+    workers = workers or Workers(1)
+    total = np.zeros((3, len(texels.points)), dtype=np.float32)  # a row per channel
     weights = np.zeros(len(texels.points), dtype=np.float32)
     w2c = pred.world_to_camera()
-    best = best_views(texels, vertices, pred, w2c, voxel)
-    views = best.reshape(-1).astype(np.int16)  # a stable sort of 16-bit integers is a radix sort
-    order = np.argsort(views, kind="stable")
-    bounds = np.searchsorted(views[order], np.arange(pred.num_views + 1))
-    for i, eye in enumerate(camera_centres(w2c)):
-        chosen_triangles = order[bounds[i]:bounds[i + 1]] // best.shape[1]  # in order
-        chosen, counts = texels.of_triangles(chosen_triangles)
-        heights = texels.triangle_normals[chosen_triangles] @ eye - texels.triangle_planes[chosen_triangles]
-        index, colour, weight = view_colours(texels.points[chosen], np.repeat(heights, counts),
-                                             pred, i, w2c[i], voxel)
+
+    def add(i: int, chosen: np.ndarray, heights: np.ndarray) -> None:
+        index, colour, weight = view_colours(texels.points.take(chosen, axis=0), heights, pred, i,
+                                             w2c[i], voxel)
         index = chosen[index]
-        weight = weight ** SHARPNESS
-        total[index] += colour * weight[:, None]
-        weights[index] += weight
+        weight **= SHARPNESS
+        colour *= weight
+        for row, values in zip(total, colour, strict=True):  # take and put: faster than +=
+            row[index] = row.take(index) + values
+        weights[index] = weights.take(index) + weight
+
+    best = best_views(texels, vertices, pred, w2c, voxel, workers)
+    eyes = camera_centres(w2c)
+    for i, chosen_triangles in enumerate(triangles_per_view(best, pred.num_views)):
+        chosen, counts = texels.of_triangles(chosen_triangles)
+        heights = texels.heights(eyes[i], chosen_triangles)
+        parts = np.array_split(np.arange(len(chosen)), workers.count)
+        workers.map(add, [i] * len(parts), [chosen[part] for part in parts],
+                    np.array_split(np.repeat(heights, counts), workers.count))
         progress((i + 1) / pred.num_views)
     seen = weights > 0
-    total[seen] /= weights[seen, None]
-    return total, seen
+    np.divide(total, weights, out=total, where=seen)
+    return total.T, seen
+
+
+def triangles_per_view(best: np.ndarray, views: int) -> list[np.ndarray]:
+    """For each view, the triangles (in order) whose ``best`` (T,n) views include it."""
+    flat = best.reshape(-1).astype(np.int16)  # a stable sort of 16-bit integers is a radix sort
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(views + 1))
+    return [order[bounds[i]:bounds[i + 1]] // best.shape[1] for i in range(views)]
 
 
 def camera_centres(w2c: np.ndarray) -> np.ndarray:
@@ -451,34 +531,26 @@ VIEWS_PER_TRIANGLE = 4
 
 
 def best_views(texels: Texels, vertices: np.ndarray, pred: Prediction, w2c: np.ndarray,
-               voxel: float) -> np.ndarray:
+               voxel: float, workers: Workers) -> np.ndarray:
     """(T, VIEWS_PER_TRIANGLE) the views most likely to see each triangle best: facing it,
     overlapping it, its centre where their depth puts the surface, most pixels on it. A view
     whose depth test fails at the centre only stands in when there are not enough others (part
     of a large triangle may still be in view); -1 for none."""
-    scores = np.zeros((len(texels.triangle_normals), pred.num_views), dtype=np.float32)
-    for i, eye in enumerate(camera_centres(w2c)):
-        heights = texels.triangle_normals @ eye - texels.triangle_planes
+    scores = np.zeros((pred.num_views, len(texels.triangle_normals)), dtype=np.float32)
+
+    def score(i: int, eye: np.ndarray) -> None:
+        heights = texels.heights(eye)
         facing = facing_triangles(texels, heights, vertices, pred, i, w2c[i])
-        scores[facing, i] = STAND_IN
+        scores[i, facing] = STAND_IN
         # seen at its centre implies facing and overlapping: the others need no exact test
         index, pixels_per_area = seen_by_view(texels.triangle_centres[facing], heights[facing],
                                               pred, i, w2c[i], voxel)[:2]
-        scores[facing[index], i] = np.maximum(pixels_per_area, 2 * STAND_IN)
-    return top_views(scores, min(VIEWS_PER_TRIANGLE, pred.num_views))
+        scores[i, facing[index]] = np.maximum(pixels_per_area, 2 * STAND_IN)
 
-
-def top_views(scores: np.ndarray, count: int) -> np.ndarray:
-    """(T, count) the columns of ``scores`` (T,N, >= 0) with the highest scores per row, the
-    lowest column first among equals (as a stable sort would); -1 where the score is 0."""
-    scores = scores.copy()
-    rows = np.arange(len(scores))
-    best = np.empty((len(scores), count), dtype=np.int64)
-    for j in range(count):
-        column = scores.argmax(axis=1)
-        best[:, j] = np.where(scores[rows, column] > 0, column, -1)
-        scores[rows, column] = -1
-    return best
+    workers.map(score, range(pred.num_views), camera_centres(w2c))  # each writes its own row
+    count = min(VIEWS_PER_TRIANGLE, pred.num_views)
+    best = np.argsort(-scores, axis=0)[:count].T  # (T, count)
+    return np.where(np.take_along_axis(scores.T, best, axis=1) > 0, best, -1)
 
 
 STAND_IN = 1e-6
@@ -500,14 +572,15 @@ def facing_triangles(texels: Texels, heights: np.ndarray, vertices: np.ndarray, 
     # triangle misses the image when all its corners lie beyond one side
     side = ((u < 0) | (u >= pred.width) << 1 | (v < 0) << 2 | (v >= pred.height) << 3
             | (camera[:, 2] <= 0) << 4).astype(np.uint8)
-    a, b, c = (side[texels.triangle_vertices[facing, j]] for j in range(3))
+    a, b, c = (side.take(corner.take(facing)) for corner in texels.corner_vertices)
     return facing[((a & b & c) == 0) | ((a | b | c) >= 16)]
 
 
 def view_colours(points, heights, pred: Prediction, i: int, w2c: np.ndarray, voxel: float):
-    """The points view ``i`` sees: their indices, sRGB colours (n,3) and weights (n,)."""
+    """The points view ``i`` sees: their indices, sRGB colours (3,n: a row per channel) and
+    weights (n,)."""
     index, pixels_per_area, u, v, pixel = seen_by_view(points, heights, pred, i, w2c, voxel)
-    confidence = 1.0 if pred.conf is None else pred.conf[i].reshape(-1)[pixel]
+    confidence = 1.0 if pred.conf is None else pred.conf[i].reshape(-1).take(pixel)
     weight = (confidence * pixels_per_area).astype(np.float32)
     return index, sample_bilinear(pred.image[i], u - 0.5, v - 0.5), weight
 
@@ -520,19 +593,22 @@ def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, vox
     coordinates u, v and the flat index of the pixel. (All tests first, one selection after:
     each selection copies every array.)"""
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    camera = points @ rotation.T + shift
-    z = camera[:, 2]
-    cosine = heights / np.maximum(np.sqrt(np.einsum("kx,kx->k", camera, camera)), 1e-30)
+    x, y, z = rotation @ points.T + shift[:, None]  # contiguous rows: faster than columns
+    cosine = heights / np.maximum(np.sqrt(x * x + y * y + z * z), 1e-30)
     k = pred.intrinsics[i].astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = k[0, 0] * camera[:, 0] / z + k[0, 2]
-        v = k[1, 1] * camera[:, 1] / z + k[1, 2]
+        u = k[0, 0] * x
+        u /= z
+        u += k[0, 2]
+        v = k[1, 1] * y
+        v /= z
+        v += k[1, 2]
     seen = (cosine > MIN_COSINE) & (z > 0) & (u >= 0) & (v >= 0) & (u < pred.width) & (v < pred.height)
     pixel = np.where(seen, v, 0).astype(np.int32) * pred.width + np.where(seen, u, 0).astype(np.int32)
-    depth = pred.depth[i].reshape(-1)[pixel]
+    depth = pred.depth[i].reshape(-1).take(pixel)
     seen &= np.abs(depth - z) <= DEPTH_TOLERANCE * z + voxel
     if pred.sky is not None:
-        seen &= ~pred.sky[i].reshape(-1)[pixel]
+        seen &= ~pred.sky[i].reshape(-1).take(pixel)
     index = np.flatnonzero(seen)
     z = z[index]
     pixels_per_area = cosine[index] * k[0, 0] * k[1, 1] / (z * z)
@@ -540,19 +616,21 @@ def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, vox
 
 
 def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n,3) float colours in [0,1] of ``image`` (H,W,3 uint8) at pixel coordinates x, y."""
+    """(3,n) float colours in [0,1], a row per channel, of ``image`` (H,W,3 uint8) at pixel
+    coordinates x, y."""
     h, w = image.shape[:2]
     x, y = np.clip(x, 0, w - 1.001), np.clip(y, 0, h - 1.001)
     x0, y0 = x.astype(np.int32), y.astype(np.int32)
     fx, fy = x - x0, y - y0
     corner = y0 * w + x0
-    colours = np.empty((len(x), 3), dtype=np.float32)
-    for channel in range(3):  # one plane at a time: gathers of single values are the fastest
-        plane = image[..., channel].reshape(-1).astype(np.float32) * np.float32(1 / 255)
+    colours = np.empty((3, len(x)), dtype=np.float32)
+    planes = np.ascontiguousarray(image.reshape(-1, 3).T, dtype=np.float32)  # (3,H*W)
+    planes *= np.float32(1 / 255)
+    for plane, out in zip(planes, colours, strict=True):  # gathers of single values: the fastest
         top, bottom = plane.take(corner), plane.take(corner + w)
         top += (plane.take(corner + 1) - top) * fx
         bottom += (plane.take(corner + w + 1) - bottom) * fx
-        colours[:, channel] = top + (bottom - top) * fy
+        np.add(top, (bottom - top) * fy, out=out)
     return colours
 
 
@@ -592,8 +670,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     height, width = rgb.shape[:2]
     rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, -1)], axis=1)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB
+    # level 1: photos hardly compress; level 6 took twice as long for a file 0-8 % smaller
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _chunk(b"IEND", b""))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

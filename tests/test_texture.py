@@ -84,23 +84,102 @@ def test_the_atlas_keeps_one_texel_density_within_the_projection_stretch():
     assert len(np.unique(np.round(uv_area / area, 6))) > 1  # a projection, not a copy
 
 
-def test_a_photographed_sphere_bakes_its_own_colours():
-    """Two hemispheres, red facing +x and blue facing -x, seen by two cameras: each texel of the
-    sphere takes the colour of the photo that sees it, and the back of each is occlusion-tested
-    away from the other camera."""
+def test_rasterize_finds_every_texel_centre_inside_a_triangle_once():
+    """Against brute force (every texel centre tested against every triangle): a jittered grid
+    of triangles sharing edges, with corners on texel centres so that many centres lie exactly
+    on shared edges, plus a sliver and a triangle reaching outside the atlas."""
+    size = 40
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.linspace(-3, 43, 9), np.linspace(-3, 43, 9)), -1)
+    grid[1:-1, 1:-1] += rng.uniform(-2, 2, (7, 7, 2))
+    grid[::2, ::2] = np.round(grid[::2, ::2]) + 0.5  # corners on texel centres
+    a, b, c, d = grid[:-1, :-1], grid[:-1, 1:], grid[1:, 1:], grid[1:, :-1]
+    tris = np.concatenate([[[[5.2, 7.5], [30.7, 7.5], [17.0, 7.50001]]],  # a sliver along a row
+                           np.stack([a, b, c], -2).reshape(-1, 3, 2),
+                           np.stack([a, c, d], -2).reshape(-1, 3, 2)])
+    corner_order = rng.permuted(np.tile([0, 1, 2], (len(tris), 1)), axis=1)  # any winding, any start
+    tris = np.take_along_axis(tris, corner_order[..., None], axis=1)
+    texels, triangle, bary = texture.rasterize(tris, size)
+
+    centres = np.stack(np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5), -1).reshape(-1, 2)
+    v0, v1 = tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]
+    det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    v2 = centres[:, None] - tris[None, :, 0]
+    w1 = (v2[..., 0] * v1[:, 1] - v1[:, 0] * v2[..., 1]) / det
+    w2 = (v0[:, 0] * v2[..., 1] - v2[..., 0] * v0[:, 1]) / det
+    inside = (w1 >= -1e-6) & (w2 >= -1e-6) & (1 - w1 - w2 >= -1e-6)  # (texels, triangles)
+    expected = np.flatnonzero(inside.any(axis=1))
+    assert np.array_equal(np.sort(texels), expected)  # each once, none missed
+    assert np.all(np.diff(triangle) >= 0)  # in the triangles' order
+    assert inside[texels, triangle].all()
+    assert (inside.sum(axis=1) > 1).sum() > 20, "the grid should put centres on shared edges"
+    assert (triangle == 0).sum() > 20, "the sliver (first) should hold the centres on its row"
+    weights = np.stack([1 - w1 - w2, w1, w2], -1)[texels, triangle]
+    assert np.allclose(bary, np.clip(weights, 0, 1), atol=1e-6)
+    assert np.allclose(np.einsum("kc,kcx->kx", bary, tris[triangle]), centres[texels], atol=1e-4)
+
+
+def test_charts_merged_in_rounds_are_the_connected_sets_of_their_directions():
+    """``charts`` relabels only around the small charts it merges; its charts must be exactly
+    the connected same-direction sets a labelling from scratch finds."""
+    mesh = uv_sphere(rings=30, segments=60)
+    pairs = texture.polygon_pairs(mesh)
+    normals = texture.polygon_normals(mesh)
+    normals += np.random.default_rng(0).normal(0, 0.3, normals.shape) * np.linalg.norm(normals, axis=1,
+                                                                                       keepdims=True)
+    direction, chart = texture.charts(pairs, texture.smoothed_normals(pairs, normals, 0))
+    assert np.array_equal(chart, texture.connected(pairs, direction))
+    assert chart.max() > 6, "noise near 45 degrees should leave more charts than directions"
+
+
+def test_gutters_take_the_mean_of_their_known_neighbours_round_by_round():
+    """Against a plain reference (every texel, padded with unknown ones): only texels next to a
+    known one change in a round, and nothing wraps around the atlas's edges."""
+    rng = np.random.default_rng(5)
+    known = rng.random((50, 60)) < 0.05
+    known[:, 0] = known[0, 30:] = True  # charts touching the edges
+    image = np.where(known[..., None], rng.random((50, 60, 3)), 0).astype(np.float32)
+    filled = texture.fill_gutters(image, known, 3)
+
+    ref, ref_known = image.copy(), known.copy()
+    for _ in range(3):
+        values = np.pad(ref, ((1, 1), (1, 1), (0, 0)))
+        flags = np.pad(ref_known, 1).astype(np.float32)
+        total = values[:-2, 1:-1] + values[2:, 1:-1] + values[1:-1, :-2] + values[1:-1, 2:]
+        count = flags[:-2, 1:-1] + flags[2:, 1:-1] + flags[1:-1, :-2] + flags[1:-1, 2:]
+        grow = ~ref_known & (count > 0)
+        ref[grow] = total[grow] / count[grow, None]
+        ref_known |= grow
+    assert np.allclose(filled, ref, atol=1e-6)
+    edge = np.zeros((8, 8), dtype=bool)
+    edge[:, 0] = True  # a chart along the left edge fills three columns, none on the right
+    filled = texture.fill_gutters(np.where(edge[..., None], np.ones(3, np.float32), 0), edge, 3)
+    assert (filled[:, :4] == 1).all() and (filled[:, 4:] == 0).all()
+
+
+def photographed_sphere(views=((4.0, 0, 0), (-4.0, 0, 0)),
+                        colours=((200, 30, 30), (30, 30, 200))) -> tuple[texture.Polygons, Prediction]:
+    """A unit sphere and a photo of it from each eye in ``views``, all one colour each."""
     mesh = uv_sphere(radius=1.0)
     width = height = 128
     f = 100.0
     k = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
     cameras, images, depths = [], [], []
-    for eye, colour in (((4.0, 0, 0), (200, 30, 30)), ((-4.0, 0, 0), (30, 30, 200))):
+    for eye, colour in zip(views, colours, strict=True):
         w2c = look_at(np.array(eye), np.zeros(3))
         depth = ray_cast_sphere(w2c, k, width, height)
         cameras.append(w2c)
         depths.append(depth)
         images.append(np.where(depth[..., None] > 0, colour, 0).astype(np.uint8))
-    pred = Prediction(depth=np.array(depths, np.float32), intrinsics=np.tile(k, (2, 1, 1)),
-                      extrinsics=np.array(cameras), image=np.array(images))
+    return mesh, Prediction(depth=np.array(depths, np.float32), intrinsics=np.tile(k, (len(views), 1, 1)),
+                            extrinsics=np.array(cameras), image=np.array(images))
+
+
+def test_a_photographed_sphere_bakes_its_own_colours():
+    """Two hemispheres, red facing +x and blue facing -x, seen by two cameras: each texel of the
+    sphere takes the colour of the photo that sees it, and the back of each is occlusion-tested
+    away from the other camera."""
+    mesh, pred = photographed_sphere()
     baked = texture.bake_texture(mesh, pred, voxel=0.02, size=256)
     # read the PNG back with an independent decoder: zlib, by hand
     rgb = decode_png(baked.png)[::-1]  # rows bottom-up, like UV's v
@@ -114,6 +193,20 @@ def test_a_photographed_sphere_bakes_its_own_colours():
     # each camera, 4 radii away, sees a cap of (1 - 1/4) / 2 = 37.5% of the sphere, less the
     # rim it sees at a grazing angle
     assert 0.55 < baked.seen < 0.75
+
+
+def test_baking_on_two_threads_gives_the_same_texture(monkeypatch):
+    """Six views around the sphere, so that views overlap and blend: the threads split each
+    view's texels between them, and the texture comes out byte for byte the same."""
+    turns = np.linspace(0, 2 * math.pi, 6, endpoint=False)
+    eyes = [(4.0 * math.cos(a), 4.0 * math.sin(a), 1.0) for a in turns]
+    colours = [(40 * i, 200 - 30 * i, 100) for i in range(6)]
+    mesh, pred = photographed_sphere(eyes, colours)
+    baked = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(texture, "BAKE_THREADS", threads)
+        baked[threads] = texture.bake_texture(mesh, pred, voxel=0.02, size=256)
+    assert baked[1].png == baked[2].png and baked[1].seen == baked[2].seen > 0.8
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)):

@@ -53,7 +53,9 @@ import scenes  # noqa: E402
 
 from engine.core.options import BuildOptions  # noqa: E402
 from engine.core.prediction import save_prediction  # noqa: E402
-from engine.fusion import tsdf as fusion  # noqa: E402
+from engine.fusion.base import TSDFOptions  # noqa: E402
+from engine.fusion.pieces import face_components  # noqa: E402
+from engine.fusion.tsdf import fuse_tsdf  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench-fusion"
 
@@ -69,7 +71,7 @@ def main() -> None:
         pred = degraded.prediction
         print(f"\n== {name}{' (hard)' if args.hard else ''}: {pred.num_views} views "
               f"{pred.width}x{pred.height}, F-score at {0.01 * scene.size:.3f} (1% of {scene.size:.2f})")
-        options = fusion.TSDFOptions(resolution=args.resolution, object_mode=name != "room")
+        options = TSDFOptions(resolution=args.resolution, object_mode=name != "room")
         if args.stages:
             meshes = print_stages(scene, degraded, options)
             if args.renders:
@@ -77,7 +79,7 @@ def main() -> None:
             continue
         (v, f, _), *seconds = timed(scenes.remesh_baseline, pred)
         rows = [("REMESH", (v, f), seconds)]
-        mesh, *seconds = timed(fusion.fuse_tsdf, pred, options)
+        mesh, *seconds = timed(fuse_tsdf, pred, options)
         rows.append(("TSDF numpy", (mesh.vertices, mesh.faces), seconds))
         torch_result = run_torch(pred, options, args)
         if torch_result is not None:
@@ -96,11 +98,11 @@ OLD_DEFAULT = dict(consistent_views=False, smooth_iterations=0, max_hole_edges=0
 STAGES = {
     "old default": {},
     "+consistency": dict(consistent_views=True),
-    "+clean": dict(smooth_iterations=fusion.TSDFOptions.smooth_iterations,
-                   max_hole_edges=fusion.TSDFOptions.max_hole_edges),
+    "+clean": dict(smooth_iterations=TSDFOptions.smooth_iterations,
+                   max_hole_edges=TSDFOptions.max_hole_edges),
     "+face budget": dict(max_faces=BuildOptions.max_faces),
-    "new default": dict(consistent_views=True, smooth_iterations=fusion.TSDFOptions.smooth_iterations,
-                        max_hole_edges=fusion.TSDFOptions.max_hole_edges,
+    "new default": dict(consistent_views=True, smooth_iterations=TSDFOptions.smooth_iterations,
+                        max_hole_edges=TSDFOptions.max_hole_edges,
                         max_faces=BuildOptions.max_faces),
 }
 
@@ -113,7 +115,7 @@ def print_stages(scene, degraded, options) -> dict:
     meshes = {}
     for label, changes in STAGES.items():
         settings = replace(options, **{**OLD_DEFAULT, **changes})
-        mesh, wall, cpu = timed(fusion.fuse_tsdf, degraded.prediction, settings)
+        mesh, wall, cpu = timed(fuse_tsdf, degraded.prediction, settings)
         meshes[label] = (mesh.vertices, mesh.faces)
         print(scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene).row(label)
               + f" {wall:7.2f} {cpu:7.2f}")
@@ -127,7 +129,7 @@ def print_stages(scene, degraded, options) -> dict:
               f"{100 * agreement['confirmed_share']:.0f}%")
     if options.object_mode:
         (v, f), wall, cpu = timed(scenes.voxel_remeshed, mesh.vertices, mesh.faces, mesh.voxel_size)
-        pieces = fusion.face_components(f, len(v))
+        pieces = face_components(f, len(v))
         f = f[np.bincount(pieces)[pieces] >= MIN_ISLAND_FACES]  # as the importer drops specks
         meshes["+ remeshed"] = (v, f)
         print(scenes.evaluate(v, f, scene, degraded.to_scene).row("+ remeshed")
@@ -235,12 +237,13 @@ def run_torch(pred, options, args) -> dict | None:
     out = TMP / "torch.npz"
     code = (
         "import sys, json, time, resource, numpy as np\n"
-        "from engine.fusion import tsdf as fusion, tsdf_torch as fusion_torch\n"
+        "from engine.fusion import tsdf_torch as fusion_torch\n"
+        "from engine.fusion.base import TSDFOptions\n"
         "from engine.core.prediction import load_prediction\n"
         "pred = load_prediction(sys.argv[1])\n"
-        "opts = fusion.TSDFOptions(**json.loads(sys.argv[3]))\n"
+        "opts = TSDFOptions(**json.loads(sys.argv[3]))\n"
         "dev = sys.argv[4] if sys.argv[4] != 'None' else None\n"
-        "fusion_torch.fuse_tsdf(pred, fusion.TSDFOptions(resolution=32), device=dev)  # warm-up\n"
+        "fusion_torch.fuse_tsdf(pred, TSDFOptions(resolution=32), device=dev)  # warm-up\n"
         "t, c = time.perf_counter(), time.process_time()\n"
         "m = fusion_torch.fuse_tsdf(pred, opts, device=dev)\n"
         "s = [time.perf_counter() - t, time.process_time() - c]\n"
@@ -268,7 +271,7 @@ def print_cost(mesh, pred, options, torch_result) -> None:
           f"{stats['blocks']} blocks allocated = {stats['voxels'] / 1e6:.1f} M voxels, "
           f"{stats['volume_mb']:.0f} MB of votes")
     tracemalloc.start()
-    fusion.fuse_tsdf(pred, options)
+    fuse_tsdf(pred, options)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.core.prediction import Prediction  # noqa: E402
-from engine.fusion import tsdf as fusion  # noqa: E402
+from engine.fusion.base import TSDFOptions  # noqa: E402
+from engine.fusion.tsdf import fuse_tsdf  # noqa: E402
 from tests.room import circle_path, intrinsics_for, ray_cast  # noqa: E402
 
 
@@ -87,13 +88,13 @@ def main(argv=None) -> int:
     pred = room_prediction(args.views, args.height, args.width)
     print(f"room: {args.views} views {args.width}x{args.height}, resolution {args.resolution} "
           f"(made in {time.perf_counter() - start:.1f} s)")
-    options = fusion.TSDFOptions(resolution=args.resolution)
+    options = TSDFOptions(resolution=args.resolution)
     rows = []
     if not args.skip_numpy:
-        rows.append(run("numpy", lambda: fusion.fuse_tsdf(pred, options), args.repeat))
+        rows.append(run("numpy", lambda: fuse_tsdf(pred, options), args.repeat))
     if args.profile:
         profile = cProfile.Profile()
-        profile.runcall(fusion.fuse_tsdf, pred, options)
+        profile.runcall(fuse_tsdf, pred, options)
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
     try:
         import torch

@@ -17,7 +17,8 @@ import numpy as np
 from ..engine.core import geometry
 from ..engine.core.options import fusion_settings
 from ..engine.core.prediction import PredictionError
-from ..engine.fusion import tsdf as fusion
+from ..engine.fusion.base import FusedMesh, TSDFOptions
+from ..engine.fusion.tsdf import fuse_tsdf
 from .meshes import mesh_from_arrays
 from .texture import add_texture
 
@@ -130,12 +131,12 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0].removeprefix("Error: ")
 
 
-def fused_surface(build, progress) -> tuple[fusion.FusedMesh, tuple, Fit] | Skipped:
+def fused_surface(build, progress) -> tuple[FusedMesh, tuple, Fit] | Skipped:
     """One signed-distance volume of every view (``engine.fusion.tsdf``), meshed, in the result's
     frame, with its edges and what the face budget needs to know of it.
 
     Fusion works in the prediction's own frame and units; the mesh is moved into the result's
-    frame afterwards. It applies DA3's confidence floor itself (``fusion.TSDFOptions``: the
+    frame afterwards. It applies DA3's confidence floor itself (``TSDFOptions``: the
     exporter's rule at a low percentile, then weighs the rest by confidence; a P40 cut costs it
     recall), so ``confidence_percentile`` applies to points, view meshes and REMESH. The worker's
     surface is used when the file holds one made with these settings.
@@ -192,7 +193,7 @@ def projected_area(vertices: np.ndarray, triangles: np.ndarray) -> float:
 AREA_CHUNK = 1 << 20
 
 
-def fused_by_worker(build) -> fusion.FusedMesh | None:
+def fused_by_worker(build) -> FusedMesh | None:
     """The worker's TSDF surface when the file has one made with these very settings."""
     pred, options = build.prediction, build.options
     if pred.fused_vertices is None or options.voxel_size or build.crop is not None:
@@ -200,7 +201,7 @@ def fused_by_worker(build) -> fusion.FusedMesh | None:
     made = json.loads(pred.fused_settings or "{}")
     if any(made.get(key) != value for key, value in fusion_settings(options).items()):
         return None
-    return fusion.FusedMesh(pred.fused_vertices, pred.fused_faces, pred.fused_colors,
+    return FusedMesh(pred.fused_vertices, pred.fused_faces, pred.fused_colors,
                             voxel_size=float(made.get("voxel_size", 0.0)),
                             truncation=float(made.get("truncation", 0.0)),
                             stats={"fused_in": "worker", "consistency": made.get("consistency"),
@@ -208,15 +209,15 @@ def fused_by_worker(build) -> fusion.FusedMesh | None:
                                    or float(made.get("voxel_size", 0.0))})
 
 
-def fuse_here(build, progress) -> fusion.FusedMesh | Skipped:
+def fuse_here(build, progress) -> FusedMesh | Skipped:
     """Fuse in Blender's process (numpy, on the importer's thread)."""
     pred, geo, options = build.prediction, build.geo, build.options
-    tsdf_options = fusion.TSDFOptions(
+    tsdf_options = TSDFOptions(
         voxel_size=options.voxel_size / geo.scale, **fusion_settings(options),
         crop_box=None if build.crop is None else geometry.box_in_prediction_frame(
             build.crop, pred, geo.scale))
     try:
-        return fusion.fuse_tsdf(pred, tsdf_options, progress)
+        return fuse_tsdf(pred, tsdf_options, progress)
     except ValueError as exc:  # no usable pixel, or nothing fits: keep the rest of the result
         return Skipped(f"no TSDF surface: {exc}; try fusion='REMESH', or photos that overlap more")
 

@@ -16,14 +16,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core.prediction import load_prediction  # noqa: E402
-from engine.fusion import tsdf as fusion  # noqa: E402
 from engine.fusion import tsdf_torch as fusion_torch  # noqa: E402
+from engine.fusion.base import TSDFOptions  # noqa: E402
 
 if __name__ == "__main__":
     source, target, options = sys.argv[1:4]
     device = sys.argv[4] if len(sys.argv) > 4 else None
     torch.set_default_device("meta")
-    mesh = fusion_torch.fuse_tsdf(load_prediction(source), fusion.TSDFOptions(**json.loads(options)),
+    mesh = fusion_torch.fuse_tsdf(load_prediction(source), TSDFOptions(**json.loads(options)),
                                   device=device)
     np.savez(target, v=mesh.vertices, f=mesh.faces)
     print(json.dumps(mesh.stats["device"]))

@@ -97,6 +97,21 @@ def test_blender_side_never_imports_the_worker(path):
     assert not reached, f"{path.relative_to(REPO)} imports worker-only code: {sorted(reached)}"
 
 
+# engine/fusion's modules in the order of docs/architecture.md: each imports only those before it
+FUSION_ORDER = ("mesh_cleanup", "consistency", "base", "views", "floor", "grid", "integrate", "tets",
+                "pieces", "tsdf", "tsdf_torch")
+
+
+def test_fusion_stages_import_one_way():
+    folder = REPO / "engine" / "fusion"
+    assert sorted(FUSION_ORDER) == sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    for rank, name in enumerate(FUSION_ORDER):
+        reached = {n.split(".")[2] for n in imported_names(folder / f"{name}.py")
+                   if n.startswith("engine.fusion.")}
+        later = reached & set(FUSION_ORDER[rank:])
+        assert not later, f"engine/fusion/{name}.py imports {sorted(later)}, at or after it in the order"
+
+
 def test_panels_never_import_operators():
     for path in (REPO / "panels").glob("*.py"):
         reached = {n for n in imported_names(path) if n.startswith("operators")}

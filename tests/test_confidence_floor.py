@@ -19,7 +19,9 @@ import pytest
 from engine.core import geometry
 from engine.core.options import BuildOptions
 from engine.core.prediction import load_prediction, save_prediction
-from engine.fusion import tsdf as fusion
+from engine.fusion.base import TSDFOptions
+from engine.fusion.tsdf import fuse_tsdf
+from engine.fusion.views import view_weights
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402
@@ -56,7 +58,7 @@ def test_tsdf_leaves_the_background_out(no_sky, object_mode):
     scene, degraded, path = no_sky
     pred = load_prediction(path)
     assert pred.sky is None
-    mesh = fusion.fuse_tsdf(pred, fusion.TSDFOptions(resolution=RESOLUTION, object_mode=object_mode))
+    mesh = fuse_tsdf(pred, TSDFOptions(resolution=RESOLUTION, object_mode=object_mode))
     assert shard_share(mesh.vertices, mesh.faces, scene, degraded.to_scene) < 0.01
     quality = scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene)
     assert quality.recall > 0.85, quality  # the object itself is there
@@ -79,7 +81,7 @@ def test_torch_path_leaves_the_background_out(no_sky, worker_python, tmp_path):
     assert done.returncode == 0, done.stderr
     mesh = np.load(out)
     assert shard_share(mesh["v"], mesh["f"], scene, degraded.to_scene) < 0.01
-    ours = fusion.fuse_tsdf(load_prediction(path), fusion.TSDFOptions(resolution=RESOLUTION))
+    ours = fuse_tsdf(load_prediction(path), TSDFOptions(resolution=RESOLUTION))
     assert abs(len(mesh["f"]) - len(ours.faces)) <= 0.02 * len(ours.faces)
 
 
@@ -91,7 +93,7 @@ def test_one_floor_for_every_mode(no_sky, percentile):
     pred = load_prediction(path)
     confident, threshold = geometry.confident_pixels(pred, percentile, mask_sky=True)
     assert threshold >= geometry.CONF_FLOOR
-    weights = fusion.view_weights(pred, fusion.TSDFOptions(confidence_percentile=percentile))
+    weights = view_weights(pred, TSDFOptions(confidence_percentile=percentile))
     assert not np.any(weights[~confident] > 0)
     assert np.mean(weights[confident] > 0) > 0.5  # the floor is not all that is left
     valid, same_threshold = geometry.valid_mask(pred, BuildOptions(confidence_percentile=percentile))

@@ -13,7 +13,9 @@ from room import ray_cast, room_truth
 
 from engine.core.prediction import save_prediction
 from engine.fusion import consistency
-from engine.fusion import tsdf as fusion
+from engine.fusion.base import TSDFOptions
+from engine.fusion.tsdf import fuse_tsdf
+from engine.fusion.views import prepare_views
 
 H, W, VIEWS = 96, 128, 24
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ def truth():
 
 
 def views_of(pred):
-    return fusion.prepare_views(pred, fusion.TSDFOptions())
+    return prepare_views(pred, TSDFOptions())
 
 
 def smooth_errors(pred, seed=0, depth_error=0.03):
@@ -107,10 +109,10 @@ def test_pixels_floating_where_others_see_through_lose_their_vote(truth):
 
 
 def test_fusion_reports_the_views_agreement(truth):
-    mesh = fusion.fuse_tsdf(smooth_errors(truth), fusion.TSDFOptions(resolution=64))
+    mesh = fuse_tsdf(smooth_errors(truth), TSDFOptions(resolution=64))
     report = mesh.stats["consistency"]
     assert report["disagreement_after"] < report["disagreement_before"]
-    off = fusion.fuse_tsdf(truth, fusion.TSDFOptions(resolution=64, consistent_views=False))
+    off = fuse_tsdf(truth, TSDFOptions(resolution=64, consistent_views=False))
     assert off.stats["consistency"] is None
 
 

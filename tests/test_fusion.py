@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from engine.core.prediction import Prediction, save_prediction
-from engine.fusion import tsdf as fusion
+from engine.fusion.base import TSDFOptions
+from engine.fusion.pieces import count_components, edge_face_counts
+from engine.fusion.tsdf import fuse_tsdf
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402
@@ -39,9 +41,9 @@ def room():
 @pytest.fixture(scope="session")
 def mug_tsdf(mug):
     scene, degraded = mug
-    options = fusion.TSDFOptions(resolution=MUG_RESOLUTION, object_mode=True)
+    options = TSDFOptions(resolution=MUG_RESOLUTION, object_mode=True)
     steps = []
-    mesh = fusion.fuse_tsdf(degraded.prediction, options, lambda f, m: steps.append((f, m)))
+    mesh = fuse_tsdf(degraded.prediction, options, lambda f, m: steps.append((f, m)))
     return mesh, scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene), steps
 
 
@@ -55,7 +57,7 @@ def mug_remesh(mug):
 @pytest.fixture(scope="session")
 def room_results(room):
     scene, degraded = room
-    mesh = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(resolution=ROOM_RESOLUTION))
+    mesh = fuse_tsdf(degraded.prediction, TSDFOptions(resolution=ROOM_RESOLUTION))
     v, f, _ = scenes.remesh_baseline(degraded.prediction)
     return (mesh, scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene),
             scenes.evaluate(v, f, scene, degraded.to_scene))
@@ -67,7 +69,7 @@ def test_object_mode_gives_one_closed_piece(mug_tsdf):
     mesh, quality, _ = mug_tsdf
     assert quality.boundary_edges == 0
     assert quality.components == 1
-    assert np.all(fusion.edge_face_counts(mesh.faces) == 2), "every edge joins exactly two faces"
+    assert np.all(edge_face_counts(mesh.faces) == 2), "every edge joins exactly two faces"
 
 
 def test_object_mode_is_accurate_and_complete(mug_tsdf):
@@ -90,7 +92,7 @@ def test_handle_stays_open(mug, mug_tsdf):
     v = mesh.vertices @ degraded.to_scene[:3, :3].T + degraded.to_scene[:3, 3]
     in_hole = (np.abs(v[:, 1]) < 0.1) & (np.abs(v[:, 0] - 0.66) < 0.06) & (np.abs(v[:, 2] - 0.5) < 0.1)
     assert not np.any(in_hole)
-    genus = 1 - (len(mesh.vertices) - len(fusion.edge_face_counts(mesh.faces)) + len(mesh.faces)) // 2
+    genus = 1 - (len(mesh.vertices) - len(edge_face_counts(mesh.faces)) + len(mesh.faces)) // 2
     assert 1 <= genus <= 10
 
 
@@ -130,10 +132,9 @@ def test_given_box_crops_the_object(mug):
     corners = np.array([[x, y, z, 1] for x in (-0.6, 1.0) for y in (-0.6, 0.6) for z in (0.1, 1.1)])
     pred_corners = corners @ to_pred.T
     box = np.array([pred_corners[:, :3].min(axis=0), pred_corners[:, :3].max(axis=0)])
-    mesh = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(
-        resolution=64, object_mode=True, crop_box=box))
-    assert fusion.boundary_edges(mesh.faces) == 0
-    assert fusion.count_components(mesh.faces, len(mesh.vertices)) == 1
+    mesh = fuse_tsdf(degraded.prediction, TSDFOptions(resolution=64, object_mode=True, crop_box=box))
+    assert scenes.boundary_edges(mesh.faces) == 0
+    assert count_components(mesh.faces, len(mesh.vertices)) == 1
     # the cut lies between the last voxel inside the box and the first outside it
     slack = mesh.voxel_size
     assert np.all(mesh.vertices >= box[0] - slack) and np.all(mesh.vertices <= box[1] + slack)
@@ -159,23 +160,23 @@ def test_room_keeps_no_inside_out_sheets(room_results):
 
 def test_memory_budget_coarsens_the_voxels(mug):
     _, degraded = mug
-    mesh = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(object_mode=True, memory_mb=4))
+    mesh = fuse_tsdf(degraded.prediction, TSDFOptions(object_mode=True, memory_mb=4))
     assert mesh.stats["volume_mb"] <= 4
-    assert fusion.boundary_edges(mesh.faces) == 0
+    assert scenes.boundary_edges(mesh.faces) == 0
 
 
 def test_options_refuse_nonsense():
     with pytest.raises(ValueError):
-        fusion.TSDFOptions(voxel_size=-1)
+        TSDFOptions(voxel_size=-1)
     with pytest.raises(ValueError):
-        fusion.TSDFOptions(crop_box=np.array([[0, 0, 0], [1, -1, 1]]))
+        TSDFOptions(crop_box=np.array([[0, 0, 0], [1, -1, 1]]))
 
 
 def test_no_usable_pixel_is_one_line_error():
     pred = Prediction(depth=np.zeros((2, 8, 8), np.float32), intrinsics=np.tile(np.eye(3), (2, 1, 1)),
                       extrinsics=np.tile(np.eye(4)[:3], (2, 1, 1)))
     with pytest.raises(ValueError, match="no pixel"):
-        fusion.fuse_tsdf(pred)
+        fuse_tsdf(pred)
 
 
 @pytest.mark.parametrize("object_mode", [True, False])
@@ -194,7 +195,7 @@ def test_torch_path_agrees_with_numpy(mug, worker_python, tmp_path, object_mode)
                           cwd=scenes.REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == "cpu"
-    ours = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(**settings))
+    ours = fuse_tsdf(degraded.prediction, TSDFOptions(**settings))
     theirs = np.load(out)
     assert abs(len(theirs["f"]) - len(ours.faces)) <= 0.02 * len(ours.faces)
     # float32 sums in another order flip a few voxels across the solid-weight threshold, and

@@ -8,6 +8,7 @@ from synthetic_scenes import blender_to_world, distance_to_scene, make_predictio
 
 from engine.core import geometry as g
 from engine.core.options import BuildOptions
+from engine.fusion.pieces import face_components
 
 # --- masks ---------------------------------------------------------------------------------------
 
@@ -239,6 +240,39 @@ def test_island_labels_on_a_long_chain_converge():
     n = 5000
     edges = np.stack([np.arange(n - 1), np.arange(1, n)], 1)[::-1]
     assert np.all(g.island_labels(edges, n) == 0)
+
+
+def searched_labels(edges: np.ndarray, n: int) -> np.ndarray:
+    """The smallest vertex of each vertex's part, by a plain search from each vertex in turn."""
+    neighbours = [[] for _ in range(n)]
+    for a, b in edges.tolist():
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    labels = [-1] * n
+    for start in range(n):
+        if labels[start] >= 0:
+            continue
+        labels[start], stack = start, [start]
+        while stack:
+            for w in neighbours[stack.pop()]:
+                if labels[w] < 0:
+                    labels[w] = start
+                    stack.append(w)
+    return np.array(labels)
+
+
+@pytest.mark.parametrize("edges", [100, 290, 2000])
+def test_island_labels_match_a_plain_search(edges):
+    """The one union-find (texture charts, fusion's pieces) on sparse and dense random graphs."""
+    pairs = np.random.default_rng(edges).integers(0, 300, (edges, 2))
+    assert np.array_equal(g.island_labels(pairs, 300), searched_labels(pairs, 300))
+
+
+def test_fusion_pieces_are_the_islands_of_the_faces():
+    faces = np.random.default_rng(0).integers(0, 500, (200, 3))
+    sides = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    roots = searched_labels(sides, 500)[faces[:, 0]]
+    assert np.array_equal(face_components(faces, 500), np.unique(roots, return_inverse=True)[1])
 
 
 def test_surface_input_of_isolated_pixels_is_empty():

@@ -163,10 +163,11 @@ def with_worker_fusion(pred, options: BuildOptions):
     import json
 
     from engine.core.options import fusion_settings
-    from engine.fusion import tsdf as fusion
+    from engine.fusion.base import TSDFOptions
+    from engine.fusion.tsdf import fuse_tsdf
 
     settings = fusion_settings(options)
-    mesh = fusion.fuse_tsdf(pred, fusion.TSDFOptions(**settings))
+    mesh = fuse_tsdf(pred, TSDFOptions(**settings))
     out = copy.copy(pred)
     out.fused_vertices, out.fused_faces, out.fused_colors = mesh.vertices, mesh.faces, mesh.colors
     out.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,

@@ -16,7 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from engine.fusion import tsdf as fusion
+from engine.fusion.base import TSDFOptions
+from engine.fusion.pieces import count_components
+from engine.fusion.tsdf import fuse_tsdf
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402
@@ -30,8 +32,7 @@ def fused_scene(name: str):
     """(name, scene, its DA3-like prediction, the object-mode mesh, its vertices in the scene)."""
     scene = scenes.render_scene(name)
     degraded = scenes.degrade(scene, seed=0)
-    mesh = fusion.fuse_tsdf(degraded.prediction,
-                            fusion.TSDFOptions(resolution=RESOLUTION, object_mode=True))
+    mesh = fuse_tsdf(degraded.prediction, TSDFOptions(resolution=RESOLUTION, object_mode=True))
     v = mesh.vertices.astype(np.float64) @ degraded.to_scene[:3, :3].T + degraded.to_scene[:3, 3]
     return name, scene, degraded, mesh, v
 
@@ -86,7 +87,7 @@ def test_no_background_or_specks(fused):
     far = np.any((points < low - 0.3) | (points > high + 0.3), axis=1)
     assert np.mean(far) < 0.01
     # pedestal, head, ring and ball: the ball may touch the ring, nothing else is a piece
-    assert 2 <= fusion.count_components(mesh.faces, len(mesh.vertices)) <= 4
+    assert 2 <= count_components(mesh.faces, len(mesh.vertices)) <= 4
 
 
 def test_support_is_cut_only_where_there_is_one(fused):
@@ -109,9 +110,9 @@ def test_support_is_cut_only_where_there_is_one(fused):
 
 def test_keep_largest_keeps_one_piece():
     _, _, degraded, mesh, _ = fused_scene("parts_table")
-    largest = fusion.fuse_tsdf(degraded.prediction, fusion.TSDFOptions(
+    largest = fuse_tsdf(degraded.prediction, TSDFOptions(
         resolution=RESOLUTION, object_mode=True, keep_largest=True))
-    assert fusion.count_components(largest.faces, len(largest.vertices)) == 1
+    assert count_components(largest.faces, len(largest.vertices)) == 1
     assert len(largest.faces) < len(mesh.faces)
 
 
@@ -120,4 +121,4 @@ def test_object_mode_on_a_room_says_what_to_do_instead():
     from tests.room import room_truth
 
     with pytest.raises(ValueError, match="turn object mode off"):
-        fusion.fuse_tsdf(room_truth(12, 96, 128), fusion.TSDFOptions(resolution=64, object_mode=True))
+        fuse_tsdf(room_truth(12, 96, 128), TSDFOptions(resolution=64, object_mode=True))

@@ -297,7 +297,7 @@ def test_the_worker_fuses_only_with_settings_it_can_honour(addon):
     fusion_for = addon.reconstruct.worker_fusion
     assert fusion_for(BuildOptions()) == {"object_mode": False, "mask_sky": True, "max_faces": 300_000}
     assert fusion_for(BuildOptions(max_faces=0))["max_faces"] == 0
-    from engine.fusion.tsdf import TSDFOptions
+    from engine.fusion.base import TSDFOptions
 
     assert TSDFOptions(**fusion_for(BuildOptions())).max_faces == 300_000  # as the worker reads it
     assert fusion_for(BuildOptions(object_mode=True))["object_mode"] is True

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from engine.fusion import tsdf as fusion
+from engine.fusion.base import FusedMesh, TSDFOptions
+from engine.fusion.tsdf import fuse_tsdf
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402
@@ -29,10 +30,10 @@ def scene_of(name: str, hard: bool):
     return scene, scenes.degrade(scene, seed=0, **(scenes.HARD if hard else {}))
 
 
-def quality(name: str, hard: bool, **options) -> tuple[scenes.Quality, fusion.FusedMesh]:
+def quality(name: str, hard: bool, **options) -> tuple[scenes.Quality, FusedMesh]:
     scene, degraded = scene_of(name, hard)
-    settings = fusion.TSDFOptions(resolution=RESOLUTION, object_mode=name != "room", **options)
-    mesh = fusion.fuse_tsdf(degraded.prediction, settings)
+    settings = TSDFOptions(resolution=RESOLUTION, object_mode=name != "room", **options)
+    mesh = fuse_tsdf(degraded.prediction, settings)
     return scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene), mesh
 
 
@@ -82,8 +83,7 @@ def test_a_chair_seat_is_no_table_to_cut():
     stands on it, so the legs stay."""
     scene = scenes.render_scene("thin")
     degraded = scenes.degrade(scene, depth_error=0, pose_deg=0, pose_frac=0, background_conf=1.0)
-    mesh = fusion.fuse_tsdf(degraded.prediction,
-                            fusion.TSDFOptions(resolution=RESOLUTION, object_mode=True))
+    mesh = fuse_tsdf(degraded.prediction, TSDFOptions(resolution=RESOLUTION, object_mode=True))
     result = scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene)
     print(result)
     assert mesh.stats["floor"] is None
@@ -92,4 +92,4 @@ def test_a_chair_seat_is_no_table_to_cut():
 
 def test_options_refuse_a_negative_budget():
     with pytest.raises(ValueError, match="max_faces"):
-        replace(fusion.TSDFOptions(), max_faces=-1)
+        replace(TSDFOptions(), max_faces=-1)

@@ -25,14 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core.prediction import load_prediction  # noqa: E402
 from engine.fusion import consistency, mesh_cleanup  # noqa: E402
-from engine.fusion import tsdf as fusion  # noqa: E402
 from engine.fusion import tsdf_torch as fusion_torch  # noqa: E402
+from engine.fusion.base import TSDFOptions  # noqa: E402
+from engine.fusion.grid import plan_grid  # noqa: E402
+from engine.fusion.views import prepare_views  # noqa: E402
 
 
 def consistency_both(source: str, device: str) -> dict:
-    options = fusion.TSDFOptions()
-    views = fusion.prepare_views(load_prediction(source), options)
-    region = fusion.plan_grid(views, options).box
+    options = TSDFOptions()
+    views = prepare_views(load_prediction(source), options)
+    region = plan_grid(views, options).box
     ours, theirs = copy.deepcopy(views), copy.deepcopy(views)
     reports = [consistency.make_consistent(ours, region),
                consistency.make_consistent(theirs, region, xp=fusion_torch.TorchArrays(device),

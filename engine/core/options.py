@@ -89,7 +89,7 @@ class BuildOptions:
 
 
 def fusion_settings(options: BuildOptions) -> dict:
-    """The build settings a fused surface depends on, named as ``engine.fusion.TSDFOptions``
+    """The build settings a fused surface depends on, named as ``engine.fusion.base.TSDFOptions``
     names them: the worker fuses with these, and the importer reuses its surface only when
     they match. (A crop object or a voxel size of the user's own are fused in Blender.)
 

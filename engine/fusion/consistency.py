@@ -20,7 +20,7 @@ The views' disagreement (median distance between a view's surface and its neighb
 relative to depth) is reported before and after.
 
 Every step is written once for an array namespace ``xp`` (``engine.core.arrays``): numpy here and in
-Blender, ``engine.fusion_torch.TorchArrays`` on the worker's GPU. The cameras and the small
+Blender, ``engine.fusion.tsdf_torch.TorchArrays`` on the worker's GPU. The cameras and the small
 per-view decisions (which pixels to sample, which views are neighbours) stay on the host. Points
 are looked up in ``views_at_once`` views per step: one on numpy, where each view that confirms
 a pixel spares the next views' look-ups, several on a GPU, where a step costs its launches
@@ -162,7 +162,7 @@ class Pairs:
 
 def make_consistent(views: list, region: tuple | None = None, seed: int = 0, xp=np,
                     views_at_once: int = 1) -> dict:
-    """Correct ``views`` (``engine.fusion.View``, changed in place: depth, weight) so that
+    """Correct ``views`` (``engine.fusion.base.View``, changed in place: depth, weight) so that
     they agree where they are fused (``region``: world (low, high) corners); returns the
     report (median and 90th percentile of the disagreement before and after, relative to
     depth, and the share of voting pixels another view confirms). ``xp``: the array namespace

@@ -11,7 +11,7 @@ view saw well) is closed with a fan of triangles wound like its border. Longer l
 window, the edge of what the cameras saw) are left open.
 
 The array work is written once for an array namespace ``xp`` (``engine.core.arrays``): numpy, or
-``engine.fusion_torch.TorchArrays`` on the worker's GPU. Walking the border loops is sequential
+``engine.fusion.tsdf_torch.TorchArrays`` on the worker's GPU. Walking the border loops is sequential
 and short (a room has a few thousand border edges): it stays on the host.
 """
 

@@ -1,7 +1,7 @@
 """TSDF fusion with its array-heavy stages on a torch device (the GPU, in the worker).
 
-The worker imports this when torch is present. Each stage is ``engine.fusion.tsdf``'s, step for
-step (same weights, votes, cases and order of operations; float64 where numpy computes in
+The worker imports this when torch is present. Each stage is the numpy one's (``engine.fusion``),
+step for step (same weights, votes, cases and order of operations; float64 where numpy computes in
 float64), so the two paths give the same mesh up to float32 summation order. The views'
 consistency (``engine.fusion.consistency``) and the surface clean-up (``engine.fusion.mesh_cleanup``) are
 written once for an array namespace: here they run on :class:`TorchArrays`. Planning and
@@ -18,7 +18,12 @@ import numpy as np
 from ..core import geometry
 from ..core.prediction import Prediction
 from . import consistency, mesh_cleanup
-from . import tsdf as fusion
+from .base import BLOCK, BLOCK_VOXELS, FusedMesh, Grid, Progress, TSDFOptions, View, Volume
+from .integrate import local_offsets, padded_maps, visible_blocks
+from .tets import CASE_ENDS, CORNER_OFFSETS, EDGE_DIRECTION, EDGE_LOWER, KUHN_TETS, meshing_blocks
+from .tsdf import Stages
+from .tsdf import fuse_tsdf as numpy_fuse_tsdf
+from .views import FULL_COS, GRAZING_COS, RAMP_HIGH_PERCENTILE, RAMP_LOW_PERCENTILE
 
 # The views' consistency looks points up in this many views per step on a device, where a step
 # costs its kernel launches more than its arithmetic (numpy looks in one at a time: each view
@@ -26,9 +31,9 @@ from . import tsdf as fusion
 VIEWS_AT_ONCE = 32
 
 
-def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,
-              progress: fusion.Progress | None = None, device: str | None = None) -> fusion.FusedMesh:
-    """:func:`engine.fusion.fuse_tsdf` with pixel weights, integration, meshing and connected
+def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
+              progress: Progress | None = None, device: str | None = None) -> FusedMesh:
+    """:func:`engine.fusion.tsdf.fuse_tsdf` with pixel weights, integration, meshing and connected
     pieces on ``device``.
 
     Parameters
@@ -45,29 +50,29 @@ def fuse_tsdf(pred: Prediction, options: fusion.TSDFOptions | None = None,
     import torch
 
     if device is None and not torch.cuda.is_available():
-        mesh = fusion.fuse_tsdf(pred, options, progress)  # numpy beats torch's CPU scatter
+        mesh = numpy_fuse_tsdf(pred, options, progress)  # numpy beats torch's CPU scatter
         mesh.stats["device"] = "numpy"
         return mesh
     dev = torch.device(device or "cuda")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    mesh = fusion.fuse_tsdf(pred, options, progress, stages=torch_stages(dev))
+    mesh = numpy_fuse_tsdf(pred, options, progress, stages=torch_stages(dev))
     mesh.stats["device"] = str(dev)
     if dev.type == "cuda":
         mesh.stats["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return mesh
 
 
-def torch_stages(device) -> fusion.Stages:
-    return fusion.Stages(weigh=lambda pred, options: view_weights(pred, options, device),
-                         make_consistent=lambda views, region: make_consistent(views, region, device),
-                         integrate=TorchIntegrator(device),
-                         extract=lambda *args: TorchMesher(device)(*args),
-                         components=lambda faces, n: face_components(faces, n, device),
-                         clean_surface=lambda *args: clean_surface(*args, device=device))
+def torch_stages(device) -> Stages:
+    return Stages(weigh=lambda pred, options: view_weights(pred, options, device),
+                 make_consistent=lambda views, region: make_consistent(views, region, device),
+                 integrate=TorchIntegrator(device),
+                 extract=lambda *args: TorchMesher(device)(*args),
+                 components=lambda faces, n: face_components(faces, n, device),
+                 clean_surface=lambda *args: clean_surface(*args, device=device))
 
 
-def make_consistent(views: list[fusion.View], region, device) -> dict:
+def make_consistent(views: list[View], region, device) -> dict:
     """engine.fusion.consistency.make_consistent on ``device`` (the views go there and back once)."""
     xp = TorchArrays(device)
     at_once = 1 if xp.device.type == "cpu" else VIEWS_AT_ONCE  # a CPU pays for arithmetic
@@ -222,10 +227,10 @@ class _SegmentSums:
 
 
 # --------------------------------------------------------------------------------------------
-# pixel weights (engine.fusion.view_weights, all views at once)
+# pixel weights (engine.fusion.views.view_weights, all views at once)
 
 
-def view_weights(pred: Prediction, options: fusion.TSDFOptions, device) -> np.ndarray:
+def view_weights(pred: Prediction, options: TSDFOptions, device) -> np.ndarray:
     import torch
 
     depth = torch.as_tensor(np.asarray(pred.depth, dtype=np.float32), device=device)
@@ -251,14 +256,14 @@ def confidence_weights(conf):
     import torch
 
     ordered = torch.sort(conf.flatten()).values
-    low = percentile(ordered, fusion.RAMP_LOW_PERCENTILE)
-    high = percentile(ordered, fusion.RAMP_HIGH_PERCENTILE)
+    low = percentile(ordered, RAMP_LOW_PERCENTILE)
+    high = percentile(ordered, RAMP_HIGH_PERCENTILE)
     ramp = torch.clamp((conf.double() - low) / max(high - low, 1e-6), 0, 1)
     return torch.where(conf >= high, 1.0, ramp).float()
 
 
 def surface_angle_weights(depth, K):
-    """engine.fusion.surface_angle_weights for (N,H,W) depth and (N,3,3) K."""
+    """engine.fusion.views.surface_angle_weights for (N,H,W) depth and (N,3,3) K."""
     import torch
     import torch.nn.functional as F
 
@@ -280,56 +285,56 @@ def surface_angle_weights(depth, K):
     dot = torch.abs(nx * x + ny * y + nz * z)
     length = torch.sqrt(nx * nx + ny * ny + nz * nz) * torch.sqrt(x * x + y * y + z * z)
     cos = dot / torch.clamp(length, min=1e-12)
-    ramp = torch.clamp((cos - fusion.GRAZING_COS) / (fusion.FULL_COS - fusion.GRAZING_COS), 0, 1)
+    ramp = torch.clamp((cos - GRAZING_COS) / (FULL_COS - GRAZING_COS), 0, 1)
     padded = F.pad(ramp[:, None], (1, 1, 1, 1), mode="replicate")  # 3x3 minimum, edge padded
     return (-F.max_pool2d(-padded, 3, stride=1))[:, 0].float()
 
 
 # --------------------------------------------------------------------------------------------
-# integration (engine.fusion.integrate_views)
+# integration (engine.fusion.integrate.integrate_views)
 
 
 class TorchIntegrator:
-    """engine.fusion.integrate_views on a torch device."""
+    """engine.fusion.integrate.integrate_views on a torch device."""
 
     def __init__(self, device):
         self.device = device
 
-    def __call__(self, grid: fusion.Grid, keys: np.ndarray, views: list[fusion.View],
-                 options: fusion.TSDFOptions, progress: fusion.Progress) -> fusion.Volume:
+    def __call__(self, grid: Grid, keys: np.ndarray, views: list[View],
+                 options: TSDFOptions, progress: Progress) -> Volume:
         import torch
 
         dev = self.device
         m = len(keys)
         coords_np = grid.block_coords(keys)
         coords = torch.as_tensor(coords_np, device=dev)
-        acc = {name: torch.zeros((m, fusion.BLOCK_VOXELS), dtype=torch.float32, device=dev)
+        acc = {name: torch.zeros((m, BLOCK_VOXELS), dtype=torch.float32, device=dev)
                for name in ("tsdf", "weight", "color_weight")}
-        acc["color"] = torch.zeros((m, fusion.BLOCK_VOXELS, 3), dtype=torch.float32, device=dev)
-        local = torch.as_tensor(fusion.local_offsets() * grid.voxel_size, dtype=torch.float64,
+        acc["color"] = torch.zeros((m, BLOCK_VOXELS, 3), dtype=torch.float32, device=dev)
+        local = torch.as_tensor(local_offsets() * grid.voxel_size, dtype=torch.float64,
                                 device=dev)
         for i, view in enumerate(views):
             self.integrate_view(grid, coords_np, coords, local, view, acc, options.chunk_voxels)
             progress((i + 1) / len(views), f"fused view {i + 1} of {len(views)}")
         cpu = {k: v.cpu().numpy() for k, v in acc.items()}
-        return fusion.Volume(keys, coords_np, cpu["tsdf"], cpu["weight"],
+        return Volume(keys, coords_np, cpu["tsdf"], cpu["weight"],
                              cpu["color"], cpu["color_weight"])
 
     def integrate_view(self, grid, coords_np, coords, local, view, acc, chunk_voxels):
         import torch
 
         dev = self.device
-        sel = torch.as_tensor(fusion.visible_blocks(grid, coords_np, view), device=dev)
+        sel = torch.as_tensor(visible_blocks(grid, coords_np, view), device=dev)
         if len(sel) == 0:
             return
         R = torch.as_tensor(view.R, dtype=torch.float64, device=dev)
         t = torch.as_tensor(view.t, dtype=torch.float64, device=dev)
         origin = torch.as_tensor(grid.origin, dtype=torch.float64, device=dev)
         local_cam = (local @ R.T).float().T.contiguous()
-        base = ((origin + coords[sel].double() * fusion.BLOCK * grid.voxel_size) @ R.T
+        base = ((origin + coords[sel].double() * BLOCK * grid.voxel_size) @ R.T
                 + t).float().T.contiguous()
         maps = self.padded_maps(view)
-        step = max(1, chunk_voxels // fusion.BLOCK_VOXELS)
+        step = max(1, chunk_voxels // BLOCK_VOXELS)
         for start in range(0, len(sel), step):
             cam = [base[a, start:start + step, None] + local_cam[a] for a in range(3)]
             self.update_chunk(acc, sel[start:start + step], cam, view, maps, grid.truncation)
@@ -338,10 +343,10 @@ class TorchIntegrator:
         import torch
 
         return {k: torch.as_tensor(v, device=self.device)
-                for k, v in fusion.padded_maps(view).items()}
+                for k, v in padded_maps(view).items()}
 
     def update_chunk(self, acc, blocks, cam, view, maps, trunc):
-        """engine.fusion.update_chunk, line for line."""
+        """engine.fusion.integrate.update_chunk, line for line."""
         import torch
 
         h, w = view.depth.shape
@@ -367,23 +372,23 @@ class TorchIntegrator:
 
 
 # --------------------------------------------------------------------------------------------
-# meshing (engine.fusion.mesh_volume: marching tetrahedra, the front-side test)
+# meshing (engine.fusion.tets.mesh_volume: marching tetrahedra, the front-side test)
 
 
 class TorchMesher:
-    """engine.fusion.mesh_volume on a torch device: all blocks in a few large chunks."""
+    """engine.fusion.tets.mesh_volume on a torch device: all blocks in a few large chunks."""
 
     def __init__(self, device, chunk_blocks: int = 16384):
         import torch
 
         self.device, self.chunk_blocks = device, chunk_blocks
         as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-        self.kuhn, self.offsets = as_t(fusion.KUHN_TETS), as_t(fusion.CORNER_OFFSETS)
-        self.ends, self.lower = as_t(fusion.CASE_ENDS), as_t(fusion.EDGE_LOWER)
-        self.direction = as_t(fusion.EDGE_DIRECTION)
+        self.kuhn, self.offsets = as_t(KUHN_TETS), as_t(CORNER_OFFSETS)
+        self.ends, self.lower = as_t(CASE_ENDS), as_t(EDGE_LOWER)
+        self.direction = as_t(EDGE_DIRECTION)
 
-    def __call__(self, grid: fusion.Grid, keys: np.ndarray, values: np.ndarray,
-                 coarse: np.ndarray, views: list[fusion.View] | None):
+    def __call__(self, grid: Grid, keys: np.ndarray, values: np.ndarray,
+                 coarse: np.ndarray, views: list[View] | None):
         import torch
 
         dev = self.device
@@ -393,7 +398,7 @@ class TorchMesher:
         self.values = torch.as_tensor(values, device=dev)
         self.coarse = torch.as_tensor(coarse, device=dev)
         self.blocks = torch.as_tensor(grid.blocks, device=dev)
-        mesh_keys = torch.as_tensor(fusion.meshing_blocks(grid, keys), device=dev)
+        mesh_keys = torch.as_tensor(meshing_blocks(grid, keys), device=dev)
         parts = [self.march_blocks(mesh_keys[start:start + self.chunk_blocks])
                  for start in range(0, len(mesh_keys), self.chunk_blocks)]
         parts = [p for p in parts if p is not None]
@@ -421,12 +426,12 @@ class TorchMesher:
         return (coords[:, 0] * b[1] + coords[:, 1]) * b[2] + coords[:, 2]
 
     def block_values(self, coords):
-        """engine.fusion.block_values: (m,8,8,8) fine values, else coarse, else outside."""
+        """engine.fusion.tets.block_values: (m,8,8,8) fine values, else coarse, else outside."""
         import torch
 
         grid = self.grid
         in_grid = torch.all((coords >= 0) & (coords < self.blocks), dim=1)
-        out = torch.full((len(coords), fusion.BLOCK_VOXELS), 1.0 if grid.object_mode else float("nan"),
+        out = torch.full((len(coords), BLOCK_VOXELS), 1.0 if grid.object_mode else float("nan"),
                          dtype=torch.float32, device=self.device)
         k = self.block_keys(torch.where(in_grid[:, None], coords, 0))
         if len(self.keys):
@@ -437,15 +442,15 @@ class TorchMesher:
             fine = torch.zeros_like(in_grid)
         coarse_only = in_grid & ~fine
         out[coarse_only] = self.coarse[k[coarse_only], None]
-        return out.reshape(-1, fusion.BLOCK, fusion.BLOCK, fusion.BLOCK)
+        return out.reshape(-1, BLOCK, BLOCK, BLOCK)
 
     def padded_blocks(self, coords):
         import torch
 
-        B = fusion.BLOCK
+        B = BLOCK
         out = torch.empty((len(coords), B + 1, B + 1, B + 1), dtype=torch.float32, device=self.device)
         for c in range(8):
-            off = fusion.CORNER_OFFSETS[c]
+            off = CORNER_OFFSETS[c]
             src = self.block_values(coords + self.offsets[c])
             sx, sy, sz = (slice(0, B) if o == 0 else slice(0, 1) for o in off)
             dx, dy, dz = (slice(0, B) if o == 0 else slice(B, B + 1) for o in off)
@@ -453,14 +458,14 @@ class TorchMesher:
         return out
 
     def march_blocks(self, chunk):
-        """engine.fusion.march_blocks: (edge keys, positions) of this chunk's triangles."""
+        """engine.fusion.tets.march_blocks: (edge keys, positions) of this chunk's triangles."""
         import torch
 
-        B = fusion.BLOCK
+        B = BLOCK
         coords = self.block_coords(chunk)
         padded = self.padded_blocks(coords)
         corners = torch.stack([padded[:, o[0]:o[0] + B, o[1]:o[1] + B, o[2]:o[2] + B]
-                               for o in fusion.CORNER_OFFSETS.tolist()])
+                               for o in CORNER_OFFSETS.tolist()])
         lo, hi = corners.amin(dim=0), corners.amax(dim=0)
         b, x, y, z = torch.nonzero((lo < 0) & (hi >= 0), as_tuple=True)  # NaN compares false
         if len(b) == 0:
@@ -473,7 +478,7 @@ class TorchMesher:
         return self.march_tets(cube_origin, cube_values)
 
     def seen_from_front(self, cube_origin, cube_values):
-        """engine.fusion.seen_from_front for the cubes' centres and value gradients."""
+        """engine.fusion.tets.seen_from_front for the cubes' centres and value gradients."""
         import torch
 
         dev, grid = self.device, self.grid
@@ -502,7 +507,7 @@ class TorchMesher:
         return seen
 
     def march_tets(self, cube_origin, cube_values):
-        """engine.fusion.march_tets: per triangle corner, its edge key and position."""
+        """engine.fusion.tets.march_tets: per triangle corner, its edge key and position."""
         import torch
 
         tet_values = cube_values[:, self.kuhn]  # (n,6,4)
@@ -516,7 +521,7 @@ class TorchMesher:
         t = (va / (va - vb)).double()[..., None]
         origin = cube_origin[cube]
         pos = origin[:, None, :] + self.offsets[a] + t * (self.offsets[b] - self.offsets[a])
-        n = self.blocks * fusion.BLOCK + 1
+        n = self.blocks * BLOCK + 1
         strides = torch.stack([n[1] * n[2], n[2], torch.ones_like(n[2])])
         # integer matrix products are CPU-only in torch: multiply and sum
         keys = (((origin * strides).sum(-1)[:, None] + (self.lower[a, b] * strides).sum(-1)) * 8
@@ -531,11 +536,12 @@ def torch_stack(columns):
 
 
 # --------------------------------------------------------------------------------------------
-# connected pieces (engine.fusion.face_components)
+# connected pieces (engine.fusion.pieces.face_components)
 
 
 def face_components(faces: np.ndarray, num_vertices: int, device) -> np.ndarray:
-    """Component label (0..k-1) of every face: union-find with pointer jumping, as numpy's."""
+    """Component label (0..k-1) of every face: union-find with pointer jumping, as numpy's
+    (``engine.core.geometry.island_labels``)."""
     import torch
 
     f = torch.as_tensor(faces, device=device).long()

@@ -680,7 +680,7 @@ def fuse(run: Run, pred) -> None:
     warning: the importer still builds points and cameras."""
     import json
 
-    from ..fusion.tsdf import TSDFOptions
+    from ..fusion.base import TSDFOptions
     from ..fusion.tsdf_torch import fuse_tsdf
 
     settings = dict(run.job.tsdf)  # engine.core.options.fusion_settings

@@ -1,0 +1,111 @@
+"""After meshing: the vertices' colours from the volume, and the connected pieces that stay
+(with the mesh topology they are counted by)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.geometry import island_labels
+from .base import BLOCK, Grid, TSDFOptions, Volume
+
+# Object mode: a piece is kept when at least this share of its area lies where the views look,
+# and it is no speck (at least this share of the largest piece's faces).
+LOOKED_AT_AREA, SPECK_SHARE = 0.5, 0.01
+
+
+def vertex_colors(grid: Grid, volume: Volume, vertices: np.ndarray) -> np.ndarray | None:
+    """Colour of the nearest allocated voxel that some view saw near its surface."""
+    if not np.any(volume.color_weight > 0) or len(vertices) == 0:
+        return None
+    idx = np.floor((vertices - grid.origin) / grid.voxel_size + 0.5).astype(np.int64)
+    idx = np.clip(idx, 0, grid.blocks * BLOCK - 1)
+    keys = grid.block_keys(idx // BLOCK)
+    pos = np.clip(np.searchsorted(volume.keys, keys), 0, len(volume.keys) - 1)
+    found = volume.keys[pos] == keys
+    local = idx % BLOCK
+    flat = local[:, 0] * BLOCK * BLOCK + local[:, 1] * BLOCK + local[:, 2]
+    weight = np.where(found, volume.color_weight[pos, flat], 0)
+    rgb = volume.color[pos, flat] / np.maximum(weight, 1e-12)[:, None]
+    rgb[weight <= 0] = 0.5  # never seen near its surface: neutral grey
+    return (rgb / 255.0).astype(np.float32)
+
+
+def clean_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
+               options: TSDFOptions, components=None, looked_at_points=None):
+    """Drop the connected pieces :func:`kept_pieces` rejects, then unused vertices."""
+    if len(faces):
+        labels = (components or face_components)(faces, len(vertices))
+        keep = kept_pieces(vertices, faces, labels, options, looked_at_points)
+        faces = faces[keep[labels]]
+    used = np.zeros(len(vertices), bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    colors = colors[used] if colors is not None else None
+    return vertices[used], remap[faces], colors
+
+
+def kept_pieces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray,
+                options: TSDFOptions, looked_at_points=None) -> np.ndarray:
+    """(k,) bool: which pieces stay.
+
+    ``keep_largest``: the largest piece alone. Otherwise pieces of ``min_component_faces``
+    or more (smaller ones are floaters). Object mode keeps every part the cameras look at (an
+    object is often several: a head above a pedestal, a ball inside a ring) and drops specks
+    (under ``SPECK_SHARE`` of the largest piece), inside-out pieces (bubbles left inside a
+    solid: their volume is negative) and pieces mostly outside the region the views look at
+    (``looked_at_points(points) -> bool``).
+    """
+    sizes = np.bincount(labels)
+    if options.keep_largest:
+        return np.arange(len(sizes)) == sizes.argmax()
+    keep = sizes >= options.min_component_faces
+    if not options.object_mode:
+        return keep
+    keep &= sizes >= SPECK_SHARE * sizes.max()
+    keep &= piece_volumes(vertices, faces, labels, len(sizes)) > 0
+    if looked_at_points is not None:
+        keep &= looked_at_share(vertices, faces, labels, len(sizes), looked_at_points) >= LOOKED_AT_AREA
+    return keep
+
+
+def piece_volumes(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray,
+                  count: int) -> np.ndarray:
+    """Signed volume enclosed by each piece (positive when its normals point outwards)."""
+    v = vertices.astype(np.float64) - vertices.mean(axis=0)
+    a, b, c = (v[faces[:, i]] for i in range(3))
+    return np.bincount(labels, np.einsum("ij,ij->i", a, np.cross(b, c)) / 6, minlength=count)
+
+
+def looked_at_share(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, count: int,
+                    looked_at_points, samples: int = 200_000) -> np.ndarray:
+    """Share of each piece's area whose face centres ``looked_at_points`` accepts (every few
+    faces of a large mesh: enough for pieces of ``min_component_faces``)."""
+    step = max(1, len(faces) // samples)
+    f, lab = faces[::step], labels[::step]
+    v = vertices.astype(np.float64)
+    a, b, c = (v[f[:, i]] for i in range(3))
+    area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    inside = looked_at_points((a + b + c) / 3)
+    total = np.bincount(lab, area, minlength=count)
+    return np.bincount(lab, area * inside, minlength=count) / np.maximum(total, 1e-300)
+
+
+# --------------------------------------------------------------------------------------------
+# mesh topology (also what the tests measure)
+
+
+def face_components(faces: np.ndarray, num_vertices: int) -> np.ndarray:
+    """Component label (0..k-1) of every face."""
+    sides = np.concatenate([faces[:, :2], faces[:, 1:]])  # sides 0-1 and 1-2 join a face's corners
+    roots = island_labels(sides, num_vertices)[faces[:, 0]]
+    return np.unique(roots, return_inverse=True)[1]
+
+
+def count_components(faces: np.ndarray, num_vertices: int) -> int:
+    return 0 if len(faces) == 0 else int(face_components(faces, num_vertices).max() + 1)
+
+
+def edge_face_counts(faces: np.ndarray) -> np.ndarray:
+    """How many faces share each undirected edge."""
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1).astype(np.int64)
+    return np.unique(edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1], return_counts=True)[1]

@@ -1,0 +1,147 @@
+"""The views ready to integrate: each pixel's depth and the weights of its votes; and the
+geometry between pixels and world points (back-projection, projection).
+
+Pixels under DA3's confidence floor (its exporter's rule, shared with the other modes) cast no
+surface vote; the others are weighted by confidence and down-weighted at depth discontinuities
+and grazing angles. Every pixel with a depth still votes for the free space in front of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import geometry
+from ..core.prediction import Prediction
+from .base import TSDFOptions, View
+from .consistency import transform
+
+# A surface seen at more than ~87 degrees from its normal (or a depth jump) gets no vote; from
+# ~75 degrees on, full weight. Rooms are mostly seen at such angles, and a wall that only
+# grazing views saw is better than a hole in it.
+GRAZING_COS, FULL_COS = 0.05, 0.25
+# Above DA3's confidence floor, a pixel's surface vote ramps from nothing at this percentile of
+# the confidence to full weight at the upper one.
+RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE = 5.0, 75.0
+
+
+def prepare_views(pred: Prediction, options: TSDFOptions, weigh=None) -> list[View]:
+    """Per-view depth, weight and colour; raises ValueError when no pixel can vote."""
+    w2c = pred.world_to_camera()
+    weights = (weigh or view_weights)(pred, options)
+    views = []
+    for i in range(pred.num_views):
+        depth = np.asarray(pred.depth[i], dtype=np.float32)
+        valid = np.isfinite(depth) & (depth > 0)
+        weight = weights[i]
+        free = np.where(valid, np.maximum(weight, options.free_space_weight), 0).astype(np.float32)
+        color = pred.image[i] if pred.image is not None else None
+        views.append(View(np.where(valid, depth, 0).astype(np.float32), weight, free, color,
+                          pred.intrinsics[i], w2c[i, :3, :3], w2c[i, :3, 3]))
+    if not any(np.any(v.weight > 0) for v in views):
+        raise ValueError("no pixel of any view is confident enough to fuse")
+    return views
+
+
+def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:
+    """(N,H,W) weight of each pixel's surface vote: confidence ramp x surface angle, 0 below
+    DA3's confidence floor, on sky and where there is no depth."""
+    confident, _ = geometry.confident_pixels(pred, options.confidence_percentile, options.mask_sky)
+    conf_weight = confidence_weights(pred.conf)
+    out = np.empty(pred.depth.shape, np.float32)
+    for i in range(pred.num_views):
+        depth = np.asarray(pred.depth[i], dtype=np.float32)
+        weight = confident[i].astype(np.float32)
+        if conf_weight is not None:
+            weight *= conf_weight[i]
+        out[i] = weight * surface_angle_weights(depth, pred.intrinsics[i])
+    return out
+
+
+def confidence_weights(conf: np.ndarray | None) -> np.ndarray | None:
+    """Map DA3's confidence (>= 1, unbounded) to [0,1]: from 0 at P5 to 1 from P75.
+
+    A ramp on top of the floor (:func:`engine.core.geometry.confident_pixels`), so that views of
+    middling confidence still help where nothing better saw the surface.
+    """
+    if conf is None:
+        return None
+    low, high = (float(p) for p in np.percentile(conf, [RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE]))
+    ramp = np.clip((conf - low) / max(high - low, 1e-6), 0, 1)
+    return np.where(conf >= high, 1, ramp).astype(np.float32)  # flat confidence: all count
+
+
+def surface_angle_weights(depth: np.ndarray, K: np.ndarray, grazing_cos: float = GRAZING_COS,
+                          full_cos: float = FULL_COS) -> np.ndarray:
+    """cos(angle between the viewing ray and the surface normal), ramped to [0,1].
+
+    Depth discontinuities look like surfaces seen edge-on (cos ~ 0), so this one weight
+    handles both; a 3x3 minimum also silences the pixel next to each jump, where DA3's
+    flying pixels sit.
+    """
+    h, w = depth.shape
+    u = ((np.arange(w) + 0.5 - K[0, 2]) / K[0, 0]).astype(np.float32)[None, :]
+    v = ((np.arange(h) + 0.5 - K[1, 2]) / K[1, 1]).astype(np.float32)[:, None]
+    z = np.asarray(depth, dtype=np.float32)
+    x, y = u * z, v * z
+    # central differences across columns (a) and rows (b); the image border has none
+    ax, ay, az = (np.zeros_like(z) for _ in range(3))
+    bx, by, bz = (np.zeros_like(z) for _ in range(3))
+    for d, p in ((ax, x), (ay, y), (az, z)):
+        d[:, 1:-1] = p[:, 2:] - p[:, :-2]
+    for d, p in ((bx, x), (by, y), (bz, z)):
+        d[1:-1] = p[2:] - p[:-2]
+    nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx  # normal = a x b
+    dot = np.abs(nx * x + ny * y + nz * z)
+    length = np.sqrt(nx * nx + ny * ny + nz * nz) * np.sqrt(x * x + y * y + z * z)
+    cos = dot / np.maximum(length, np.float32(1e-12))
+    weight = np.clip((cos - grazing_cos) / (full_cos - grazing_cos), 0, 1)
+    return minimum_filter3(weight).astype(np.float32)
+
+
+def minimum_filter3(a: np.ndarray) -> np.ndarray:
+    """3x3 minimum with the border padded by its own values (no scipy in Blender)."""
+    p = np.pad(a, 1, mode="edge")
+    h, w = a.shape
+    out = a.copy()
+    for dy in range(3):
+        for dx in range(3):
+            np.minimum(out, p[dy:dy + h, dx:dx + w], out=out)
+    return out
+
+
+def backproject_views(views: list[View], stride: int = 4,
+                      min_weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """World points of confident pixels, every ``stride``-th row and column, and the index of
+    the view each came from."""
+    out, view_of = [], []
+    for i, view in enumerate(views):
+        d = view.depth[::stride, ::stride]
+        keep = view.weight[::stride, ::stride] > min_weight
+        v, u = np.nonzero(keep)
+        z = d[v, u].astype(np.float64)
+        x = ((u * stride + 0.5) - view.K[0, 2]) / view.K[0, 0] * z
+        y = ((v * stride + 0.5) - view.K[1, 2]) / view.K[1, 1] * z
+        cam = np.stack([x, y, z], axis=1)
+        out.append((cam - view.t) @ view.R)
+        view_of.append(np.full(len(z), i))
+    if not out:
+        return np.zeros((0, 3)), np.zeros(0, np.int64)
+    return np.concatenate(out), np.concatenate(view_of)
+
+
+def project(points: np.ndarray, view: View):
+    # not points @ R.T: OpenBLAS's threads stall that product on a busy machine (see
+    # engine.fusion.consistency.transform): 1.1 s of a room's fusion went here, 0.1 s written out
+    x, y, z = transform(view.R, view.t, np.asarray(points, np.float64).T)
+    safe = np.where(np.abs(z) > 1e-12, z, 1e-12)
+    return view.K[0, 0] * x / safe + view.K[0, 2], view.K[1, 1] * y / safe + view.K[1, 2], z
+
+
+def sample_view(view: View, points: np.ndarray):
+    """Depth (0 outside the image), flat pixel index and camera depth of each point."""
+    u, v, z = project(points, view)
+    h, w = view.depth.shape
+    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    pix = np.where(inside, np.clip(v, 0, h - 1).astype(np.int64) * w
+                   + np.clip(u, 0, w - 1).astype(np.int64), 0)
+    return np.where(inside, view.depth.ravel()[pix], 0), pix, z

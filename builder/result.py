@@ -15,7 +15,7 @@ from pathlib import Path
 import bpy
 
 from ..engine.core import geometry
-from ..engine.core.options import BuildOptions
+from ..engine.core.options import BACKGROUND_THREADS, BuildOptions
 from ..engine.core.prediction import Prediction, PredictionError, load_prediction, validate
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
@@ -64,8 +64,8 @@ class StagedImport:
     """One prediction -> one new collection, in short steps on Blender's main thread.
 
     The numpy work (reading the file, filtering and back-projecting, meshing the views, fusing)
-    runs on ``IMPORT_THREADS`` threads that never touch bpy; each :meth:`step` does the next piece of Blender
-    work whose inputs are ready (the collection, the points, one view mesh, the surface, the
+    runs on ``BACKGROUND_THREADS`` threads that never touch bpy; each :meth:`step` does the next
+    piece of Blender work whose inputs are ready (the collection, the points, one view mesh, the surface, the
     cameras), so a modal operator can call it from a timer and Blender's UI stays responsive.
     ``api.import_prediction`` steps it to the end. A failure or :meth:`cancel` removes whatever
     was made (``NewDataGuard``).
@@ -78,7 +78,7 @@ class StagedImport:
         self.label, self.fraction, self.collection = "reading the file", 0.0, None
         self.finished = False
         self._stopped = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="da3-import",
+        self._pool = ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="da3-import",
                                         initializer=_lower_thread_priority)
         self._guard = NewDataGuard(context.scene).__enter__()
         self._steps = self._run(self._pool.submit(self._prepare, source),
@@ -164,7 +164,7 @@ class StagedImport:
                       background=lambda stage, fn, *args: self._pool.submit(self._later, stage, fn, *args))
         self.collection = build.collection
         parts = [part for part in _PARTS if getattr(self.options, part.wanted)]
-        # all computations start now, IMPORT_THREADS at a time
+        # all computations start now, BACKGROUND_THREADS at a time
         futures = [self._pool.submit(self._compute, part, build) if part.compute else None
                    for part in parts]
         for part, future in zip(parts, futures, strict=True):
@@ -198,8 +198,6 @@ class StagedImport:
             yield
 
 
-# Two threads (the fusion beside the rest) where that leaves a core to Blender's UI, else one.
-IMPORT_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
 
 
 def _lower_thread_priority() -> None:

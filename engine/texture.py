@@ -18,7 +18,6 @@ Blender's process runs this on the importer's thread once the surface has its fi
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core.geometry import island_labels, srgb_from_linear
+from .core.options import BACKGROUND_THREADS
 from .core.prediction import Prediction
 
 # Automatic texture size: OVERSAMPLING texels (along each side) per pixel the best photo has of
@@ -48,8 +48,6 @@ DEPTH_TOLERANCE = 0.02
 # pose errors blur less than in a plain average.
 SHARPNESS = 2.0
 
-# Threads that bake: two where that leaves a core to Blender's UI (as the importer's threads)
-BAKE_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
 
 Progress = Callable[[float, str], None]
 
@@ -130,7 +128,7 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     corners = mesh.fan_triangles()
     texels, triangle, bary = rasterize(uv[corners] * size, size)
     vertices = mesh.vertices.astype(np.float32)
-    with Workers(BAKE_THREADS) as workers:
+    with Workers(BACKGROUND_THREADS) as workers:
         rgb, seen = blend_views(Texels.of_mesh(vertices, mesh.corner_vert[corners], triangle, bary),
                                 vertices, pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"), workers)
     if colors is not None:

@@ -204,7 +204,7 @@ def test_baking_on_two_threads_gives_the_same_texture(monkeypatch):
     mesh, pred = photographed_sphere(eyes, colours)
     baked = {}
     for threads in (1, 2):
-        monkeypatch.setattr(texture, "BAKE_THREADS", threads)
+        monkeypatch.setattr(texture, "BACKGROUND_THREADS", threads)
         baked[threads] = texture.bake_texture(mesh, pred, voxel=0.02, size=256)
     assert baked[1].png == baked[2].png and baked[1].seen == baked[2].seen > 0.8
 

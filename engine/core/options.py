@@ -8,12 +8,16 @@ the checks before a run all take their defaults and bounds from here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 # TSDF first: it is the default (clearly better F-score and fewer holes on objects and rooms;
 # see benchmarks/bench_fusion.py), REMESH the faster, simpler alternative.
 FUSION_MODES = ("TSDF", "REMESH")
 MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 64, 16384
+# Threads an import's numpy work (the fusion beside the rest, the bake) may take in Blender's
+# process: two where that leaves a core to Blender's UI, else one.
+BACKGROUND_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
 
 
 @dataclass(frozen=True)

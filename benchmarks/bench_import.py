@@ -66,7 +66,7 @@ def timed(fn, *args, **kwargs):
 
 def bench_stages(pkg, path, report: Report):
     from da3_reconstruct.builder.meshes import grid_mesh, mesh_from_arrays
-    from da3_reconstruct.engine import geometry
+    from da3_reconstruct.engine.core import geometry
     from da3_reconstruct.engine.core.options import BuildOptions
     from da3_reconstruct.engine.core.prediction import load_prediction
 

@@ -20,12 +20,12 @@ import bpy
 from . import reconstruct
 from .api import result_warning
 from .builder.compat import cycles_can_denoise, node_tree_of
-from .engine.core.options import FUSION_MODES, MAX_FRAMES, PROCESS_RES, BuildOptions
-from .engine.core.presets import DEFAULT_MODEL, PRESETS
-from .engine.core.protocol import DEVICES
+from .engine.core.options import DEVICES, FUSION_MODES, PROCESS_RES, BuildOptions, RunOptions
+from .engine.core.presets import PRESETS
 
 COMMAND = "da3_reconstruct"
 _DEFAULTS = BuildOptions()
+_RUN_DEFAULTS = RunOptions()
 _handle = None
 
 
@@ -57,17 +57,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="a folder of images, image files, or one video file")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.blend", help=".blend file to write")
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=list(PRESETS), metavar="MODEL",
-                        help=f"model preset (default {DEFAULT_MODEL}): {', '.join(PRESETS)}")
+    parser.add_argument("--model", default=_RUN_DEFAULTS.model, choices=list(PRESETS), metavar="MODEL",
+                        help=f"model preset (default {_RUN_DEFAULTS.model}): {', '.join(PRESETS)}")
     parser.add_argument("--weights", default="", metavar="DIR",
                         help="folder with config.json and model.safetensors (default: the models folder)")
-    parser.add_argument("--device", default="", choices=DEVICES, help="compute device (default: preferences)")
-    parser.add_argument("--resolution", type=int, default=int(PROCESS_RES.default), dest="process_res",
+    parser.add_argument("--device", default=_RUN_DEFAULTS.device, choices=DEVICES,
+                        help="compute device (default: preferences)")
+    parser.add_argument("--resolution", type=int, default=_RUN_DEFAULTS.process_res, dest="process_res",
                         metavar="PX", help=f"longest side the model sees, in pixels (default "
-                        f"{PROCESS_RES.default:g}, {PROCESS_RES.min:g}-{PROCESS_RES.max:g})")
+                        f"{_RUN_DEFAULTS.process_res}, {PROCESS_RES.min:g}-{PROCESS_RES.max:g})")
     frames = parser.add_mutually_exclusive_group()
-    frames.add_argument("--frames", type=int, default=int(MAX_FRAMES.default), dest="max_frames",
-                        metavar="N", help=f"video: number of frames to use (default {MAX_FRAMES.default:g})")
+    frames.add_argument("--frames", type=int, default=_RUN_DEFAULTS.max_frames, dest="max_frames",
+                        metavar="N",
+                        help=f"video: number of frames to use (default {_RUN_DEFAULTS.max_frames})")
     frames.add_argument("--fps", type=float, default=0.0, help="video: frames per second to use instead")
     parser.add_argument("--motion", action="store_true",
                         help="video: keep frames by camera motion (parallax), at most --frames; "
@@ -106,10 +108,12 @@ def request_from(args: argparse.Namespace) -> reconstruct.Request:
     if args.render and not options.output_cameras:
         raise ValueError("--render needs a camera: keep --output-cameras on")
     sampling = "MOTION" if args.motion else "FPS" if args.fps > 0 else "COUNT"
-    return reconstruct.Request(
-        sources=list(args.inputs), model=args.model, weights=args.weights, device=args.device,
-        process_res=args.process_res, options=options, name=args.name,
-        **reconstruct.sampling_fields(sampling, args.max_frames, args.fps))
+    run = RunOptions.sampled(sampling, args.max_frames, args.fps, model=args.model,
+                             weights=args.weights, device=args.device, process_res=args.process_res)
+    problem = run.problem()
+    if problem:
+        raise ValueError(problem)
+    return reconstruct.Request(list(args.inputs), run, options, name=args.name)
 
 
 def main(argv: list[str]) -> int:

@@ -15,10 +15,12 @@ from .engine.core.options import (
     MIN_TEXTURE_SIZE,
     PROCESS_RES,
     BuildOptions,
+    RunOptions,
 )
-from .engine.core.presets import DEFAULT_MODEL, PRESETS
+from .engine.core.presets import PRESETS
 
 _DEFAULTS = BuildOptions()
+_RUN_DEFAULTS = RunOptions()
 
 FUSION_ITEMS = (
     ("TSDF", "TSDF", "Fuse all views into one signed-distance volume: one consistent surface, "
@@ -98,17 +100,19 @@ class BuildOptionProps:
 
 class RunSettingProps:
     """Mixin: how the model sees the input, shared by the settings and the reconstruct operator
-    (defaults and bounds from ``engine.core.options.RUN_SETTINGS``)."""
+    (defaults from ``engine.core.options.RunOptions``, bounds from its ``RUN_SETTINGS``; the
+    device is the preferences' or the operator's own)."""
 
-    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=DEFAULT_MODEL)
-    weights: StringProperty(name="Weights", subtype="DIR_PATH",
+    model: EnumProperty(name="Model", items=MODEL_ITEMS, default=_RUN_DEFAULTS.model)
+    weights: StringProperty(name="Weights", subtype="DIR_PATH", default=_RUN_DEFAULTS.weights,
                             description="Folder with config.json and model.safetensors; "
                             "empty uses the models folder")
-    process_res: IntProperty(name="Resolution", default=int(PROCESS_RES.default), min=int(PROCESS_RES.min),
+    process_res: IntProperty(name="Resolution", default=_RUN_DEFAULTS.process_res, min=int(PROCESS_RES.min),
                              soft_min=int(PROCESS_RES.soft_min), max=int(PROCESS_RES.max), step=14,
                              description="Longest side the model sees, in pixels (DA3 default 504)")
-    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS, default="COUNT")
-    max_frames: IntProperty(name="Frames", default=int(MAX_FRAMES.default), min=int(MAX_FRAMES.min),
+    frame_sampling: EnumProperty(name="Sampling", items=SAMPLING_ITEMS,
+                                 default=_RUN_DEFAULTS.sampling.upper())
+    max_frames: IntProperty(name="Frames", default=_RUN_DEFAULTS.max_frames, min=int(MAX_FRAMES.min),
                             max=int(MAX_FRAMES.max), description="Video: how many frames to use")
     fps: FloatProperty(name="FPS", default=FPS.default, min=FPS.min, max=FPS.max,
                        description="Video: how many frames per second of video to use")
@@ -117,6 +121,14 @@ class RunSettingProps:
 def build_options(props) -> BuildOptions:
     """The BuildOptions that ``props`` (settings or an operator with BuildOptionProps) holds."""
     return BuildOptions.from_mapping(props)
+
+
+def run_options(props, device: str = "") -> RunOptions:
+    """The RunOptions that ``props`` (settings or an operator with RunSettingProps) holds, for
+    ``device`` ("" = the preferences')."""
+    weights = bpy.path.abspath(props.weights) if props.weights else ""
+    return RunOptions.sampled(props.frame_sampling, props.max_frames, props.fps, model=props.model,
+                              weights=weights, device=device, process_res=props.process_res)
 
 
 class DA3Settings(BuildOptionProps, RunSettingProps, bpy.types.PropertyGroup):

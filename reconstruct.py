@@ -1,7 +1,8 @@
 """The Python API for a whole run: images or a video -> the DA3 worker -> objects in Blender.
 
     from bl_ext.<repo>.da3_reconstruct import reconstruct
-    collection = reconstruct.run(reconstruct.Request(["/photos/statue"], model="da3-small"))
+    run = reconstruct.RunOptions(model="da3-small")
+    collection = reconstruct.run(reconstruct.Request(["/photos/statue"], run))
 
 ``start()`` writes the job into its own folder under ``paths.jobs_dir()`` and hands it to the
 session's warm worker (``paths.worker_python() -m engine.worker --serve``, cwd = this
@@ -29,16 +30,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import bpy
 
 from . import paths, vendor_install
-from .engine.core import presets, protocol
-from .engine.core.options import FPS, MAX_FRAMES, PROCESS_RES, BuildOptions, fusion_settings
-from .engine.core.presets import DEFAULT_MODEL, get_preset
-from .engine.core.protocol import DEVICES, SAMPLINGS, Job
+from .engine.core import presets
+from .engine.core.options import BuildOptions, RunOptions, fusion_settings, window_count
+from .engine.core.presets import get_preset
+from .engine.core.protocol import Job
 from .engine.core.sources import image_folder, is_image, is_video, result_name
 from .engine.host.monitor import JobMonitor, MonitorState, ProcessMonitor
 
@@ -78,16 +79,11 @@ class ReconstructCancelled(ReconstructError):
 
 @dataclass
 class Request:
-    """What to reconstruct and how; the same fields as the operator and the command line."""
+    """What to reconstruct (``sources``), how the model sees it (``run``) and how the result is
+    built (``options``); the operator, the panel and the command line each make one."""
 
     sources: list[str]  # a folder, image files, or one video file
-    model: str = DEFAULT_MODEL
-    weights: str = ""  # a folder with config.json + model.safetensors; "" = models folder
-    device: str = ""  # auto | cuda | mps | cpu; "" = the preferences' device
-    process_res: int = int(PROCESS_RES.default)
-    max_frames: int = int(MAX_FRAMES.default)  # video: frames to keep (0 = use fps)
-    fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
-    sampling: str = "count"  # video: "count" | "fps" (windows) | "motion" (keyframes by parallax)
+    run: RunOptions = field(default_factory=RunOptions)
     options: BuildOptions = field(default_factory=BuildOptions)
     name: str = ""  # the result's collection; "" = after the source
 
@@ -261,7 +257,7 @@ def start_download(model: str) -> Run:
     global _current
     if _current is not None:
         raise ReconstructError("a reconstruction or download is already running; cancel it or wait")
-    request = Request([], model=model)
+    request = Request([], RunOptions(model=model))
     message = _check_settings(request) or _check_environment(request)
     if message:
         raise ReconstructError(message)
@@ -369,15 +365,9 @@ def make_job(request: Request) -> Job:
     return Job(
         sources=[str(Path(s).expanduser()) for s in request.sources],
         output=str(job_dir / "prediction.npz"),
-        model=request.model,
-        weights=request.weights,
+        run=replace(request.run, device=request.run.device or paths.device()),
         models_dir=str(paths.models_dir()),
         allow_download=bool(bpy.app.online_access),
-        device=request.device or paths.device(),
-        process_res=request.process_res,
-        max_frames=request.max_frames,
-        fps=request.fps,
-        sampling=request.sampling,
         keyframe_cache=str(keyframe_cache_dir()),
         tsdf=worker_fusion(request.options),
     )
@@ -394,16 +384,6 @@ def worker_fusion(options: BuildOptions) -> dict:
             options.crop_object:
         return {}
     return fusion_settings(options)
-
-
-def sampling_fields(frame_sampling: str, max_frames: int, fps: float) -> dict:
-    """Request fields for the panel's frame sampling ('COUNT', 'FPS' or 'MOTION')."""
-    mode = frame_sampling.lower()
-    if mode not in SAMPLINGS:
-        raise ValueError(f"frame sampling must be one of {', '.join(s.upper() for s in SAMPLINGS)}")
-    if mode == "fps":
-        return {"sampling": mode, "max_frames": 0, "fps": fps}
-    return {"sampling": mode, "max_frames": max_frames, "fps": 0.0}
 
 
 def keyframe_cache_dir() -> Path:
@@ -428,20 +408,7 @@ def _check_sources(request: Request) -> str:
 
 
 def _check_settings(request: Request) -> str:
-    try:
-        get_preset(request.model)
-    except ValueError as exc:
-        return str(exc)
-    device = request.device or paths.device()
-    if device not in DEVICES:
-        return f"device must be one of {', '.join(DEVICES)}, not '{device}'"
-    if request.sampling not in SAMPLINGS:
-        return f"sampling must be one of {', '.join(SAMPLINGS)}, not '{request.sampling}'"
-    if request.sampling != "motion" and request.max_frames <= 0 and request.fps <= 0:
-        return "give a number of frames or frames per second above zero"
-    return (PROCESS_RES.problem("the processing resolution", request.process_res)
-            or (request.max_frames and MAX_FRAMES.problem("the number of frames", request.max_frames))
-            or (request.fps and FPS.problem("frames per second", request.fps)) or "")
+    return replace(request.run, device=request.run.device or paths.device()).problem()
 
 
 def _check_environment(_request: Request) -> str:
@@ -458,8 +425,8 @@ def _check_weights(request: Request) -> str:
     folder = weights_folder(request)
     if presets.has_weights(folder):
         return ""
-    preset = get_preset(request.model)
-    if request.weights:
+    preset = get_preset(request.run.model)
+    if request.run.weights:
         return f"no {presets.WEIGHTS_FILE} in the weights folder '{folder}'"
     if not bpy.app.online_access:
         return (presets.missing_message(folder, preset)
@@ -468,14 +435,14 @@ def _check_weights(request: Request) -> str:
 
 
 def weights_folder(request: Request) -> Path:
-    preset = get_preset(request.model)
-    return presets.resolve_folder(request.weights, str(paths.models_dir()), preset)
+    preset = get_preset(request.run.model)
+    return presets.resolve_folder(request.run.weights, str(paths.models_dir()), preset)
 
 
 def weights_present(model: str, weights: str = "") -> bool:
     """Whether ``model``'s weights are on disk (in ``weights`` or the models folder)."""
     try:
-        return presets.has_weights(weights_folder(Request([], model=model, weights=weights)))
+        return presets.has_weights(weights_folder(Request([], RunOptions(model=model, weights=weights))))
     except (ValueError, presets.WeightsError):
         return False
 
@@ -508,8 +475,8 @@ def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> st
         return f"{count} image{'s' * (count != 1)}"
     if not is_video(path):
         return "1 image" if is_image(path) else ""
-    fields = sampling_fields(sampling, max_frames, fps)
-    mode, max_frames, fps = fields["sampling"], fields["max_frames"], fields["fps"]
+    run = RunOptions.sampled(sampling, max_frames, fps)
+    mode, max_frames, fps = run.sampling, run.max_frames, run.fps
     info = _frame_counts.answer(path, "motion" if mode == "motion" else "info")
     if info is None:
         return "Finding keyframes..." if mode == "motion" else "Counting video frames..."
@@ -518,7 +485,7 @@ def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> st
     if mode == "motion":
         return (f"{min(info['count'], max_frames) if max_frames > 0 else info['count']} keyframes "
                 f"of {info['frames_analysed']} frames analysed")
-    return f"{protocol.window_count(info['frames'], info['fps'], max_frames, fps)} of {info['frames']} frames"
+    return f"{window_count(info['frames'], info['fps'], max_frames, fps)} of {info['frames']} frames"
 
 
 _image_counts: dict = {}

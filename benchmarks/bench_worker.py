@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DA3_LOG_LEVEL", "WARN")  # DA3 logs to stdout: keep the table readable
 
+from engine.core.options import RunOptions  # noqa: E402
 from engine.core.protocol import EXIT_LINE, Job, job_line  # noqa: E402
 from engine.worker import preprocess as pp  # noqa: E402
 from tests import media  # noqa: E402
@@ -147,8 +148,9 @@ def media_read(path: Path) -> np.ndarray:
 def run_worker(model: str, weights: Path, images: list[Path], args, tmp: Path) -> dict:
     """Wall time and peak RSS of one real worker run."""
     output = tmp / "prediction.npz"
-    job = Job(sources=[str(p) for p in images], output=str(output), model=model,
-              weights=str(weights), device=args.device, process_res=args.process_res)
+    job = Job(sources=[str(p) for p in images], output=str(output),
+              run=RunOptions(model=model, weights=str(weights), device=args.device,
+                             process_res=args.process_res))
     job_path = job.save(tmp / "job.json")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "engine.worker", str(job_path)], cwd=REPO,
@@ -168,8 +170,8 @@ def run_worker(model: str, weights: Path, images: list[Path], args, tmp: Path) -
 def run_warm_worker(model: str, weights: Path, images: list[Path], args, tmp: Path) -> dict:
     """Wall times of a first and a second job on one serving worker."""
     jobs = [Job(sources=[str(p) for p in images], output=str(tmp / f"warm{i}" / "prediction.npz"),
-                model=model, weights=str(weights), device=args.device,
-                process_res=args.process_res).save(tmp / f"warm{i}.json") for i in (1, 2)]
+                run=RunOptions(model=model, weights=str(weights), device=args.device,
+                               process_res=args.process_res)).save(tmp / f"warm{i}.json") for i in (1, 2)]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "engine.worker", "--serve"], cwd=REPO,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -25,7 +25,14 @@ from bpy.props import (
 from .. import api, paths, reconstruct
 from ..engine.core.options import BuildOptions
 from ..engine.core.presets import DEFAULT_MODEL
-from ..properties import DEVICE_ITEMS, MODEL_ITEMS, BuildOptionProps, RunSettingProps, build_options
+from ..properties import (
+    DEVICE_ITEMS,
+    MODEL_ITEMS,
+    BuildOptionProps,
+    RunSettingProps,
+    build_options,
+    run_options,
+)
 
 TICK_S = 0.1  # modal timer interval
 TICK_BUDGET_S = 0.004  # the most a tick spends draining events
@@ -39,8 +46,7 @@ RUN_DEVICE_ITEMS = (
     *DEVICE_ITEMS,
 )
 # Settings the panel keeps on scene.da3 that a UI invocation starts from.
-_FROM_SETTINGS = ("source", "model", "weights", "process_res", "frame_sampling", "max_frames", "fps",
-                  *BuildOptions.names())
+_FROM_SETTINGS = ("source", *RunSettingProps.__annotations__, *BuildOptions.names())
 
 
 class DA3_OT_watch_job(bpy.types.Operator):
@@ -155,7 +161,7 @@ def finished_message(run, collection) -> str:
         return f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)"
     if run.kind == "install":
         return f"Dependencies installed in {paths.worker_env_dir()}"
-    return f"Downloaded the {run.request.model} weights"
+    return f"Downloaded the {run.request.run.model} weights"
 
 
 def report_result(op, run, collection) -> None:
@@ -251,15 +257,8 @@ class DA3_OT_reconstruct(BuildOptionProps, RunSettingProps, bpy.types.Operator):
         return [bpy.path.abspath(self.source)] if self.source else []
 
     def request(self) -> reconstruct.Request:
-        return reconstruct.Request(
-            sources=self.sources(),
-            model=self.model,
-            weights=bpy.path.abspath(self.weights) if self.weights else "",
-            device="" if self.device == "PREFERENCES" else self.device.lower(),
-            process_res=self.process_res,
-            **reconstruct.sampling_fields(self.frame_sampling, self.max_frames, self.fps),
-            options=build_options(self),
-        )
+        device = "" if self.device == "PREFERENCES" else self.device.lower()
+        return reconstruct.Request(self.sources(), run_options(self, device), build_options(self))
 
     # -- background mode and scripts: block until done --------------------------------------
 

@@ -119,6 +119,7 @@ OOM_FALLBACK = """
 import io, json, sys
 import numpy as np
 import torch
+from engine.core.options import RunOptions
 from engine.worker import model
 from engine.worker import process as worker
 from engine.worker.preprocess import make_batch
@@ -139,7 +140,7 @@ model.forward = fake_forward
 out = io.StringIO()
 emitter = worker.Emitter(out)
 cancel = worker.CancelToken(emitter, worker.Cleanup())
-job = type("J", (), {"chunk_size": 0, "chunk_overlap": 0, "extra": {}})()
+job = type("J", (), {"run": RunOptions(), "extra": {}})()
 preset = type("P", (), {"multi_view": True, "metric": False})()
 run = worker.Run(job, preset, emitter, cancel)
 batch = make_batch([np.zeros((48, 64, 3), np.uint8) + i for i in range(int(sys.argv[1]))])
@@ -176,7 +177,9 @@ def test_old_job_files_keep_their_meaning(tmp_path):
     old.write_text(json.dumps({"sources": ["a.mp4"], "output": "o.npz", "max_frames": 8,
                                "version": 1}))
     job = Job.load(old)
-    assert (job.sampling, job.chunk_size, job.chunk_overlap, job.keyframe_cache) == ("count", 0, 0, "")
+    assert job.run.max_frames == 8
+    assert (job.run.sampling, job.run.chunk_size, job.run.chunk_overlap, job.keyframe_cache) == \
+        ("count", 0, 0, "")
     old.write_text(json.dumps({"sources": ["a.mp4"], "output": "o.npz", "sampling": "MOTION"}))
     with pytest.raises(ValueError, match="sampling must be one of count, fps, motion"):
         Job.load(old)

@@ -62,6 +62,8 @@ def test_render_writes_a_preview(blender, cli, small_weights, tmp_path):
     (["x.mp4", "-o", "o.blend", "--confidence-percentile", "120"], "between 0 and 100"),
     (["x.mp4", "-o", "o.blend", "--motion", "--fps", "2"], "exclude each other"),
     (["x.mp4", "-o", "o.blend", "--fusion", "MARCHING"], "invalid choice"),
+    (["x.mp4", "-o", "o.blend", "--resolution", "7"], "processing resolution must be between 14 and 2016"),
+    (["x.mp4", "-o", "o.blend", "--fps", "500"], "frames per second must be between 0.01 and 120"),
 ])
 def test_bad_arguments_exit_2_with_one_line(cli, capsys, argv, expected):
     assert cli.main(argv) == 2
@@ -103,7 +105,7 @@ def test_output_must_be_a_blend(blender, cli, capsys, small_weights, tmp_path):
 ])
 def test_frame_sampling_reaches_the_request(cli, extra, sampling, frames, fps):
     request = cli.request_from(cli.make_parser().parse_args(["v.mp4", "-o", "o.blend", *extra]))
-    assert (request.sampling, request.max_frames, request.fps) == (sampling, frames, fps)
+    assert (request.run.sampling, request.run.max_frames, request.run.fps) == (sampling, frames, fps)
     assert request.options.fusion == "TSDF"
 
 

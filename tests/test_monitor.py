@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.core.options import RunOptions
 from engine.core.protocol import Job
 from engine.host.monitor import JobMonitor, ProcessMonitor
 
@@ -242,7 +243,7 @@ def test_process_monitor_runs_any_json_lines_command(tmp_path):
 def test_real_worker_reports_a_bad_input_as_one_line(worker_python, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     job = Job(sources=[str(tmp_path / "missing-folder")], output=str(tmp_path / "job" / "p.npz"),
-              models_dir=str(tmp_path / "models"), device="cpu")
+              models_dir=str(tmp_path / "models"), run=RunOptions(device="cpu"))
     monitor = JobMonitor()
     monitor.start(job, worker_python, repo)
     collect(monitor, timeout=120)
@@ -271,7 +272,7 @@ def warm(worker_python, small_weights, tmp_path):
 
     def job(name: str, process_res: int = 56) -> Job:
         return Job(sources=[str(p) for p in images], output=str(tmp_path / "jobs" / name / "p.npz"),
-                   weights=str(small_weights), device="cpu", process_res=process_res)
+                   run=RunOptions(weights=str(small_weights), device="cpu", process_res=process_res))
 
     yield start, job
     for monitor in monitors:

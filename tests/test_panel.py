@@ -10,6 +10,8 @@ from importlib import import_module
 
 import pytest
 
+from engine.core.options import RunOptions
+
 
 class Recorder:
     """Stands in for bpy.types.UILayout; records (method, details) into a shared list."""
@@ -130,8 +132,8 @@ def test_running_shows_progress_eta_and_cancel(blender, addon, ready_env, small_
 
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "photos", count=2)
-    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
-                                                device="cpu", process_res=RES))
+    run = reconstruct.start(reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights),
+                                                                          device="cpu", process_res=RES)))
     try:
         while run.state.stage != "inference" or run.state.total == 0:
             assert not run.finished, run.state.error

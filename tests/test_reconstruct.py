@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.core.options import RunOptions
+
 RES = 56  # processing resolution: tiny, for speed (a multiple of the 14-pixel patch)
 
 
@@ -95,8 +97,8 @@ def test_video_end_to_end(blender, addon, worker_env, small_weights, tmp_path):
 def test_api_and_operator_agree(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "api", count=3)
-    collection = reconstruct.run(reconstruct.Request([str(folder)], weights=str(small_weights),
-                                                     device="cpu", process_res=RES), report=None)
+    collection = reconstruct.run(reconstruct.Request(
+        [str(folder)], RunOptions(weights=str(small_weights), device="cpu", process_res=RES)), report=None)
     assert collection.name == "api"
     assert sorted(o.get("da3_role") for o in collection.all_objects).count("camera") == 3
 
@@ -141,8 +143,8 @@ def test_worker_failure_leaves_nothing(blender, addon, worker_env, small_weights
 def test_cancel_mid_run_leaves_nothing(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "many", count=6, size=(256, 192))
-    request = reconstruct.Request([str(folder)], weights=str(small_weights), device="cpu",
-                                  process_res=280)
+    request = reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights), device="cpu",
+                                                            process_res=280))
     seen, processes = [], []
 
     def cancel_once_running():
@@ -164,8 +166,8 @@ def test_cancel_mid_run_leaves_nothing(blender, addon, worker_env, small_weights
 def test_cancel_kills_the_worker(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "many", count=6, size=(256, 192))
-    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
-                                                device="cpu", process_res=280))
+    run = reconstruct.start(reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights),
+                                                                          device="cpu", process_res=280)))
     try:
         while run.state.stage != "inference":  # one event a tick: inference cannot slip by
             assert not run.finished, run.state.final
@@ -200,8 +202,8 @@ def test_runs_of_a_session_share_one_warm_worker(blender, addon, worker_env, sma
     replaced on the next run; loading a file ends the worker."""
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "warm", count=2)
-    request = reconstruct.Request([str(folder)], weights=str(small_weights), device="cpu",
-                                  process_res=RES)
+    request = reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights), device="cpu",
+                                                            process_res=RES))
     first, first_end = run_to_the_end(reconstruct, request)
     second, second_end = run_to_the_end(reconstruct, request)
     assert second is first and first.poll() is None, "the worker stays between runs"
@@ -219,7 +221,7 @@ def test_runs_of_a_session_share_one_warm_worker(blender, addon, worker_env, sma
 def test_one_job_at_a_time(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "one", count=1)
-    request = reconstruct.Request([str(folder)], weights=str(small_weights), process_res=RES)
+    request = reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights), process_res=RES))
     run = reconstruct.start(request)
     try:
         assert not blender.ops.da3.reconstruct.poll()
@@ -236,8 +238,8 @@ def test_disabling_the_extension_stops_the_worker(blender, addon, addon_module, 
 
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "off", count=3, size=(256, 192))
-    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
-                                                process_res=280))
+    run = reconstruct.start(reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights),
+                                                                          process_res=280)))
     run.tick(timeout=0.5)
     process, job_dir = run.monitor.process, run.monitor.job_dir
     addon_utils.disable(addon_module, default_set=True)
@@ -265,8 +267,8 @@ def test_loading_a_file_stops_the_run(blender, addon, worker_env, small_weights,
     (In the module operators are never invoked, only executed, so this is the load_pre handler.)"""
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
     folder = write_images(tmp_path / "ui", count=3, size=(256, 192))
-    run = reconstruct.start(reconstruct.Request([str(folder)], weights=str(small_weights),
-                                                process_res=280))
+    run = reconstruct.start(reconstruct.Request([str(folder)], RunOptions(weights=str(small_weights),
+                                                                          process_res=280)))
     process, job_dir = run.monitor.process, run.monitor.job_dir
     blender.ops.wm.read_homefile(use_empty=True)
     assert reconstruct.current() is None
@@ -275,14 +277,11 @@ def test_loading_a_file_stops_the_run(blender, addon, worker_env, small_weights,
 
 def test_motion_sampling_through_the_api(blender, addon, worker_env, small_weights, tmp_path):
     reconstruct = import_module(f"{addon.__name__}.reconstruct")
-    assert reconstruct.sampling_fields("MOTION", 4, 2.0) == {"sampling": "motion", "max_frames": 4,
-                                                              "fps": 0.0}
-    assert reconstruct.sampling_fields("FPS", 4, 2.0)["max_frames"] == 0
     video = write_video(tmp_path / "clip.mp4", frames=8)
-    request = reconstruct.Request([str(video)], weights=str(small_weights), device="cpu",
-                                  process_res=RES, **reconstruct.sampling_fields("MOTION", 4, 0.0))
+    run = RunOptions.sampled("MOTION", 4, 0.0, weights=str(small_weights), device="cpu", process_res=RES)
+    request = reconstruct.Request([str(video)], run)
     job = reconstruct.make_job(request)
-    assert job.sampling == "motion" and Path(job.keyframe_cache).is_dir()
+    assert job.run.sampling == "motion" and Path(job.keyframe_cache).is_dir()
     Path(job.output).parent.rmdir()
     collection = reconstruct.run(request, report=None)
     cameras = [o for o in collection.all_objects if o.get("da3_role") == "camera"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.core.options import RunOptions
 from engine.core.prediction import load_prediction
 from engine.core.protocol import ERROR_KINDS, STAGES, Job, decode, job_line
 from tests import media
@@ -31,8 +32,9 @@ RES = 140
 
 def job_file(tmp_path: Path, sources, weights="", **kw) -> tuple[Path, Path]:
     output = tmp_path / "out" / "prediction.npz"
-    job = Job(sources=[str(s) for s in sources], output=str(output), weights=str(weights),
-              process_res=kw.pop("process_res", RES), device="cpu", **kw)
+    run = RunOptions(weights=str(weights), process_res=kw.pop("process_res", RES), device="cpu",
+                     **{k: kw.pop(k) for k in RunOptions.names() if k in kw})
+    job = Job(sources=[str(s) for s in sources], output=str(output), run=run, **kw)
     return job.save(tmp_path / "job.json"), output
 
 
@@ -185,7 +187,7 @@ def test_broken_job_file(worker_python, tmp_path):
 
 def test_missing_weights_say_where_to_put_them(worker_python, folder, tmp_path):
     job = Job(sources=[str(folder)], output=str(tmp_path / "o.npz"), models_dir=str(tmp_path / "m"),
-              allow_download=False, process_res=RES).save(tmp_path / "job.json")
+              allow_download=False, run=RunOptions(process_res=RES)).save(tmp_path / "job.json")
     code, events, _ = run_worker(worker_python, job)
     end = final(events)
     assert code == 1 and end["kind"] == "missing_weights"
@@ -395,7 +397,7 @@ def test_cancel_ends_a_serving_worker(server, slow_job):
 def test_download_failure_is_a_missing_weights_error(worker_python, folder, tmp_path):
     """The hub is unreachable in tests (HF_HUB_OFFLINE): the download path still reports well."""
     job = Job(sources=[str(folder)], output=str(tmp_path / "o.npz"), models_dir=str(tmp_path / "m"),
-              allow_download=True, process_res=RES).save(tmp_path / "job.json")
+              allow_download=True, run=RunOptions(process_res=RES)).save(tmp_path / "job.json")
     code, events, _ = run_worker(worker_python, job)
     end = final(events)
     assert code == 1 and end["kind"] == "missing_weights"
@@ -527,8 +529,8 @@ def stub_env(server) -> dict:
 
 def download_job(folder: Path, tmp_path: Path) -> Path:
     return Job(sources=[str(folder)], output=str(tmp_path / "o.npz"),
-               models_dir=str(tmp_path / "models"), allow_download=True, process_res=RES,
-               device="cpu").save(tmp_path / "job.json")
+               models_dir=str(tmp_path / "models"), allow_download=True,
+               run=RunOptions(process_res=RES, device="cpu")).save(tmp_path / "job.json")
 
 
 def test_interrupted_download_resumes_where_it_stopped(worker_python, hub_stub, folder, tmp_path):

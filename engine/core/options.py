@@ -1,15 +1,18 @@
-"""Every setting users see, defined once: the build options (``BuildOptions``) and the run
-settings' defaults and bounds (``RUN_SETTINGS``).
+"""Every setting users see, defined once: how the model sees the input (``RunOptions``, with
+its number settings' bounds in ``RUN_SETTINGS``) and how the result is built (``BuildOptions``).
 
 The names here are the names users see everywhere (``bpy.ops.da3.import_prediction(fusion=...)``,
 the panel, the command line), and the operator properties, the panel, the CLI, the job file and
-the checks before a run all take their defaults and bounds from here.
+the checks before a run all take their defaults, bounds and validation from here.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
+
+from .presets import DEFAULT_MODEL, get_preset
 
 # TSDF first: it is the default (clearly better F-score and fewer holes on objects and rooms;
 # see benchmarks/bench_fusion.py), REMESH the faster, simpler alternative.
@@ -43,10 +46,103 @@ PROCESS_RES = Bounds(default=504, min=14, max=2016, soft_min=140)
 MAX_FRAMES = Bounds(default=32, min=1, max=5000)
 FPS = Bounds(default=2.0, min=0.01, max=120.0)
 RUN_SETTINGS = {"process_res": PROCESS_RES, "max_frames": MAX_FRAMES, "fps": FPS}
+DEVICES = ("auto", "cuda", "mps", "cpu")
+# How a video's frames are chosen: "count" and "fps" cut it into windows (``window_count``) and
+# keep each window's sharpest frame; "motion" keeps frames by parallax (engine.worker.keyframes).
+SAMPLINGS = ("count", "fps", "motion")
+
+
+class _Named:
+    """The dataclass's field names, and an instance from anything that has them."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values):
+        """Options from any mapping or object with these names (a PropertyGroup, kwargs, JSON);
+        names it does not have keep their defaults, other keys are ignored."""
+        get = values.get if hasattr(values, "get") and not hasattr(values, "bl_rna") else None
+        picked = {}
+        for name in cls.names():
+            if get is not None:
+                if name in values:
+                    picked[name] = get(name)
+            elif hasattr(values, name):
+                picked[name] = getattr(values, name)
+        return cls(**picked)
+
+
+@dataclass(frozen=True)
+class RunOptions(_Named):
+    """How the model sees the input: the settings of a run, from the panel, the reconstruct
+    operator, the command line or a script to the worker's job file.
+
+    Not checked on creation (a panel holds half-typed values); ``problem()`` says what is wrong.
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str = ""  # a folder with config.json + model.safetensors; "" = the models folder
+    device: str = ""  # one of DEVICES; "" = the preferences' device in Blender, else "auto"
+    process_res: int = int(PROCESS_RES.default)  # the longest side the model sees, in pixels
+    max_frames: int = int(MAX_FRAMES.default)  # video: frames to keep (0 = use fps)
+    fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
+    sampling: str = "count"  # video: one of SAMPLINGS
+    chunk_size: int = 0  # views per forward pass; 0 = all that fit (measured above 16 views)
+    chunk_overlap: int = 0  # views shared by consecutive chunks; 0 = half a chunk
+
+    @classmethod
+    def sampled(cls, frame_sampling: str, max_frames: int, fps: float, **rest) -> "RunOptions":
+        """Options for the panel's frame sampling choice ('COUNT', 'FPS' or 'MOTION'), which
+        shows one of the two numbers: the other is 0, as the worker reads it."""
+        mode = frame_sampling.lower()
+        if mode not in SAMPLINGS:
+            raise ValueError(f"frame sampling must be one of {', '.join(s.upper() for s in SAMPLINGS)}")
+        if mode == "fps":
+            return cls(sampling=mode, max_frames=0, fps=fps, **rest)
+        return cls(sampling=mode, max_frames=max_frames, fps=0.0, **rest)
+
+    def problem(self) -> str:
+        """One line saying what is wrong with these settings, else ""."""
+        try:
+            get_preset(self.model)
+        except ValueError as exc:
+            return str(exc)
+        if self.device and self.device not in DEVICES:
+            return f"device must be one of {', '.join(DEVICES)}, not '{self.device}'"
+        if self.sampling not in SAMPLINGS:
+            return f"sampling must be one of {', '.join(SAMPLINGS)}, not '{self.sampling}'"
+        if self.sampling != "motion" and self.max_frames <= 0 and self.fps <= 0:
+            return "give a number of frames or frames per second above zero"
+        if self.chunk_size < 0 or self.chunk_overlap < 0:
+            return "chunk_size and chunk_overlap must be 0 (automatic) or positive"
+        return (PROCESS_RES.problem("the processing resolution", self.process_res)
+                or (self.max_frames and MAX_FRAMES.problem("the number of frames", self.max_frames))
+                or (self.fps and FPS.problem("frames per second", self.fps)) or "")
+
+
+def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> int:
+    """How many frames of a ``total``-frame video a run keeps with count or fps sampling.
+
+    ``fps`` > 0 asks for that many per second of video (capped by ``max_frames`` when it is
+    also set); otherwise ``max_frames``; both 0 keeps every frame. Shared by the worker (which
+    cuts the video into this many windows) and the panel (which shows the count up front).
+    """
+    if total <= 0:
+        return 0
+    count = total
+    if fps > 0 and video_fps > 0:
+        count = math.ceil(total / video_fps * fps)
+        if max_frames > 0:
+            count = min(count, max_frames)
+    elif max_frames > 0:
+        count = max_frames
+    return max(1, min(count, total))
 
 
 @dataclass
-class BuildOptions:
+class BuildOptions(_Named):
     output_points: bool = True
     output_view_meshes: bool = False
     output_surface: bool = True
@@ -73,23 +169,6 @@ class BuildOptions:
         if self.texture_size and not MIN_TEXTURE_SIZE <= self.texture_size <= MAX_TEXTURE_SIZE:
             raise ValueError(f"texture_size must be 0 (automatic) or {MIN_TEXTURE_SIZE}-{MAX_TEXTURE_SIZE} "
                              f"texels, not {self.texture_size}")
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    @classmethod
-    def from_mapping(cls, values) -> "BuildOptions":
-        """Options from any mapping or object with these names (a PropertyGroup, kwargs)."""
-        get = values.get if hasattr(values, "get") and not hasattr(values, "bl_rna") else None
-        picked = {}
-        for name in cls.names():
-            if get is not None:
-                if name in values:
-                    picked[name] = get(name)
-            elif hasattr(values, name):
-                picked[name] = getattr(values, name)
-        return cls(**picked)
 
 
 def fusion_settings(options: BuildOptions) -> dict:

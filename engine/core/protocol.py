@@ -20,20 +20,18 @@ Events (``"event"`` key):
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .options import MAX_FRAMES, PROCESS_RES
+from .options import RunOptions
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the run settings in one "run" object
+READS_VERSIONS = (1, 2)  # 1: the same settings at the top level
 
 STAGES = ("starting", "downloading_weights", "loading_model", "reading_frames", "inference",
           "fusing", "writing")
 ERROR_KINDS = ("bad_input", "missing_weights", "out_of_memory", "dependency", "cancelled",
                "internal")
-DEVICES = ("auto", "cuda", "mps", "cpu")
-SAMPLINGS = ("count", "fps", "motion")
 CANCEL_LINE = "cancel"
 EXIT_LINE = "exit"  # a serving worker's stdin: leave now (it is idle)
 # Errors that are the job's own: a serving worker keeps its model and takes the next job.
@@ -46,22 +44,12 @@ class Job:
 
     sources: list[str]  # a folder, image files, or one video file
     output: str  # where the prediction .npz goes
-    model: str = "da3-small"
-    weights: str = ""  # a folder with config.json + model.safetensors; "" = models_dir/<model>
+    run: RunOptions = field(default_factory=RunOptions)  # how the model sees the input
     models_dir: str = ""  # where weights are found or downloaded to
     allow_download: bool = False  # Blender's online-access setting decides
-    device: str = "auto"
-    process_res: int = int(PROCESS_RES.default)
-    max_frames: int = int(MAX_FRAMES.default)  # video: how many frames to keep (0 = use fps)
-    fps: float = 0.0  # video: frames per second to keep (0 = use max_frames)
-    # video: "count" and "fps" split it into windows by max_frames / fps (as before this field);
-    # "motion" keeps frames by parallax (engine.worker.keyframes), at most max_frames
-    sampling: str = "count"
-    keyframe_cache: str = ""  # "motion": folder of cached selections (shared with the panel)
-    chunk_size: int = 0  # views per forward pass; 0 = all that fit (measured above 16 views)
-    chunk_overlap: int = 0  # views shared by consecutive chunks; 0 = half a chunk
+    keyframe_cache: str = ""  # "motion" sampling: folder of cached selections (shared with the panel)
     # TSDF fusion in the worker (on the GPU when there is one), so Blender only builds the
-    # mesh: {"object_mode": bool, "mask_sky": bool}; empty = do not fuse here
+    # mesh: ``options.fusion_settings``; empty = do not fuse here
     tsdf: dict = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
     extra: dict = field(default_factory=dict)
@@ -74,16 +62,15 @@ class Job:
     @classmethod
     def load(cls, path: str | Path) -> "Job":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("version", 1) not in READS_VERSIONS:
+            raise ValueError(f"job file version {data.get('version')}; this worker reads "
+                             f"{', '.join(map(str, READS_VERSIONS))}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        job = cls(**known)
-        if job.version != PROTOCOL_VERSION:
-            raise ValueError(f"job file version {job.version}; this worker speaks {PROTOCOL_VERSION}")
-        if job.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not '{job.device}'")
-        if job.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, not '{job.sampling}'")
-        if job.chunk_size < 0 or job.chunk_overlap < 0:
-            raise ValueError("chunk_size and chunk_overlap must be >= 0")
+        run = RunOptions.from_mapping(data.get("run", data))
+        job = cls(**{**known, "run": run, "version": PROTOCOL_VERSION})
+        problem = job.run.problem()
+        if problem:
+            raise ValueError(problem)
         return job
 
 
@@ -134,21 +121,3 @@ def seconds_left(done: int, total: int, elapsed: float) -> float | None:
         return None
     return round(elapsed / done * (total - done), 1)
 
-
-def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> int:
-    """How many frames of a ``total``-frame video a job keeps with count or fps sampling.
-
-    ``fps`` > 0 asks for that many per second of video (capped by ``max_frames`` when it is
-    also set); otherwise ``max_frames``; both 0 keeps every frame. Shared by the worker (which
-    cuts the video into this many windows) and the panel (which shows the count up front).
-    """
-    if total <= 0:
-        return 0
-    count = total
-    if fps > 0 and video_fps > 0:
-        count = math.ceil(total / video_fps * fps)
-        if max_frames > 0:
-            count = min(count, max_frames)
-    elif max_frames > 0:
-        count = max_frames
-    return max(1, min(count, total))

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.protocol import window_count
+from ..core.options import window_count
 from ..core.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, image_folder
 
 # Images decoded at once: enough to keep the cores busy; each holds one full-size image.

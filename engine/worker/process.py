@@ -2,12 +2,12 @@
 Python).
 
 Reads the job (``protocol.Job``), decodes and preprocesses the frames in a thread while the
-model loads (a video's frames by windows, or its keyframes by motion: ``job.sampling``), runs the
+model loads (a video's frames by windows, or its keyframes by motion: ``job.run.sampling``), runs the
 network once for all views, and writes one prediction file (``prediction.PredictionWriter``: the
 image while the network runs, the rest after it).
 
 Views that do not fit one pass run in overlapping chunks (``engine.worker.chunking``), each placed into
-view 0's frame and scale by a robust Sim(3) fit (``engine.worker.align``): ``job.chunk_size`` views per
+view 0's frame and scale by a robust Sim(3) fit (``engine.worker.align``): ``job.run.chunk_size`` views per
 pass, or as many as two probe forwards say fit (only above ``CHUNK_PROBE_ABOVE`` views); an
 out-of-memory error in the one pass continues in chunks of half the views, with a warning.
 
@@ -318,13 +318,11 @@ def load_job(path: str):
 
     try:
         job = Job.load(path)
-        preset = get_preset(job.model)
+        preset = get_preset(job.run.model)
     except FileNotFoundError:
         raise WorkerError("bad_input", f"job file '{path}' not found") from None
     except (ValueError, TypeError) as exc:
         raise WorkerError("bad_input", f"bad job file: {exc}") from None
-    if job.process_res < 14:
-        raise WorkerError("bad_input", f"process_res {job.process_res} is too small (at least 14)")
     return job, preset
 
 
@@ -349,7 +347,7 @@ def find_sources(run: Run):
         raise WorkerError("bad_input", str(exc)) from None
     for path in sources.ignored:
         print(f"ignored (not an image): {path}", file=sys.stderr)
-    views = count_views(sources, job.max_frames, job.fps)
+    views = count_views(sources, job.run.max_frames, job.run.fps)
     if not run.preset.multi_view and (views is None or views > 1):
         raise_mono_error(run.preset, views)
     return sources
@@ -372,16 +370,16 @@ def read_frames_job(run: Run, sources):
     job, emitter = run.job, run.emitter
     start = time.monotonic()
     what = "images" if not sources.is_video else (
-        "the video's keyframes" if job.sampling == "motion" else "the video")
+        "the video's keyframes" if job.run.sampling == "motion" else "the video")
     emitter.stage("reading_frames", f"reading {what}")
 
     def progress(done, total):
 
         emitter.progress("reading_frames", done, total, seconds_left(done, total, time.monotonic() - start))
 
-    found = read_frames(sources, job.max_frames, job.fps, progress, run.stopped,
-                        transform=lambda rgb: resize_for_network(rgb, job.process_res),
-                        sampling=job.sampling, keyframe_cache=job.keyframe_cache)
+    found = read_frames(sources, job.run.max_frames, job.run.fps, progress, run.stopped,
+                        transform=lambda rgb: resize_for_network(rgb, job.run.process_res),
+                        sampling=job.run.sampling, keyframe_cache=job.keyframe_cache)
     run.timings["read_frames"] = round(time.monotonic() - start, 3)
     return found
 
@@ -406,10 +404,10 @@ def weights_folder(run: Run) -> Path:
     from .weights import download
 
     job, preset, emitter = run.job, run.preset, run.emitter
-    folder = resolve_folder(job.weights, job.models_dir, preset)
+    folder = resolve_folder(job.run.weights, job.models_dir, preset)
     if has_weights(folder):
         return folder
-    if job.weights or not job.allow_download:
+    if job.run.weights or not job.allow_download:
         raise WeightsError(missing_message(folder, preset))
     run.check_frames(wait=True)  # bad inputs must not cost a download
     emitter.stage("downloading_weights",
@@ -440,7 +438,7 @@ def load_model(run: Run) -> LoadedModel:
     folder = weights_folder(run)
     run.check_frames()
     try:
-        device = pick_device(run.job.device)
+        device = pick_device(run.job.run.device or "auto")
     except RuntimeError as exc:
         raise WorkerError("dependency", str(exc)) from None
     key = model_key(folder, run.preset, device)
@@ -533,8 +531,8 @@ def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     from .chunking import fitting_chunk_size
 
     n = batch.rgb.shape[0]
-    if run.job.chunk_size > 0:
-        return max(MIN_CHUNK, run.job.chunk_size)
+    if run.job.run.chunk_size > 0:
+        return max(MIN_CHUNK, run.job.run.chunk_size)
     if n <= CHUNK_PROBE_ABOVE:
         return n
     start = time.monotonic()
@@ -590,7 +588,7 @@ def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
     from .model import Views, forward, reporting_steps, to_views
 
     n, emitter = batch.rgb.shape[0], run.emitter
-    overlap = run.job.chunk_overlap or max(1, size // 2)
+    overlap = run.job.run.chunk_overlap or max(1, size // 2)
     covered, metric, eta_at = [0], [False], [None, 0.0]  # eta_at: (ETA, when it was given)
 
     def run_chunk(indices):
@@ -671,7 +669,7 @@ def assemble(run: Run, views, frames):
         image=run.image.result(), sky=views.sky, is_metric=views.is_metric,
         source_paths=[f.source for f in frames],
         frame_indices=np.array([f.index for f in frames], dtype=np.int64),
-        model=run.preset.name, process_res=int(run.job.process_res))
+        model=run.preset.name, process_res=int(run.job.run.process_res))
 
 
 def fuse(run: Run, pred) -> None:

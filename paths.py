@@ -17,6 +17,8 @@ from . import vendor_install
 ENV_WORKER_PYTHON = "DA3_WORKER_PYTHON"
 ENV_BASE_PYTHON = "DA3_BASE_PYTHON"
 ENV_MODELS_DIR = "DA3_MODELS_DIR"
+# This extension's folder: the worker environment runs ``python -m engine.worker`` from here.
+EXTENSION_DIR = Path(__file__).resolve().parent
 
 
 def user_dir(*parts: str) -> Path:
@@ -67,6 +69,11 @@ def models_dir() -> Path:
     if prefs and prefs.models_dir:
         return Path(bpy.path.abspath(prefs.models_dir))
     return user_dir("models")
+
+
+def keyframes_dir() -> Path:
+    """Keyframe selections of videos, shared by the panel's count and the worker's run."""
+    return user_dir("keyframes")
 
 
 def jobs_dir() -> Path:

@@ -22,10 +22,7 @@ unregister, on loading a file and at exit (and when Blender dies, its stdin clos
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,15 +32,13 @@ from pathlib import Path
 
 import bpy
 
-from . import paths, vendor_install
+from . import frame_counts, paths, vendor_install
 from .engine.core import presets
-from .engine.core.options import BuildOptions, RunOptions, fusion_settings, window_count
+from .engine.core.options import BuildOptions, RunOptions, fusion_settings
 from .engine.core.presets import get_preset
 from .engine.core.protocol import Job
-from .engine.core.sources import image_folder, is_image, is_video, result_name
+from .engine.core.sources import result_name
 from .engine.host.monitor import JobMonitor, MonitorState, ProcessMonitor
-
-EXTENSION_DIR = Path(__file__).resolve().parent
 
 # How much of the whole run each worker stage covers, for one overall progress bar.
 # In the worker's order: frames are read before the weights are fetched and the model loaded.
@@ -236,10 +231,10 @@ def warm_worker() -> JobMonitor:
     Python (the preferences may have changed it since)."""
     global _worker
     python = paths.worker_python()
-    if _worker is None or not _worker.serves(python, EXTENSION_DIR):
+    if _worker is None or not _worker.serves(python, paths.EXTENSION_DIR):
         stop_worker()
         monitor = JobMonitor()
-        monitor.serve(python, EXTENSION_DIR)
+        monitor.serve(python, paths.EXTENSION_DIR)
         _worker = monitor
     return _worker
 
@@ -266,7 +261,7 @@ def start_download(model: str) -> Run:
     monitor = ProcessMonitor()
     argv = [paths.worker_python(), "-m", "engine.worker", "download", model, weights_folder(request)]
     try:
-        monitor.start_process(argv, EXTENSION_DIR)
+        monitor.start_process(argv, paths.EXTENSION_DIR)
     except OSError as exc:
         raise ReconstructError(f"could not start the download ({paths.worker_python()}): {exc}") from exc
     _current = Run(request, monitor, kind="download")
@@ -283,11 +278,11 @@ def start_install(torch: str = "auto") -> Run:
     if not bpy.app.online_access:
         raise ReconstructError(OFFLINE_INSTALL_MESSAGE)
     monitor = ProcessMonitor()
-    argv = [sys.executable, str(EXTENSION_DIR / "vendor_install.py"), "--events",
+    argv = [sys.executable, str(paths.EXTENSION_DIR / "vendor_install.py"), "--events",
             "--target", str(paths.worker_env_dir()), "--torch", torch,
             "--python", str(paths.base_python())]
     try:
-        monitor.start_process(argv, EXTENSION_DIR)
+        monitor.start_process(argv, paths.EXTENSION_DIR)
     except OSError as exc:
         raise ReconstructError(f"could not start the installer: {exc}") from exc
     _current = Run(Request([]), monitor, kind="install")
@@ -352,7 +347,7 @@ def stop_all() -> None:
     if _current is not None:
         _current.close()
     stop_worker()
-    _frame_counts.stop()
+    frame_counts.stop()
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -368,7 +363,7 @@ def make_job(request: Request) -> Job:
         run=replace(request.run, device=request.run.device or paths.device()),
         models_dir=str(paths.models_dir()),
         allow_download=bool(bpy.app.online_access),
-        keyframe_cache=str(keyframe_cache_dir()),
+        keyframe_cache=str(paths.keyframes_dir()),
         tsdf=worker_fusion(request.options),
     )
 
@@ -384,11 +379,6 @@ def worker_fusion(options: BuildOptions) -> dict:
             options.crop_object:
         return {}
     return fusion_settings(options)
-
-
-def keyframe_cache_dir() -> Path:
-    """Keyframe selections of videos, shared by the panel's count and the worker's run."""
-    return paths.user_dir("keyframes")
 
 
 def check_request(request: Request) -> None:
@@ -455,125 +445,3 @@ def format_seconds(seconds: float) -> str:
     if minutes < 90:
         return f"{minutes} min {seconds:02d} s"
     return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-# -- how many frames a run will use (the panel shows it before the run) ---------------------------
-
-def frames_to_use(source: str, sampling: str, max_frames: int, fps: float) -> str:
-    """What the panel says about the frames a run on ``source`` will use; never blocks.
-
-    Folders are listed (cached by modification time). A video's facts come from a background
-    process in the worker environment, cached per file: its frame count and rate for 'count' and
-    'fps' (the same windows as ``engine.worker.inputs.sampling_windows``), or its keyframe selection for
-    'motion' (``python -m engine.worker keyframes``, in the cache the worker reads too). "" = say nothing.
-    """
-    path = Path(source).expanduser() if source else None
-    if path is None or not path.exists():
-        return ""
-    if path.is_dir():
-        count = _images_in(str(path), path.stat().st_mtime_ns)
-        return f"{count} image{'s' * (count != 1)}"
-    if not is_video(path):
-        return "1 image" if is_image(path) else ""
-    run = RunOptions.sampled(sampling, max_frames, fps)
-    mode, max_frames, fps = run.sampling, run.max_frames, run.fps
-    info = _frame_counts.answer(path, "motion" if mode == "motion" else "info")
-    if info is None:
-        return "Finding keyframes..." if mode == "motion" else "Counting video frames..."
-    if "error" in info:
-        return info["error"]
-    if mode == "motion":
-        return (f"{min(info['count'], max_frames) if max_frames > 0 else info['count']} keyframes "
-                f"of {info['frames_analysed']} frames analysed")
-    return f"{window_count(info['frames'], info['fps'], max_frames, fps)} of {info['frames']} frames"
-
-
-_image_counts: dict = {}
-
-
-def _images_in(folder: str, mtime_ns: int) -> int:
-    key = (folder, mtime_ns)
-    if key not in _image_counts:
-        with os.scandir(image_folder(Path(folder))) as entries:
-            _image_counts[key] = sum(1 for e in entries if e.is_file() and is_image(Path(e.name)))
-    return _image_counts[key]
-
-
-class _FrameCounts:
-    """Background processes that read videos in the worker environment; answers cached per
-    (file, size, modification time, kind). A timer redraws the sidebar when one finishes."""
-
-    def __init__(self):
-        self.answers: dict[tuple, dict] = {}
-        self.running: dict[tuple, tuple[subprocess.Popen, Path]] = {}
-
-    def answer(self, path: Path, kind: str) -> dict | None:
-        """The answer, or None while it is being worked out (started here if need be)."""
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, kind)
-        if key in self.answers:
-            return self.answers[key]
-        if key not in self.running:
-            self._start(key, path, kind)
-        self.poll()
-        return self.answers.get(key)
-
-    def _start(self, key: tuple, path: Path, kind: str) -> None:
-        python = paths.worker_python()
-        if not python.exists():
-            self.answers[key] = {"error": "Frames: counted once the worker environment is installed"}
-            return
-        if kind == "motion":
-            argv = [python, "-m", "engine.worker", "keyframes", str(path),
-                    "--cache", str(keyframe_cache_dir())]
-        else:
-            argv = [python, "-m", "engine.worker", "video-info", str(path)]
-        handle, name = tempfile.mkstemp(prefix="frames-", suffix=".json", dir=paths.user_dir("counts"))
-        os.close(handle)
-        out = Path(name)
-        with open(out, "wb") as stdout:
-            proc = subprocess.Popen(argv, cwd=EXTENSION_DIR, stdin=subprocess.DEVNULL, stdout=stdout,
-                                    stderr=subprocess.DEVNULL)
-        self.running[key] = (proc, out)
-        if not bpy.app.timers.is_registered(_tick_frame_counts):
-            bpy.app.timers.register(_tick_frame_counts, first_interval=0.25)
-
-    def poll(self) -> bool:
-        """Collect finished processes; True if any finished."""
-        finished = False
-        for key, (proc, out) in list(self.running.items()):
-            if proc.poll() is None:
-                continue
-            del self.running[key]
-            try:
-                self.answers[key] = json.loads(out.read_text(encoding="utf-8").splitlines()[-1])
-            except (OSError, ValueError, IndexError):
-                self.answers[key] = {"error": "Frames: the video could not be read"}
-            out.unlink(missing_ok=True)
-            finished = True
-        return finished
-
-    def stop(self) -> None:
-        """Stop every background count and its timer (unregister, exit)."""
-        if bpy.app.timers.is_registered(_tick_frame_counts):
-            bpy.app.timers.unregister(_tick_frame_counts)
-        for proc, out in self.running.values():
-            proc.kill()
-            proc.wait()
-            out.unlink(missing_ok=True)
-        self.running.clear()
-
-
-_frame_counts = _FrameCounts()
-
-
-def _tick_frame_counts() -> float | None:
-    """Timer: redraw the sidebar once a count is in; ends itself when none is running. Only the
-    sidebar region: tagging the area would redraw the 3D viewport too."""
-    if _frame_counts.poll():
-        for window in bpy.context.window_manager.windows:
-            for area in window.screen.areas:
-                for region in area.regions if area.type == "VIEW_3D" else ():
-                    if region.type == "UI":
-                        region.tag_redraw()
-    return 0.25 if _frame_counts.running else None

@@ -1,8 +1,8 @@
 """Operators: thin wrappers over ``api``; each module has one CLASSES tuple."""
 
-from . import drop, import_prediction, install_deps, reconstruct, set_scale
+from . import drop, import_prediction, install_deps, run, set_scale, watch
 
-_MODULES = (import_prediction, set_scale, reconstruct, install_deps, drop)
+_MODULES = (import_prediction, set_scale, watch, run, install_deps, drop)
 
 
 def register():

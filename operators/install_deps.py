@@ -10,7 +10,7 @@ in the panel, Esc or Cancel stops it) and to its end in background mode.
 import bpy
 
 from .. import paths, reconstruct, vendor_install
-from .reconstruct import finished_message, follow_in_ui
+from .watch import finished_message, follow_in_ui
 
 
 class DA3_OT_install_dependencies(bpy.types.Operator):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import bpy
 
-from .. import paths, reconstruct, vendor_install
+from .. import frame_counts, paths, reconstruct, vendor_install
 from ..builder.rescale import SCALE_KEY, result_collection_of
 from ..engine.core.presets import get_preset
 from ..properties import FUSION_HINTS
@@ -185,7 +185,7 @@ def draw_quality(layout, settings, context) -> None:
     row = layout.row(align=True)
     row.prop(settings, "frame_sampling", expand=True)
     layout.prop(settings, "fps" if settings.frame_sampling == "FPS" else "max_frames")
-    used = reconstruct.frames_to_use(bpy.path.abspath(settings.source), settings.frame_sampling,
+    used = frame_counts.describe(bpy.path.abspath(settings.source), settings.frame_sampling,
                                      settings.max_frames, settings.fps)
     if used:
         layout.label(text=used, icon="SEQUENCE")

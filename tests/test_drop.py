@@ -57,7 +57,7 @@ def test_the_dialog_starts_from_the_panel_settings_except_what_was_passed(blende
     a value Blender remembered from the last run (a 'ghost') does not count as passed."""
     from importlib import import_module
 
-    modal = import_module(f"{addon.__name__}.operators.reconstruct")
+    modal = import_module(f"{addon.__name__}.operators.run")
     settings = blender.context.scene.da3
     settings.model, settings.process_res, settings.output_view_meshes = "da3-base", 280, True
 

@@ -279,12 +279,12 @@ def test_the_drop_dialog_draws_the_operators_settings(blender, addon):
             "object_mode", "texture", "texture_size"} <= set(drawn)
 
 
-def wait_for_counts(reconstruct, timeout=120.0):
+def wait_for_counts(frame_counts, timeout=120.0):
     """Until the background counts are in; the timeout only guards against a hang."""
     end = time.monotonic() + timeout
-    while reconstruct._frame_counts.running:
+    while frame_counts._frame_counts.running:
         assert time.monotonic() < end, "the frame count did not finish"
-        reconstruct._frame_counts.poll()
+        frame_counts._frame_counts.poll()
         time.sleep(0.05)
 
 
@@ -293,7 +293,7 @@ def test_the_panel_says_how_many_frames_a_run_uses(blender, addon, ready_env, tm
 
     from tests.test_reconstruct import write_images, write_video
 
-    reconstruct = import_module(f"{addon.__name__}.reconstruct")
+    frame_counts = import_module(f"{addon.__name__}.frame_counts")
     settings = blender.context.scene.da3
     settings.source = str(write_images(tmp_path / "photos", count=3))
     assert ("label", "3 images") in draw(blender, "DA3_PT_model")
@@ -301,13 +301,13 @@ def test_the_panel_says_how_many_frames_a_run_uses(blender, addon, ready_env, tm
     calls = draw(blender, "DA3_PT_model")
     # the draw returned before the count: it runs in the background
     assert ("label", "Counting video frames...") in calls
-    wait_for_counts(reconstruct)
+    wait_for_counts(frame_counts)
     settings.max_frames = 8
     assert ("label", "8 of 20 frames") in draw(blender, "DA3_PT_model")
     settings.frame_sampling, settings.fps = "FPS", 2.0
     assert ("label", "4 of 20 frames") in draw(blender, "DA3_PT_model")  # 2 s of 10 fps video
-    assert reconstruct.frames_to_use(settings.source, "MOTION", 8, 0.0) == "Finding keyframes..."
-    wait_for_counts(reconstruct)
-    assert reconstruct.frames_to_use(settings.source, "MOTION", 8, 0.0).endswith(
+    assert frame_counts.describe(settings.source, "MOTION", 8, 0.0) == "Finding keyframes..."
+    wait_for_counts(frame_counts)
+    assert frame_counts.describe(settings.source, "MOTION", 8, 0.0).endswith(
         "keyframes of 20 frames analysed")
-    assert not reconstruct._frame_counts.running
+    assert not frame_counts._frame_counts.running

@@ -282,7 +282,9 @@ def model_key(folder: Path, preset, device) -> tuple:
 # --------------------------------------------------------------------------- the job
 
 @dataclass
-class Run:
+class JobInProgress:
+    """One job in this worker: what it asks, how it reports, what it has made so far."""
+
     job: object
     preset: object
     emitter: Emitter
@@ -337,7 +339,7 @@ def check_output_folder(output: Path) -> None:
         raise WorkerError("bad_input", f"cannot write the prediction to '{output}'")
 
 
-def find_sources(run: Run):
+def find_sources(run: JobInProgress):
     from .inputs import InputError, collect_sources, count_views
 
     job = run.job
@@ -362,7 +364,7 @@ def raise_mono_error(preset, views: int | None) -> None:
                       f"choose a multi-view model such as {multi}, or a single image")
 
 
-def read_frames_job(run: Run, sources):
+def read_frames_job(run: JobInProgress, sources):
     """Decode + resize every frame (runs in a thread while the model loads)."""
     from .inputs import read_frames
     from .preprocess import resize_for_network
@@ -384,7 +386,7 @@ def read_frames_job(run: Run, sources):
     return found
 
 
-def frames_or_error(future, run: Run):
+def frames_or_error(future, run: JobInProgress):
     from .inputs import InputError, skipped_warning
 
     try:
@@ -399,7 +401,7 @@ def frames_or_error(future, run: Run):
     return found
 
 
-def weights_folder(run: Run) -> Path:
+def weights_folder(run: JobInProgress) -> Path:
     from ..core.presets import WeightsError, has_weights, hub_url, missing_message, resolve_folder
     from .weights import download
 
@@ -431,7 +433,7 @@ def weights_folder(run: Run) -> Path:
     return folder
 
 
-def load_model(run: Run) -> LoadedModel:
+def load_model(run: JobInProgress) -> LoadedModel:
     """The job's network: the one already loaded when it is the same, else a fresh load."""
     from .model import pick_device
 
@@ -451,7 +453,7 @@ def load_model(run: Run) -> LoadedModel:
     return run.model
 
 
-def load_network_on(run: Run, folder: Path, device, key: tuple) -> LoadedModel:
+def load_network_on(run: JobInProgress, folder: Path, device, key: tuple) -> LoadedModel:
     from .model import autocast_dtype, skip_ray_branch
     from .weights import load_network
 
@@ -464,7 +466,7 @@ def load_network_on(run: Run, folder: Path, device, key: tuple) -> LoadedModel:
     return LoadedModel(key, net, device, autocast_dtype(device))
 
 
-def infer(run: Run, net, device, dtype, batch):
+def infer(run: JobInProgress, net, device, dtype, batch):
     """All views in one pass (multi-view presets) or one at a time (monocular presets)."""
     from .model import concat_views, forward, to_views
     from .preprocess import DEFAULT_FOV_X_DEG
@@ -500,7 +502,7 @@ def infer(run: Run, net, device, dtype, batch):
     return views
 
 
-def infer_multi_view(run: Run, net, device, dtype, batch, step_done, fov: float):
+def infer_multi_view(run: JobInProgress, net, device, dtype, batch, step_done, fov: float):
     """One pass when the views fit (measured above ``CHUNK_PROBE_ABOVE`` views), else chunks
     aligned by Sim(3); an out-of-memory error in the one pass turns into chunks."""
     from .chunking import is_out_of_memory
@@ -526,7 +528,7 @@ MIN_CHUNK = 2
 PROBE_OOM_CHUNK = 4  # when even the memory probes run out of memory (smaller on a further OOM)
 
 
-def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
+def chunk_size_for(run: JobInProgress, net, device, dtype, batch) -> int:
     """The job's chunk size, or the views that fit as measured by two probe forwards."""
     from .chunking import fitting_chunk_size
 
@@ -547,7 +549,7 @@ def chunk_size_for(run: Run, net, device, dtype, batch) -> int:
     return size
 
 
-def probe_memory(run: Run, net, device, dtype, batch) -> tuple[int, list | None]:
+def probe_memory(run: JobInProgress, net, device, dtype, batch) -> tuple[int, list | None]:
     """(views per pass, probes) from two probe forwards; kept for the loaded model's next jobs."""
     from .chunking import allocated_bytes, is_out_of_memory, measure_chunk_size
     from .model import forward, free_device_memory, reporting_steps
@@ -569,7 +571,7 @@ def probe_memory(run: Run, net, device, dtype, batch) -> tuple[int, list | None]
     return size, probes
 
 
-def free_after_oom(run: Run, n: int, size: int) -> None:
+def free_after_oom(run: JobInProgress, n: int, size: int) -> None:
     import gc
 
     from .model import free_device_memory
@@ -580,7 +582,7 @@ def free_after_oom(run: Run, n: int, size: int) -> None:
                      f"continuing in chunks of {size}")
 
 
-def infer_in_chunks(run: Run, net, device, dtype, batch, size: int, fov: float):
+def infer_in_chunks(run: JobInProgress, net, device, dtype, batch, size: int, fov: float):
     """Overlapping chunks, each in its own frame, merged into view 0's frame and scale."""
     from .align import AlignmentError
     from .chunking import Cancelled as ChunkCancelled
@@ -655,7 +657,7 @@ def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -
                       "use fewer frames, a lower processing resolution or a smaller model") from exc
 
 
-def assemble(run: Run, views, frames):
+def assemble(run: JobInProgress, views, frames):
     """The prediction, with the stored image ``start_writing`` made."""
     import numpy as np
 
@@ -672,7 +674,7 @@ def assemble(run: Run, views, frames):
         model=run.preset.name, process_res=int(run.job.run.process_res))
 
 
-def fuse(run: Run, pred) -> None:
+def fuse(run: JobInProgress, pred) -> None:
     """Fuse the views into one TSDF surface here (torch on the GPU when there is one) and keep
     it in the prediction, so Blender only builds the mesh. A scene with nothing to fuse is a
     warning: the importer still builds points and cameras."""
@@ -702,7 +704,7 @@ def fuse(run: Run, pred) -> None:
     run.timings["fuse"] = round(time.monotonic() - start, 3)
 
 
-def start_writing(run: Run, batch, pool: ThreadPoolExecutor) -> None:
+def start_writing(run: JobInProgress, batch, pool: ThreadPoolExecutor) -> None:
     """Make the stored image and write it into the output's temporary file in ``pool`` while the
     network runs, so that ``write`` has only the network's arrays left; the partial file goes if
     the job fails."""
@@ -716,7 +718,7 @@ def start_writing(run: Run, batch, pool: ThreadPoolExecutor) -> None:
     run.image_written = pool.submit(lambda: run.writer.begin(image=run.image.result()))
 
 
-def write(run: Run, pred) -> Path:
+def write(run: JobInProgress, pred) -> Path:
     """Finish the file ``start_writing`` began, then move it in place and report done as one
     step."""
     from ..core.prediction import PredictionError
@@ -748,7 +750,7 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken, cache: ModelCa
     start = time.monotonic()
     emitter.stage("starting", f"job {Path(job_path).name}")
     job, preset = load_job(job_path)
-    run = Run(job, preset, emitter, cancel, cache, {"_start": start})
+    run = JobInProgress(job, preset, emitter, cancel, cache, {"_start": start})
     check_output_folder(Path(job.output))
     sources = find_sources(run)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames") as pool:
@@ -765,7 +767,7 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken, cache: ModelCa
     predict_and_write(run, model, batch, found.frames)
 
 
-def predict_and_write(run: Run, model: LoadedModel, batch, frames) -> None:
+def predict_and_write(run: JobInProgress, model: LoadedModel, batch, frames) -> None:
     """The network, the prediction and its file, whose image is written while the network runs
     (on failure the pool waits for that write, so the partial file can be removed)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writing") as pool:
@@ -784,7 +786,7 @@ class timed:
     """``with timed(run, step):`` records the step's seconds in the done event's timings (the
     warm worker's remaining cost over the forward pass is made of such steps)."""
 
-    def __init__(self, run: Run, step: str):
+    def __init__(self, run: JobInProgress, step: str):
         self.run, self.step = run, step
 
     def __enter__(self):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import cameras
 from .options import BuildOptions
 from .prediction import Prediction, PredictionError
 
@@ -135,23 +136,14 @@ def blender_camera_matrices(cam_to_view0: np.ndarray, scale: float) -> np.ndarra
     return out
 
 
-def pixel_rays(intrinsics: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H,W,3) rays with z = 1 through pixel centres (pixel j spans [j, j+1))."""
-    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    k_inv = np.linalg.inv(intrinsics)
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)
-    return pix @ k_inv.T
-
-
 def backproject(pred: Prediction, scale: float) -> np.ndarray:
     """(N,H,W,3) float32 positions of every pixel in Blender's world frame."""
-    to_world = cameras_to_view0(pred.world_to_camera())
+    poses = pred.world_to_camera() @ np.linalg.inv(prediction_to_blender(pred))  # in Blender's frame
     out = np.empty(pred.depth.shape + (3,), dtype=np.float32)
     for i in range(pred.num_views):
-        cam = pixel_rays(pred.intrinsics[i], pred.height, pred.width) * pred.depth[i][..., None]
-        rot = CV_TO_BLENDER @ to_world[i, :3, :3]
-        shift = CV_TO_BLENDER @ to_world[i, :3, 3]
-        out[i] = scale * (cam @ rot.T + shift)
+        x, y = cameras.pixel_ray_factors(cameras.lens(pred.intrinsics[i]), pred.height, pred.width)
+        cam = np.stack(cameras.camera_points(pred.depth[i], x[None, :], y[:, None]), axis=-1)
+        out[i] = scale * cameras.camera_to_world(cam, poses[i, :3, :3], poses[i, :3, 3])
     return out
 
 
@@ -241,8 +233,8 @@ def prepare(pred: Prediction, options: BuildOptions, crop=None) -> Scene:
     points = backproject(pred, scale)
     if crop is not None:
         valid &= inside_box(points, *crop)
-    cameras = blender_camera_matrices(cameras_to_view0(pred.world_to_camera()), scale)
-    return Scene(points, valid, pred.image, cameras, scale, threshold)
+    camera_matrices = blender_camera_matrices(cameras_to_view0(pred.world_to_camera()), scale)
+    return Scene(points, valid, pred.image, camera_matrices, scale, threshold)
 
 
 # --- triangulation ---------------------------------------------------------------------------

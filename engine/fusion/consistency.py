@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import cameras
 from ..core.arrays import to_numpy
 
 # The depth correction: a multiplier at GRID x GRID control points over the image,
@@ -60,7 +61,6 @@ FIT_WEIGHT = 0.5
 # What a correction is expected to be (DA3's smooth depth error is a few percent): a prior
 # that keeps what the overlap cannot pin down where it was.
 PRIOR_SCALE = 0.05
-LENS = ((0, 0), (1, 1), (0, 2), (1, 2))  # where fx, fy, cx, cy stand in K
 
 
 @dataclass
@@ -81,11 +81,12 @@ class Stack:
     xp: Any = np  # the array namespace (engine.core.arrays)
     views_at_once: int = 1  # how many views a look-up step sees points in
     lenses: Any = field(init=False)  # (4,N) fx, fy, cx, cy of every view, for look-ups by element
-    poses: Any = field(init=False)  # (N,3,4) [R | t] of every view, for look-ups by element
+    poses: Any = field(init=False)  # (3,4,N) [R | t] of every view, for look-ups by element
 
     def __post_init__(self):
-        self.lenses = self.xp.asarray(np.stack([self.K[:, a, b] for a, b in LENS]))
-        self.poses = self.xp.asarray(np.concatenate([self.R, self.t[:, :, None]], axis=2))
+        self.lenses = self.xp.asarray(np.stack(cameras.lens(self.K)))
+        poses = np.concatenate([self.R, self.t[:, :, None]], axis=2)
+        self.poses = self.xp.asarray(np.ascontiguousarray(poses.transpose(1, 2, 0)))
 
     @classmethod
     def of(cls, views: list, xp=np, views_at_once: int = 1) -> Stack:
@@ -104,7 +105,7 @@ class Stack:
         float32), else one per element (four numbers gathered, not whole 3x3 matrices), in
         ``dtype`` when given (float32 ones keep float32 points in float32 too)."""
         if np.ndim(view) == 0:
-            return tuple(float(self.K[view, a, b]) for a, b in LENS)
+            return tuple(float(c) for c in cameras.lens(self.K[view]))
         lenses = self.lenses if dtype is None else self.xp.asarray(self.lenses, dtype=dtype)
         return tuple(per_view[view] for per_view in lenses)
 
@@ -113,8 +114,8 @@ class Stack:
         ``u``)."""
         xp = self.xp
         fx, fy, cx, cy = self.lens(view)
-        u, v = (xp.asarray(a, dtype=xp.float64) for a in (u, v))
-        return xp.stack([(u + 0.5 - cx) / fx, (v + 0.5 - cy) / fy, xp.ones(len(u))])
+        return xp.stack([cameras.pixel_slope(u, fx, cx, xp), cameras.pixel_slope(v, fy, cy, xp),
+                         xp.ones(len(u))])
 
     def basis(self, v, u):
         """(n, G*G) bilinear weights of the control points at pixels (``v``, ``u``)."""
@@ -144,7 +145,9 @@ class Samples:
         return self.raw * stack.xp.einsum("mk,mk->m", self.basis, stack.scale[self.view])
 
     def world(self, stack: Stack):
-        return to_world(stack, self.view, self.ray * self.depth(stack)[:, None])
+        xp = stack.xp
+        return cameras.camera_to_world(self.ray * self.depth(stack)[:, None], xp.asarray(stack.R)[self.view],
+                                       xp.asarray(stack.t)[self.view], xp)
 
 
 @dataclass
@@ -191,33 +194,13 @@ def make_consistent(views: list, region: tuple | None = None, seed: int = 0, xp=
 # geometry of the stack
 
 
-def to_world(stack: Stack, view, cam):
-    xp = stack.xp
-    return xp.einsum("mji,mj->mi", xp.asarray(stack.R)[view], cam - xp.asarray(stack.t)[view])
-
-
-def transform(R: np.ndarray, t: np.ndarray, points) -> list[np.ndarray]:
-    """R @ p + t for ``points`` given as three coordinate arrays, in their own precision.
-
-    Written out rather than a (n,3) @ (3,3) product: numpy hands that to OpenBLAS, whose
-    threads stall whenever another process holds a core (190k points: 3 ms, 45-70 ms with one
-    of two cores busy); the sums take 1 ms either way."""
-    R, t = R.tolist(), t.tolist()
-    return [points[0] * R[k][0] + points[1] * R[k][1] + points[2] * R[k][2] + t[k]
-            for k in range(3)]
-
-
 def world_map(stack: Stack, i: int, depth):
     """(3,H,W) float32 world points of every pixel of view i at ``depth`` (H,W) (float32:
     millions of pixels, and a millionth of the depth is far below the views' disagreement)."""
     xp = stack.xp
-    h, w = depth.shape
-    fx, fy, cx, cy = stack.lens(i)
-    x = xp.asarray((xp.arange(w, dtype=xp.float64) + 0.5 - cx) / fx, dtype=xp.float32)[None, :]
-    y = xp.asarray((xp.arange(h, dtype=xp.float64) + 0.5 - cy) / fy, dtype=xp.float32)[:, None]
-    # the camera frame to the world: R^T (depth * ray - t), one world axis at a time
-    R, centre = stack.R[i].tolist(), (stack.t[i] @ stack.R[i]).tolist()
-    return xp.stack([depth * (x * R[0][k] + y * R[1][k] + R[2][k]) - centre[k] for k in range(3)])
+    x, y = cameras.pixel_ray_factors(stack.lens(i), *depth.shape, xp)
+    x, y = (xp.asarray(a, dtype=xp.float32) for a in (x, y))
+    return cameras.world_points(depth, x[None, :], y[:, None], stack.R[i], stack.t[i], xp)
 
 
 def in_region(points, region: tuple, xp=np):
@@ -271,8 +254,8 @@ def normals_at(stack: Stack, view, v, u):
 
     def point(row, col):
         d = xp.asarray(raw[(view * h + row) * w + col], dtype=xp.float64)
-        row, col = (xp.asarray(a, dtype=xp.float64) for a in (row, col))
-        return xp.stack([(col + 0.5 - cx) / fx * d, (row + 0.5 - cy) / fy * d, d])
+        return xp.stack(cameras.camera_points(d, cameras.pixel_slope(col, fx, cx, xp),
+                                              cameras.pixel_slope(row, fy, cy, xp)))
 
     along = (point(v, xp.minimum(u + 1, w - 1)) - point(v, xp.maximum(u - 1, 0))) * ((u > 0) & (u < w - 1))
     down = (point(xp.minimum(v + 1, h - 1), u) - point(xp.maximum(v - 1, 0), u)) * ((v > 0) & (v < h - 1))
@@ -298,11 +281,9 @@ def look_up(stack: Stack, cam, view) -> LookUp:
     view indices that broadcasts against them) falls."""
     xp = stack.xp
     z = cam[2]
-    fx, fy, cx, cy = stack.lens(view, z.dtype)
     _, h, w = stack.raw.shape
     with xp.errstate(divide="ignore", invalid="ignore"):
-        u = xp.floor(fx * cam[0] / z + cx)
-        v = xp.floor(fy * cam[1] / z + cy)
+        u, v = (xp.floor(a) for a in cameras.image_positions(cam, stack.lens(view, z.dtype)))
     inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     u = xp.asarray(xp.where(inside, u, 0), dtype=xp.int64)
     v = xp.asarray(xp.where(inside, v, 0), dtype=xp.int64)
@@ -321,10 +302,8 @@ def seen_depth(stack: Stack, votes, points, views: np.ndarray):
     in the points' precision."""
     xp = stack.xp
     rows = xp.asarray(np.asarray(views, np.int64)[:, None])
-    pose = xp.asarray(stack.poses[rows], dtype=points.dtype)  # (g,1,3,4): [R | t] of each row
-    # :func:`transform`, sum for sum, with a pose per row
-    cam = [points[0] * pose[..., k, 0] + points[1] * pose[..., k, 1] + points[2] * pose[..., k, 2]
-           + pose[..., k, 3] for k in range(3)]
+    pose = xp.asarray(stack.poses[:, :, rows], dtype=points.dtype)  # (3,4,g,1): [R | t] of each row
+    cam = cameras.transform(pose[:, :3], pose[:, 3], points)
     seen = look_up(stack, cam, rows)
     there = xp.asarray(xp.where(seen.inside, votes.reshape(-1)[seen.flat], 0), dtype=seen.z.dtype)
     return seen.z, there
@@ -393,7 +372,7 @@ def pair_up(stack: Stack, samples: Samples, neighbours: list) -> Pairs:
     turn, shift = (xp.stack([row[on] for row in xp.asarray(np.ascontiguousarray(table.T))])
                    for table in (turn.reshape(-1, 9), shift))
     ray = samples.ray[xp.asarray(sample)]
-    # transform() with a turn per sample, written out as there
+    # cameras.transform() with a turn per sample, written out as there
     direction = xp.stack([ray[:, 0] * turn[3 * k] + ray[:, 1] * turn[3 * k + 1]
                           + ray[:, 2] * turn[3 * k + 2] for k in range(3)])
     return Pairs(xp.asarray(sample), xp.asarray(other[pair]), neighbours, shift, direction)

@@ -15,7 +15,7 @@ import contextlib
 
 import numpy as np
 
-from ..core import geometry
+from ..core import cameras, geometry
 from ..core.prediction import Prediction
 from . import consistency, mesh_cleanup
 from .base import BLOCK, BLOCK_VOXELS, FusedMesh, Grid, Progress, TSDFOptions, View, Volume
@@ -267,14 +267,10 @@ def surface_angle_weights(depth, K):
     import torch
     import torch.nn.functional as F
 
-    n, h, w = depth.shape
-    dev = depth.device
-    u = ((torch.arange(w, device=dev, dtype=torch.float64) + 0.5 - K[:, 0, 2, None])
-         / K[:, 0, 0, None]).float()[:, None, :]
-    v = ((torch.arange(h, device=dev, dtype=torch.float64) + 0.5 - K[:, 1, 2, None])
-         / K[:, 1, 1, None]).float()[:, :, None]
+    lens = tuple(c[:, None] for c in cameras.lens(K))  # (N,1): every view's rays at once
+    u, v = cameras.pixel_ray_factors(lens, *depth.shape[1:], TorchArrays(depth.device))
     z = depth
-    x, y = u * z, v * z
+    x, y, _ = cameras.camera_points(z, u.float()[:, None, :], v.float()[:, :, None])
     ax, ay, az = (torch.zeros_like(z) for _ in range(3))
     bx, by, bz = (torch.zeros_like(z) for _ in range(3))
     for d, p in ((ax, x), (ay, y), (az, z)):
@@ -492,11 +488,10 @@ class TorchMesher:
             depth = torch.as_tensor(view.depth, device=dev).flatten()
             voting = torch.as_tensor(view.weight, device=dev).flatten() > 0
             h, w = view.depth.shape
-            cam = centres @ R.T + t
+            cam = cameras.world_to_camera(centres, R, t)
             z = cam[:, 2]
             safe = torch.where(torch.abs(z) > 1e-12, z, 1e-12)
-            u = view.K[0, 0] * cam[:, 0] / safe + view.K[0, 2]
-            v = view.K[1, 1] * cam[:, 1] / safe + view.K[1, 2]
+            u, v = cameras.image_positions((cam[:, 0], cam[:, 1], safe), cameras.lens(view.K))
             inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
             pix = torch.where(inside, torch.clamp(v, 0, h - 1).long() * w
                               + torch.clamp(u, 0, w - 1).long(), 0)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import geometry
+from ..core import cameras, geometry
 from ..core.prediction import Prediction
 from .base import TSDFOptions, View
-from .consistency import transform
 
 # A surface seen at more than ~87 degrees from its normal (or a depth jump) gets no vote; from
 # ~75 degrees on, full weight. Rooms are mostly seen at such angles, and a wall that only
@@ -78,11 +77,9 @@ def surface_angle_weights(depth: np.ndarray, K: np.ndarray, grazing_cos: float =
     handles both; a 3x3 minimum also silences the pixel next to each jump, where DA3's
     flying pixels sit.
     """
-    h, w = depth.shape
-    u = ((np.arange(w) + 0.5 - K[0, 2]) / K[0, 0]).astype(np.float32)[None, :]
-    v = ((np.arange(h) + 0.5 - K[1, 2]) / K[1, 1]).astype(np.float32)[:, None]
+    u, v = cameras.pixel_ray_factors(cameras.lens(K), *depth.shape)
     z = np.asarray(depth, dtype=np.float32)
-    x, y = u * z, v * z
+    x, y, _ = cameras.camera_points(z, u.astype(np.float32)[None, :], v.astype(np.float32)[:, None])
     # central differences across columns (a) and rows (b); the image border has none
     ax, ay, az = (np.zeros_like(z) for _ in range(3))
     bx, by, bz = (np.zeros_like(z) for _ in range(3))
@@ -118,23 +115,21 @@ def backproject_views(views: list[View], stride: int = 4,
         d = view.depth[::stride, ::stride]
         keep = view.weight[::stride, ::stride] > min_weight
         v, u = np.nonzero(keep)
-        z = d[v, u].astype(np.float64)
-        x = ((u * stride + 0.5) - view.K[0, 2]) / view.K[0, 0] * z
-        y = ((v * stride + 0.5) - view.K[1, 2]) / view.K[1, 1] * z
-        cam = np.stack([x, y, z], axis=1)
-        out.append((cam - view.t) @ view.R)
-        view_of.append(np.full(len(z), i))
+        fx, fy, cx, cy = cameras.lens(view.K)
+        cam = cameras.camera_points(d[v, u].astype(np.float64), cameras.pixel_slope(u * stride, fx, cx),
+                                    cameras.pixel_slope(v * stride, fy, cy))
+        out.append(cameras.camera_to_world(np.stack(cam, axis=1), view.R, view.t))
+        view_of.append(np.full(len(v), i))
     if not out:
         return np.zeros((0, 3)), np.zeros(0, np.int64)
     return np.concatenate(out), np.concatenate(view_of)
 
 
 def project(points: np.ndarray, view: View):
-    # not points @ R.T: OpenBLAS's threads stall that product on a busy machine (see
-    # engine.fusion.consistency.transform): 1.1 s of a room's fusion went here, 0.1 s written out
-    x, y, z = transform(view.R, view.t, np.asarray(points, np.float64).T)
-    safe = np.where(np.abs(z) > 1e-12, z, 1e-12)
-    return view.K[0, 0] * x / safe + view.K[0, 2], view.K[1, 1] * y / safe + view.K[1, 2], z
+    """u, v (pixels) and depth of world ``points`` (n,3) in ``view`` (:func:`cameras.project`:
+    written out, not a product that OpenBLAS stalls on a busy machine: 1.1 s of a room's fusion
+    went here, 0.1 s written out)."""
+    return cameras.project(points, view.R, view.t, cameras.lens(view.K))
 
 
 def sample_view(view: View, points: np.ndarray):

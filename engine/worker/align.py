@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core import cameras
 from ..core.geometry import depth_jumps
 from ..core.prediction import Prediction
 
@@ -214,11 +215,11 @@ def pixel_grid(height: int, width: int, stride: int) -> tuple[np.ndarray, np.nda
 
 def backproject(depth: np.ndarray, intrinsics: np.ndarray, extrinsics: np.ndarray,
                 u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(M,3) world points of image positions (u, v) (pixel units) at ``depth`` (M,)."""
-    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
-    cam = np.stack([(u - cx) / fx * depth, (v - cy) / fy * depth, depth], axis=1)
-    rot, trans = extrinsics[:3, :3], extrinsics[:3, 3]
-    return (cam - trans) @ rot
+    """(M,3) world points of image positions (u, v) (pixels: pixel j's centre is j + 0.5) at
+    ``depth`` (M,)."""
+    fx, fy, cx, cy = cameras.lens(intrinsics)
+    cam = cameras.camera_points(depth, cameras.ray_slope(u, fx, cx), cameras.ray_slope(v, fy, cy))
+    return cameras.camera_to_world(np.stack(cam, axis=1), extrinsics[:3, :3], extrinsics[:3, 3])
 
 
 def smooth_at(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -253,7 +254,7 @@ class ViewData:
 
     def points(self, rows, cols) -> np.ndarray:
         return backproject(self.depth[rows, cols].astype(np.float64), self.intrinsics,
-                           self.extrinsics, cols + 0.5, rows + 0.5)
+                           self.extrinsics, cols + cameras.PIXEL_CENTRE, rows + cameras.PIXEL_CENTRE)
 
 
 @dataclass
@@ -294,12 +295,12 @@ def projected_pairs(chunk: ViewData, result: ViewData, chunk_to_result: Sim3, st
     rows, cols = rows[ok], cols[ok]
     world = result.points(rows, cols)
     placed = transform_extrinsics(chunk.extrinsics, chunk_to_result)
-    cam = world @ placed[:3, :3].T + placed[:3, 3]
+    cam = cameras.world_to_camera(world, placed[:3, :3], placed[:3, 3])
     z = cam[:, 2]
     front = z > 1e-9
     k = chunk.intrinsics
-    u = np.where(front, k[0, 0] * cam[:, 0] / np.where(front, z, 1) + k[0, 2], -1)
-    v = np.where(front, k[1, 1] * cam[:, 1] / np.where(front, z, 1) + k[1, 2], -1)
+    u, v = cameras.image_positions((cam[:, 0], cam[:, 1], np.where(front, z, 1)), cameras.lens(k))
+    u, v = np.where(front, u, -1), np.where(front, v, -1)
     h, w = chunk.depth.shape
     inside = front & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     ci, ri = u[inside].astype(int), v[inside].astype(int)

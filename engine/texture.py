@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .core import cameras
 from .core.geometry import island_labels, srgb_from_linear
 from .core.options import BACKGROUND_THREADS
 from .core.prediction import Prediction
@@ -561,11 +562,9 @@ def facing_triangles(texels: Texels, heights: np.ndarray, vertices: np.ndarray, 
     (or that reach behind the camera): a cheap test that spares most texels the exact one."""
     facing = np.flatnonzero(heights > 0)
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    camera = vertices @ rotation.T + shift
-    k = pred.intrinsics[i]
+    camera = cameras.world_to_camera(vertices, rotation, shift)
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = k[0, 0] * camera[:, 0] / camera[:, 2] + k[0, 2]
-        v = k[1, 1] * camera[:, 1] / camera[:, 2] + k[1, 2]
+        u, v = cameras.image_positions(camera.T, cameras.lens(pred.intrinsics[i]))
     # one bit per side of the image a vertex lies beyond, and one for behind the camera: a
     # triangle misses the image when all its corners lie beyond one side
     side = ((u < 0) | (u >= pred.width) << 1 | (v < 0) << 2 | (v >= pred.height) << 3
@@ -593,14 +592,9 @@ def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, vox
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
     x, y, z = rotation @ points.T + shift[:, None]  # contiguous rows: faster than columns
     cosine = heights / np.maximum(np.sqrt(x * x + y * y + z * z), 1e-30)
-    k = pred.intrinsics[i].astype(np.float32)
+    lens = cameras.lens(pred.intrinsics[i].astype(np.float32))
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = k[0, 0] * x
-        u /= z
-        u += k[0, 2]
-        v = k[1, 1] * y
-        v /= z
-        v += k[1, 2]
+        u, v = cameras.image_positions((x, y, z), lens)
     seen = (cosine > MIN_COSINE) & (z > 0) & (u >= 0) & (v >= 0) & (u < pred.width) & (v < pred.height)
     pixel = np.where(seen, v, 0).astype(np.int32) * pred.width + np.where(seen, u, 0).astype(np.int32)
     depth = pred.depth[i].reshape(-1).take(pixel)
@@ -609,7 +603,7 @@ def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, vox
         seen &= ~pred.sky[i].reshape(-1).take(pixel)
     index = np.flatnonzero(seen)
     z = z[index]
-    pixels_per_area = cosine[index] * k[0, 0] * k[1, 1] / (z * z)
+    pixels_per_area = cosine[index] * lens[0] * lens[1] / (z * z)
     return index, pixels_per_area, u[index], v[index], pixel[index]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core import cameras
 from .base import BLOCK, BLOCK_VOXELS, BYTES_PER_VOXEL, Grid, Progress, TSDFOptions, View, Volume
 from .views import project, sample_view
 
@@ -136,13 +137,14 @@ def surface_block_keys(grid: Grid, view: View, offsets: tuple[float, ...]) -> np
     weight[::stride, ::stride] = view.weight[::stride, ::stride]
     v, u = np.nonzero(weight > 0)
     z = view.depth[v, u].astype(np.float64)
-    rays = np.stack([(u + 0.5 - view.K[0, 2]) / view.K[0, 0],
-                     (v + 0.5 - view.K[1, 2]) / view.K[1, 1], np.ones(len(u))], axis=1)
+    fx, fy, cx, cy = cameras.lens(view.K)
+    rays = np.stack(cameras.camera_points(np.ones(len(u)), cameras.pixel_slope(u, fx, cx),
+                                          cameras.pixel_slope(v, fy, cy)), axis=1)
     length = np.linalg.norm(rays, axis=1)
     keys = []
     for offset in offsets:
         cam = rays * (z + offset / length)[:, None]
-        world = (cam - view.t) @ view.R
+        world = cameras.camera_to_world(cam, view.R, view.t)
         coords = np.floor((world - grid.origin) / grid.voxel_size + 0.5).astype(np.int64) // BLOCK
         inside = np.all((coords >= 0) & (coords < grid.blocks), axis=1)
         keys.append(grid.block_keys(coords[inside]))
@@ -215,7 +217,10 @@ def padded_maps(view: View) -> dict:
 
 def update_chunk(volume: Volume, blocks: np.ndarray, cam: np.ndarray, view: View, maps: dict,
                  trunc: float) -> None:
-    """Votes of one view for whole blocks at once (dense rows beat scattered voxels)."""
+    """Votes of one view for whole blocks at once (dense rows beat scattered voxels).
+
+    The projection is ``engine.core.cameras.image_positions`` with the division taken once
+    (x and y share it), in float32 like the voxels; tsdf_torch's mirrors it."""
     h, w = view.depth.shape
     x, y, z = cam
     inv = 1 / np.maximum(z, np.float32(1e-9))

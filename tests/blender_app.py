@@ -194,3 +194,14 @@ def processes_mentioning(text: str) -> list[str]:
         if (text in joined or (python and text in environ)) and "pytest" not in joined:
             found.append(joined)
     return found
+
+
+def still_running(pid: int, start_ticks: int) -> bool:
+    """Whether the process ``pid`` that started at ``start_ticks`` (field 22 of /proc/PID/stat)
+    still runs: a PID used again by a newer process does not count, nor does a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[19]) == start_ticks and fields[0] != "Z"

@@ -174,11 +174,17 @@ def test_a_dropped_video_opens_the_dialog_and_runs_on_ok(app, home):
     assert data["error"] == "" and "courtyard points" in data["objects"]
 
 
-def test_install_dependencies_from_the_panel(app, home):
-    """Into the extension's own folder, made from this machine's Python 3.11 (Debian's Blenders
-    run 3.13/3.14, for which the package index has only multi-GB CUDA builds of torch)."""
+def installer_env(home: Path) -> dict:
+    """Blender's environment for the panel's installer: into the extension's own folder, made
+    from this machine's Python 3.11 (Debian's Blenders run 3.13/3.14, for which the package
+    index has only multi-GB CUDA builds of torch)."""
     env = ba.base_env(home, DA3_BASE_PYTHON=str(ba.worker_python().resolve()))
     del env["DA3_WORKER_PYTHON"]
+    return env
+
+
+def test_install_dependencies_from_the_panel(app, home):
+    env = installer_env(home)
     data, output = ba.run_driver(app, "ui_install.py", home, home / "result.json", str(VIDEO),
                                  env=env, blender_args=("--online-mode",), timeout=1500)
     assert not ba.python_errors(output), output[-3000:]
@@ -188,6 +194,55 @@ def test_install_dependencies_from_the_panel(app, home):
     assert data["worker_ready"], data["status_after"]
     assert any("torch" in line for line in data["messages"])
     assert data["run_error"] == "" and "courtyard points" in data["objects"]
+
+
+def test_cancelling_the_installer_stops_it_and_the_next_install_works(app, home):
+    """Esc over the viewport (a real key press), then the panel's Cancel button, each once pip
+    runs under the installer; then a third install, from what they left, to its end."""
+    data, output = ba.run_driver(app, "ui_install_cancel.py", home, home / "result.json",
+                                 env=installer_env(home), blender_args=("--online-mode",),
+                                 timeout=1500)
+    errors = ba.python_errors(output)
+    assert not errors, f"Python errors in Blender {app.label}:\n" + "\n\n".join(errors)
+    assert data.get("ok"), data.get("driver_error") or output[-3000:]
+    for way in ("esc", "button"):
+        check_cancelled_install(app, way, data[way])
+    assert data["esc"]["status_before"] == "not installed"
+    assert data["button"]["status_after"] == data["button"]["status_before"]
+    again = data["again"]
+    ba.report(f"Blender {app.label}: installing after two cancels took {again['install_s']:.0f} s")
+    assert again["status_after_ok"] and again["status_after"].startswith("ready:"), again
+    assert again["job_error"] == "" and any("Dependencies installed" in r for r in again["reports"])
+
+
+# Blender 5.x in online mode looks for its online asset library, which a test HOME lacks.
+BLENDERS_OWN_REPORTS = ("Asset Library 'Online Essentials'", "Could not read asset listing")
+
+
+def check_cancelled_install(app, way: str, cancel: dict) -> None:
+    """One cancel of ui_install_cancel.py: what ran is gone, and the user was told once."""
+    ba.report(f"Blender {app.label}: cancelling the installer by {way} (at {cancel['stage']}: "
+              f"{cancel['message']}) stopped it in {cancel['stopped_s']:.1f} s")
+    # the installer and pip ran under it; every process seen there has ended (and was reaped)
+    assert cancel["installer_pid"] in [p["pid"] for p in cancel["seen"]]
+    assert any(" -m pip " in p["cmd"] for p in cancel["seen"]), cancel["seen"]
+    assert cancel["left"] == [], cancel["left"]
+    assert not [p for p in cancel["seen"] if ba.still_running(p["pid"], p["start"])]
+    # it stopped through its own handler (which kills and waits for pip), not by SIGKILL
+    assert cancel["final_event"]["kind"] == "cancelled" and cancel["installer_exit_code"] == 130
+    assert "Traceback" not in cancel["installer_stderr_tail"], cancel["installer_stderr_tail"]
+    # the panel: its progress and a Cancel button while it ran; after, no error, no progress,
+    # the environment not ready and Install offered again
+    running, after = list(map(tuple, cancel["while_running"])), list(map(tuple, cancel["after"]))
+    assert cancel["install_offered"] and ("operator", "da3.cancel_reconstruct") in running, running
+    assert any(kind == "progress" and text for kind, text in running), running
+    assert not any(kind == "progress" for kind, _ in after), after
+    assert cancel["job_error"] == "" and ("label", "Last run failed:") not in after, after
+    assert not cancel["status_after_ok"], cancel["status_after"]
+    assert ("label", f"Worker environment: {cancel['status_after']}") in after, after
+    assert ("operator", "da3.install_dependencies") in after, after
+    told = [line for line in cancel["reports"] if not line.startswith(BLENDERS_OWN_REPORTS)]
+    assert told == ["Cancelled"], cancel["reports"]
 
 
 def test_a_download_that_cannot_reach_the_hub_fails_in_one_line(app, home, tmp_path):

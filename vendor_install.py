@@ -306,9 +306,21 @@ def install(target, torch: str = "auto", progress=None, *, force: bool = False,
         if reason is None:
             report.advance()
             return summary_line(read_marker(target), time.monotonic() - started, reused=True)
-        build_environment(target, variant, reason, report, torch_index, base)
-        marker = finish(target, variant, started, report, base)
+        try:
+            build_environment(target, variant, reason, report, torch_index, base)
+            marker = finish(target, variant, started, report, base)
+        except KeyboardInterrupt:  # cancelled: what was built is neither usable nor kept
+            discard_unfinished(target)
+            raise
     return marker["summary"]
+
+
+def discard_unfinished(target: Path) -> None:
+    """Remove a half-built environment, the stamp last, so the folder reads as "not installed"
+    again (the lock stays: it is held until we return)."""
+    with contextlib.suppress(InstallError, OSError):
+        clear_folder(target)
+        (target / STAMP_NAME).unlink(missing_ok=True)
 
 
 def build_environment(target: Path, variant: str, reason: str, report: Progress,
@@ -743,11 +755,22 @@ def stop_on_sigterm(_signum, _frame):
     raise KeyboardInterrupt
 
 
+def stop_on_cancel_line(stdin) -> None:
+    """``--events``: the add-on asks a run to stop with a ``cancel`` line on its stdin (as it
+    asks the worker) before it terminates it; stop at once instead of after its grace period."""
+    for line in stdin:
+        if line.strip() == "cancel":
+            signal.raise_signal(signal.SIGTERM if hasattr(signal, "SIGTERM") else signal.SIGINT)
+            return
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     emit = print_event if args.events else print_human
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, stop_on_sigterm)
+    if args.events:
+        threading.Thread(target=stop_on_cancel_line, args=(sys.stdin,), daemon=True).start()
     try:
         summary = install(args.target, args.torch, emit, force=args.force,
                           torch_index=args.torch_index, python=args.python)

@@ -107,7 +107,7 @@ class DA3_OT_watch_job(bpy.types.Operator):
             report_result(self, run, self._staged.collection if self._staged else None)
         except reconstruct.ReconstructCancelled:
             end_job(job, "")
-            self.report({"WARNING"}, "Cancelled")
+            self.report({"WARNING"}, CANCELLED.get(run.kind if run else "", "Cancelled"))
             return {"CANCELLED"}
         except (reconstruct.ReconstructError, ValueError) as exc:
             end_job(job, str(exc))
@@ -128,6 +128,10 @@ class DA3_OT_watch_job(bpy.types.Operator):
             self._staged.stop_threads()
         reconstruct.stop_all()
         end_job(context.window_manager.da3_job, "")
+
+
+CANCELLED = {"reconstruct": "Reconstruction cancelled", "download": "Download cancelled",
+             "install": "Installation cancelled: nothing of it was kept"}
 
 
 def finished_message(run, collection) -> str:

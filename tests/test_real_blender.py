@@ -242,7 +242,9 @@ def check_cancelled_install(app, way: str, cancel: dict) -> None:
     assert ("label", f"Worker environment: {cancel['status_after']}") in after, after
     assert ("operator", "da3.install_dependencies") in after, after
     told = [line for line in cancel["reports"] if not line.startswith(BLENDERS_OWN_REPORTS)]
-    assert told == ["Cancelled"], cancel["reports"]
+    assert told == ["Installation cancelled: nothing of it was kept"], cancel["reports"]
+    # nothing half-built stays: the folder reads as before the first click
+    assert cancel["status_after"] == "not installed", cancel["status_after"]
 
 
 def test_a_download_that_cannot_reach_the_hub_fails_in_one_line(app, home, tmp_path):

@@ -198,25 +198,31 @@ def test_no_network_gives_one_line_and_leaves_an_incomplete_env(tmp_path):
     assert not status.ok and "incomplete" in status.summary
 
 
-def test_sigterm_cancels_kills_pip_and_leaves_no_marker(tmp_path):
-    """The add-on cancels a background install by terminating the script."""
+@pytest.mark.parametrize("how", ["cancel line", "sigterm"])
+def test_a_cancel_kills_pip_and_leaves_nothing_behind(tmp_path, how):
+    """The add-on cancels a background install with a ``cancel`` line on its stdin, then
+    SIGTERM after a grace period; either stops it at once and removes what it had built."""
     target = tmp_path / "env"
     process = subprocess.Popen([sys.executable, str(SCRIPT), "--target", str(target), "--torch", "cpu",
-                                "--events"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, env=pip_env())
+                                "--events"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=pip_env())
     events = []
     for line in process.stdout:
         events.append(json.loads(line))
         if events[-1].get("stage") == "torch" and events[-1].get("detail"):
             break  # pip is running
-    process.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        process.send_signal(signal.SIGTERM)
+    else:
+        process.stdin.write("cancel\n")
+        process.stdin.flush()
     rest, _ = process.communicate(timeout=60)
     events += [json.loads(line) for line in rest.splitlines()]
     assert process.returncode == 130
     assert events[-1] == {"event": "error", "kind": "cancelled", "message": "installation cancelled"}
-    assert not (target / vi.MARKER_NAME).exists()
     assert processes_mentioning(str(target)) == []
-    assert not vi.env_status(vi.env_python(target)).ok
+    assert sorted(p.name for p in target.iterdir()) == [vi.LOCK_NAME]
+    assert vi.env_status(vi.env_python(target)) == vi.EnvStatus(False, "not installed")
 
 
 def processes_mentioning(text: str) -> list[int]:

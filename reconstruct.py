@@ -360,7 +360,7 @@ def make_job(request: Request) -> Job:
     return Job(
         sources=[str(Path(s).expanduser()) for s in request.sources],
         output=str(job_dir / "prediction.npz"),
-        run=replace(request.run, device=request.run.device or paths.device()),
+        run=settled_run(request),
         models_dir=str(paths.models_dir()),
         allow_download=bool(bpy.app.online_access),
         keyframe_cache=str(paths.keyframes_dir()),
@@ -397,8 +397,13 @@ def _check_sources(request: Request) -> str:
     return ""
 
 
+def settled_run(request: Request) -> RunOptions:
+    """The request's run settings with the preferences' device where it names none."""
+    return replace(request.run, device=request.run.device or paths.device())
+
+
 def _check_settings(request: Request) -> str:
-    return replace(request.run, device=request.run.device or paths.device()).problem()
+    return settled_run(request).problem()
 
 
 def _check_environment(_request: Request) -> str:

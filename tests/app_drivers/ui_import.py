@@ -86,6 +86,11 @@ def script():
     yield from steps.close_splash()
     result["menu_has_entry"] = any(getattr(f, "__name__", "") == "menu_import"
                                    for f in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize())
+    # the same timer while Blender only idles: what this machine's scheduling alone costs
+    idle = steps.TickMeter(label=lambda: "idle")
+    idle.start()
+    yield 8.0
+    result["ui_idle"] = idle.stop()
     yield from open_browser_and_confirm("first")
     result["browser_screenshot"] = steps.screenshot("import-browser")
     yield 1.0

@@ -1,0 +1,90 @@
+"""What holds up Blender's UI, measured: the longest gap of a 0.05 s timer while Blender idles,
+redraws one part of its window twice a second, or runs numpy work on a thread as an import
+does (sorting, small array operations, gathers, loading a prediction file). Used by
+benchmarks/bench_ui_gaps.py. Args: RESULT.json NPZ."""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+import steps  # noqa: E402
+from steps import result  # noqa: E402
+
+NPZ = steps.ARGS[1]
+
+
+def busy(kind, stop):
+    """Work like an import's on its threads until ``stop``: one kind of numpy operation."""
+    rng = np.random.default_rng(0)
+    big = rng.random(4_000_000)
+    small = rng.random(2000)
+    prediction = steps.extension_module("engine.core.prediction")
+    while not stop.is_set():
+        if kind == "big":
+            np.sort(big)
+        elif kind == "small":
+            for _ in range(200):
+                small = np.sqrt(small * small + 1.0)[::-1].copy()
+        elif kind == "load":  # the import's first step
+            prediction.load_prediction(NPZ)
+        elif kind == "take":
+            idx = rng.integers(0, len(big), 4_000_000)
+            big.take(idx)
+
+
+def tag(which):
+    """Ask for a redraw of all areas, the status bar, the 3D view's sidebar or its viewport."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if which == "all":
+                area.tag_redraw()
+            elif which == "statusbar" and area.type == "STATUSBAR":
+                area.tag_redraw()
+            elif which in ("sidebar", "viewport") and area.type == "VIEW_3D":
+                for region in area.regions:
+                    if region.type == ("UI" if which == "sidebar" else "WINDOW"):
+                        region.tag_redraw()
+
+
+def phase(name, kind=None, redraw=False, seconds=6.0):
+    """``seconds`` of one load (a thread's work, a redraw every 0.5 s) under the timer."""
+    stop = threading.Event()
+    thread = threading.Thread(target=busy, args=(kind, stop), daemon=True) if kind else None
+    meter = steps.TickMeter(label=lambda: name)
+    meter.start()
+    if thread:
+        thread.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if redraw == "status_text":
+            bpy.context.workspace.status_text_set(f"DA3 import: step {time.monotonic():.2f}")
+        elif redraw:
+            tag("all" if redraw is True else redraw)
+        yield 0.5
+    stop.set()
+    if thread:
+        thread.join()
+    r = meter.stop()
+    result[name] = {"longest_ms": round(r["longest_gap_s"] * 1000), "over_0_1": r["gaps_over_0_1_s"],
+                    "ticks": r["ticks"]}
+    steps.log(f"{name}: {result[name]}")
+
+
+def script():
+    yield 2.0
+    yield from steps.close_splash()
+    yield from phase("idle")
+    for kind in ("big", "small", "take", "load"):
+        yield from phase(f"thread: {kind}", kind)
+    yield from phase("status text", redraw="status_text")
+    bpy.context.workspace.status_text_set(None)
+    yield from steps.open_da3_sidebar()
+    for part in ("statusbar", "sidebar", "viewport", "all"):
+        yield from phase(f"redraw: {part}", redraw=part)
+
+
+steps.run(script)

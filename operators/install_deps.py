@@ -10,7 +10,7 @@ in the panel, Esc or Cancel stops it) and to its end in background mode.
 import bpy
 
 from .. import paths, reconstruct, vendor_install
-from .watch import finished_message, follow_in_ui
+from .watch import finished_message, follow_in_ui, nothing_running
 
 
 class DA3_OT_install_dependencies(bpy.types.Operator):
@@ -21,10 +21,7 @@ class DA3_OT_install_dependencies(bpy.types.Operator):
 
     @classmethod
     def poll(cls, _context):
-        if reconstruct.current() is not None:
-            cls.poll_message_set("Wait for the running job, or cancel it")
-            return False
-        return True
+        return nothing_running(cls, "Wait for the running job, or cancel it")
 
     def invoke(self, context, event):
         if not bpy.app.online_access:

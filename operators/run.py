@@ -27,7 +27,7 @@ from ..properties import (
     build_options,
     run_options,
 )
-from .watch import finished_message, follow_in_ui, report_result
+from .watch import finished_message, follow_in_ui, nothing_running, report_result
 
 # A run may override the machine's device, or leave it to the preferences.
 RUN_DEVICE_ITEMS = (
@@ -62,10 +62,7 @@ class DA3_OT_reconstruct(BuildOptionProps, RunSettingProps, bpy.types.Operator):
 
     @classmethod
     def poll(cls, _context):
-        if reconstruct.current() is not None:
-            cls.poll_message_set("A reconstruction is already running")
-            return False
-        return True
+        return nothing_running(cls, "A reconstruction is already running")
 
     def invoke(self, context, _event):
         self.use_modal = True
@@ -138,10 +135,7 @@ class DA3_OT_download_weights(bpy.types.Operator):
 
     @classmethod
     def poll(cls, _context):
-        if reconstruct.current() is not None:
-            cls.poll_message_set("A reconstruction or download is already running")
-            return False
-        return True
+        return nothing_running(cls, "A reconstruction or download is already running")
 
     def invoke(self, context, _event):
         self.use_modal = True

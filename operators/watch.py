@@ -134,6 +134,15 @@ CANCELLED = {"reconstruct": "Reconstruction cancelled", "download": "Download ca
              "install": "Installation cancelled: nothing of it was kept"}
 
 
+def nothing_running(operator_class, message: str) -> bool:
+    """An operator's poll while one run at a time may run: False, with ``message`` in its
+    tooltip, while one does."""
+    if reconstruct.current() is not None:
+        operator_class.poll_message_set(message)
+        return False
+    return True
+
+
 def finished_message(run, collection) -> str:
     if collection is not None:
         return f"Reconstructed '{collection.name}' ({len(collection.all_objects)} objects)"

@@ -23,6 +23,7 @@ TICK_BUDGET_S = 0.004  # the most a tick spends draining events
 # worker busy. Twice a second is live enough for a progress bar; a new stage shows at once.
 REDRAW_INTERVAL_S = 0.5
 
+
 class DA3_OT_watch_job(bpy.types.Operator):
     """Follow the running job: a timer ticks it, Esc cancels, the result is built at the end.
 

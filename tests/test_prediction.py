@@ -135,3 +135,17 @@ def test_a_file_that_is_not_an_npz_is_refused(tmp_path):
         load_prediction(tmp_path / "photo.npz")
     with pytest.raises(PredictionError, match="does not exist"):
         load_prediction(tmp_path / "missing.npz")
+
+
+def test_photos_round_trip_and_must_be_whole_multiples_of_the_depth_map(tmp_path):
+    arrays = official_arrays(np.random.default_rng(4))
+    photos = np.random.default_rng(5).integers(0, 255, (N, 3 * H, 3 * W, 3), dtype=np.uint8)
+    path = save_prediction(Prediction(**arrays, photos=photos), tmp_path / "photos.npz")
+    back = load_prediction(path)
+    np.testing.assert_array_equal(back.photos, photos)
+    assert back.photo_factor == 3 and load_prediction(path).image.shape == (N, H, W, 3)
+    for bad in (photos[:, :-1], photos[:2], photos[..., :2], photos.astype(np.float32)):
+        np.savez(tmp_path / "bad.npz", **arrays, photos=bad)
+        with pytest.raises(PredictionError, match="photos have shape") as info:
+            load_prediction(tmp_path / "bad.npz")
+        assert "\n" not in str(info.value)

@@ -9,7 +9,9 @@ and adds optional extras that the official tools simply do not have:
 ``sky`` (N,H,W bool), ``is_metric`` (bool), ``source_paths`` (N str), ``frame_indices``
 (N int, -1 for still images), ``model`` (str), ``process_res`` (int), and, when the worker
 fused the views (TSDF), ``fused_vertices`` (V,3 float32, prediction frame), ``fused_faces``
-(F,3 int32), ``fused_colors`` (V,3 float32 sRGB) and ``fused_settings`` (JSON str).
+(F,3 int32), ``fused_colors`` (V,3 float32 sRGB) and ``fused_settings`` (JSON str); and
+``photos`` (N,k*H,k*W,3 uint8): the input frames at k times the size of ``image`` (the same
+field of view, so a pixel's coordinates scale by k), which the texture is baked from.
 
 Everything is stored as plain arrays (no pickle), so ``np.load(allow_pickle=False)`` reads it.
 """
@@ -47,6 +49,7 @@ class Prediction:
     fused_faces: np.ndarray | None = None  # (F,3)
     fused_colors: np.ndarray | None = None  # (V,3) sRGB in [0,1]
     fused_settings: str = ""  # JSON: what the fusion was asked, its voxel size and device
+    photos: np.ndarray | None = None  # (N,k*H,k*W,3) uint8: the frames k times as large as image
 
     @property
     def num_views(self) -> int:
@@ -71,6 +74,11 @@ class Prediction:
             w2c[:, :3, :4] = self.extrinsics
         return w2c
 
+    @property
+    def photo_factor(self) -> int:
+        """How many times larger than the depth map the ``photos`` are (1 without them)."""
+        return 1 if self.photos is None else self.photos.shape[1] // self.height
+
 
 def prediction_arrays(pred: Prediction) -> dict[str, np.ndarray]:
     """The file's arrays by key: DA3's layout and our extras (the one definition of both)."""
@@ -78,7 +86,7 @@ def prediction_arrays(pred: Prediction) -> dict[str, np.ndarray]:
     optional = {"image": pred.image, "conf": pred.conf, "extrinsics": pred.extrinsics,
                 "sky": pred.sky, "frame_indices": pred.frame_indices,
                 "fused_vertices": pred.fused_vertices, "fused_faces": pred.fused_faces,
-                "fused_colors": pred.fused_colors}
+                "fused_colors": pred.fused_colors, "photos": pred.photos}
     arrays.update({k: v for k, v in optional.items() if v is not None})
     if pred.source_paths:
         arrays["source_paths"] = np.array(pred.source_paths, dtype=str)
@@ -190,6 +198,7 @@ def _from_arrays(arrays: dict, name: str) -> Prediction:
         fused_faces=opt("fused_faces", np.int32),
         fused_colors=opt("fused_colors", np.float32),
         fused_settings=str(arrays["fused_settings"]) if "fused_settings" in arrays else "",
+        photos=opt("photos"),
     )
 
 
@@ -225,6 +234,7 @@ def validate(pred: Prediction) -> None:
     _check_fused(pred)
     if pred.image is not None and pred.image.dtype != np.uint8:
         raise PredictionError(f"image has dtype {pred.image.dtype}; expected uint8 RGB")
+    _check_photos(pred)
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -243,6 +253,18 @@ def _check_fused(pred: Prediction) -> None:
     if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
         raise PredictionError("fused_faces point at vertices that do not exist: the file is corrupt")
     _check_shape("fused_colors", pred.fused_colors, vertices.shape)
+
+
+def _check_photos(pred: Prediction) -> None:
+    """``photos`` must be whole multiples of the depth map's size, the same for both sides."""
+    photos = pred.photos
+    if photos is None:
+        return
+    n, h, w = pred.depth.shape
+    k = photos.shape[1] // h if photos.ndim == 4 else 0
+    if k < 1 or photos.shape != (n, k * h, k * w, 3) or photos.dtype != np.uint8:
+        raise PredictionError(f"photos have shape {photos.shape} ({photos.dtype}); expected "
+                              f"({n}, k*{h}, k*{w}, 3) uint8 for a whole k")
 
 
 def _check_shape(key: str, arr: np.ndarray | None, expected: tuple) -> None:

@@ -365,6 +365,7 @@ def make_job(request: Request) -> Job:
         allow_download=bool(bpy.app.online_access),
         keyframe_cache=str(paths.keyframes_dir()),
         tsdf=worker_fusion(request.options),
+        photos=request.options.output_surface and request.options.texture,
     )
 
 

@@ -146,3 +146,18 @@ def test_a_data_set_folder_is_read_from_its_images_subfolder(tmp_path):
     (tmp_path / "scene" / "notes.txt").write_text("not a photo")
     found = inputs.collect_sources([str(tmp_path / "scene")])
     assert [p.name for p in found.images] == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def test_the_views_expected_before_reading_bound_the_photos_budget(tmp_path):
+    """The photos' pixel budget is shared by the views a run will keep, known before a frame is
+    decoded: the images, the video's windows (2 per second of a 2 s video: 4), or for keyframes
+    by motion the most the run may keep; the frames read agree."""
+    for i in range(3):
+        media.write(tmp_path / "stills" / f"{i}.png", media.scene(seed=i))
+    stills = inputs.collect_sources([str(tmp_path / "stills")])
+    assert inputs.expected_views(stills, 32, 0.0, "count") == 3
+    clip = inputs.collect_sources([str(media.video(tmp_path / "clip.mp4", frames=20, fps=10.0))])
+    assert inputs.expected_views(clip, 0, 2.0, "fps") == 4
+    assert len(inputs.read_frames(clip, 0, 2.0, sampling="fps").frames) == 4
+    assert inputs.expected_views(clip, 6, 0.0, "count") == 6
+    assert inputs.expected_views(clip, 6, 0.0, "motion") == 6

@@ -187,3 +187,63 @@ def test_bit_identical_to_da3s_own_input_processor(worker_python, da3_reference)
                          cwd=REPO, capture_output=True,
                          text=True, env={**os.environ, "DA3_LOG_LEVEL": "ERROR"})
     assert out.returncode == 0 and out.stdout.strip().endswith("identical"), out.stderr[-3000:]
+
+
+# --- the photos kept for the texture ----------------------------------------------------------
+
+@pytest.mark.parametrize("full, processed, views, k", [
+    ((4032, 3024), (504, 378), 1, 4),  # 2016x1512: the long side stays within 2048
+    ((4032, 3024), (504, 378), 32, 3),  # 32 x 1512x1134 = 55 MP within the 64 MP budget
+    ((4032, 3024), (504, 378), 100, 1),  # even 2x would be 76 MP: no photos
+    ((1920, 1080), (504, 280), 1, 3),  # a video frame: 1920 // 504
+    ((640, 480), (504, 378), 1, 1),  # barely larger than the network's image: nothing to gain
+])
+def test_photo_factor_is_whole_never_enlarges_and_keeps_the_budgets(full, processed, views, k):
+    assert pp.photo_factor(full, processed, views) == k
+    if k > 1:
+        assert k * processed[0] <= full[0] and k * processed[1] <= full[1]
+        assert k * max(processed) <= pp.PHOTO_LONG_SIDE
+        assert views * k * k * processed[0] * processed[1] <= pp.PHOTO_PIXELS
+
+
+def disc(w: int, h: int, x: float, y: float, r: float) -> np.ndarray:
+    """A white disc centred on (x, y) (pixel j's centre at j + 0.5) on black."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    inside = (xx - x) ** 2 + (yy - y) ** 2 < r * r
+    return np.repeat(np.where(inside, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def centre_of(image: np.ndarray) -> np.ndarray:
+    """The brightness-weighted centre (x, y) of ``image``, pixel centres at j + 0.5."""
+    weight = image[..., 0].astype(np.float64)
+    yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]] + 0.5
+    return np.array([(xx * weight).sum(), (yy * weight).sum()]) / weight.sum()
+
+
+def test_a_photo_sees_what_the_network_sees_k_times_as_large():
+    """A disc drawn at a known place in a 4032x3024 frame lands, in the photo, at k times its
+    place in the network's image (which the depth map's pixels are), and both where the frame
+    puts it, scaled."""
+    frame = disc(4032, 3024, x=1000.3, y=2200.7, r=40)
+    network, photo = pp.network_image_and_photo(frame, 504, views=32)
+    assert network.shape == (378, 504, 3) and photo.shape == (3 * 378, 3 * 504, 3)
+    full = np.array([1000.3, 2200.7])
+    assert np.allclose(centre_of(network) * [4032 / 504, 3024 / 378], full, atol=1.0)
+    assert np.allclose(centre_of(photo) * [4032 / 1512, 3024 / 1134], full, atol=1.0)
+    assert np.allclose(centre_of(photo), 3 * centre_of(network), atol=0.1)
+    small = disc(600, 450, 300, 200, 20)  # not even twice the network's size: no photo
+    assert pp.network_image_and_photo(small, 504, views=1)[1] is None
+
+
+def test_mixed_sizes_crop_the_photos_like_their_images_and_share_the_smallest_k():
+    """A landscape and a portrait frame: both are cropped to 378x378 for the network, and
+    their photos to k times that, around the same point; the larger k is brought down."""
+    landscape = disc(2016, 1512, x=1100.0, y=700.0, r=30)  # -> 504x378, k = 4
+    portrait = disc(1134, 1512, x=500.0, y=900.0, r=30)  # -> 378x504, k = 3
+    made = [pp.network_image_and_photo(f, 504, views=2) for f in (landscape, portrait)]
+    assert [p.shape[0] // n.shape[0] for n, p in made] == [4, 3]
+    batch = pp.make_batch([n for n, _ in made], photos=[p for _, p in made])
+    assert batch.rgb.shape == (2, 378, 378, 3) and batch.photos.shape == (2, 1134, 1134, 3)
+    for network, photo in zip(batch.rgb, batch.photos, strict=True):
+        assert np.allclose(centre_of(photo), 3 * centre_of(network), atol=0.15)
+    assert pp.make_batch([n for n, _ in made], photos=[made[0][1], None]).photos is None

@@ -105,6 +105,25 @@ def test_folder_end_to_end(worker_python, small_weights, folder, tmp_path):
     assert not list(output.parent.glob("*.tmp*"))
 
 
+def test_frames_larger_than_the_network_sees_are_kept_as_photos(worker_python, small_weights,
+                                                                 tmp_path):
+    """Frames four times the network's image (560x448 at process_res 140): the file keeps them
+    as ``photos``, four times as large as ``image`` over the same view, for the texture."""
+    frames = [media.scene(h=448, w=560, seed=i) for i in range(3)]
+    for i, frame in enumerate(frames):
+        media.write(tmp_path / "large" / f"frame{i}.png", frame)
+    job, output = job_file(tmp_path, [tmp_path / "large"], small_weights, photos=True)
+    code, events, stderr = run_worker(worker_python, job)
+    assert code == 0 and final(events)["event"] == "done", stderr[-3000:]
+    pred = load_prediction(output)
+    assert pred.image.shape == (3, 112, 140, 3) and pred.photos.shape == (3, 448, 560, 3)
+    for frame, photo, image in zip(frames, pred.photos, pred.image, strict=True):
+        # four times 140x112 is the frame's own size (media.write encodes BGR, as OpenCV does)
+        assert np.array_equal(photo, frame[..., ::-1])
+        block_mean = photo.reshape(112, 4, 140, 4, 3).mean(axis=(1, 3))
+        assert np.abs(block_mean - image).max() <= 2  # what the network saw, at its size
+
+
 def test_output_reads_like_da3s_own_npz(worker_python, small_weights, folder, tmp_path):
     job, output = job_file(tmp_path, [folder / "frame1.png"], small_weights)
     code, events, _ = run_worker(worker_python, job)

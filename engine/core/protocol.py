@@ -51,6 +51,8 @@ class Job:
     # TSDF fusion in the worker (on the GPU when there is one), so Blender only builds the
     # mesh: ``options.fusion_settings``; empty = do not fuse here
     tsdf: dict = field(default_factory=dict)
+    # keep the frames larger than the network sees them, for the texture (``Prediction.photos``)
+    photos: bool = False
     version: int = PROTOCOL_VERSION
     extra: dict = field(default_factory=dict)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.options import window_count
+from ..core.options import MAX_FRAMES, window_count
 from ..core.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, image_folder
 
 # Images decoded at once: enough to keep the cores busy; each holds one full-size image.
@@ -36,6 +36,8 @@ SHARPNESS_SIZE = 256  # long side of the grey copy that sharpness is measured on
 MAX_CANDIDATES_PER_WINDOW = 12  # frames scored per sampling window; the rest are only grabbed
 
 Progress = Callable[[int, int], None]
+# A frame as decoded -> the image kept, or (image, a larger copy for the texture)
+Transform = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
 IsCancelled = Callable[[], bool]
 
 
@@ -48,6 +50,14 @@ class Frame:
     rgb: np.ndarray  # (H,W,3) uint8
     source: str  # the file it came from
     index: int = -1  # frame number in a video, -1 for a still image
+    photo: np.ndarray | None = None  # a larger copy for the texture, when the transform made one
+
+    @classmethod
+    def made(cls, transformed, source: str, index: int = -1) -> Frame:
+        """The frame from what a reader's transform returned: an image, or (image, photo)."""
+        if isinstance(transformed, tuple):
+            return cls(transformed[0], source, index, transformed[1])
+        return cls(transformed, source, index)
 
 
 @dataclass
@@ -130,6 +140,19 @@ def count_views(sources: Sources, max_frames: int, fps: float) -> int | None:
     return None
 
 
+def expected_views(sources: Sources, max_frames: int, fps: float, sampling: str) -> int:
+    """How many views the sources will give, before they are decoded: ``count_views``, else
+    the video's sampling windows, else (keyframes by motion) the most the run may keep."""
+    known = count_views(sources, max_frames, fps)
+    if known:
+        return known
+    if sampling != "motion":
+        total, video_fps = video_length(sources.video)
+        if total > 0:  # else the container does not say
+            return max(1, window_count(total, video_fps, max_frames, fps))
+    return max_frames or int(MAX_FRAMES.max)
+
+
 # --------------------------------------------------------------------------- images
 
 def read_image(path: str | Path) -> np.ndarray | None:
@@ -148,7 +171,7 @@ def read_image(path: str | Path) -> np.ndarray | None:
 
 def read_images(paths: list[Path], progress: Progress | None = None,
                 cancelled: IsCancelled | None = None,
-                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
+                transform: Transform | None = None) -> FrameSet:
     """Decode each image (``transform`` shrinks it at once so huge files do not pile up),
     ``READ_THREADS`` at a time (OpenCV releases the GIL while it decodes and resizes); the frames
     keep the order of ``paths``."""
@@ -168,7 +191,7 @@ def read_images(paths: list[Path], progress: Progress | None = None,
             if rgb is None:
                 skipped.append(str(path))
             else:
-                frames.append(Frame(rgb, str(path)))
+                frames.append(Frame.made(rgb, str(path)))
             if progress is not None:
                 progress(i + 1, len(paths))
     finally:
@@ -266,7 +289,7 @@ def video_length(path: Path) -> tuple[int, float]:
 
 def read_video(path: Path, max_frames: int, fps: float, progress: Progress | None = None,
                cancelled: IsCancelled | None = None,
-               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> FrameSet:
+               transform: Transform | None = None) -> FrameSet:
     """The sharpest frame of each sampling window, as RGB, in time order."""
     total, video_fps = video_length(path)
     if total <= 0:
@@ -280,7 +303,7 @@ def read_video(path: Path, max_frames: int, fps: float, progress: Progress | Non
 
 def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
                    cancelled: IsCancelled | None,
-                   transform: Callable[[np.ndarray], np.ndarray] | None) -> list[Frame]:
+                   transform: Transform | None) -> list[Frame]:
     """One pass over the video; a window's winner is converted (and shrunk) as soon as the
     window ends, so at most one full-size frame per window is held, and only while open."""
     window_of, last_of = {}, {}
@@ -294,7 +317,7 @@ def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
     def finish(w: int) -> None:
         _, index, bgr = best.pop(w)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        frames.append(Frame(transform(rgb) if transform else rgb, str(path), index))
+        frames.append(Frame.made(transform(rgb) if transform else rgb, str(path), index))
 
     cap = open_video(path)
     try:
@@ -316,7 +339,7 @@ def _pick_sharpest(path: Path, windows: list[range], progress: Progress | None,
 
 def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None = None,
                          cancelled: IsCancelled | None = None,
-                         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                         transform: Transform | None = None,
                          cache_dir: str | None = None) -> FrameSet:
     """Keyframes by motion (``engine.worker.keyframes``, at most ``max_frames``), then a second pass
     that decodes only those. The selection is cached in ``cache_dir`` (shared with the panel's
@@ -336,7 +359,7 @@ def read_video_keyframes(path: Path, max_frames: int, progress: Progress | None 
         raise InputError(f"the video '{path.name}' has no readable frame")
     cap = open_video(path)
     try:
-        frames = [Frame(transform(rgb) if transform else rgb, str(path), index)
+        frames = [Frame.made(transform(rgb) if transform else rgb, str(path), index)
                   for index, rgb in ((i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) for i, bgr in
                                      _iter_frames(cap, set(selection.kept),
                                                   selection.kept[-1] + 1, cancelled))]
@@ -358,7 +381,7 @@ def _analysed_frames(path: Path, analysis_fps: float) -> int:
 
 def read_frames(sources: Sources, max_frames: int = 0, fps: float = 0.0,
                 progress: Progress | None = None, cancelled: IsCancelled | None = None,
-                transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                transform: Transform | None = None,
                 sampling: str = "count", keyframe_cache: str | None = None) -> FrameSet:
     """Decode the sources; InputError when not a single frame can be used.
 

@@ -35,12 +35,21 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 DEFAULT_FOV_X_DEG = 60.0  # monocular presets predict no camera: assume this horizontal FOV
 
 
+# The texture is baked from the frames kept larger than the network sees them
+# (``Prediction.photos``): a whole k times the network's image per side, at most this long side,
+# and at most this many pixels for all the views together (the file holds them uncompressed:
+# 64 MP are 192 MB, 32 views of 504x378 at k = 3).
+PHOTO_LONG_SIDE = 2048
+PHOTO_PIXELS = 64_000_000
+
+
 @dataclass
 class Batch:
     """Network-ready views."""
 
     rgb: np.ndarray  # (N,H,W,3) uint8 after steps 1-3 and 5: the network's input before step 4
     intrinsics: np.ndarray | None  # (N,3,3) given intrinsics in processed pixels, if any
+    photos: np.ndarray | None = None  # (N,k*H,k*W,3) uint8 the same views k times as large
 
     @property
     def size(self) -> tuple[int, int]:
@@ -95,6 +104,32 @@ def resize_for_network(rgb: np.ndarray, process_res: int) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def photo_factor(full_wh: tuple[int, int], processed_wh: tuple[int, int], views: int) -> int:
+    """The whole k for which a ``full_wh`` frame is kept k times as large as its network
+    image (``processed_wh``) for the texture: never enlarged, within ``PHOTO_LONG_SIDE`` and,
+    for ``views`` such frames, ``PHOTO_PIXELS``; 1 when a larger copy would add nothing."""
+    (w, h), (pw, ph) = full_wh, processed_wh
+    return max(1, min(w // pw, h // ph, PHOTO_LONG_SIDE // max(pw, ph),
+                      photo_budget_factor(processed_wh, views)))
+
+
+def photo_budget_factor(processed_wh: tuple[int, int], views: int) -> int:
+    """The largest k whose photos of ``views`` views stay within ``PHOTO_PIXELS``."""
+    return int(math.sqrt(PHOTO_PIXELS / (max(views, 1) * processed_wh[0] * processed_wh[1])))
+
+
+def network_image_and_photo(rgb: np.ndarray, process_res: int, views: int):
+    """Steps 2 and 3 on one RGB uint8 image, and the photo the texture is baked from (the whole
+    frame, like the network's image, ``photo_factor`` times as large), or None when it would
+    be no larger."""
+    network = resize_for_network(rgb, process_res)
+    (h, w), (ph, pw) = rgb.shape[:2], network.shape[:2]
+    k = photo_factor((w, h), (pw, ph), views)
+    if k == 1:
+        return network, None
+    return network, cv2.resize(rgb, (k * pw, k * ph), interpolation=cv2.INTER_AREA)
+
+
 def scale_intrinsics(K: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:
     """Step 6: intrinsics of a resized image (fx, cx by the width ratio; fy, cy by height)."""
     K = np.array(K, dtype=np.float64, copy=True)
@@ -103,8 +138,10 @@ def scale_intrinsics(K: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, 
     return K
 
 
-def centre_crop_to_common(images: list[np.ndarray], intrinsics: list[np.ndarray] | None = None):
-    """Step 5: crop every image to the smallest (h, w) of the batch; shift cx, cy to match."""
+def centre_crop_to_common(images: list[np.ndarray], intrinsics: list[np.ndarray] | None = None,
+                          photos: list[np.ndarray] | None = None):
+    """Step 5: crop every image to the smallest (h, w) of the batch; shift cx, cy to match;
+    crop ``photos`` (each a whole multiple of its image's size) the same way."""
     min_h = min(im.shape[0] for im in images)
     min_w = min(im.shape[1] for im in images)
     out_images, out_k = [], []
@@ -112,6 +149,9 @@ def centre_crop_to_common(images: list[np.ndarray], intrinsics: list[np.ndarray]
         top = (im.shape[0] - min_h) // 2
         left = (im.shape[1] - min_w) // 2
         out_images.append(im[top:top + min_h, left:left + min_w])
+        if photos is not None:
+            k = photos[i].shape[0] // im.shape[0]
+            photos[i] = photos[i][k * top:k * (top + min_h), k * left:k * (left + min_w)]
         if intrinsics is not None:
             K = np.array(intrinsics[i], dtype=np.float64, copy=True)
             K[0, 2] -= left
@@ -153,15 +193,33 @@ def stored_images(rgb: np.ndarray) -> np.ndarray:
     return cv2.LUT(rgb.reshape(n * h, w, 3), table).reshape(n, h, w, 3)
 
 
-def make_batch(resized: list[np.ndarray], intrinsics: list[np.ndarray] | None = None) -> Batch:
+def make_batch(resized: list[np.ndarray], intrinsics: list[np.ndarray] | None = None,
+               photos: list[np.ndarray | None] | None = None) -> Batch:
     """Step 5 on images already passed through ``resize_for_network`` (step 4 is left to
-    ``Batch.pixels`` or the device: ``model.network_input``)."""
+    ``Batch.pixels`` or the device: ``model.network_input``), with the views' photos
+    (``network_image_and_photo``) when every view has one, all brought to the smallest k."""
     if not resized:
         raise ValueError("no image to process")
+    photos = common_photos(resized, photos)
     if len({im.shape for im in resized}) > 1:
-        resized, intrinsics = centre_crop_to_common(resized, intrinsics)
+        resized, intrinsics = centre_crop_to_common(resized, intrinsics, photos)
     K = np.stack(intrinsics) if intrinsics is not None else None
-    return Batch(np.stack(resized), K)
+    return Batch(np.stack(resized), K, None if photos is None else np.stack(photos))
+
+
+def common_photos(resized: list[np.ndarray], photos: list[np.ndarray | None] | None):
+    """The photos at one factor k for every view (the smallest any has, within the pixel
+    budget for this many views: the reader could only guess their number), or None unless each
+    view has one larger than its image."""
+    if not photos or any(p is None for p in photos):
+        return None
+    k = min([p.shape[0] // im.shape[0] for p, im in zip(photos, resized, strict=True)]
+            + [photo_budget_factor((im.shape[1], im.shape[0]), len(resized)) for im in resized])
+    if k < 2:
+        return None
+    return [p if p.shape[0] == k * im.shape[0] else
+            cv2.resize(p, (k * im.shape[1], k * im.shape[0]), interpolation=cv2.INTER_AREA)
+            for p, im in zip(photos, resized, strict=True)]
 
 
 def preprocess(images: list[np.ndarray], process_res: int = 504,

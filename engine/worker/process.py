@@ -366,8 +366,8 @@ def raise_mono_error(preset, views: int | None) -> None:
 
 def read_frames_job(run: JobInProgress, sources):
     """Decode + resize every frame (runs in a thread while the model loads)."""
-    from .inputs import read_frames
-    from .preprocess import resize_for_network
+    from .inputs import expected_views, read_frames
+    from .preprocess import network_image_and_photo, resize_for_network
 
     job, emitter = run.job, run.emitter
     start = time.monotonic()
@@ -379,8 +379,15 @@ def read_frames_job(run: JobInProgress, sources):
 
         emitter.progress("reading_frames", done, total, seconds_left(done, total, time.monotonic() - start))
 
+    def transform(rgb):
+        if not job.photos:
+            return resize_for_network(rgb, job.run.process_res)
+        return network_image_and_photo(rgb, job.run.process_res, views)
+
+    # how many frames share the photos' pixel budget (``make_batch`` keeps it with the count)
+    views = expected_views(sources, job.run.max_frames, job.run.fps, job.run.sampling)
     found = read_frames(sources, job.run.max_frames, job.run.fps, progress, run.stopped,
-                        transform=lambda rgb: resize_for_network(rgb, job.run.process_res),
+                        transform=transform,
                         sampling=job.run.sampling, keyframe_cache=job.keyframe_cache)
     run.timings["read_frames"] = round(time.monotonic() - start, 3)
     return found
@@ -657,8 +664,9 @@ def raise_if_out_of_memory(exc: BaseException, device, n: int, w: int, h: int) -
                       "use fewer frames, a lower processing resolution or a smaller model") from exc
 
 
-def assemble(run: JobInProgress, views, frames):
-    """The prediction, with the stored image ``start_writing`` made."""
+def assemble(run: JobInProgress, views, frames, photos=None):
+    """The prediction, with the stored image ``start_writing`` made and the texture's
+    ``photos``."""
     import numpy as np
 
     from ..core.prediction import Prediction
@@ -671,7 +679,7 @@ def assemble(run: JobInProgress, views, frames):
         image=run.image.result(), sky=views.sky, is_metric=views.is_metric,
         source_paths=[f.source for f in frames],
         frame_indices=np.array([f.index for f in frames], dtype=np.int64),
-        model=run.preset.name, process_res=int(run.job.run.process_res))
+        model=run.preset.name, process_res=int(run.job.run.process_res), photos=photos)
 
 
 def fuse(run: JobInProgress, pred) -> None:
@@ -762,7 +770,7 @@ def run_job(job_path: str, emitter: Emitter, cancel: CancelToken, cache: ModelCa
             raise
         found = frames_or_error(run.frames_future, run)
     with timed(run, "make_batch"):  # stacking uint8 views: the device normalises them
-        batch = make_batch([f.rgb for f in found.frames])
+        batch = make_batch([f.rgb for f in found.frames], photos=[f.photo for f in found.frames])
     cancel.check()
     predict_and_write(run, model, batch, found.frames)
 
@@ -776,7 +784,7 @@ def predict_and_write(run: JobInProgress, model: LoadedModel, batch, frames) -> 
         views = infer(run, model.net, model.device, model.dtype, batch)
         run.cancel.check()
         with timed(run, "assemble"):
-            pred = assemble(run, views, frames)
+            pred = assemble(run, views, frames, batch.photos)
         if run.job.tsdf:
             fuse(run, pred)
         write(run, pred)

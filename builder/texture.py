@@ -46,7 +46,9 @@ def add_texture(build, obj: bpy.types.Object):
     image = packed_image(f"{build.name} texture", baked)
     mesh.materials.clear()
     mesh.materials.append(texture_material(f"{build.name} surface", image))
-    obj["da3_texture"] = f"{image.size[0]} px, {100 * baked.seen:.0f}% seen"  # short: the sidebar is narrow
+    # short: the sidebar is narrow
+    photos = f", {pred.photo_factor}x photos" if pred.photos is not None else ""
+    obj["da3_texture"] = f"{image.size[0]} px, {100 * baked.seen:.0f}% seen{photos}"
 
 
 def bake_in_prediction_frame(polygons: Polygons, build, voxel: float, colors, progress) -> Baked:

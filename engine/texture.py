@@ -172,7 +172,8 @@ def automatic_size(mesh: Polygons, pred: Prediction, voxel: float) -> int:
         np.maximum.at(best, index, pixels_per_area)
     if not best.any():
         return MIN_SIZE
-    pixels = area.sum() * float(np.median(best[best > 0]))
+    # pixels of the photos the texture is sampled from (k times the depth map's per side)
+    pixels = area.sum() * float(np.median(best[best > 0])) * pred.photo_factor ** 2
     texels = OVERSAMPLING ** 2 * pixels / PACKING_FILL
     size = 2 ** int(np.ceil(np.log2(max(np.sqrt(texels), 1))))
     return int(np.clip(size, MIN_SIZE, MAX_SIZE))
@@ -579,7 +580,17 @@ def view_colours(points, heights, pred: Prediction, i: int, w2c: np.ndarray, vox
     index, pixels_per_area, u, v, pixel = seen_by_view(points, heights, pred, i, w2c, voxel)
     confidence = 1.0 if pred.conf is None else pred.conf[i].reshape(-1).take(pixel)
     weight = (confidence * pixels_per_area).astype(np.float32)
-    return index, sample_bilinear(pred.image[i], u - 0.5, v - 0.5), weight
+    return index, sample_photo(pred, i, u, v), weight
+
+
+def sample_photo(pred: Prediction, i: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(3,n) colours of view ``i`` at image positions ``u``, ``v`` (the depth map's pixels,
+    pixel j's centre at j + 0.5), from its full-size photo when the file has one (k times the
+    size over the same field of view: positions scale by k), else from ``image``."""
+    if pred.photos is None:
+        return sample_bilinear(pred.image[i], u - 0.5, v - 0.5)
+    k = np.float32(pred.photo_factor)
+    return sample_bilinear(pred.photos[i], u * k - 0.5, v * k - 0.5)
 
 
 def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, voxel: float):
@@ -616,13 +627,15 @@ def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     fx, fy = x - x0, y - y0
     corner = y0 * w + x0
     colours = np.empty((3, len(x)), dtype=np.float32)
-    planes = np.ascontiguousarray(image.reshape(-1, 3).T, dtype=np.float32)  # (3,H*W)
-    planes *= np.float32(1 / 255)
+    # (3,H*W) uint8: a full-size photo is 10 MP, whose float copy would cost more than the
+    # gathers; the gathered values are made float
+    planes = np.ascontiguousarray(image.reshape(-1, 3).T)
     for plane, out in zip(planes, colours, strict=True):  # gathers of single values: the fastest
-        top, bottom = plane.take(corner), plane.take(corner + w)
+        top, bottom = (plane.take(at).astype(np.float32) for at in (corner, corner + w))
         top += (plane.take(corner + 1) - top) * fx
         bottom += (plane.take(corner + w + 1) - bottom) * fx
         np.add(top, (bottom - top) * fy, out=out)
+    colours *= np.float32(1 / 255)
     return colours
 
 

@@ -338,6 +338,31 @@ def test_a_failed_preview_keeps_the_saved_result(app, home, tmp_path):
     assert roles_in(app, home, out).count("camera") == 3
 
 
+def test_a_file_with_photos_bakes_its_texture_from_them_headless(app, home, tmp_path):
+    """``blender -b --python``: the import operator on a prediction whose file carries photos
+    four times the depth maps' size (what the worker keeps of large frames; a banded sphere
+    ray-cast here) bakes the texture from them, twice as large as from the 128 px images of
+    the same file without them, and the surface's label says so."""
+    from test_texture import banded_sphere
+
+    script = ("import bpy, sys\n"
+              "bpy.ops.da3.import_prediction(filepath=sys.argv[-1])\n"
+              "print('TEXTURE', [o.get('da3_texture') for o in bpy.data.objects "
+              "if o.get('da3_role') == 'surface'])\n")
+    labels = {}
+    for k in (1, 4):
+        path = save_prediction(banded_sphere(k)[1], tmp_path / f"sphere-{k}.npz")
+        done = app.run(["-b", "--python-exit-code", "1", "--python-expr", script, "--", str(path)],
+                       ba.base_env(home))
+        assert done.returncode == 0, done.output[-3000:]
+        line = next(line for line in done.output.splitlines() if line.startswith("TEXTURE"))
+        (labels[k],) = ast.literal_eval(line[len("TEXTURE "):])
+    ba.report(f"Blender {app.label}, import of a file with 4x photos: texture {labels[4]} "
+              f"(without them: {labels[1]})")
+    assert labels[1].startswith("512 px, ") and "photos" not in labels[1]
+    assert labels[4].startswith("1024 px, ") and labels[4].endswith(", 4x photos")
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["/nowhere/video.mp4", "-o", "x.blend"], 1, "source not found"),
     ([str(VIDEO), "-o", "x.blend", "--frames", "0"], 2, "--frames"),

@@ -209,6 +209,60 @@ def test_baking_on_two_threads_gives_the_same_texture(monkeypatch):
     assert baked[1].png == baked[2].png and baked[1].seen == baked[2].seen > 0.8
 
 
+def banded_sphere(k: int) -> tuple[texture.Polygons, Prediction]:
+    """A unit sphere photographed from four sides: its red varies with height as a sinusoid of
+    period ``BAND`` (six photo pixels at k = 4, one and a half of the depth map's). The photos
+    are ray-cast k times as large as the depth maps (intrinsics scaled by k); ``image`` is
+    their k x k block mean, what DA3's area resize makes of a larger frame."""
+    mesh = uv_sphere(rings=64, segments=128)
+    width = height = 128
+    f = 100.0
+    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    K_photo = np.diag([k, k, 1.0]) @ K
+    cameras, depths, photos = [], [], []
+    for angle in np.linspace(0, 2 * math.pi, 4, endpoint=False):
+        w2c = look_at(np.array([4 * math.cos(angle), 4 * math.sin(angle), 0.5]), np.zeros(3))
+        cameras.append(w2c)
+        depths.append(ray_cast_sphere(w2c, K, width, height))
+        depth = ray_cast_sphere(w2c, K_photo, k * width, k * height)
+        u, v = np.meshgrid(np.arange(k * width) + 0.5, np.arange(k * height) + 0.5)
+        rays = np.stack([(u - K_photo[0, 2]) / K_photo[0, 0], (v - K_photo[1, 2]) / K_photo[1, 1],
+                         np.ones_like(u)], -1)
+        z = ((rays * depth[..., None]) @ w2c[:, :3] - w2c[:, :3].T @ w2c[:, 3])[..., 2]
+        photos.append(np.where(depth[..., None] > 0, np.stack(
+            [band_red(z), np.full_like(z, 60), np.full_like(z, 60)], -1), 0))
+    photos = np.round(np.array(photos)).astype(np.uint8)
+    image = photos.reshape(4, height, k, width, k, 3).mean(axis=(2, 4)).round().astype(np.uint8)
+    return mesh, Prediction(depth=np.array(depths, np.float32), intrinsics=np.tile(K, (4, 1, 1)),
+                            extrinsics=np.array(cameras), image=image,
+                            photos=photos if k > 1 else None)
+
+
+BAND = 0.06
+
+
+def band_red(z: np.ndarray) -> np.ndarray:
+    return 128 + 100 * np.sin(2 * math.pi * z / BAND)
+
+
+def test_photos_larger_than_the_depth_maps_give_a_sharper_texture():
+    """The same views baked from the depth map's 128 px images and from photos four times as
+    large: at the sphere's vertices (exactly on it) the baked red is compared with the band's
+    true value. Bands 1.5 image pixels apart are lost in the small images and kept by the
+    photos."""
+    errors = {}
+    for k in (1, 4):
+        mesh, pred = banded_sphere(k)
+        baked = texture.bake_texture(mesh, pred, voxel=0.01, size=2048)
+        rgb = decode_png(baked.png)[::-1].astype(float)  # rows bottom-up, like UV's v
+        texel = np.clip((baked.uv * 2048).astype(int), 0, 2047)
+        red = rgb[texel[:, 1], texel[:, 0], 0]
+        z = mesh.vertices[mesh.corner_vert, 2]
+        middle = np.abs(z) < 0.7  # seen from the side by the four cameras, not at a grazing angle
+        errors[k] = np.abs(red - band_red(z))[middle].mean()
+    assert errors[4] < 15 and errors[4] < 0.3 * errors[1], errors
+
+
 def look_at(eye, target, up=(0.0, 0.0, 1.0)):
     forward = (target - eye) / np.linalg.norm(target - eye)
     right = np.cross(forward, up)

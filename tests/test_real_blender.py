@@ -54,7 +54,8 @@ def home(installed, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def photo_set(tmp_path_factory) -> Path:
-    """A data set laid out as most are, scene/images/*.jpg: 8 frames of the sample video."""
+    """A data set laid out as most are, scene/images/*.jpg: 8 frames of the sample video, at
+    1008x756 like photos larger than the network's 504x378 (so the worker keeps them at 2x)."""
     import cv2
 
     scene = tmp_path_factory.mktemp("photos") / "scene"
@@ -66,6 +67,7 @@ def photo_set(tmp_path_factory) -> Path:
         if not ok:
             break
         if index % 6 == 0:
+            frame = cv2.resize(frame, (1008, 756), interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(str(scene / "images" / f"frame_{index:03d}.jpg"), frame)
         index += 1
     assert len(list((scene / "images").iterdir())) == 8
@@ -121,6 +123,9 @@ def test_the_panel_reconstructs_a_video_and_a_photo_folder(app, panel_runs):
     assert len([n for n in video["objects"] if n.startswith("courtyard view")]) == 8
     assert data["after_undo"] == [], "undo left part of the result"
     assert "scene" in photos["collections"], "a data set's images/ folder is named after the set"
+    # the 1008x756 photos were kept at twice the network's 504x378 for the texture; the
+    # 320x240 video's frames are smaller than that
+    assert photos["photo_factor"] == 2 and video["photo_factor"] == 1
     assert len([n for n in photos["objects"] if n.startswith("scene view")]) == 8
 
 

@@ -115,6 +115,7 @@ def test_frames_larger_than_the_network_sees_are_kept_as_photos(worker_python, s
     job, output = job_file(tmp_path, [tmp_path / "large"], small_weights, photos=True)
     code, events, stderr = run_worker(worker_python, job)
     assert code == 0 and final(events)["event"] == "done", stderr[-3000:]
+    assert final(events)["photo_factor"] == 4
     pred = load_prediction(output)
     assert pred.image.shape == (3, 112, 140, 3) and pred.photos.shape == (3, 448, 560, 3)
     for frame, photo, image in zip(frames, pred.photos, pred.image, strict=True):

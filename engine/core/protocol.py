@@ -13,7 +13,8 @@ Events (``"event"`` key):
   warning   {"message": str}
   done      {"result": path of the prediction file, "views": int, "seconds": float,
              "timings": {step: seconds}, "peak_gpu_mib": float | None,
-             "model_reused": bool (the network was already loaded by an earlier job)}
+             "model_reused": bool (the network was already loaded by an earlier job),
+             "photo_factor": int (k of the file's ``photos``, 1 for none)}
   error     {"kind": one of ERROR_KINDS, "message": one line for the user, "traceback": str}
 """
 

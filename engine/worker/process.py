@@ -748,7 +748,8 @@ def write(run: JobInProgress, pred) -> Path:
         run.emitter.final("done", result=str(output), views=pred.num_views,
                           seconds=round(time.monotonic() - run.timings["_start"], 3),
                           timings={k: v for k, v in run.timings.items() if not k.startswith("_")},
-                          peak_gpu_mib=run.peak_gpu_mib, model_reused=run.model_reused)
+                          peak_gpu_mib=run.peak_gpu_mib, model_reused=run.model_reused,
+                          photo_factor=pred.photo_factor)
     return output
 
 

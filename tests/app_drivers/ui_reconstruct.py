@@ -64,7 +64,8 @@ def watch_run(name: str):
                     "collections": [c.name for c in bpy.data.collections],
                     "worker_pid": followed.monitor.process.pid,
                     "model_reused": (followed.state.final or {}).get("model_reused"),
-                    "timings": (followed.state.final or {}).get("timings")}
+                    "timings": (followed.state.final or {}).get("timings"),
+                    "photo_factor": (followed.state.final or {}).get("photo_factor")}
     log(f"{name}: {result[name]['seconds']:.1f} s, longest UI gap while the worker ran "
         f"{ui['longest_gap_while_worker_runs_s'] * 1000:.0f} ms, building {ui['building_s']:.2f} s, "
         f"{len(result[name]['objects'])} objects")

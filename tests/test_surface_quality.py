@@ -64,7 +64,9 @@ def test_the_face_budget_holds_and_the_object_stays_closed_and_whole():
     assert budget // 3 < len(mesh.faces) <= budget
     assert fitted.boundary_edges == 0 and fitted.components == whole.components
     assert fitted.fscore > whole.fscore - 0.02, (whole, fitted)
-    assert mesh.stats["first_pass_faces"] == len(full.faces)
+    # the probe at twice the voxel foretold the full pass's faces, so one pass fitted the budget
+    assert 0.75 < 4 * mesh.stats["probe_faces"] / len(full.faces) < 1.1
+    assert "first_pass_faces" not in mesh.stats
 
 
 @pytest.mark.parametrize("hard", [False, True])

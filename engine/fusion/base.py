@@ -37,8 +37,8 @@ class TSDFOptions:
     object_mode: isolate one object photographed from around it (see ``engine.fusion.tsdf``).
     consistent_views: correct each view's smooth depth error and pose so that the views
         agree, and silence pixels that other views see through (``engine.fusion.consistency``).
-    max_faces: 0 for no limit, else the surface is fused again with coarser voxels when it
-        has more triangles than this.
+    max_faces: 0 for no limit, else the surface is fused with voxels coarse enough for at
+        most this many triangles (a probe at twice the voxel foretells the count).
     smooth_iterations: Taubin lambda|mu passes over the mesh (0: none), and
     max_hole_edges: border loops up to this many edges are closed (0: none); see
         ``engine.fusion.mesh_cleanup``.

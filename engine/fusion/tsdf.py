@@ -99,18 +99,20 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     grid = fit_truncation(grid, agreement, options)
     planned = grid.voxel_size  # the finest detail asked for: the importer remeshes down to it
     mesh, voxel, probed = probe(views, grid, options, stages, report, clock)
+
+    def after_probe(fraction: float, message: str) -> None:
+        report(PROBE_SHARE + (1 - PROBE_SHARE) * fraction, message)
+
     if mesh is None:
         mesh = fuse_on_grid(views, coarser(grid, voxel, options) if voxel > planned else grid,
-                            options, stages, lambda f, m: report(PROBE_SHARE + (1 - PROBE_SHARE) * f, m),
-                            clock)
+                            options, stages, after_probe, clock)
     if options.max_faces and len(mesh.faces) > options.max_faces:
         # the probe's estimate was short (faces go with the area over the voxel's square): one
         # more pass, coarser, lands under the budget
         voxel = mesh.voxel_size * math.sqrt(len(mesh.faces) / (BUDGET_AIM * options.max_faces))
         report(PROBE_SHARE, f"{len(mesh.faces)} triangles: fusing again with {voxel:.3g} voxels")
-        mesh = fuse_on_grid(views, coarser(grid, voxel, options), options, stages,
-                            lambda f, m: report(PROBE_SHARE + (1 - PROBE_SHARE) * f, m), clock,
-                            first_pass_faces=len(mesh.faces))
+        mesh = fuse_on_grid(views, coarser(grid, voxel, options), options, stages, after_probe,
+                            clock, first_pass_faces=len(mesh.faces))
     mesh.stats["consistency"] = agreement
     mesh.stats["first_pass_voxel"] = planned
     mesh.stats["probe_faces"] = probed

@@ -53,11 +53,5 @@ class DA3Preferences(bpy.types.AddonPreferences):
 CLASSES = (DA3Preferences,)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+# Blender's own pair: registered in order, unregistered in reverse
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

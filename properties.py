@@ -152,9 +152,11 @@ class DA3JobState(bpy.types.PropertyGroup):
 CLASSES = (DA3Settings, DA3JobState)
 
 
+register_classes, unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    register_classes()
     bpy.types.Scene.da3 = PointerProperty(type=DA3Settings)
     bpy.types.WindowManager.da3_job = PointerProperty(type=DA3JobState)
 
@@ -162,5 +164,4 @@ def register():
 def unregister():
     del bpy.types.WindowManager.da3_job
     del bpy.types.Scene.da3
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    unregister_classes()

@@ -58,11 +58,5 @@ class DA3_FH_reconstruct(bpy.types.FileHandler):
 CLASSES = (DA3_OT_reconstruct_drop, DA3_FH_reconstruct)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+# Blender's own pair: registered in order, unregistered in reverse
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -188,11 +188,5 @@ def remember_source(context, sources: list[str]) -> None:
 CLASSES = (DA3_OT_reconstruct, DA3_OT_download_weights)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+# Blender's own pair: registered in order, unregistered in reverse
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

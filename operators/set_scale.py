@@ -61,9 +61,11 @@ CLASSES = (DA3_OT_set_scale,)
 MENUS = (bpy.types.VIEW3D_MT_object_context_menu, bpy.types.VIEW3D_MT_edit_mesh_context_menu)
 
 
+register_classes, unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    register_classes()
     for menu in MENUS:
         menu.append(menu_entry)
 
@@ -71,5 +73,4 @@ def register():
 def unregister():
     for menu in MENUS:
         menu.remove(menu_entry)
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    unregister_classes()

@@ -211,9 +211,11 @@ def stop_on_file_load(_dummy) -> None:
 CLASSES = (DA3_OT_watch_job, DA3_OT_cancel_reconstruct)
 
 
+register_classes, unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    register_classes()
     bpy.app.handlers.load_pre.append(stop_on_file_load)
     atexit.register(reconstruct.stop_all)
 
@@ -223,5 +225,4 @@ def unregister():
     atexit.unregister(reconstruct.stop_all)
     if stop_on_file_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(stop_on_file_load)
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    unregister_classes()

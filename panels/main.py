@@ -275,12 +275,13 @@ def wrap(text: str, width: int) -> list[str]:
 CLASSES = (DA3_PT_main, DA3_PT_model, DA3_PT_output, DA3_PT_scale)
 
 
+register_classes, unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    register_classes()
 
 
 def unregister():
     _status_cache.clear()
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    unregister_classes()

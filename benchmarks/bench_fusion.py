@@ -30,10 +30,12 @@ EGL (it prints EGL_BAD_MATCH lines and renders all the same), so no Cycles fallb
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import pickle
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TMP = Path(tempfile.mkdtemp(prefix="da3-bench-fusion-"))
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)  # a run leaves no scratch behind
 for var in ("HOME", "XDG_CACHE_HOME", "BLENDER_USER_RESOURCES"):  # bpy writes there on import
     os.environ.setdefault(var, str(TMP / var.lower()))
 sys.path[:0] = [str(REPO), str(REPO / "tests")]

@@ -14,9 +14,11 @@ of its file, plus the glTF import of a GLB holding exactly our kept points (writ
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TMP = Path(tempfile.mkdtemp(prefix="da3-bench-"))
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)  # a run leaves no scratch behind
 for var in ("HOME", "XDG_CACHE_HOME", "BLENDER_USER_RESOURCES"):  # bpy writes there on import
     os.environ.setdefault(var, str(TMP / var.lower()))
 sys.path[:0] = [str(REPO), str(REPO / "tests")]

@@ -15,6 +15,7 @@ where OpenGL is software (Xvfb's llvmpipe), which no add-on controls.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,22 +36,24 @@ def main() -> None:
     if not apps:
         sys.exit(f"no real Blender: {why_none}")
     root = Path(tempfile.mkdtemp(prefix="da3-bench-ui-"))
-    pred, _ = make_prediction(n_views=32, width=504, height=378, focal=400.0, depth_scale=0.6,
-                              video=True)
-    npz = save_prediction(pred, root / "walk32.npz")
-    for app in apps:
-        home = root / app.id / "home"
-        zip_path = ba.build_zip(app, root / app.id / "dist", ba.base_env(root / app.id / "build"))
-        ba.install_extension(app, zip_path, home)
-        data, output = ba.run_driver(app, "ui_gaps.py", home, home / "result.json", str(npz))
-        if not data.get("ok"):
-            sys.exit(data.get("driver_error") or output[-3000:])
-        print(f"\nBlender {app.label} (Xvfb {ba.SCREEN}), longest gap of a 0.05 s timer:")
-        for phase, figures in data.items():
-            if isinstance(figures, dict) and "longest_ms" in figures:
-                print(f"  {phase:<18} {figures['longest_ms']:5d} ms   {figures['over_0_1']:3d} of "
-                      f"{figures['ticks']:3d} gaps over 0.1 s")
-
+    try:
+        pred, _ = make_prediction(n_views=32, width=504, height=378, focal=400.0, depth_scale=0.6,
+                                  video=True)
+        npz = save_prediction(pred, root / "walk32.npz")
+        for app in apps:
+            home = root / app.id / "home"
+            zip_path = ba.build_zip(app, root / app.id / "dist", ba.base_env(root / app.id / "build"))
+            ba.install_extension(app, zip_path, home)
+            data, output = ba.run_driver(app, "ui_gaps.py", home, home / "result.json", str(npz))
+            if not data.get("ok"):
+                sys.exit(data.get("driver_error") or output[-3000:])
+            print(f"\nBlender {app.label} (Xvfb {ba.SCREEN}), longest gap of a 0.05 s timer:")
+            for phase, figures in data.items():
+                if isinstance(figures, dict) and "longest_ms" in figures:
+                    print(f"  {phase:<18} {figures['longest_ms']:5d} ms   {figures['over_0_1']:3d} of "
+                          f"{figures['ticks']:3d} gaps over 0.1 s")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # extension installs and a 32-view file
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ import functools
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from engine.fusion.base import FusedMesh, TSDFOptions
@@ -79,6 +80,25 @@ def test_thin_parts_survive_as_well_as_before(hard):
     assert new.fscore > old.fscore - 0.01, (old, new)
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_the_space_under_a_chair_seat_stays_open(hard):
+    """Cameras that look down on a chair never see under its seat. Taken as the inside of the
+    object, that space hung below the seat down to where the views' rays passed: 22-28% of the
+    fused area lay there, F@1% 0.59 (0.49 with hard errors). Judged on the mesh itself: its
+    area in the box under the seat, inside the legs, where the chair has nothing."""
+    result, mesh = quality("thin", hard)
+    scene, degraded = scene_of("thin", hard)
+    v = mesh.vertices @ degraded.to_scene[:3, :3].T + degraded.to_scene[:3, 3]
+    points = scenes.sample_mesh(v, mesh.faces, 50000, np.random.default_rng(0))
+    under_seat = np.all((np.abs(points[:, :2]) < 0.22) & (points[:, 2:] > 0.1) & (points[:, 2:] < 0.45),
+                        axis=1)
+    print(f"{result}\nunder the seat: {under_seat.mean():.4f} of the area")
+    assert under_seat.mean() < 0.01
+    assert result.boundary_edges == 0
+    if not hard:
+        assert result.fscore > 0.8, result  # 0.88 today
+
+
 def test_a_chair_seat_is_no_table_to_cut():
     """Exact depth, no sky mask (DA3's own layout): the seat is a plane with the back on it and
     little under it, like a table; it is no support because it does not reach out around what
@@ -89,7 +109,9 @@ def test_a_chair_seat_is_no_table_to_cut():
     result = scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene)
     print(result)
     assert mesh.stats["floor"] is None
-    assert result.thin_survival > 0.72, result  # 0.76 today; 0.67 with the legs cut
+    # 0.68 today: the legs' upper halves (at this render their lower halves are too thin for
+    # any pixel to vote); 0.72 while the space under the seat was solid and hung around them
+    assert result.thin_survival > 0.64, result
 
 
 def test_options_refuse_a_negative_budget():

@@ -18,6 +18,17 @@ import numpy as np
 
 from ..core import cameras
 from .base import BLOCK, BLOCK_VOXELS, BYTES_PER_VOXEL, Grid, Progress, TSDFOptions, View, Volume
+from .pockets import (
+    CELLS_PER_BLOCK,
+    FREE,
+    POCKET_CELL,
+    SOLID,
+    UNSEEN,
+    Pockets,
+    dilate,
+    per_block,
+    pocket_voxels,
+)
 from .views import project, sample_view
 
 # --------------------------------------------------------------------------------------------
@@ -32,17 +43,37 @@ def all_block_coords(grid: Grid) -> np.ndarray:
 
 def integrate_coarse(grid: Grid, views: list[View]) -> tuple[np.ndarray, np.ndarray]:
     """One vote per block at its centre, truncated at the block's half diagonal + truncation."""
-    centres = grid.block_centres(all_block_coords(grid))
-    trunc = grid.truncation + 0.87 * grid.block_extent
-    tsdf = np.zeros(len(centres), np.float32)
-    weight = np.zeros(len(centres), np.float32)
+    return votes_at(grid.block_centres(all_block_coords(grid)), views,
+                    grid.truncation + 0.87 * grid.block_extent)
+
+
+def votes_at(points: np.ndarray, views: list[View], trunc: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every view's vote at each of ``points``: summed weighted tsdf and weight."""
+    tsdf = np.zeros(len(points), np.float32)
+    weight = np.zeros(len(points), np.float32)
     for view in views:
-        d, pix, z = sample_view(view, centres)
+        d, pix, z = sample_view(view, points)
         sdf = d - z
         w = vote_weights(view, pix, sdf, trunc)
         tsdf += w * np.clip(sdf / trunc, -1, 1)
         weight += w
     return tsdf, weight
+
+
+def pocket_cell_states(grid: Grid, views: list[View], options: TSDFOptions) -> np.ndarray:
+    """Object mode: 3-D UNSEEN, SOLID or FREE of the cells of ``POCKET_CELL``^3 voxels that
+    ``engine.fusion.pockets`` tells pockets apart on, from one vote at each cell's centre."""
+    shape = tuple(int(n) * CELLS_PER_BLOCK for n in grid.blocks)
+    cells = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
+    centres = grid.origin + (cells * POCKET_CELL + (POCKET_CELL - 1) / 2) * grid.voxel_size
+    tsdf, weight = votes_at(centres, views, grid.truncation + 0.87 * POCKET_CELL * grid.voxel_size)
+    observed = weight >= options.solid_weight
+    forced = outside_region(grid, centres)
+    if grid.crop_box is not None:
+        forced |= np.any((centres < grid.crop_box[0]) | (centres > grid.crop_box[1]), axis=1)
+    # any vote for solid stops a walk: a wall that few views saw still encloses what is behind it
+    states = np.where(forced | (observed & (tsdf >= 0)), FREE, np.where(tsdf < 0, SOLID, UNSEEN))
+    return states.astype(np.int8).reshape(shape)
 
 
 def vote_weights(view: View, pix: np.ndarray, sdf: np.ndarray, trunc: float) -> np.ndarray:
@@ -53,9 +84,10 @@ def vote_weights(view: View, pix: np.ndarray, sdf: np.ndarray, trunc: float) -> 
     return np.where(np.isfinite(sdf) & (view.depth.ravel()[pix] > 0), w, 0).astype(np.float32)
 
 
-def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray,
-                  options: TSDFOptions) -> np.ndarray:
-    """Per-block value for meshing next to unallocated blocks: +-1, or NaN for unknown."""
+def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray, options: TSDFOptions,
+                  pockets: Pockets | None = None) -> np.ndarray:
+    """Per-block value for meshing next to unallocated blocks: +-1, or NaN for unknown (scene
+    mode). Object mode: unseen blocks are solid, those wholly in an open pocket free."""
     observed = weight >= (options.solid_weight if grid.object_mode else options.min_weight)
     values = np.full(len(tsdf), np.nan, np.float32)
     values[observed] = np.where(tsdf[observed] >= 0, 1.0, -1.0)
@@ -64,8 +96,10 @@ def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray,
     if grid.crop_box is not None:
         beyond = np.any((centres < grid.crop_box[0]) | (centres > grid.crop_box[1]), axis=1)
     if grid.object_mode:
-        values[~observed] = -1.0  # nobody could see in: inside the object
+        values[~observed] = -1.0  # nobody could see in: inside the object, unless a pocket
         values[outside_region(grid, centres) | beyond] = 1.0
+        if pockets is not None:
+            values[~observed & per_block(pockets.opened).all(axis=1)] = 1.0
     else:
         values[beyond] = np.nan
     return values
@@ -79,8 +113,8 @@ def outside_region(grid: Grid, points: np.ndarray) -> np.ndarray:
     return height < grid.floor_cut
 
 
-def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray,
-                    options: TSDFOptions) -> np.ndarray:
+def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray, options: TSDFOptions,
+                    pockets: Pockets | None = None) -> np.ndarray:
     """Sorted keys of the blocks within truncation of an observed surface point.
 
     Object mode also allocates the solid blocks that touch free ones, so that the cut at the
@@ -94,6 +128,8 @@ def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray,
         solid = (coarse < 0).reshape(tuple(grid.blocks))
         free = np.pad(~solid, 1, constant_values=True)  # beyond the grid is free: a cut object
         marked |= (solid & dilate(free)[1:-1, 1:-1, 1:-1]).ravel()  # must be meshed there
+        if pockets is not None:  # and a pocket's voxels where it meets the object
+            marked |= per_block(pockets.opened | pockets.walls).any(axis=1) & (coarse < 0)
     keys = np.flatnonzero(marked)
     needed = len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20
     if needed > options.memory_mb:
@@ -109,20 +145,6 @@ def allocation_stride(grid: Grid, view: View) -> int:
         return 1
     footprint = float(np.percentile(voting, 1)) / max(view.K[0, 0], view.K[1, 1])
     return int(max(1, min(8, grid.block_extent / (3 * footprint))))
-
-
-def dilate(mask: np.ndarray) -> np.ndarray:
-    """3-D dilation by one cell, 26-neighbourhood."""
-    out = mask.copy()
-    for axis in range(3):
-        grown = out.copy()
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        grown[tuple(lo)] |= out[tuple(hi)]
-        grown[tuple(hi)] |= out[tuple(lo)]
-        out = grown
-    return out
 
 
 def surface_block_keys(grid: Grid, view: View, offsets: tuple[float, ...]) -> np.ndarray:
@@ -247,11 +269,13 @@ def update_chunk(volume: Volume, blocks: np.ndarray, cam: np.ndarray, view: View
 # from votes to values
 
 
-def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions) -> np.ndarray:
+def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions,
+                 pockets: Pockets | None = None) -> np.ndarray:
     """(M,512) signed values in [-1,1]; NaN where unknown (scene mode).
 
-    Object mode: too little evidence means nobody could see in, so solid; below the floor cut
-    and on the grid's outer layer is free, which closes the object at the floor and box faces.
+    Object mode: too little evidence means nobody could see in, so solid, unless an open pocket
+    reaches it (``pockets``); below the floor cut and on the grid's outer layer is free, which
+    closes the object at the floor and box faces.
     """
     observed = volume.weight >= (options.solid_weight if grid.object_mode else options.min_weight)
     values = volume.tsdf / np.maximum(volume.weight, np.float32(1e-12))
@@ -259,6 +283,9 @@ def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions) -> np.ndarray
         values[~observed | outside_box(grid, volume.coords)] = np.nan
         return values
     values[~observed] = -1.0
+    if pockets is not None and pockets.opened.any():
+        # a voxel with any vote for solid stops a pocket: a thin leg few views saw stays
+        values[pocket_voxels(pockets, volume.keys, ~observed & (volume.tsdf >= 0))] = 1.0
     values[forced_free(grid, volume.coords)] = 1.0
     return values
 

@@ -7,7 +7,8 @@ Object mode isolates an object photographed from all around: the grid is cropped
 region all views look at (or a given box); a floor or table is cut only when a supported plane
 lies under the object (the dominant plane facing the cameras, seen by many views, with almost
 nothing below it and something on it), treated as free space up to a small margin above it;
-space that no view could see is treated as solid. Every piece that lies where the views look
+space that no view could see is treated as solid, except open pockets of it such as the space
+under a chair's seat (``engine.fusion.pockets``). Every piece that lies where the views look
 is kept (an object may be several parts), specks and inside-out bubbles are dropped: every
 kept part is closed.
 
@@ -29,9 +30,17 @@ from ..core.prediction import Prediction
 from .base import BLOCK, BLOCK_VOXELS, BYTES_PER_VOXEL, FusedMesh, Grid, Progress, TSDFOptions, View
 from .consistency import make_consistent
 from .grid import looked_at, measured_truncation, plan_grid
-from .integrate import allocate_blocks, coarse_values, integrate_coarse, integrate_views, voxel_values
+from .integrate import (
+    allocate_blocks,
+    coarse_values,
+    integrate_coarse,
+    integrate_views,
+    pocket_cell_states,
+    voxel_values,
+)
 from .mesh_cleanup import clean_surface
 from .pieces import clean_mesh, face_components, vertex_colors
+from .pockets import find_pockets
 from .tets import mesh_volume
 from .views import prepare_views, view_weights
 
@@ -175,14 +184,15 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
                  report: Progress, clock: _Clock, **extra_stats) -> FusedMesh:
     """Allocate, integrate, mesh and clean the views on ``grid``."""
     coarse_tsdf, coarse_weight = integrate_coarse(grid, views)
-    coarse = coarse_values(grid, coarse_tsdf, coarse_weight, options)
-    keys = allocate_blocks(grid, views, coarse, options)
+    pockets = find_pockets(pocket_cell_states(grid, views, options)) if grid.object_mode else None
+    coarse = coarse_values(grid, coarse_tsdf, coarse_weight, options, pockets)
+    keys = allocate_blocks(grid, views, coarse, options, pockets)
     clock.lap("allocate")
     report(0.05, f"{len(keys)} blocks of {BLOCK}^3 voxels")
     volume = stages.integrate(grid, keys, views, options,
                               lambda f, m: report(0.05 + 0.75 * f, m))
     clock.lap("integrate")
-    values = voxel_values(grid, volume, options)
+    values = voxel_values(grid, volume, options, pockets)
     report(0.85, "meshing")
     vertices, faces = stages.extract(grid, volume.keys, values, coarse,
                                      None if grid.object_mode else views)

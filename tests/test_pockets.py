@@ -26,8 +26,9 @@ def test_under_a_slab_opens_and_the_inside_of_a_box_does_not():
 
 
 def test_a_ball_whose_underside_nobody_saw_stays_closed():
-    """The inside of a ball and the unseen space under it are one pocket; its lowest blocks
-    alone are open (only 'up' meets the ball), so the pocket stays solid, not cut flat."""
+    """The inside of a ball and the unseen space under it are one pocket: the cone's cells are
+    open (only 'up' meets the ball), but the ball's middle has one way out ('down'), so the
+    pocket holds an enclosed inside and stays solid, not cut flat."""
     states = seen_free((30, 30, 30))
     x, y, z = np.meshgrid(*(np.arange(30),) * 3, indexing="ij")
     r = np.sqrt((x - 15) ** 2 + (y - 15) ** 2 + (z - 18) ** 2)

@@ -1,5 +1,5 @@
 """Object mode: which of the space no view could see is inside the object, and which is an open
-pocket beside it, decided on the grid of blocks from their coarse votes.
+pocket beside it, decided on cells of half a block from one coarse vote at each.
 
 Object mode closes the object with the space no view could see into: behind a ball's front, it
 is the ball. But cameras that look down on a chair never see under its seat either, and made
@@ -7,13 +7,14 @@ solid that space hung below the seat as a skirt, down to where the views' rays p
 (bench_fusion's chair with exact depth and poses: 37% of the fused area, F@1% 0.70; 0.99 with
 the pockets opened). Unseen space is opened where
 
-- at least ``OPEN_DIRECTIONS`` of the six axis directions from a block, passing over unseen
-  blocks, first meet seen free space (or leave the grid) rather than the band of solid votes
+- at least ``OPEN_DIRECTIONS`` of the six axis directions from a cell, passing over unseen
+  cells, first meet seen free space (or leave the grid) rather than the band of solid votes
   behind an observed surface: under the seat only "up" meets the seat;
-- and most blocks of its pocket (the 6-connected unseen blocks) are so open: the unseen inside
-  of a ball is one pocket with the unseen space under it, whose lower blocks alone pass, and
-  opened they would cut the ball flat (the four parts of bench_fusion stand at F@1% 0.993
-  with this rule, 0.964 without it, 0.996 before anything was opened).
+- and its pocket (the 6-connected unseen cells) holds no enclosed inside: the unseen inside of a
+  ball is one pocket with the unseen space under it, whose lower cells alone pass, and opened
+  they would cut the ball flat (the four parts of bench_fusion stood at F@1% 0.964 then, 0.996
+  before anything was opened). A pocket where more than a few cells have at most one way out
+  (the ball's middle: only "down") stays solid.
 
 Space below a floor cut or outside a crop box is :data:`FREE` to the walks, like seen free space.
 """
@@ -33,44 +34,47 @@ UNSEEN, SOLID, FREE = -1, 0, 1  # a cell's state from its coarse vote
 POCKET_CELL = BLOCK // 2
 CELLS_PER_BLOCK = BLOCK // POCKET_CELL
 OPEN_DIRECTIONS = 4
-POCKET_OPEN_SHARE = 0.8
+# A pocket with this share of cells from which at most ENCLOSED_DIRECTIONS run out holds the
+# inside of something: the unseen space under a chair's seat had 0-1% such cells on the
+# Cycles chair (milder and hard errors), the inside of a ball with the space under it 16-74%.
+ENCLOSED_DIRECTIONS, ENCLOSED_SHARE = 1, 0.05
 
 
 class Pockets(NamedTuple):
-    """The open pockets of a grid of blocks: the blocks opened, and the blocks around them that
-    the pockets may reach into voxel by voxel (:func:`pocket_walls`)."""
+    """The open pockets of a grid of cells: the cells opened, and the cells around them that the
+    pockets may reach into voxel by voxel (:func:`pocket_walls`)."""
 
-    opened: np.ndarray  # 3-D bool, the grid's blocks
+    opened: np.ndarray  # 3-D bool, the grid's cells
     walls: np.ndarray  # 3-D bool
 
 
 def find_pockets(states: np.ndarray) -> Pockets:
-    """The open pockets among the UNSEEN blocks of ``states`` (3-D: UNSEEN, SOLID or FREE)."""
+    """The open pockets among the UNSEEN cells of ``states`` (3-D: UNSEEN, SOLID or FREE)."""
     opened = open_pockets(states)
     return Pockets(opened, pocket_walls(states == UNSEEN, opened))
 
 
 def open_pockets(states: np.ndarray) -> np.ndarray:
-    """3-D bool shaped like ``states`` (UNSEEN, SOLID or FREE blocks): the unseen blocks that are
-    open (:func:`open_directions`) in pockets where at least ``POCKET_OPEN_SHARE`` of the blocks
-    are."""
+    """3-D bool shaped like ``states`` (UNSEEN, SOLID or FREE cells): the unseen cells that are
+    open (:func:`open_directions`) in pockets with under ``ENCLOSED_SHARE`` of enclosed cells."""
     unseen = states == UNSEEN
-    opened = unseen & (open_directions(states) >= OPEN_DIRECTIONS)
+    directions = open_directions(states)
     pocket = island_labels(neighbour_pairs(unseen), unseen.size).reshape(unseen.shape)
-    share = (np.bincount(pocket[opened], minlength=unseen.size)
+    enclosed = unseen & (directions <= ENCLOSED_DIRECTIONS)
+    share = (np.bincount(pocket[enclosed], minlength=unseen.size)
              / np.maximum(np.bincount(pocket[unseen], minlength=unseen.size), 1))
-    return opened & (share[pocket] >= POCKET_OPEN_SHARE)
+    return unseen & (directions >= OPEN_DIRECTIONS) & (share[pocket] < ENCLOSED_SHARE)
 
 
 def open_directions(states: np.ndarray) -> np.ndarray:
-    """int8 shaped like ``states``: of the six axis directions from each block, how many, passing
-    over UNSEEN blocks, first meet a FREE block or leave the grid."""
+    """int8 shaped like ``states``: of the six axis directions from each cell, how many, passing
+    over UNSEEN cells, first meet a FREE cell or leave the grid."""
     opens = np.zeros(states.shape, np.int8)
     for axis in range(3):
         along, counted = np.moveaxis(states, axis, 0), np.moveaxis(opens, axis, 0)
         for order in (range(len(along)), range(len(along) - 1, -1, -1)):
             met = np.full(along.shape[1:], FREE, np.int8)  # off the grid is free
-            for i in order:  # what a walk from block i meets first, built walking the other way
+            for i in order:  # what a walk from cell i meets first, built walking the other way
                 counted[i] += met == FREE
                 met = np.where(along[i] == UNSEEN, met, along[i])
     return opens
@@ -89,10 +93,10 @@ def neighbour_pairs(mask: np.ndarray) -> np.ndarray:
 
 
 def pocket_walls(unseen: np.ndarray, opened: np.ndarray) -> np.ndarray:
-    """3-D bool: the blocks that an open pocket may reach into, voxel by voxel
+    """3-D bool: the cells that an open pocket may reach into, voxel by voxel
     (:func:`pocket_voxels`), so that it begins where the band behind an observed surface ends,
-    not at the blocks' faces (a seat's underside comes out flat): the blocks touching an opened
-    block, but not those that also touch the enclosed inside of an object (a ball's unseen
+    not at the cells' faces (a seat's underside comes out flat): the cells touching an opened
+    cell, but not those that also touch the enclosed inside of an object (a ball's unseen
     underside where a pocket meets it; opened, its voxels would dish the ball)."""
     at_pocket = dilate(opened)
     inside = unseen & ~at_pocket

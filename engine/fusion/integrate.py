@@ -68,9 +68,7 @@ def pocket_cell_states(grid: Grid, views: list[View], options: TSDFOptions) -> n
     centres = grid.origin + (cells * POCKET_CELL + (POCKET_CELL - 1) / 2) * grid.voxel_size
     tsdf, weight = votes_at(centres, views, grid.truncation + 0.87 * POCKET_CELL * grid.voxel_size)
     observed = weight >= options.solid_weight
-    forced = outside_region(grid, centres)
-    if grid.crop_box is not None:
-        forced |= np.any((centres < grid.crop_box[0]) | (centres > grid.crop_box[1]), axis=1)
+    forced = outside_region(grid, centres) | beyond_crop_box(grid, centres)
     # any vote for solid stops a walk: a wall that few views saw still encloses what is behind it
     states = np.where(forced | (observed & (tsdf >= 0)), FREE, np.where(tsdf < 0, SOLID, UNSEEN))
     return states.astype(np.int8).reshape(shape)
@@ -92,9 +90,7 @@ def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray, options: TSD
     values = np.full(len(tsdf), np.nan, np.float32)
     values[observed] = np.where(tsdf[observed] >= 0, 1.0, -1.0)
     centres = grid.block_centres(all_block_coords(grid))
-    beyond = np.zeros(len(values), bool)
-    if grid.crop_box is not None:
-        beyond = np.any((centres < grid.crop_box[0]) | (centres > grid.crop_box[1]), axis=1)
+    beyond = beyond_crop_box(grid, centres)
     if grid.object_mode:
         values[~observed] = -1.0  # nobody could see in: inside the object, unless a pocket
         values[outside_region(grid, centres) | beyond] = 1.0
@@ -103,6 +99,13 @@ def coarse_values(grid: Grid, tsdf: np.ndarray, weight: np.ndarray, options: TSD
     else:
         values[beyond] = np.nan
     return values
+
+
+def beyond_crop_box(grid: Grid, points: np.ndarray) -> np.ndarray:
+    """Points outside the crop box (none without one)."""
+    if grid.crop_box is None:
+        return np.zeros(len(points), bool)
+    return np.any((points < grid.crop_box[0]) | (points > grid.crop_box[1]), axis=1)
 
 
 def outside_region(grid: Grid, points: np.ndarray) -> np.ndarray:

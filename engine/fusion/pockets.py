@@ -108,34 +108,44 @@ def pocket_voxels(pockets: Pockets, keys: np.ndarray, unseen: np.ndarray) -> np.
     open pockets reach, face to face over unseen voxels, from their opened cells in blocks that
     hold no surface, through opened and wall cells. The band of a leg stops it: the leg's unseen
     core stays solid, even in an opened cell (opening every unseen voxel there emptied the legs
-    of a chair at coarse voxels)."""
+    of a chair at coarse voxels). Each group of touching pocket blocks floods in its own box:
+    one box round pockets scattered over the grid took 2.4 s at 320 voxels across."""
     opened, walls = pockets
-    per_cell = POCKET_CELL
     blocks = tuple(n // CELLS_PER_BLOCK for n in opened.shape)
     out = np.zeros((len(keys), BLOCK_VOXELS), bool)
-    found = np.argwhere(per_block(opened | walls).any(axis=1).reshape(blocks))
-    if not len(found):
+    touched = per_block(opened | walls).any(axis=1).reshape(blocks)
+    if not touched.any():
         return out
-    low, high = found.min(axis=0), found.max(axis=0) + 1  # the pockets' box, in blocks
-    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-    cell_box = tuple(slice(a * CELLS_PER_BLOCK, b * CELLS_PER_BLOCK)
-                     for a, b in zip(low, high, strict=True))
     row_of = np.full(blocks, -1, np.int64)
     row_of.ravel()[keys] = np.arange(len(keys))
+    group = island_labels(neighbour_pairs(touched), touched.size).reshape(blocks)[touched]
+    corners = np.argwhere(touched)
+    first, which = np.unique(group, return_inverse=True)
+    low = np.full((len(first), 3), np.iinfo(np.int64).max)
+    high = np.zeros((len(first), 3), np.int64)
+    np.minimum.at(low, which, corners)
+    np.maximum.at(high, which, corners + 1)
+    for lo, hi in zip(low, high, strict=True):
+        flood_box(pockets, row_of, unseen, tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)), out)
+    return out
+
+
+def flood_box(pockets: Pockets, row_of: np.ndarray, unseen: np.ndarray, box: tuple, out: np.ndarray):
+    """:func:`pocket_voxels` within ``box`` (slices of the grid's blocks), into ``out``."""
+    opened, walls = pockets
+    cell_box = tuple(slice(b.start * CELLS_PER_BLOCK, b.stop * CELLS_PER_BLOCK) for b in box)
     rows = row_of[box]
-    allocated = upsample(rows >= 0, BLOCK)
+    allocated = rows >= 0
     unseen_box = np.zeros((*rows.shape, BLOCK_VOXELS), bool)
-    unseen_box[rows >= 0] = unseen[rows[rows >= 0]]
-    reach = upsample(opened[cell_box], per_cell) & ~allocated
-    passable = reach | (to_dense(unseen_box) & upsample((opened | walls)[cell_box], per_cell))
+    unseen_box[allocated] = unseen[rows[allocated]]
+    reach = upsample(opened[cell_box], POCKET_CELL) & ~upsample(allocated, BLOCK)
+    passable = reach | (to_dense(unseen_box) & upsample((opened | walls)[cell_box], POCKET_CELL))
     while True:
         grown = grow(reach) & passable
         if np.array_equal(grown, reach):
             break
         reach = grown
-    reached = from_dense(reach)
-    out[rows[rows >= 0]] = reached[rows >= 0]
-    return out
+    out[rows[allocated]] |= from_dense(reach)[allocated]
 
 
 def per_block(cells: np.ndarray) -> np.ndarray:

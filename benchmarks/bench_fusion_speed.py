@@ -10,7 +10,8 @@ The scene is the ray-cast room of tests/test_align.py (walls and pillars, camera
 at full DA3 resolution, with DA3-like depth noise, a confidence map and colour, so no Blender is
 needed and it runs on a GPU machine as it is. Each path runs once to warm up (CUDA context,
 kernels), then ``--repeat`` times; the best and the median wall time and each stage's seconds are
-printed, with the faces produced (both paths must agree) and the GPU allocator's peak. The stages
+printed, with the faces produced (both paths must agree) and the GPU allocator's peak. The numpy
+path runs on one thread and on ``--threads`` (every core by default, as the worker fuses). The stages
 are fusion's laps: weigh, plan, consistency (the views made to agree), replan, allocate,
 integrate, mesh, pieces (vertex colours, connected pieces) and clean (holes, smoothing); the
 torch path runs all but plan, replan and allocate on the device (pieces: its connected pieces).
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
+import os
 import pstats
 import statistics
 import sys
@@ -65,7 +68,7 @@ def run(label: str, fuse, repeat: int) -> dict:
     mesh = meshes[int(np.argmin(walls))]
     stages = ", ".join(f"{k} {v:.3f}" for k, v in mesh.stats["timings"].items())
     peak = mesh.stats.get("gpu_peak_mb")
-    print(f"{label:>14}: best {min(walls):.3f} s, median {statistics.median(walls):.3f} s "
+    print(f"{label:>18}: best {min(walls):.3f} s, median {statistics.median(walls):.3f} s "
           f"({stages}); {len(mesh.faces)} faces, {len(mesh.vertices)} vertices"
           + (f"; GPU peak {peak:.0f} MB" if peak else ""), flush=True)
     return {"label": label, "best": min(walls), "faces": len(mesh.faces)}
@@ -80,6 +83,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
     parser.add_argument("--skip-numpy", action="store_true")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="numpy threads of the second numpy row (default: every core, as the "
+                             "worker fuses; 1 thread is always timed)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile one more numpy run and print its N costliest functions")
     args = parser.parse_args(argv)
@@ -92,6 +98,10 @@ def main(argv=None) -> int:
     rows = []
     if not args.skip_numpy:
         rows.append(run("numpy", lambda: fuse_tsdf(pred, options), args.repeat))
+        if args.threads > 1:  # the same mesh, each view's blocks shared among the threads
+            threaded = dataclasses.replace(options, threads=args.threads)
+            rows.append(run(f"numpy, {args.threads} threads", lambda: fuse_tsdf(pred, threaded),
+                            args.repeat))
     if args.profile:
         profile = cProfile.Profile()
         profile.runcall(fuse_tsdf, pred, options)

@@ -50,7 +50,7 @@ def main() -> None:
             print(f"\nBlender {app.label} (Xvfb {ba.SCREEN}), longest gap of a 0.05 s timer:")
             for phase, figures in data.items():
                 if isinstance(figures, dict) and "longest_ms" in figures:
-                    print(f"  {phase:<18} {figures['longest_ms']:5d} ms   {figures['over_0_1']:3d} of "
+                    print(f"  {phase:<22} {figures['longest_ms']:5d} ms   {figures['over_0_1']:3d} of "
                           f"{figures['ticks']:3d} gaps over 0.1 s")
     finally:
         shutil.rmtree(root, ignore_errors=True)  # extension installs and a 32-view file

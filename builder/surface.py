@@ -15,7 +15,7 @@ import bpy
 import numpy as np
 
 from ..engine.core import geometry
-from ..engine.core.options import fusion_settings
+from ..engine.core.options import BACKGROUND_THREADS, fusion_settings
 from ..engine.core.prediction import PredictionError
 from ..engine.fusion.base import FusedMesh, TSDFOptions
 from ..engine.fusion.tsdf import fuse_tsdf
@@ -214,6 +214,7 @@ def fuse_here(build, progress) -> FusedMesh | Skipped:
     pred, geo, options = build.prediction, build.geo, build.options
     tsdf_options = TSDFOptions(
         voxel_size=options.voxel_size / geo.scale, **fusion_settings(options),
+        threads=BACKGROUND_THREADS,
         crop_box=None if build.crop is None else geometry.box_in_prediction_frame(
             build.crop, pred, geo.scale))
     try:

@@ -14,6 +14,12 @@ Blender's process runs this on the importer's thread once the surface has its fi
    keep the fused vertex colours.
 4. ``fill_gutters``: texels between charts take their neighbours' colour, so filtering and
    mipmaps never bleed black into the surface.
+
+No step multiplies large arrays with ``@``: numpy hands such products to OpenBLAS, whose own
+threads run at Blender's priority, not the import's lowered one, and spin between calls, so
+they took a whole core from the bake's second thread (the bake and the fusion ran no faster on
+two threads than on one). Products of points with a pose are written out
+(``cameras.transform``) or ``np.einsum`` (its own loops).
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +35,7 @@ from .core import cameras
 from .core.geometry import island_labels, srgb_from_linear
 from .core.options import BACKGROUND_THREADS
 from .core.prediction import Prediction
+from .core.threads import Workers
 
 # Automatic texture size: OVERSAMPLING texels (along each side) per pixel the best photo has of
 # the surface, at the median surface point, within these bounds. Baking resamples the photos
@@ -88,25 +94,6 @@ class Polygons:
         return np.stack([first, first + step + 1, first + step + 2], axis=1)
 
 
-class Workers:
-    """Runs independent pieces of numpy work on ``count`` threads (numpy lets go of the GIL in
-    its array operations); with one, in the calling thread."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self._pool = ThreadPoolExecutor(count, thread_name_prefix="da3-bake") if count > 1 else None
-
-    def map(self, fn: Callable, *iterables) -> list:
-        return list(self._pool.map(fn, *iterables) if self._pool else map(fn, *iterables))
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pool:
-            self._pool.shutdown()
-
-
 @dataclass
 class Baked:
     uv: np.ndarray  # (L,2) float32, per face corner, in [0,1]
@@ -127,9 +114,9 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     uv = unwrap(mesh, size)
     report(0.1, "unwrapping")
     corners = mesh.fan_triangles()
-    texels, triangle, bary = rasterize(uv[corners] * size, size)
     vertices = mesh.vertices.astype(np.float32)
-    with Workers(BACKGROUND_THREADS) as workers:
+    with Workers(BACKGROUND_THREADS, "da3-bake") as workers:
+        texels, triangle, bary = rasterize(uv[corners] * size, size, workers)
         rgb, seen = blend_views(Texels.of_mesh(vertices, mesh.corner_vert[corners], triangle, bary),
                                 vertices, pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"), workers)
     if colors is not None:
@@ -256,7 +243,7 @@ MERGE_COSINE = 0.3
 def charts(pairs: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P,) direction and chart index (0..) of each polygon: connected polygons facing one
     axis direction most, with small charts merged into a neighbouring chart they also face."""
-    direction = np.argmax(normals @ DIRECTIONS.T, axis=1)
+    direction = np.argmax(np.einsum("px,dx->pd", normals, DIRECTIONS), axis=1)
     neighbours = np.r_[pairs, pairs[:, ::-1]]
     chart = connected(pairs, direction)
     for _ in range(MERGE_ROUNDS):
@@ -348,20 +335,28 @@ def shelf_pack(boxes: np.ndarray, order: np.ndarray, size: int) -> np.ndarray | 
 RASTER_CHUNK = 1 << 21  # texels of the triangles' bounding boxes handled at once
 
 
-def rasterize(triangles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rasterize(triangles: np.ndarray, size: int, workers: Workers | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Texels whose centre lies in a triangle of ``triangles`` (T,3,2, in texels).
 
     Returns the flat texel indices (K,), the triangle of each (K,), in the triangles' order,
     and its barycentric coordinates (K,3). Each texel row a triangle crosses is scanned only
     where the triangle lies along it; a texel on an edge two triangles share goes to the first.
+    Runs of triangles are scanned on the ``workers``' threads, at least one run each.
     """
+    workers = workers or Workers(1)
     low, high = triangles.min(axis=1), triangles.max(axis=1)
     first_row = np.floor(low[:, 1]).clip(0, size).astype(np.int64)
     rows = np.maximum(np.floor(high[:, 1]).clip(-1, size - 1) - first_row + 1, 0).astype(np.int64)
     boxes = np.cumsum(rows * (np.floor(high[:, 0]) - np.floor(low[:, 0]) + 1))
-    cuts = np.searchsorted(boxes, np.arange(RASTER_CHUNK, boxes[-1] if len(boxes) else 0, RASTER_CHUNK))
-    found = [_texels_inside(triangles[start:stop], first_row[start:stop], rows[start:stop], start, size)
-             for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(triangles)], strict=True)]
+    total = int(boxes[-1]) if len(boxes) else 0
+    chunk = max(1, min(RASTER_CHUNK, -(-total // workers.count)))
+    cuts = np.searchsorted(boxes, np.arange(chunk, total, chunk))
+
+    def scan(start: int, stop: int):
+        return _texels_inside(triangles[start:stop], first_row[start:stop], rows[start:stop], start, size)
+
+    found = workers.map(scan, np.r_[0, cuts], np.r_[cuts, len(triangles)])
     texels, triangle, bary = (np.concatenate(parts) for parts in zip(*found, strict=True))
     shared = np.flatnonzero(np.bincount(texels, minlength=size * size)[texels] > 1)
     keep = np.ones(len(texels), dtype=bool)
@@ -466,7 +461,7 @@ class Texels:
 
     def heights(self, eye: np.ndarray, chosen=slice(None)) -> np.ndarray:
         """How far ``eye`` (3,) lies in front of the plane of each (``chosen``) triangle."""
-        return self.triangle_normals[chosen] @ eye - self.triangle_planes[chosen]
+        return np.einsum("tx,x->t", self.triangle_normals[chosen], eye) - self.triangle_planes[chosen]
 
     def of_triangles(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the texels of the ``chosen`` triangles (without touching the others),
@@ -563,13 +558,13 @@ def facing_triangles(texels: Texels, heights: np.ndarray, vertices: np.ndarray, 
     (or that reach behind the camera): a cheap test that spares most texels the exact one."""
     facing = np.flatnonzero(heights > 0)
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    camera = cameras.world_to_camera(vertices, rotation, shift)
+    camera = cameras.transform(rotation, shift, np.ascontiguousarray(vertices.T))  # no BLAS
     with np.errstate(divide="ignore", invalid="ignore"):
-        u, v = cameras.image_positions(camera.T, cameras.lens(pred.intrinsics[i]))
+        u, v = cameras.image_positions(camera, cameras.lens(pred.intrinsics[i]))
     # one bit per side of the image a vertex lies beyond, and one for behind the camera: a
     # triangle misses the image when all its corners lie beyond one side
     side = ((u < 0) | (u >= pred.width) << 1 | (v < 0) << 2 | (v >= pred.height) << 3
-            | (camera[:, 2] <= 0) << 4).astype(np.uint8)
+            | (camera[2] <= 0) << 4).astype(np.uint8)
     a, b, c = (side.take(corner.take(facing)) for corner in texels.corner_vertices)
     return facing[((a & b & c) == 0) | ((a | b | c) >= 16)]
 
@@ -601,7 +596,8 @@ def seen_by_view(points, heights, pred: Prediction, i: int, w2c: np.ndarray, vox
     coordinates u, v and the flat index of the pixel. (All tests first, one selection after:
     each selection copies every array.)"""
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    x, y, z = rotation @ points.T + shift[:, None]  # contiguous rows: faster than columns
+    # written out on contiguous rows (faster than columns), no BLAS (see the module's notes)
+    x, y, z = cameras.transform(rotation, shift, np.ascontiguousarray(points.T))
     cosine = heights / np.maximum(np.sqrt(x * x + y * y + z * z), 1e-30)
     lens = cameras.lens(pred.intrinsics[i].astype(np.float32))
     with np.errstate(divide="ignore", invalid="ignore"):

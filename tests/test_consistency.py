@@ -141,3 +141,17 @@ def test_torch_path_makes_the_same_views(truth, worker_python, tmp_path):
     assert np.mean(got["weight_torch"] != got["weight_numpy"]) < 1e-5
     for weight in (got["weight_numpy"], got["weight_torch"]):
         assert np.mean(weight[0, 30:50, 40:70] == 0) > 0.95  # the floater is silenced
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_views_fitted_on_threads_change_nothing(truth, threads):
+    """The threads take whole views each (fit and confirmation): the one-thread answer, to the
+    bit; a single view (nothing to compare it with) goes through as it is."""
+    one, many = (views_of(with_floater(smooth_errors(truth))) for _ in range(2))
+    assert consistency.make_consistent(one) == consistency.make_consistent(many, threads=threads)
+    for a, b in zip(one, many, strict=True):
+        assert np.array_equal(a.depth, b.depth) and np.array_equal(a.weight, b.weight)
+    alone = views_of(truth)[:1]
+    depth = alone[0].depth.copy()
+    report = consistency.make_consistent(alone, threads=threads)
+    assert report["confirmed_share"] == 0 and np.array_equal(alone[0].depth, depth)

@@ -7,6 +7,7 @@ fails here. Scenes are rendered once per session at 128x96.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -157,6 +158,21 @@ def test_room_keeps_no_inside_out_sheets(room_results):
 
 
 # --- contracts ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_fusing_on_threads_gives_the_same_mesh(mug, mug_tsdf, room, room_results, threads):
+    """The threads share each view's blocks (integration) and the views (weights,
+    confirmation), never one voxel or pixel: the mesh is the one thread's, to the bit, with
+    and without object mode."""
+    for (_, degraded), options, alone in (
+            (mug, TSDFOptions(resolution=MUG_RESOLUTION, object_mode=True), mug_tsdf[0]),
+            (room, TSDFOptions(resolution=ROOM_RESOLUTION), room_results[0])):
+        threaded = fuse_tsdf(degraded.prediction, dataclasses.replace(options, threads=threads))
+        assert len(alone.faces) > 1000
+        assert np.array_equal(threaded.faces, alone.faces)
+        assert np.array_equal(threaded.vertices, alone.vertices)
+        assert np.array_equal(threaded.colors, alone.colors)
+
 
 def test_memory_budget_coarsens_the_voxels(mug):
     _, degraded = mug

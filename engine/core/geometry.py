@@ -160,7 +160,7 @@ def prediction_to_blender(pred: Prediction) -> np.ndarray:
 def points_to_blender(points: np.ndarray, pred: Prediction, scale: float) -> np.ndarray:
     """(…,3) points of the prediction's world frame in Blender's frame and scale (float32)."""
     m = prediction_to_blender(pred)
-    return (scale * (points @ m[:3, :3].T + m[:3, 3])).astype(np.float32)
+    return (scale * (cameras.rotated(points, m[:3, :3]) + m[:3, 3])).astype(np.float32)
 
 
 def points_from_blender(points: np.ndarray, pred: Prediction, scale: float,
@@ -169,8 +169,8 @@ def points_from_blender(points: np.ndarray, pred: Prediction, scale: float,
     in the prediction's world frame: the inverse of ``points_to_blender``."""
     m = prediction_to_blender(pred)
     if directions:
-        return (points @ m[:3, :3]).astype(np.float32)
-    return ((points / scale - m[:3, 3]) @ m[:3, :3]).astype(np.float32)
+        return cameras.rotated(points, m[:3, :3].T).astype(np.float32)
+    return cameras.rotated(points / scale - m[:3, 3], m[:3, :3].T).astype(np.float32)
 
 
 def box_in_prediction_frame(crop, pred: Prediction, scale: float) -> np.ndarray:
@@ -188,7 +188,7 @@ def box_in_prediction_frame(crop, pred: Prediction, scale: float) -> np.ndarray:
 
 def inside_box(points: np.ndarray, world_to_local: np.ndarray, low, high) -> np.ndarray:
     """True for ``points`` (...,3) inside the box [low, high] of a frame given by ``world_to_local``."""
-    local = points @ world_to_local[:3, :3].T.astype(np.float32) + world_to_local[:3, 3]
+    local = cameras.rotated(points, world_to_local[:3, :3].astype(np.float32)) + world_to_local[:3, 3]
     return np.all((local >= np.asarray(low)) & (local <= np.asarray(high)), axis=-1)
 
 

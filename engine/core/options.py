@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, fields
 
 from .presets import DEFAULT_MODEL, get_preset
@@ -19,8 +20,12 @@ from .presets import DEFAULT_MODEL, get_preset
 FUSION_MODES = ("TSDF", "REMESH")
 MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 64, 16384
 # Threads an import's numpy work (the fusion beside the rest, the bake) may take in Blender's
-# process: two where that leaves a core to Blender's UI, else one.
-BACKGROUND_THREADS = 2 if (os.cpu_count() or 1) > 2 else 1
+# process: every core (up to 8: past that memory bandwidth, not cores, limits numpy) where
+# those threads run below Blender's own priority (Linux, Windows: ``builder.result``), so the
+# UI still gets the CPU first; elsewhere all cores but one, which stays the UI's.
+_CORES = os.cpu_count() or 1
+_PRIORITY_LOWERED = sys.platform.startswith("linux") or sys.platform == "win32"
+BACKGROUND_THREADS = min(8, _CORES if _PRIORITY_LOWERED else max(1, _CORES - 1))
 
 
 @dataclass(frozen=True)

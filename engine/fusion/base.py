@@ -60,6 +60,10 @@ class TSDFOptions:
         every piece the views look at, see ``engine.fusion.pieces.kept_pieces``).
     min_component_faces: otherwise, pieces with fewer triangles are dropped as floaters.
     memory_mb: budget for the voxel blocks; the voxel size grows until they fit.
+    chunk_voxels: voxels one integration step updates at once (bounds its temporary arrays).
+    threads: numpy threads the integration shares each view's blocks among (the caller knows
+        its cores: ``BACKGROUND_THREADS`` in Blender's process, every core in the worker);
+        the result is the same for any number.
     """
 
     voxel_size: float = 0.0
@@ -82,6 +86,7 @@ class TSDFOptions:
     min_component_faces: int = 200
     memory_mb: float = 1024.0
     chunk_voxels: int = 1 << 20
+    threads: int = 1
 
     def __post_init__(self):
         if self.voxel_size < 0 or self.truncation < 0:

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..core import cameras
-from ..core.arrays import to_numpy
+from ..core.arrays import solve_positive_definite, to_numpy
+from ..core.threads import Workers
 
 # The depth correction: a multiplier at GRID x GRID control points over the image,
 # interpolated bilinearly: local enough that a floor filling most of a view does not decide the
@@ -161,27 +162,41 @@ class Pairs:
     neighbours: list  # each view's neighbours (numpy), the one that sees most of it first
     origin: Any  # (3,P) the sample's camera centre in the neighbour's frame
     direction: Any  # (3,P) the sample's ray (z = 1 in its own view) in that frame
+    view_ends: np.ndarray  # (N+1,) view i's pairs are rows view_ends[i]:view_ends[i + 1]
+
+    def split(self, count: int) -> list[Pairs]:
+        """At most ``count`` parts of about as many rows, each of whole views."""
+        if count <= 1 or not self.view_ends[-1]:  # one part, or nothing to share (one view)
+            return [self]
+        targets = self.view_ends[-1] * np.arange(1, count) / count
+        cuts = self.view_ends[np.searchsorted(self.view_ends, targets)]
+        bounds = np.unique(np.concatenate([[0], cuts, [self.view_ends[-1]]])).tolist()
+        return [Pairs(self.sample[a:b], self.other[a:b], self.neighbours, self.origin[:, a:b],
+                      self.direction[:, a:b], np.clip(self.view_ends, a, b) - a)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def make_consistent(views: list, region: tuple | None = None, seed: int = 0, xp=np,
-                    views_at_once: int = 1) -> dict:
+def make_consistent(views: list, region: tuple | None = None, threads: int = 1, seed: int = 0,
+                    xp=np, views_at_once: int = 1) -> dict:
     """Correct ``views`` (``engine.fusion.base.View``, changed in place: depth, weight) so that
     they agree where they are fused (``region``: world (low, high) corners); returns the
     report (median and 90th percentile of the disagreement before and after, relative to
     depth, and the share of voting pixels another view confirms). ``xp``: the array namespace
     the work is done in (``engine.core.arrays``; the views stay numpy arrays); ``views_at_once``:
-    how many views one look-up step sees points in (the answers do not change)."""
+    how many views one look-up step sees points in; ``threads``: numpy threads the views are
+    fitted and their pixels confirmed on (neither changes the answers)."""
     stack = Stack.of(views, xp, views_at_once)
     samples = sample_views(stack, np.random.default_rng(seed), region)
     pairs = pair_up(stack, samples, pick_neighbours(stack, samples))
     before = disagreement(stack, samples, pairs)
     sigma = before["sigma"]
-    for _ in range(ROUNDS):
-        steps, sigma = solve_views(stack, samples, pairs, sigma)
-        stack.scale += STEP * steps
+    with Workers(threads, "da3-fuse") as workers:
+        for _ in range(ROUNDS):
+            steps, sigma = solve_views(stack, samples, pairs, sigma, workers)
+            stack.scale += STEP * steps
     after = disagreement(stack, samples, pairs)
     depth = corrected_depth(stack)
-    confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region)
+    confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region, threads)
     depth, weight = to_numpy(depth), to_numpy(stack.weight)
     for i, view in enumerate(views):
         view.depth, view.weight = depth[i], weight[i]
@@ -375,7 +390,9 @@ def pair_up(stack: Stack, samples: Samples, neighbours: list) -> Pairs:
     # cameras.transform() with a turn per sample, written out as there
     direction = xp.stack([ray[:, 0] * turn[3 * k] + ray[:, 1] * turn[3 * k + 1]
                           + ray[:, 2] * turn[3 * k + 2] for k in range(3)])
-    return Pairs(xp.asarray(sample), xp.asarray(other[pair]), neighbours, shift, direction)
+    rows = per_view * np.array([len(near) for near in neighbours], dtype=np.int64)
+    return Pairs(xp.asarray(sample), xp.asarray(other[pair]), neighbours, shift, direction,
+                 np.concatenate([[0], np.cumsum(rows)]))
 
 
 def view_to_view(stack: Stack, views: np.ndarray, others: np.ndarray):
@@ -433,9 +450,23 @@ def disagreement(stack: Stack, samples: Samples, pairs: Pairs) -> dict:
 # the fit
 
 
-def solve_views(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
+def solve_views(stack: Stack, samples: Samples, pairs: Pairs, sigma: float, workers: Workers):
     """(N,G*G) steps of the depth scale field that bring each view closest to its neighbours as
-    they stand (zero for a view with no overlap), and the robust sigma of the residuals."""
+    they stand (zero for a view with no overlap), and the robust sigma of the residuals. Each
+    view's step needs only its own pairs: the ``workers`` take a share of the views each."""
+    xp = stack.xp
+    parts = workers.map(lambda part: view_steps(stack, samples, part, sigma),
+                        pairs.split(workers.count))
+    steps = parts[0][0]
+    for other_steps, _ in parts[1:]:  # zero outside each part's own views
+        steps = steps + other_steps
+    rel = parts[0][1] if len(parts) == 1 else xp.concatenate([part[1] for part in parts])
+    return steps, max(1.4826 * float(xp.median(xp.abs(rel))), MIN_SIGMA) if len(rel) else sigma
+
+
+def view_steps(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
+    """The steps of the views that own ``pairs`` (zero for the others) and the relative depth
+    differences of their matched samples."""
     xp = stack.xp
     m = match(stack, samples, pairs)
     other, idx = pairs.other[m.keep], pairs.sample[m.keep]
@@ -455,9 +486,8 @@ def solve_views(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
     if solved:
         lhs, rhs = normal_equations(stack, J, r, w, depth, sigma, [ends[i:i + 2] for i in solved],
                                     solved, owner)
-        steps[solved] = -xp.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]  # one batch: no syncs
-    new_sigma = max(1.4826 * float(xp.median(xp.abs(m.rel))), MIN_SIGMA) if len(m.rel) else sigma
-    return steps, new_sigma
+        steps[solved] = -solve_positive_definite(lhs, rhs)  # one batch: no syncs
+    return steps, m.rel
 
 
 def normal_equations(stack: Stack, J, r, w, depth, sigma: float, spans: list, views: list, owner):
@@ -489,30 +519,34 @@ def tukey(x, xp=np, c: float = 4.685):
 
 
 def confirm_pixels(stack: Stack, depth, pairs: Pairs, sigma: float,
-                   region: tuple | None) -> float:
+                   region: tuple | None, threads: int = 1) -> float:
     """Silence, in place, the voting pixels (inside ``region``) that no neighbour confirms
     and that lie where at least ``CONTRADICTIONS`` neighbours see through (a flying pixel, a
     floater), ``depth`` the views' corrected depth. The others keep their weight: one that no
     neighbour could check (out of their frames, hidden from them) or that one neighbour doubts
     (a grazing view) is more often right than wrong; on the room scene with DA3-like errors,
     weighting those down by 0.3 cost 0.04 of recall (unchecked ones as well: 0.13). Returns
-    the share of those pixels confirmed."""
+    the share of those pixels confirmed. Views are judged on ``threads`` threads."""
     xp = stack.xp
     votes = voting_depth(depth, stack.weight, xp)  # every view is judged against the same weights
-    confirmed_total = voting_total = 0
-    for i, neighbours in enumerate(pairs.neighbours):
+
+    def confirm(i: int) -> tuple[int, int]:  # view i's pixels: confirmed, voting
+        neighbours = pairs.neighbours[i]
         points = world_map(stack, i, depth[i])
         voting = stack.weight[i] > 0
         if region is not None:
             voting &= in_region(points, region, xp)
         v, u = xp.nonzero(voting)
         if not len(v) or not len(neighbours):
-            continue
+            return 0, 0
         pending, through = unconfirmed(stack, votes, points[:, v, u], neighbours, sigma)
         silenced = pending[through >= CONTRADICTIONS]
-        stack.weight[i, v[silenced], u[silenced]] = 0
-        confirmed_total += len(v) - len(pending)
-        voting_total += len(v)
+        stack.weight[i, v[silenced], u[silenced]] = 0  # only view i's weights: none reads them
+        return len(v) - len(pending), len(v)
+
+    with Workers(threads, "da3-fuse") as workers:
+        counts = workers.map(confirm, range(len(pairs.neighbours)))
+    confirmed_total, voting_total = (sum(c) for c in zip(*counts, strict=True)) if counts else (0, 0)
     return confirmed_total / max(voting_total, 1)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import cameras
+from ..core.threads import Workers
 from .base import BLOCK, BLOCK_VOXELS, BYTES_PER_VOXEL, Grid, Progress, TSDFOptions, View, Volume
 from .pockets import (
     CELLS_PER_BLOCK,
@@ -188,11 +189,13 @@ def local_offsets() -> np.ndarray:
 
 def integrate_views(grid: Grid, keys: np.ndarray, views: list[View], options: TSDFOptions,
                     progress: Progress) -> Volume:
-    """Accumulate every view's votes into the allocated blocks."""
+    """Accumulate every view's votes into the allocated blocks (each view's blocks shared
+    among ``options.threads`` threads)."""
     volume = empty_volume(grid, keys)
-    for i, view in enumerate(views):
-        integrate_view(grid, volume, view, options.chunk_voxels)
-        progress((i + 1) / len(views), f"fused view {i + 1} of {len(views)}")
+    with Workers(options.threads, "da3-fuse") as workers:
+        for i, view in enumerate(views):
+            integrate_view(grid, volume, view, options.chunk_voxels, workers)
+            progress((i + 1) / len(views), f"fused view {i + 1} of {len(views)}")
     return volume
 
 
@@ -217,17 +220,25 @@ def visible_blocks(grid: Grid, coords: np.ndarray, view: View) -> np.ndarray:
     return np.flatnonzero(near & (inside | behind))
 
 
-def integrate_view(grid: Grid, volume: Volume, view: View, chunk_voxels: int) -> None:
-    """Projective TSDF update of the visible blocks, ``chunk_voxels`` voxels at a time."""
+def integrate_view(grid: Grid, volume: Volume, view: View, chunk_voxels: int,
+                   workers: Workers | None = None) -> None:
+    """Projective TSDF update of the visible blocks, ``chunk_voxels`` voxels at a time; the
+    chunks are whole blocks, so the ``workers`` never write the same voxel."""
+    workers = workers or Workers(1)
     sel = visible_blocks(grid, volume.coords, view)
-    local = ((local_offsets() * grid.voxel_size) @ view.R.T).astype(np.float32).T  # camera axes
-    base = ((grid.origin + volume.coords[sel] * BLOCK * grid.voxel_size) @ view.R.T
+    # camera axes; no ``@``: see cameras.rotated
+    local = cameras.rotated(local_offsets() * grid.voxel_size, view.R).astype(np.float32).T
+    base = (cameras.rotated(grid.origin + volume.coords[sel] * BLOCK * grid.voxel_size, view.R)
             + view.t).astype(np.float32).T
     maps = padded_maps(view)
-    step = max(1, chunk_voxels // BLOCK_VOXELS)
-    for start in range(0, len(sel), step):
+    # at most a share of the blocks per chunk, so every thread has some
+    step = max(1, min(chunk_voxels // BLOCK_VOXELS, -(-len(sel) // workers.count)))
+
+    def update(start: int) -> None:
         cam = [base[a, start:start + step, None] + local[a] for a in range(3)]  # x, y, z (c,512)
         update_chunk(volume, sel[start:start + step], cam, view, maps, grid.truncation)
+
+    workers.map(update, range(0, len(sel), step))
 
 
 def padded_maps(view: View) -> dict:

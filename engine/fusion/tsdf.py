@@ -55,7 +55,7 @@ class Stages:
     so planning and allocation stay shared and the two paths give the same mesh."""
 
     weigh: Callable  # (pred, options) -> (N,H,W) float32 surface-vote weights
-    make_consistent: Callable  # (views, region) -> report; corrects the views' depth, weight
+    make_consistent: Callable  # (views, region, threads) -> report; corrects the views' depth, weight
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
@@ -99,7 +99,7 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("plan")
     agreement = None
     if options.consistent_views:
-        agreement = stages.make_consistent(views, grid.box)
+        agreement = stages.make_consistent(views, grid.box, options.threads)
         clock.lap("consistency")
         # planned again on the corrected views: a floor found before would sit where the
         # floor was, and cut too little of it where the correction moved it

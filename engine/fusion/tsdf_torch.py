@@ -65,7 +65,7 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
 
 def torch_stages(device) -> Stages:
     return Stages(weigh=lambda pred, options: view_weights(pred, options, device),
-                 make_consistent=lambda views, region: make_consistent(views, region, device),
+                 make_consistent=lambda views, region, _threads: make_consistent(views, region, device),
                  integrate=TorchIntegrator(device),
                  extract=lambda *args: TorchMesher(device)(*args),
                  components=lambda faces, n: face_components(faces, n, device),

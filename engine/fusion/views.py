@@ -12,6 +12,7 @@ import numpy as np
 
 from ..core import cameras, geometry
 from ..core.prediction import Prediction
+from ..core.threads import Workers
 from .base import TSDFOptions, View
 
 # A surface seen at more than ~87 degrees from its normal (or a depth jump) gets no vote; from
@@ -47,12 +48,16 @@ def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:
     confident, _ = geometry.confident_pixels(pred, options.confidence_percentile, options.mask_sky)
     conf_weight = confidence_weights(pred.conf)
     out = np.empty(pred.depth.shape, np.float32)
-    for i in range(pred.num_views):
+
+    def weigh(i: int) -> None:  # each view writes its own slice
         depth = np.asarray(pred.depth[i], dtype=np.float32)
         weight = confident[i].astype(np.float32)
         if conf_weight is not None:
             weight *= conf_weight[i]
         out[i] = weight * surface_angle_weights(depth, pred.intrinsics[i])
+
+    with Workers(options.threads, "da3-fuse") as workers:
+        workers.map(weigh, range(pred.num_views))
     return out
 
 

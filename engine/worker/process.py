@@ -700,7 +700,8 @@ def fuse(run: JobInProgress, pred) -> None:
         run.emitter.progress("fusing", round(100 * fraction), 100)
 
     try:
-        mesh = fuse_tsdf(pred, TSDFOptions(**settings), progress)
+        # every core: the worker is a process of its own, below Blender's priority
+        mesh = fuse_tsdf(pred, TSDFOptions(**settings, threads=os.cpu_count() or 1), progress)
     except ValueError as exc:
         run.emitter.send("warning", message=f"no fused surface: {one_line(str(exc))}")
         return

@@ -1,6 +1,7 @@
 """What holds up Blender's UI, measured: the longest gap of a 0.05 s timer while Blender idles,
 redraws one part of its window twice a second, or runs numpy work on a thread as an import
-does (sorting, small array operations, gathers, loading a prediction file). Used by
+does (sorting, small array operations, gathers, loading a prediction file), or on as many
+threads as an import runs, at their lowered priority. Used by
 benchmarks/bench_ui_gaps.py. Args: RESULT.json NPZ."""
 import os
 import sys
@@ -50,13 +51,22 @@ def tag(which):
                         region.tag_redraw()
 
 
-def phase(name, kind=None, redraw=False, seconds=6.0):
-    """``seconds`` of one load (a thread's work, a redraw every 0.5 s) under the timer."""
+def as_import_thread(kind, stop):
+    """``busy`` at the priority an import's threads run at (builder.result)."""
+    steps.extension_module("builder.result")._lower_thread_priority()
+    busy(kind, stop)
+
+
+def phase(name, kind=None, redraw=False, seconds=6.0, threads=1, like_import=False):
+    """``seconds`` of one load (``threads`` threads' work, a redraw every 0.5 s) under the
+    timer; ``like_import``: the threads lower their priority as an import's do."""
     stop = threading.Event()
-    thread = threading.Thread(target=busy, args=(kind, stop), daemon=True) if kind else None
+    target = as_import_thread if like_import else busy
+    workers = [threading.Thread(target=target, args=(kind, stop), daemon=True)
+               for _ in range(threads if kind else 0)]
     meter = steps.TickMeter(label=lambda: name)
     meter.start()
-    if thread:
+    for thread in workers:
         thread.start()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -66,7 +76,7 @@ def phase(name, kind=None, redraw=False, seconds=6.0):
             tag("all" if redraw is True else redraw)
         yield 0.5
     stop.set()
-    if thread:
+    for thread in workers:
         thread.join()
     r = meter.stop()
     result[name] = {"longest_ms": round(r["longest_gap_s"] * 1000), "over_0_1": r["gaps_over_0_1_s"],
@@ -80,6 +90,10 @@ def script():
     yield from phase("idle")
     for kind in ("big", "small", "take", "load"):
         yield from phase(f"thread: {kind}", kind)
+    # as many as an import runs (every core here), at its threads' priority
+    threads = steps.extension_module("engine.core.options").BACKGROUND_THREADS
+    for kind in ("small", "take"):
+        yield from phase(f"import's {threads}: {kind}", kind, threads=threads, like_import=True)
     yield from phase("status text", redraw="status_text")
     bpy.context.workspace.status_text_set(None)
     yield from steps.open_da3_sidebar()

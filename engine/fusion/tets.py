@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.threads import Workers
 from .base import BLOCK, BLOCK_VOXELS, Grid, View
 from .views import sample_view
 
@@ -99,12 +100,13 @@ CORNER_SIGNS = 2 * CORNER_OFFSETS.astype(np.float64) - 1  # values @ signs: thei
 
 
 def mesh_volume(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
-                views: list[View] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Marching tetrahedra; with ``views`` (scene mode) only cubes some view saw from the front
-    (:func:`seen_from_front`)."""
+                views: list[View] | None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Marching tetrahedra on ``threads`` threads; with ``views`` (scene mode) only cubes some
+    view saw from the front (:func:`seen_from_front`)."""
     front = None if views is None else (
         lambda points, normals: seen_from_front(points, normals, views, grid.truncation))
-    return extract_surface(grid, keys, values, coarse, front)
+    with Workers(threads, "da3-fuse") as workers:
+        return extract_surface(grid, keys, values, coarse, front, workers=workers)
 
 
 def seen_from_front(centres: np.ndarray, normals: np.ndarray, views: list[View],
@@ -130,18 +132,22 @@ def seen_from_front(centres: np.ndarray, normals: np.ndarray, views: list[View],
 
 
 def extract_surface(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np.ndarray,
-                    cube_filter=None, chunk_blocks: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+                    cube_filter=None, chunk_blocks: int = 2048, workers: Workers | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Marching tetrahedra over the allocated blocks (and the cubes that border them).
 
     ``cube_filter(centres, normals) -> bool mask`` may veto sign-changing cubes (world centres,
     normals along the value gradient). Returns world vertices (V,3) and faces (F,3) wound
-    towards positive values.
+    towards positive values. The chunks of ``chunk_blocks`` blocks are marched on the
+    ``workers``' threads; they stay the same for any number of threads, and so does the mesh.
     """
     mesh_keys = meshing_blocks(grid, keys)
-    corners = [march_blocks(grid, mesh_keys[start:start + chunk_blocks],
-                            padded_blocks(grid, keys, values, coarse,
-                                          mesh_keys[start:start + chunk_blocks]), cube_filter)
-               for start in range(0, len(mesh_keys), chunk_blocks)]
+
+    def march(start: int):
+        chunk = mesh_keys[start:start + chunk_blocks]
+        return march_blocks(grid, chunk, padded_blocks(grid, keys, values, coarse, chunk), cube_filter)
+
+    corners = (workers or Workers(1)).map(march, range(0, len(mesh_keys), chunk_blocks))
     if not corners or sum(len(c[0]) for c in corners) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
     edge, along, from_upper = (np.concatenate(c) for c in zip(*corners, strict=True))

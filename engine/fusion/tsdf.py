@@ -57,7 +57,7 @@ class Stages:
     weigh: Callable  # (pred, options) -> (N,H,W) float32 surface-vote weights
     make_consistent: Callable  # (views, region, threads) -> report; corrects the views' depth, weight
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
-    extract: Callable  # (grid, keys, values, coarse, views | None) -> vertices, faces
+    extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
     clean_surface: Callable  # (vertices, faces, max_hole_edges, iterations) -> v, f, holes
 
@@ -195,7 +195,7 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
     values = voxel_values(grid, volume, options, pockets)
     report(0.85, "meshing")
     vertices, faces = stages.extract(grid, volume.keys, values, coarse,
-                                     None if grid.object_mode else views)
+                                     None if grid.object_mode else views, options.threads)
     clock.lap("mesh")
     colors = vertex_colors(grid, volume, vertices)
     region = (lambda points: looked_at(points, views, options.crop_box)) if grid.object_mode else None

@@ -67,7 +67,7 @@ def torch_stages(device) -> Stages:
     return Stages(weigh=lambda pred, options: view_weights(pred, options, device),
                  make_consistent=lambda views, region, _threads: make_consistent(views, region, device),
                  integrate=TorchIntegrator(device),
-                 extract=lambda *args: TorchMesher(device)(*args),
+                 extract=lambda *args: TorchMesher(device)(*args[:5]),  # (no threads: one device)
                  components=lambda faces, n: face_components(faces, n, device),
                  clean_surface=lambda *args: clean_surface(*args, device=device))
 

@@ -205,7 +205,8 @@ def test_torch_path_agrees_with_numpy(mug, worker_python, tmp_path, object_mode)
     path = save_prediction(degraded.prediction, tmp_path / "mug.npz")
     out = tmp_path / "mesh.npz"
     # unsmoothed: smoothing spreads the few voxels that float32 sums flip to their neighbours
-    settings = {"resolution": 64, "object_mode": object_mode, "smooth_iterations": 0}
+    settings = {"resolution": 64, "object_mode": object_mode, "smooth_iterations": 0,
+                "unseen_smooth_iterations": 0}
     done = subprocess.run([str(worker_python), str(scenes.REPO / "tests" / "fuse_with_torch.py"),
                            str(path), str(out), json.dumps(settings), "cpu"],
                           cwd=scenes.REPO, capture_output=True, text=True, timeout=300)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402
 
 RESOLUTION = 128
-OLD_DEFAULT = dict(consistent_views=False, smooth_iterations=0, max_hole_edges=0)
+OLD_DEFAULT = dict(consistent_views=False, smooth_iterations=0, unseen_smooth_iterations=0, max_hole_edges=0)
 
 
 @functools.cache
@@ -97,6 +97,19 @@ def test_the_space_under_a_chair_seat_stays_open(hard):
     assert result.boundary_edges == 0
     if not hard:
         assert result.fscore > 0.8, result  # 0.88 today
+
+
+def test_the_surface_no_view_saw_comes_out_smooth():
+    """The underside of a chair's seat: where the votes behind its seen top ran out, voxel by
+    voxel, it came out as rough as sandpaper. The passes for a surface no view saw smooth it
+    (normal consistency against the true chair 0.74 -> 0.80 at the tests' renders) and cost no
+    accuracy (F@1% 0.879 -> 0.877); the four-part object, 0.90 -> 0.93."""
+    for name, gain in (("thin", 0.03), ("parts", 0.01)):
+        rough, _ = quality(name, False, unseen_smooth_iterations=0)
+        smooth, _ = quality(name, False)
+        print(f"{name}\nwithout: {rough}\nwith:    {smooth}")
+        assert smooth.normal > rough.normal + gain, (rough, smooth)
+        assert smooth.fscore > rough.fscore - 0.01, (rough, smooth)
 
 
 def test_a_chair_seat_is_no_table_to_cut():

@@ -48,14 +48,16 @@ def consistency_both(source: str, device: str) -> dict:
 
 def clean_both(source: str, device: str) -> dict:
     mesh = np.load(source)
-    v, f = mesh["v"], mesh["f"]
-    ours = mesh_cleanup.clean_surface(v, f)
+    v, f, unseen = mesh["v"], mesh["f"], mesh["unseen"]
+    ours = mesh_cleanup.clean_surface(v, f, unseen=unseen, unseen_iterations=UNSEEN_PASSES)
     theirs = fusion_torch.clean_surface(v, f, mesh_cleanup.MAX_HOLE_EDGES,
-                                        mesh_cleanup.SMOOTH_ITERATIONS, device)
+                                        mesh_cleanup.SMOOTH_ITERATIONS, unseen, UNSEEN_PASSES,
+                                        device=device)
     return {"v_numpy": ours[0], "f_numpy": ours[1], "v_torch": theirs[0], "f_torch": theirs[1],
             "holes": np.array([ours[2], theirs[2]])}
 
 
+UNSEEN_PASSES = 10
 STAGES = {"consistency": consistency_both, "clean": clean_both}
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .mesh_cleanup import MAX_HOLE_EDGES, SMOOTH_ITERATIONS
+from .mesh_cleanup import MAX_HOLE_EDGES, SMOOTH_ITERATIONS, UNSEEN_SMOOTH_ITERATIONS
 
 BLOCK = 8  # voxels per block side
 BLOCK_VOXELS = BLOCK ** 3
@@ -42,6 +42,10 @@ class TSDFOptions:
     smooth_iterations: Taubin lambda|mu passes over the mesh (0: none), and
     max_hole_edges: border loops up to this many edges are closed (0: none); see
         ``engine.fusion.mesh_cleanup``.
+    unseen_smooth_iterations: object mode: passes more for the surface no view saw (the
+        underside of a seat: where the votes behind the seen top ran out, voxel-rough); on
+        the chair of bench_fusion 30 raise its normal consistency 0.85 -> 0.90 (exact depth)
+        and 0.83 -> 0.87 (milder errors), the F-score unchanged or better.
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying
@@ -77,6 +81,7 @@ class TSDFOptions:
     consistent_views: bool = True
     max_faces: int = 0
     smooth_iterations: int = SMOOTH_ITERATIONS
+    unseen_smooth_iterations: int = UNSEEN_SMOOTH_ITERATIONS
     max_hole_edges: int = MAX_HOLE_EDGES
     crop_box: np.ndarray | None = None
     min_weight: float = 0.01

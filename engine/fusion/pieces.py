@@ -17,22 +17,40 @@ def vertex_colors(grid: Grid, volume: Volume, vertices: np.ndarray) -> np.ndarra
     """Colour of the nearest allocated voxel that some view saw near its surface."""
     if not np.any(volume.color_weight > 0) or len(vertices) == 0:
         return None
-    idx = np.floor((vertices - grid.origin) / grid.voxel_size + 0.5).astype(np.int64)
-    idx = np.clip(idx, 0, grid.blocks * BLOCK - 1)
-    keys = grid.block_keys(idx // BLOCK)
-    pos = np.clip(np.searchsorted(volume.keys, keys), 0, len(volume.keys) - 1)
-    found = volume.keys[pos] == keys
-    local = idx % BLOCK
-    flat = local[:, 0] * BLOCK * BLOCK + local[:, 1] * BLOCK + local[:, 2]
+    pos, flat, found = voxel_rows(grid, volume, np.floor((vertices - grid.origin) / grid.voxel_size
+                                                          + 0.5).astype(np.int64))
     weight = np.where(found, volume.color_weight[pos, flat], 0)
     rgb = volume.color[pos, flat] / np.maximum(weight, 1e-12)[:, None]
     rgb[weight <= 0] = 0.5  # never seen near its surface: neutral grey
     return (rgb / 255.0).astype(np.float32)
 
 
-def clean_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
+def unseen_vertices(grid: Grid, volume: Volume, vertices: np.ndarray, solid_weight: float) -> np.ndarray:
+    """(V,) object mode: vertices between voxels of which one at least had too little evidence
+    to count as observed (``solid_weight``): a surface no view saw, which meshing placed where
+    the votes behind a seen one ran out or an open pocket began (the underside of a seat)."""
+    corner = np.floor((vertices - grid.origin) / grid.voxel_size).astype(np.int64)
+    unseen = np.zeros(len(vertices), bool)
+    for offset in np.ndindex(2, 2, 2):  # the 8 voxels around each vertex
+        pos, flat, found = voxel_rows(grid, volume, corner + offset)
+        unseen |= np.where(found, volume.weight[pos, flat], 0) < solid_weight
+    return unseen
+
+
+def voxel_rows(grid: Grid, volume: Volume, index: np.ndarray):
+    """Where the voxels at grid ``index`` (n,3) sit in ``volume``: block row, place in the
+    block, and whether their block is allocated (indices off the grid are clamped to it)."""
+    index = np.clip(index, 0, grid.blocks * BLOCK - 1)
+    keys = grid.block_keys(index // BLOCK)
+    pos = np.clip(np.searchsorted(volume.keys, keys), 0, len(volume.keys) - 1)
+    local = index % BLOCK
+    return pos, local[:, 0] * BLOCK * BLOCK + local[:, 1] * BLOCK + local[:, 2], volume.keys[pos] == keys
+
+
+def clean_mesh(vertices: np.ndarray, faces: np.ndarray, per_vertex: tuple,
                options: TSDFOptions, components=None, looked_at_points=None):
-    """Drop the connected pieces :func:`kept_pieces` rejects, then unused vertices."""
+    """Drop the connected pieces :func:`kept_pieces` rejects, then unused vertices: the
+    vertices, the faces and each of ``per_vertex`` (arrays or None) of the vertices kept."""
     if len(faces):
         labels = (components or face_components)(faces, len(vertices))
         keep = kept_pieces(vertices, faces, labels, options, looked_at_points)
@@ -40,8 +58,7 @@ def clean_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | Non
     used = np.zeros(len(vertices), bool)
     used[faces.ravel()] = True
     remap = np.cumsum(used) - 1
-    colors = colors[used] if colors is not None else None
-    return vertices[used], remap[faces], colors
+    return vertices[used], remap[faces], tuple(None if a is None else a[used] for a in per_vertex)
 
 
 def kept_pieces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray,

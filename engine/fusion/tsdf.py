@@ -39,7 +39,7 @@ from .integrate import (
     voxel_values,
 )
 from .mesh_cleanup import clean_surface
-from .pieces import clean_mesh, face_components, vertex_colors
+from .pieces import clean_mesh, face_components, unseen_vertices, vertex_colors
 from .pockets import find_pockets
 from .tets import mesh_volume
 from .views import prepare_views, view_weights
@@ -59,7 +59,8 @@ class Stages:
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
-    clean_surface: Callable  # (vertices, faces, max_hole_edges, iterations) -> v, f, holes
+    # (vertices, faces, max_hole_edges, iterations, unseen, unseen_iterations) -> v, f, holes
+    clean_surface: Callable
 
 
 def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
@@ -198,15 +199,19 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
                                      None if grid.object_mode else views, options.threads)
     clock.lap("mesh")
     colors = vertex_colors(grid, volume, vertices)
+    unseen = (unseen_vertices(grid, volume, vertices, options.solid_weight)
+              if grid.object_mode and options.unseen_smooth_iterations > 0 else None)
     region = (lambda points: looked_at(points, views, options.crop_box)) if grid.object_mode else None
     meshed = len(faces)
-    vertices, faces, colors = clean_mesh(vertices, faces, colors, options, stages.components, region)
+    vertices, faces, (colors, unseen) = clean_mesh(vertices, faces, (colors, unseen), options,
+                                                   stages.components, region)
     if grid.object_mode and meshed and not len(faces):
         raise ValueError("object mode found no closed part where most views look (photos that "
                          "circle one object); for a scene, turn object mode off")
     clock.lap("pieces")
     vertices, faces, holes = stages.clean_surface(vertices, faces, options.max_hole_edges,
-                                                  options.smooth_iterations)
+                                                  options.smooth_iterations, unseen,
+                                                  options.unseen_smooth_iterations)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,

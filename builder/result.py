@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import bpy
 from ..engine.core import geometry
 from ..engine.core.options import BACKGROUND_THREADS, BuildOptions
 from ..engine.core.prediction import Prediction, PredictionError, load_prediction, validate
+from ..engine.core.threads import lower_thread_priority
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
 from .meshes import flat, grid_mesh, set_colors, set_vertices
@@ -79,7 +79,7 @@ class StagedImport:
         self.finished = False
         self._stopped = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="da3-import",
-                                        initializer=_lower_thread_priority)
+                                        initializer=lower_thread_priority)
         self._guard = NewDataGuard(context.scene).__enter__()
         self._steps = self._run(self._pool.submit(self._prepare, source),
                                 name or (lambda pred: default_name(source, pred)))
@@ -198,25 +198,6 @@ class StagedImport:
             yield
 
 
-
-
-def _lower_thread_priority() -> None:
-    """Run this import thread below Blender's main thread, as the worker process runs: on few
-    cores the UI (and software OpenGL's drawing threads) would otherwise wait for the numpy
-    work. Linux renices one thread by its id; Windows has a thread priority; macOS: as is."""
-    try:
-        if sys.platform.startswith("linux"):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), IMPORT_THREAD_NICE)
-        elif sys.platform == "win32":
-            import ctypes
-
-            kernel32 = ctypes.windll.kernel32
-            kernel32.SetThreadPriority(kernel32.GetCurrentThread(), -1)  # BELOW_NORMAL
-    except OSError:
-        pass  # not allowed: only the UI is slower
-
-
-IMPORT_THREAD_NICE = 10
 
 
 class ReconstructionAbandoned(Exception):

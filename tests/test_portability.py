@@ -16,7 +16,7 @@ GUARDED_HELPERS = {
     ("vendor_install.py", "try_lock"),  # msvcrt on Windows, fcntl elsewhere
     ("engine/host/monitor.py", "_lower_priority"),  # Windows lowers it through the creation flags
     ("engine/host/monitor.py", "_signal"),  # process groups on POSIX; Windows terminates the process
-    ("builder/result.py", "_lower_thread_priority"),  # one thread's nice on Linux only
+    ("engine/core/threads.py", "lower_thread_priority"),  # one thread's nice on Linux only
 }
 NOT_SHIPPED = ("tests/", "benchmarks/", "scripts/", ".venv", ".worker-env", ".cache", "out/", "dist/")
 

@@ -21,7 +21,7 @@ FUSION_MODES = ("TSDF", "REMESH")
 MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 64, 16384
 # Threads an import's numpy work (the fusion beside the rest, the bake) may take in Blender's
 # process: every core (up to 8: past that memory bandwidth, not cores, limits numpy) where
-# those threads run below Blender's own priority (Linux, Windows: ``builder.result``), so the
+# those threads run below Blender's own priority (Linux, Windows: ``core.threads``), so the
 # UI still gets the CPU first; elsewhere all cores but one, which stays the UI's.
 _CORES = os.cpu_count() or 1
 _PRIORITY_LOWERED = sys.platform.startswith("linux") or sys.platform == "win32"

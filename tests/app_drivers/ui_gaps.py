@@ -52,8 +52,8 @@ def tag(which):
 
 
 def as_import_thread(kind, stop):
-    """``busy`` at the priority an import's threads run at (builder.result)."""
-    steps.extension_module("builder.result")._lower_thread_priority()
+    """``busy`` at the priority an import's threads run at (engine.core.threads)."""
+    steps.extension_module("engine.core.threads").lower_thread_priority()
     busy(kind, stop)
 
 

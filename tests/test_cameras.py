@@ -88,3 +88,17 @@ def test_many_views_at_once_match_one_at_a_time():
                                np.stack([cameras.world_to_camera(p, R, t)
                                          for p, (R, t) in zip(points, poses, strict=True)]),
                                rtol=1e-12, atol=1e-15)
+
+
+def test_inverted_poses_match_lapack_and_scaled_boxes_still_invert():
+    """Rigid poses are inverted by transposing (no LAPACK: its threads spin beside an
+    import's); a scaled box (a crop object) falls back to the general inverse."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 3, 3)))
+    q *= np.sign(np.linalg.det(q))[:, None, None]  # proper rotations
+    poses = np.tile(np.eye(4), (5, 1, 1))
+    poses[:, :3, :3], poses[:, :3, 3] = q, rng.normal(size=(5, 3))
+    np.testing.assert_allclose(cameras.inverted(poses), np.linalg.inv(poses), atol=1e-12)
+    box = np.diag([2.0, 0.5, 3.0, 1.0])
+    box[:3, 3] = (1, 2, 3)
+    np.testing.assert_allclose(cameras.inverted(box) @ box, np.eye(4), atol=1e-12)

@@ -135,6 +135,9 @@ def test_a_file_that_is_not_an_npz_is_refused(tmp_path):
         load_prediction(tmp_path / "photo.npz")
     with pytest.raises(PredictionError, match="does not exist"):
         load_prediction(tmp_path / "missing.npz")
+    np.save(tmp_path / "depth.npy", np.ones((2, 4, 4), np.float32))  # one array, not an archive
+    with pytest.raises(PredictionError, match="not a DA3 npz file"):
+        load_prediction(tmp_path / "depth.npy")
 
 
 def test_photos_round_trip_and_must_be_whole_multiples_of_the_depth_map(tmp_path):

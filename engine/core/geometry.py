@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cameras
-from .options import BuildOptions
+from .options import BACKGROUND_THREADS, BuildOptions
 from .prediction import Prediction, PredictionError
+from .threads import Workers
 
 RELATIVE_MEDIAN_DEPTH = 2.0  # metres: what the median depth of a relative prediction becomes
 CONF_FLOOR = 1.05  # DA3's exporter: threshold = clamp(P_pct, 1.05, P90)
@@ -125,7 +126,7 @@ def relative_scale(depth: np.ndarray, valid: np.ndarray, is_metric: bool) -> flo
 
 def cameras_to_view0(world_to_camera: np.ndarray) -> np.ndarray:
     """(N,4,4) camera-to-world matrices re-anchored on view 0 (DA3 may anchor on another view)."""
-    return world_to_camera[0] @ np.linalg.inv(world_to_camera)
+    return world_to_camera[0] @ cameras.inverted(world_to_camera)
 
 
 def blender_camera_matrices(cam_to_view0: np.ndarray, scale: float) -> np.ndarray:
@@ -137,13 +138,18 @@ def blender_camera_matrices(cam_to_view0: np.ndarray, scale: float) -> np.ndarra
 
 
 def backproject(pred: Prediction, scale: float) -> np.ndarray:
-    """(N,H,W,3) float32 positions of every pixel in Blender's world frame."""
-    poses = pred.world_to_camera() @ np.linalg.inv(prediction_to_blender(pred))  # in Blender's frame
+    """(N,H,W,3) float32 positions of every pixel in Blender's world frame (the views shared
+    among ``BACKGROUND_THREADS`` threads)."""
+    poses = pred.world_to_camera() @ cameras.inverted(prediction_to_blender(pred))  # in Blender's frame
     out = np.empty(pred.depth.shape + (3,), dtype=np.float32)
-    for i in range(pred.num_views):
+
+    def view(i: int) -> None:  # writes its own slice
         x, y = cameras.pixel_ray_factors(cameras.lens(pred.intrinsics[i]), pred.height, pred.width)
         cam = np.stack(cameras.camera_points(pred.depth[i], x[None, :], y[:, None]), axis=-1)
         out[i] = scale * cameras.camera_to_world(cam, poses[i, :3, :3], poses[i, :3, 3])
+
+    with Workers(BACKGROUND_THREADS, "da3-read") as workers:
+        workers.map(view, range(pred.num_views))
     return out
 
 
@@ -179,9 +185,9 @@ def box_in_prediction_frame(crop, pred: Prediction, scale: float) -> np.ndarray:
     world_to_local, low, high = crop
     corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
                         for z in (low[2], high[2])], dtype=np.float64)
-    local_to_world = np.linalg.inv(world_to_local)
+    local_to_world = cameras.inverted(world_to_local)
     blender = corners @ local_to_world[:3, :3].T + local_to_world[:3, 3]
-    to_pred = np.linalg.inv(prediction_to_blender(pred))
+    to_pred = cameras.inverted(prediction_to_blender(pred))
     points = (blender / scale) @ to_pred[:3, :3].T + to_pred[:3, 3]
     return np.stack([points.min(axis=0), points.max(axis=0)])
 

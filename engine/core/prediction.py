@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import BACKGROUND_THREADS
+from .threads import Workers
+
 REQUIRED_KEYS = ("depth", "intrinsics")
 
 
@@ -159,8 +162,7 @@ def load_prediction(path: str | os.PathLike) -> Prediction:
     if not path.is_file():
         raise PredictionError(f"'{path}' does not exist; choose a DA3 .npz prediction file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = read_arrays(path)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise PredictionError(
             f"'{path.name}' is not a DA3 npz file ({type(exc).__name__}); export one with "
@@ -168,6 +170,24 @@ def load_prediction(path: str | os.PathLike) -> Prediction:
     pred = _from_arrays(arrays, path.name)
     validate(pred)
     return pred
+
+
+def read_arrays(path: Path) -> dict:
+    """Every array of an npz file, read on ``BACKGROUND_THREADS`` threads: a member's
+    decompression (zlib, most of the read) lets go of Python's lock. Each thread opens the
+    file on its own: one zipfile shared between threads counts its readers unguarded."""
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # one array saved with np.save
+        raise ValueError("a single array, not an archive of them")
+    with loaded as npz:
+        keys = npz.files
+
+    def read(key: str):
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[key]
+
+    with Workers(BACKGROUND_THREADS, "da3-read") as workers:
+        return dict(zip(keys, workers.map(read, keys), strict=True))
 
 
 def _from_arrays(arrays: dict, name: str) -> Prediction:

@@ -21,9 +21,18 @@ if [ "$(id -u)" != 0 ]; then
     echo "provision_blender: needs root (debootstrap and chroot); set BLENDER=/path/to/blender instead" >&2
     exit 1
 fi
-if ! command -v debootstrap >/dev/null; then
+# `make blender-apps` provisions both suites at once: the host's apt allows one user at a time
+# (a second `apt-get update` fails on its lock instead of waiting), so the install is serialised.
+install_debootstrap() {
+    command -v debootstrap >/dev/null && return
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+}
+if ! command -v debootstrap >/dev/null; then
+    exec 9>/tmp/da3-provision-apt.lock
+    flock 9
+    install_debootstrap
+    flock -u 9
 fi
 
 packages=(blender xvfb xauth xdotool imagemagick libgl1-mesa-dri python3-numpy)

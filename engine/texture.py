@@ -532,10 +532,11 @@ def best_views(texels: Texels, vertices: np.ndarray, pred: Prediction, w2c: np.n
     whose depth test fails at the centre only stands in when there are not enough others (part
     of a large triangle may still be in view); -1 for none."""
     scores = np.zeros((pred.num_views, len(texels.triangle_normals)), dtype=np.float32)
+    rows = np.ascontiguousarray(vertices.T)  # (3,V): cameras.transform runs on rows
 
     def score(i: int, eye: np.ndarray) -> None:
         heights = texels.heights(eye)
-        facing = facing_triangles(texels, heights, vertices, pred, i, w2c[i])
+        facing = facing_triangles(texels, heights, rows, pred, i, w2c[i])
         scores[i, facing] = STAND_IN
         # seen at its centre implies facing and overlapping: the others need no exact test
         index, pixels_per_area = seen_by_view(texels.triangle_centres[facing], heights[facing],
@@ -551,14 +552,15 @@ def best_views(texels: Texels, vertices: np.ndarray, pred: Prediction, w2c: np.n
 STAND_IN = 1e-6
 
 
-def facing_triangles(texels: Texels, heights: np.ndarray, vertices: np.ndarray, pred: Prediction,
+def facing_triangles(texels: Texels, heights: np.ndarray, rows: np.ndarray, pred: Prediction,
                      i: int, w2c: np.ndarray) -> np.ndarray:
     """Indices of the triangles that face view ``i`` at their centre (``heights``: (T,) how far
     the camera is in front of each triangle's plane) and whose projection overlaps its image
-    (or that reach behind the camera): a cheap test that spares most texels the exact one."""
+    (or that reach behind the camera): a cheap test that spares most texels the exact one.
+    ``rows`` (3,V): the mesh's vertices, a row per coordinate."""
     facing = np.flatnonzero(heights > 0)
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    camera = cameras.transform(rotation, shift, np.ascontiguousarray(vertices.T))  # no BLAS
+    camera = cameras.transform(rotation, shift, rows)  # no BLAS
     with np.errstate(divide="ignore", invalid="ignore"):
         u, v = cameras.image_positions(camera, cameras.lens(pred.intrinsics[i]))
     # one bit per side of the image a vertex lies beyond, and one for behind the camera: a

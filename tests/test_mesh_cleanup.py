@@ -7,6 +7,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+import pytest
 
 from engine.fusion import mesh_cleanup
 
@@ -93,6 +94,18 @@ def test_unseen_vertices_alone_get_the_extra_passes():
     assert grain(both) < 0.7 * grain(general) and grain(general) < 0.85 * grain(noisy)
     assert abs(np.linalg.norm(both[inner], axis=1).mean() - 1) < 0.01  # no shrinking either
     assert np.array_equal(mesh_cleanup.taubin_smooth(noisy, f, unseen=unseen, unseen_iterations=0), general)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_smoothing_on_threads_moves_every_vertex_alike(threads):
+    """Each coordinate is smoothed on its own thread: the result is one thread's, to the bit."""
+    v, f = sphere(5)
+    noisy = v * (1 + np.random.default_rng(0).normal(0, 0.01, (len(v), 1)))
+    unseen = v[:, 2] < -0.3
+    alone = mesh_cleanup.taubin_smooth(noisy, f, unseen=unseen, unseen_iterations=30)
+    threaded = mesh_cleanup.taubin_smooth(noisy, f, unseen=unseen, unseen_iterations=30,
+                                          threads=threads)
+    assert not np.array_equal(alone, noisy) and np.array_equal(threaded, alone)
 
 
 def test_torch_path_cleans_alike(worker_python, tmp_path):

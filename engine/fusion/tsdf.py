@@ -59,7 +59,8 @@ class Stages:
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
-    # (vertices, faces, max_hole_edges, iterations, unseen, unseen_iterations) -> v, f, holes
+    # (vertices, faces, max_hole_edges, iterations, unseen, unseen_iterations, threads)
+    # -> v, f, holes
     clean_surface: Callable
 
 
@@ -211,7 +212,7 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
     clock.lap("pieces")
     vertices, faces, holes = stages.clean_surface(vertices, faces, options.max_hole_edges,
                                                   options.smooth_iterations, unseen,
-                                                  options.unseen_smooth_iterations)
+                                                  options.unseen_smooth_iterations, options.threads)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,

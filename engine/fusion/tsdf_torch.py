@@ -69,7 +69,7 @@ def torch_stages(device) -> Stages:
                  integrate=TorchIntegrator(device),
                  extract=lambda *args: TorchMesher(device)(*args[:5]),  # (no threads: one device)
                  components=lambda faces, n: face_components(faces, n, device),
-                 clean_surface=lambda *args: clean_surface(*args, device=device))
+                 clean_surface=lambda *args: clean_surface(*args[:6], device=device))
 
 
 def make_consistent(views: list[View], region, device) -> dict:

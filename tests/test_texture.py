@@ -157,6 +157,32 @@ def test_gutters_take_the_mean_of_their_known_neighbours_round_by_round():
     assert (filled[:, :4] == 1).all() and (filled[:, 4:] == 0).all()
 
 
+def test_the_automatic_size_gives_two_texels_per_photo_pixel_and_no_more():
+    """A 1.6 x 1.6 square 20 units in front of a camera with a focal length of 6000 pixels fills
+    480 x 480 pixels of its photo: the atlas is sized for 2 texels per pixel along each side,
+    960 plus the gutters, rounded up to the next multiple of 128 (1152), not to the next
+    power of two (2048, 3.2x the texels to bake)."""
+    side, distance, focal, width = 1.6, 20.0, 6000.0, 640
+    steps = np.linspace(-side / 2, side / 2, 41)
+    x, y = np.meshgrid(steps, steps, indexing="ij")
+    vertices = np.stack([x, y, np.full_like(x, distance)], -1).reshape(-1, 3).astype(np.float32)
+    index = np.arange(len(vertices)).reshape(len(steps), len(steps))
+    # wound to face the camera at the origin (normal -z)
+    quads = np.stack([index[:-1, :-1], index[:-1, 1:], index[1:, 1:], index[1:, :-1]], -1).reshape(-1)
+    count = len(quads) // 4
+    mesh = texture.Polygons(vertices, quads, 4 * np.arange(count), np.full(count, 4))
+    k = np.array([[focal, 0, width / 2], [0, focal, width / 2], [0, 0, 1.0]])
+    pred = Prediction(depth=np.full((1, width, width), distance, np.float32), intrinsics=k[None],
+                      extrinsics=np.eye(4)[None, :3], image=np.zeros((1, width, width, 3), np.uint8))
+    pixels = focal * side / distance
+    assert pixels == 480
+    size = texture.automatic_size(mesh, texture.Charts.of_mesh(mesh), pred, voxel=0.01)
+    assert size == 1152
+    uv = texture.Charts.of_mesh(mesh).packed(size)
+    texels_across = np.ptp(uv[:, 0]) * size
+    assert 2 * pixels <= texels_across < 2 * pixels * 1.2
+
+
 def photographed_sphere(views=((4.0, 0, 0), (-4.0, 0, 0)),
                         colours=((200, 30, 30), (30, 30, 200))) -> tuple[texture.Polygons, Prediction]:
     """A unit sphere and a photo of it from each eye in ``views``, all one colour each."""

@@ -114,16 +114,18 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     linear RGBA vertex colours fill what no view sees.
     """
     report = progress or (lambda fraction, message: None)
-    atlas = Charts.of_mesh(mesh)
-    size = size or automatic_size(mesh, atlas, pred, voxel)
-    uv = atlas.packed(size)
-    report(0.1, "unwrapping")
     corners = mesh.fan_triangles()
-    vertices = mesh.vertices.astype(np.float32)
+    triangles = Triangles.of_mesh(mesh.vertices.astype(np.float32), mesh.corner_vert[corners])
     with Workers(BACKGROUND_THREADS, "da3-bake") as workers:
+        # the views' scores need no UVs: the threads work them out while this one unwraps
+        best = BestViews(triangles, pred, voxel, workers)
+        atlas = Charts.of_mesh(mesh)
+        size = size or automatic_size(mesh, atlas, pred, voxel)
+        uv = atlas.packed(size)
+        report(0.1, "unwrapping")
         texels, triangle, bary = rasterize(uv[corners] * size, size, workers)
-        rgb, seen = blend_views(Texels.of_mesh(vertices, mesh.corner_vert[corners], triangle, bary),
-                                vertices, pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"), workers)
+        rgb, seen = blend_views(Texels.of_raster(triangles, triangle, bary), triangles, best.result(),
+                                pred, voxel, lambda f: report(0.1 + 0.8 * f, "baking"), workers)
     if colors is not None:
         unseen = np.flatnonzero(~seen)
         fallback = colors[mesh.corner_vert[corners[triangle[unseen]]], :3]  # (n,3 corners,3)
@@ -466,32 +468,44 @@ def triangle_normals(positions: np.ndarray) -> np.ndarray:
 # --- 3. the views -> texel colours ---------------------------------------------------------------
 
 @dataclass
-class Texels:
-    """The texels inside the surface, sorted by the triangle each lies in, with its surface
-    point; and the triangles' normals, centres, planes, corners' vertices and first texels."""
+class Triangles:
+    """The surface's triangles as the views see them: unit normals, centres, planes, and the
+    vertices at their corners."""
 
-    triangle: np.ndarray  # (K,) sorted
-    points: np.ndarray  # (K,3)
-    triangle_normals: np.ndarray  # (T,3) unit
-    triangle_centres: np.ndarray  # (T,3)
-    triangle_planes: np.ndarray  # (T,) normal . centre: normal . (eye - point) = normal . eye - plane
+    normals: np.ndarray  # (T,3) unit
+    centres: np.ndarray  # (T,3)
+    planes: np.ndarray  # (T,) normal . centre: normal . (eye - point) = normal . eye - plane
+    corners: np.ndarray  # (T,3,3) corner positions
     corner_vertices: np.ndarray  # (3,T) vertex indices: row j holds every triangle's corner j
-    first: np.ndarray  # (T+1,) triangle t's texels are first[t]:first[t + 1]
+    rows: np.ndarray  # (3,V) the vertices, a row per coordinate (cameras.transform runs on rows)
 
     @classmethod
-    def of_mesh(cls, vertices: np.ndarray, triangle_vertices: np.ndarray, triangle: np.ndarray,
-                bary: np.ndarray) -> Texels:
-        """The texels of ``rasterize`` (``triangle`` sorted) on triangles of ``vertices`` (V,3)."""
-        corners = vertices[triangle_vertices]  # (T,3,3)
+    def of_mesh(cls, vertices: np.ndarray, triangle_vertices: np.ndarray) -> Triangles:
+        """Triangles of ``vertices`` (V,3) with the vertex indices ``triangle_vertices`` (T,3)."""
+        corners = vertices[triangle_vertices]
         normals, centres = triangle_normals(corners), corners.mean(axis=1)
-        points = np.einsum("kc,kcx->kx", bary, corners[triangle])
-        return cls(triangle, points, normals, centres, np.einsum("tx,tx->t", normals, centres),
-                   np.ascontiguousarray(triangle_vertices.T),
-                   np.searchsorted(triangle, np.arange(len(corners) + 1)))
+        return cls(normals, centres, np.einsum("tx,tx->t", normals, centres), corners,
+                   np.ascontiguousarray(triangle_vertices.T), np.ascontiguousarray(vertices.T))
 
     def heights(self, eye: np.ndarray, chosen=slice(None)) -> np.ndarray:
         """How far ``eye`` (3,) lies in front of the plane of each (``chosen``) triangle."""
-        return np.einsum("tx,x->t", self.triangle_normals[chosen], eye) - self.triangle_planes[chosen]
+        return np.einsum("tx,x->t", self.normals[chosen], eye) - self.planes[chosen]
+
+
+@dataclass
+class Texels:
+    """The texels inside the surface, sorted by the triangle each lies in, with its surface
+    point."""
+
+    triangle: np.ndarray  # (K,) sorted
+    points: np.ndarray  # (K,3)
+    first: np.ndarray  # (T+1,) triangle t's texels are first[t]:first[t + 1]
+
+    @classmethod
+    def of_raster(cls, triangles: Triangles, triangle: np.ndarray, bary: np.ndarray) -> Texels:
+        """The texels ``rasterize`` found (``triangle`` sorted) on ``triangles``."""
+        points = np.einsum("kc,kcx->kx", bary, triangles.corners[triangle])
+        return cls(triangle, points, np.searchsorted(triangle, np.arange(len(triangles.planes) + 1)))
 
     def of_triangles(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the texels of the ``chosen`` triangles (without touching the others),
@@ -501,36 +515,40 @@ class Texels:
         return offsets + np.arange(len(offsets)), counts
 
 
-def blend_views(texels: Texels, vertices: np.ndarray, pred: Prediction, voxel: float,
-                progress: Callable[[float], None], workers: Workers | None = None
+def blend_views(texels: Texels, triangles: Triangles, best: np.ndarray, pred: Prediction,
+                voxel: float, progress: Callable[[float], None], workers: Workers | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K,3) sRGB colour in [0,1] of each texel, from the views that see it, and (K,) whether
-    any did. Each view only looks at the texels of the triangles it is among the best views of
-    (split among the ``workers``: each takes its own texels, so none writes where another does)."""
+    """(K,3) sRGB colour in [0,1] of each texel, from the ``best`` (T,n) views of its triangle
+    that see it, and (K,) whether any did. Each of the ``workers`` blends every view, in order,
+    into its own run of triangles: none writes where another does, and a texel sums its views
+    in the same order on any number of threads."""
     workers = workers or Workers(1)
     total = np.zeros((3, len(texels.points)), dtype=np.float32)  # a row per channel
     weights = np.zeros(len(texels.points), dtype=np.float32)
     w2c = pred.world_to_camera()
-
-    def add(i: int, chosen: np.ndarray, heights: np.ndarray) -> None:
-        index, colour, weight = view_colours(texels.points.take(chosen, axis=0), heights, pred, i,
-                                             w2c[i], voxel)
-        index = chosen[index]
-        weight **= SHARPNESS
-        colour *= weight
-        for row, values in zip(total, colour, strict=True):  # take and put: faster than +=
-            row[index] = row.take(index) + values
-        weights[index] = weights.take(index) + weight
-
-    best = best_views(texels, vertices, pred, w2c, voxel, workers)
     eyes = camera_centres(w2c)
-    for i, chosen_triangles in enumerate(triangles_per_view(best, pred.num_views)):
-        chosen, counts = texels.of_triangles(chosen_triangles)
-        heights = texels.heights(eyes[i], chosen_triangles)
-        parts = np.array_split(np.arange(len(chosen)), workers.count)
-        workers.map(add, [i] * len(parts), [chosen[part] for part in parts],
-                    np.array_split(np.repeat(heights, counts), workers.count))
-        progress((i + 1) / pred.num_views)
+    per_view = triangles_per_view(best, pred.num_views)
+
+    def blend_run(low: int, high: int) -> None:
+        for i, chosen_triangles in enumerate(per_view):
+            mine = chosen_triangles[slice(*np.searchsorted(chosen_triangles, [low, high]))]
+            chosen, counts = texels.of_triangles(mine)
+            heights = np.repeat(triangles.heights(eyes[i], mine), counts)
+            index, colour, weight = view_colours(texels.points.take(chosen, axis=0), heights,
+                                                 pred, i, w2c[i], voxel)
+            index = chosen[index]
+            weight **= SHARPNESS
+            colour *= weight
+            for row, values in zip(total, colour, strict=True):  # take and put: faster than +=
+                row[index] = row.take(index) + values
+            weights[index] = weights.take(index) + weight
+            if low == 0:  # the first run speaks for all
+                progress((i + 1) / pred.num_views)
+
+    # runs of whole triangles with about as many texels each
+    cuts = texels.triangle[len(texels.triangle) * np.arange(1, workers.count) // workers.count]
+    bounds = np.r_[0, cuts, len(triangles.planes)] if len(texels.triangle) else np.array([0, 0])
+    workers.map(blend_run, bounds[:-1], bounds[1:])
     seen = weights > 0
     np.divide(total, weights, out=total, where=seen)
     return total.T, seen
@@ -555,50 +573,57 @@ def camera_centres(w2c: np.ndarray) -> np.ndarray:
 VIEWS_PER_TRIANGLE = 4
 
 
-def best_views(texels: Texels, vertices: np.ndarray, pred: Prediction, w2c: np.ndarray,
-               voxel: float, workers: Workers) -> np.ndarray:
-    """(T, VIEWS_PER_TRIANGLE) the views most likely to see each triangle best: facing it,
-    overlapping it, its centre where their depth puts the surface, most pixels on it. A view
-    whose depth test fails at the centre only stands in when there are not enough others (part
-    of a large triangle may still be in view); -1 for none."""
-    scores = np.zeros((pred.num_views, len(texels.triangle_normals)), dtype=np.float32)
-    rows = np.ascontiguousarray(vertices.T)  # (3,V): cameras.transform runs on rows
+class BestViews:
+    """The views most likely to see each triangle best: facing it, overlapping it, its centre
+    where their depth puts the surface, most pixels on it. Each view is scored on one of the
+    ``workers``' threads (each writes its own row) while the caller goes on; :meth:`result`
+    waits for them."""
 
-    def score(i: int, eye: np.ndarray) -> None:
-        heights = texels.heights(eye)
-        facing = facing_triangles(texels, heights, rows, pred, i, w2c[i])
-        scores[i, facing] = STAND_IN
+    def __init__(self, triangles: Triangles, pred: Prediction, voxel: float, workers: Workers):
+        self.triangles, self.pred, self.voxel = triangles, pred, voxel
+        self.w2c = pred.world_to_camera()
+        self.scores = np.zeros((pred.num_views, len(triangles.planes)), dtype=np.float32)
+        self._scored = [workers.submit(self._score, i, eye)
+                        for i, eye in enumerate(camera_centres(self.w2c))]
+
+    def _score(self, i: int, eye: np.ndarray) -> None:
+        heights = self.triangles.heights(eye)
+        facing = facing_triangles(self.triangles, heights, self.pred, i, self.w2c[i])
+        self.scores[i, facing] = STAND_IN
         # seen at its centre implies facing and overlapping: the others need no exact test
-        index, pixels_per_area = seen_by_view(texels.triangle_centres[facing], heights[facing],
-                                              pred, i, w2c[i], voxel)[:2]
-        scores[i, facing[index]] = np.maximum(pixels_per_area, 2 * STAND_IN)
+        index, pixels_per_area = seen_by_view(self.triangles.centres[facing], heights[facing],
+                                              self.pred, i, self.w2c[i], self.voxel)[:2]
+        self.scores[i, facing[index]] = np.maximum(pixels_per_area, 2 * STAND_IN)
 
-    workers.map(score, range(pred.num_views), camera_centres(w2c))  # each writes its own row
-    count = min(VIEWS_PER_TRIANGLE, pred.num_views)
-    # which views, in no order (blend_views sums them): a partition, not a sort of every view
-    best = np.argpartition(-scores, count - 1, axis=0)[:count].T  # (T, count)
-    return np.where(np.take_along_axis(scores.T, best, axis=1) > 0, best, -1)
+    def result(self) -> np.ndarray:
+        """(T, VIEWS_PER_TRIANGLE) each triangle's best views, in no order (blend_views sums
+        them); a view whose depth test fails at the centre only stands in when there are not
+        enough others (part of a large triangle may still be in view); -1 for none."""
+        for scored in self._scored:
+            scored.result()  # raises what the thread raised
+        count = min(VIEWS_PER_TRIANGLE, self.pred.num_views)
+        best = np.argpartition(-self.scores, count - 1, axis=0)[:count].T  # not a whole sort
+        return np.where(np.take_along_axis(self.scores.T, best, axis=1) > 0, best, -1)
 
 
 STAND_IN = 1e-6
 
 
-def facing_triangles(texels: Texels, heights: np.ndarray, rows: np.ndarray, pred: Prediction,
-                     i: int, w2c: np.ndarray) -> np.ndarray:
+def facing_triangles(triangles: Triangles, heights: np.ndarray, pred: Prediction, i: int,
+                     w2c: np.ndarray) -> np.ndarray:
     """Indices of the triangles that face view ``i`` at their centre (``heights``: (T,) how far
     the camera is in front of each triangle's plane) and whose projection overlaps its image
-    (or that reach behind the camera): a cheap test that spares most texels the exact one.
-    ``rows`` (3,V): the mesh's vertices, a row per coordinate."""
+    (or that reach behind the camera): a cheap test that spares most texels the exact one."""
     facing = np.flatnonzero(heights > 0)
     rotation, shift = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
-    camera = cameras.transform(rotation, shift, rows)  # no BLAS
+    camera = cameras.transform(rotation, shift, triangles.rows)  # no BLAS
     with np.errstate(divide="ignore", invalid="ignore"):
         u, v = cameras.image_positions(camera, cameras.lens(pred.intrinsics[i]))
     # one bit per side of the image a vertex lies beyond, and one for behind the camera: a
     # triangle misses the image when all its corners lie beyond one side
     side = ((u < 0) | (u >= pred.width) << 1 | (v < 0) << 2 | (v >= pred.height) << 3
             | (camera[2] <= 0) << 4).astype(np.uint8)
-    a, b, c = (side.take(corner.take(facing)) for corner in texels.corner_vertices)
+    a, b, c = (side.take(corner.take(facing)) for corner in triangles.corner_vertices)
     return facing[((a & b & c) == 0) | ((a | b | c) >= 16)]
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 # An import's threads run this much below Blender's main thread (Linux's nice), as the worker
 # process does (engine.host.monitor).
@@ -70,6 +70,18 @@ class Workers:
         """``list(map(fn, *iterables))``, the calls shared among the threads; the first error
         raised in any call is raised here."""
         return list(self._pool.map(fn, *iterables) if self._pool else map(fn, *iterables))
+
+    def submit(self, fn: Callable, *args) -> Future:
+        """``fn(*args)`` on a thread, its result or error in the Future (with one thread, run
+        here and now)."""
+        if self._pool:
+            return self._pool.submit(fn, *args)
+        done = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # handed over like the pool's: raised by result()
+            done.set_exception(exc)
+        return done
 
     def close(self) -> None:
         if self._pool:

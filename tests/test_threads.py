@@ -49,3 +49,17 @@ def test_one_worker_runs_in_the_calling_thread():
     caller = threading.get_ident()
     with threads.Workers(1) as workers:
         assert workers.map(lambda _: threading.get_ident(), range(3)) == [caller] * 3
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_submitted_work_hands_back_its_result_or_its_error(count):
+    """The bake scores views this way while it unwraps: a failure (a cancelled import) must
+    come out of ``result()``, on one thread as on several."""
+    caller = threading.get_ident()
+    with threads.Workers(count) as workers:
+        done = workers.submit(lambda a, b: (a * b, threading.get_ident()), 6, 7)
+        failed = workers.submit(fails_at_three, 3)
+        product, ran_on = done.result()
+        assert product == 42 and (ran_on == caller) == (count == 1)
+        with pytest.raises(ValueError, match="piece 3"):
+            failed.result()

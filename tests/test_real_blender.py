@@ -346,8 +346,9 @@ def test_a_failed_preview_keeps_the_saved_result(app, home, tmp_path):
 def test_a_file_with_photos_bakes_its_texture_from_them_headless(app, home, tmp_path):
     """``blender -b --python``: the import operator on a prediction whose file carries photos
     four times the depth maps' size (what the worker keeps of large frames; a banded sphere
-    ray-cast here) bakes the texture from them, twice as large as from the 128 px images of
-    the same file without them, and the surface's label says so."""
+    ray-cast here) bakes the texture from them, at least twice as large as from the 128 px
+    images of the same file without them (the smallest texture), and the surface's label says
+    so."""
     from test_texture import banded_sphere
 
     script = ("import bpy, sys\n"
@@ -364,8 +365,9 @@ def test_a_file_with_photos_bakes_its_texture_from_them_headless(app, home, tmp_
         (labels[k],) = ast.literal_eval(line[len("TEXTURE "):])
     ba.report(f"Blender {app.label}, import of a file with 4x photos: texture {labels[4]} "
               f"(without them: {labels[1]})")
-    assert labels[1].startswith("512 px, ") and "photos" not in labels[1]
-    assert labels[4].startswith("1024 px, ") and labels[4].endswith(", 4x photos")
+    size = {k: int(label.split(" px, ")[0]) for k, label in labels.items()}
+    assert size[1] == 512 and "photos" not in labels[1]
+    assert size[4] >= 1024 and size[4] % 128 == 0 and labels[4].endswith(", 4x photos")
 
 
 def test_object_mode_leaves_the_space_under_a_chair_seat_open_headless(app, home, tmp_path):

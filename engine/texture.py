@@ -377,7 +377,9 @@ def rasterize(triangles: np.ndarray, size: int, workers: Workers | None = None
     Runs of triangles are scanned on the ``workers``' threads, at least one run each.
     """
     workers = workers or Workers(1)
-    low, high = triangles.min(axis=1), triangles.max(axis=1)
+    # by hand: numpy reduces over an axis of three several times slower
+    a, b, c = triangles[:, 0], triangles[:, 1], triangles[:, 2]
+    low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
     first_row = np.floor(low[:, 1]).clip(0, size).astype(np.int64)
     rows = np.maximum(np.floor(high[:, 1]).clip(-1, size - 1) - first_row + 1, 0).astype(np.int64)
     boxes = np.cumsum(rows * (np.floor(high[:, 0]) - np.floor(low[:, 0]) + 1))
@@ -483,7 +485,9 @@ class Triangles:
     def of_mesh(cls, vertices: np.ndarray, triangle_vertices: np.ndarray) -> Triangles:
         """Triangles of ``vertices`` (V,3) with the vertex indices ``triangle_vertices`` (T,3)."""
         corners = vertices[triangle_vertices]
-        normals, centres = triangle_normals(corners), corners.mean(axis=1)
+        # summed by hand: numpy reduces over an axis of three 2.5x slower
+        centres = (corners[:, 0] + corners[:, 1] + corners[:, 2]) / np.float32(3)
+        normals = triangle_normals(corners)
         return cls(normals, centres, np.einsum("tx,tx->t", normals, centres), corners,
                    np.ascontiguousarray(triangle_vertices.T), np.ascontiguousarray(vertices.T))
 

@@ -433,7 +433,8 @@ def triangle_edges(triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 2), np.int32), np.zeros((0, 3), np.int32)
     a = triangles.astype(np.int64)
     ends = np.stack([a, np.roll(a, -1, axis=1)], axis=-1).reshape(-1, 2)  # corner k -> k+1
-    low, high = ends.min(axis=1), ends.max(axis=1)
+    # by hand: numpy reduces over an axis of two several times slower
+    low, high = np.minimum(ends[:, 0], ends[:, 1]), np.maximum(ends[:, 0], ends[:, 1])
     unique, corner_edge = np.unique(low * (int(a.max()) + 1) + high, return_inverse=True)
     span = int(a.max()) + 1
     edges = np.stack([unique // span, unique % span], axis=1).astype(np.int32)
@@ -538,7 +539,7 @@ def solidify(mesh: GridMesh, eye: np.ndarray, thickness: float) -> GridMesh:
 def border_edges(triangles: np.ndarray) -> np.ndarray:
     """(B,2) the edges used by one triangle only, directed as that triangle runs them."""
     directed = triangles[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2).astype(np.int64)
-    low, high = directed.min(axis=1), directed.max(axis=1)
+    low, high = np.minimum(directed[:, 0], directed[:, 1]), np.maximum(directed[:, 0], directed[:, 1])
     keys = low * (int(triangles.max()) + 1) + high
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     return directed[counts[inverse.ravel()] == 1]

@@ -147,12 +147,12 @@ def atlas_png(size: int, texels: np.ndarray, rgb: np.ndarray) -> bytes:
     return png_bytes(pixels[::-1])  # PNG rows run top-down
 
 
-def automatic_size(mesh: Polygons, charts: Charts, pred: Prediction, voxel: float) -> int:
-    """The smallest multiple of ``SIZE_STEP`` whose atlas holds the mesh's ``charts`` at
+def automatic_size(mesh: Polygons, atlas: Charts, pred: Prediction, voxel: float) -> int:
+    """The smallest multiple of ``SIZE_STEP`` whose atlas holds the mesh's charts (``atlas``) at
     ``OVERSAMPLING`` texels (per side) per pixel its best view has of the surface, at the
     median of sampled surface points (``MIN_SIZE`` to ``MAX_SIZE``): finer would only enlarge
     the photos' blur."""
-    normals = charts.normals
+    normals = atlas.normals
     area = np.linalg.norm(normals, axis=1)
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(area), min(SIZE_SAMPLES, len(area)), p=area / area.sum(), replace=True)
@@ -170,7 +170,7 @@ def automatic_size(mesh: Polygons, charts: Charts, pred: Prediction, voxel: floa
     # pixels (per unit of length) of the photos the texture is sampled from: k times the
     # depth map's per side
     pixels = np.sqrt(float(np.median(best[best > 0]))) * pred.photo_factor
-    side = charts.atlas_side(OVERSAMPLING * pixels)
+    side = atlas.atlas_side(OVERSAMPLING * pixels)
     size = SIZE_STEP * int(np.ceil(side / SIZE_STEP))
     return int(np.clip(size, MIN_SIZE, MAX_SIZE))
 

@@ -3,10 +3,11 @@
 Blender's process runs this on the importer's thread once the surface has its final shape
 (after the voxel remesher and the face budget), so the texture fits the mesh the user keeps:
 
-1. ``unwrap``: a UV atlas. Each polygon goes to the axis direction it faces most (normals
+1. ``Charts``: a UV atlas. Each polygon goes to the axis direction it faces most (normals
    smoothed over neighbours first, so depth noise does not shatter the groups); connected
    polygons of one direction form a chart, projected flat along that axis (at most 1.7x
-   stretch, at 55 degrees) and packed on shelves with a gutter around it.
+   stretch, at 55 degrees) and packed on shelves with a gutter around it, the atlas as large
+   as the photos' detail asks (``automatic_size``).
 2. ``rasterize``: which texel centre lies in which triangle, and where.
 3. ``blend_views``: each texel's surface point is projected into every view that faces it;
    a view counts only where its own depth map sees that point (occlusion test), weighted by how
@@ -177,15 +178,10 @@ def automatic_size(mesh: Polygons, atlas: Charts, pred: Prediction, voxel: float
 
 # --- 1. the UV atlas -----------------------------------------------------------------------------
 
-def unwrap(mesh: Polygons, size: int, padding: int = PADDING) -> np.ndarray:
-    """(L,2) UVs in [0,1] per face corner: charts of connected polygons facing one axis
-    direction, each projected along its axis, packed at one common texel density."""
-    return Charts.of_mesh(mesh).packed(size, padding)
-
-
 @dataclass
 class Charts:
-    """A mesh cut into charts, each projected flat along its axis, not yet packed."""
+    """A mesh cut into charts of connected polygons facing one axis direction, each projected
+    flat along its axis; :meth:`packed` gives the UVs at one common texel density."""
 
     normals: np.ndarray  # (P,3) each polygon's normal, as long as its area (polygon_normals)
     flat: np.ndarray  # (L,2) each corner projected along its chart's axis (the mesh's units)

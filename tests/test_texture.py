@@ -48,7 +48,7 @@ def uv_triangles(mesh: texture.Polygons, uv: np.ndarray) -> np.ndarray:
 
 def test_the_atlas_lies_in_the_square_and_its_charts_never_overlap():
     mesh = uv_sphere()
-    uv = texture.unwrap(mesh, 256)
+    uv = texture.Charts.of_mesh(mesh).packed(256)
     assert uv.shape == (len(mesh.corner_vert), 2)
     assert uv.min() >= 0 and uv.max() <= 1
     tris = uv_triangles(mesh, uv) * 256
@@ -69,7 +69,7 @@ def test_the_atlas_lies_in_the_square_and_its_charts_never_overlap():
 
 def test_the_atlas_keeps_one_texel_density_within_the_projection_stretch():
     mesh = uv_sphere()
-    uv = texture.unwrap(mesh, 512)
+    uv = texture.Charts.of_mesh(mesh).packed(512)
     tris = uv_triangles(mesh, uv)
     uv_area = 0.5 * np.abs(np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]))
     corners = []

@@ -128,7 +128,7 @@ def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
     # nothing for a fixed one (step and free 0), so every vertex goes through the same sums
     step = xp.asarray(free / xp.maximum(degree, 1), dtype=dtype)
     free = xp.asarray(free, dtype=dtype)
-    some = (Chosen.of(neighbour, bounds, step, free, xp.nonzero(unseen)[0], xp)
+    some = (ChosenVertices.of(neighbour, bounds, step, free, xp.nonzero(unseen)[0], xp)
             if unseen_iterations > 0 else None)
 
     def smooth(column) -> None:
@@ -148,7 +148,7 @@ def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
 
 
 @dataclass
-class Chosen:
+class ChosenVertices:
     """Some vertices' neighbour lists, one after the other, to smooth those vertices alone
     (a third of an object's vertices cost a third of a pass over all)."""
 
@@ -160,7 +160,7 @@ class Chosen:
     xp: Any = np
 
     @classmethod
-    def of(cls, neighbour, bounds, step, free, chosen, xp=np) -> Chosen | None:
+    def of(cls, neighbour, bounds, step, free, chosen, xp=np) -> ChosenVertices | None:
         """The ``chosen`` (indices) vertices' lists out of :func:`neighbour_lists`; None when
         they have no neighbour."""
         if not len(chosen):

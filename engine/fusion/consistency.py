@@ -183,20 +183,20 @@ def make_consistent(views: list, region: tuple | None = None, threads: int = 1, 
     report (median and 90th percentile of the disagreement before and after, relative to
     depth, and the share of voting pixels another view confirms). ``xp``: the array namespace
     the work is done in (``engine.core.arrays``; the views stay numpy arrays); ``views_at_once``:
-    how many views one look-up step sees points in; ``threads``: numpy threads the views are
-    fitted and their pixels confirmed on (neither changes the answers)."""
+    how many views one look-up step sees points in; ``threads``: numpy threads every step
+    shares its views (or pairs of views) among (neither changes the answers)."""
     stack = Stack.of(views, xp, views_at_once)
-    samples = sample_views(stack, np.random.default_rng(seed), region)
-    pairs = pair_up(stack, samples, pick_neighbours(stack, samples))
-    before = disagreement(stack, samples, pairs)
-    sigma = before["sigma"]
     with Workers(threads, "da3-fuse") as workers:
+        samples = sample_views(stack, np.random.default_rng(seed), region, workers)
+        pairs = pair_up(stack, samples, pick_neighbours(stack, samples, workers))
+        before = disagreement(stack, samples, pairs, workers)
+        sigma = before["sigma"]
         for _ in range(ROUNDS):
             steps, sigma = solve_views(stack, samples, pairs, sigma, workers)
             stack.scale += STEP * steps
-    after = disagreement(stack, samples, pairs)
-    depth = corrected_depth(stack)
-    confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region, threads)
+        after = disagreement(stack, samples, pairs, workers)
+        depth = corrected_depth(stack)
+        confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region, workers)
     depth, weight = to_numpy(depth), to_numpy(stack.weight)
     for i, view in enumerate(views):
         view.depth, view.weight = depth[i], weight[i]
@@ -333,16 +333,20 @@ def in_groups(views: np.ndarray, size: int) -> list[np.ndarray]:
 # samples and neighbours
 
 
-def sample_views(stack: Stack, rng, region: tuple | None) -> Samples:
+def sample_views(stack: Stack, rng, region: tuple | None, workers: Workers | None = None) -> Samples:
     """Up to ``SAMPLES_PER_VIEW`` confident pixels of each view inside ``region``, at random
-    (the draw is numpy's, on the host, whatever ``xp``: both paths sample the same pixels)."""
+    (the draw is numpy's, on the host, whatever ``xp``: both paths sample the same pixels).
+    The ``workers`` find each view's candidates; the draws follow in view order."""
     xp = stack.xp
-    parts = []
-    for i in range(len(stack.K)):
+
+    def candidates(i: int) -> tuple:
         confident = stack.weight[i] >= FIT_WEIGHT
         if region is not None:
             confident &= in_region(world_map(stack, i, stack.raw[i]), region, xp)
-        v, u = xp.nonzero(confident)
+        return xp.nonzero(confident)
+
+    parts = []
+    for i, (v, u) in enumerate((workers or Workers(1)).map(candidates, range(len(stack.K)))):
         if len(v) > SAMPLES_PER_VIEW:
             pick = xp.asarray(np.sort(rng.choice(len(v), SAMPLES_PER_VIEW, replace=False)))
             v, u = v[pick], u[pick]
@@ -352,20 +356,23 @@ def sample_views(stack: Stack, rng, region: tuple | None) -> Samples:
                    stack.basis(v, u), xp.asarray(stack.weight[view, v, u], dtype=xp.float64))
 
 
-def pick_neighbours(stack: Stack, samples: Samples) -> list[np.ndarray]:
+def pick_neighbours(stack: Stack, samples: Samples, workers: Workers | None = None) -> list[np.ndarray]:
     """For each view, the views that see most of its surface where it does (both ways: a
-    view that sees a sliver of the other is no neighbour), the one that sees most first."""
+    view that sees a sliver of the other is no neighbour), the one that sees most first. The
+    ``workers`` take the look-up steps."""
     xp = stack.xp
     n = len(stack.K)
     points = samples.world(stack).T
     votes = voting_depth(stack.raw, stack.weight, xp)
     per_view = xp.maximum(xp.bincount(samples.view, minlength=n), 1)
-    share = []  # column j: the share of each view's samples that view j sees alike
-    for views in in_groups(np.arange(n), stack.views_at_once):
+
+    def shares(views: np.ndarray) -> list:  # the share of each view's samples each of views sees alike
         z, there = seen_depth(stack, votes, points, views)
         agree = (there > 0) & (xp.abs(z - there) < 2 * MATCH_TOLERANCE * there)
-        share.extend(xp.bincount(samples.view, row, minlength=n) / per_view for row in agree)
-    share = to_numpy(xp.stack(share, axis=1))  # (N,N): ranked on the host, ties as numpy's
+        return [xp.bincount(samples.view, row, minlength=n) / per_view for row in agree]
+
+    columns = (workers or Workers(1)).map(shares, in_groups(np.arange(n), stack.views_at_once))
+    share = to_numpy(xp.stack(sum(columns, []), axis=1))  # (N,N): ranked on the host, ties as numpy's
     np.fill_diagonal(share, 0)
     share = np.minimum(share, share.T)
     order = np.argsort(-share, axis=1)[:, :NEIGHBOURS]
@@ -434,11 +441,13 @@ def match(stack: Stack, samples: Samples, pairs: Pairs) -> Matches:
     return Matches(keep, cam[:, keep], *(a[keep] for a in (seen.u, seen.v, seen.flat, there, rel)))
 
 
-def disagreement(stack: Stack, samples: Samples, pairs: Pairs) -> dict:
+def disagreement(stack: Stack, samples: Samples, pairs: Pairs, workers: Workers | None = None) -> dict:
     """How far apart overlapping views are: |depth difference| / depth over every matched
-    sample of every view pair."""
+    sample of every view pair (the ``workers`` match a share of the pairs each)."""
     xp = stack.xp
-    a = xp.abs(match(stack, samples, pairs).rel)
+    workers = workers or Workers(1)
+    a = xp.abs(xp.concatenate(workers.map(lambda part: match(stack, samples, part).rel,
+                                          pairs.split(workers.count))))
     if not len(a):
         return {"median": 0.0, "p90": 0.0, "sigma": MIN_SIGMA}
     median = float(xp.median(a))
@@ -519,14 +528,14 @@ def tukey(x, xp=np, c: float = 4.685):
 
 
 def confirm_pixels(stack: Stack, depth, pairs: Pairs, sigma: float,
-                   region: tuple | None, threads: int = 1) -> float:
+                   region: tuple | None, workers: Workers | None = None) -> float:
     """Silence, in place, the voting pixels (inside ``region``) that no neighbour confirms
     and that lie where at least ``CONTRADICTIONS`` neighbours see through (a flying pixel, a
     floater), ``depth`` the views' corrected depth. The others keep their weight: one that no
     neighbour could check (out of their frames, hidden from them) or that one neighbour doubts
     (a grazing view) is more often right than wrong; on the room scene with DA3-like errors,
     weighting those down by 0.3 cost 0.04 of recall (unchecked ones as well: 0.13). Returns
-    the share of those pixels confirmed. Views are judged on ``threads`` threads."""
+    the share of those pixels confirmed. Views are judged on the ``workers``' threads."""
     xp = stack.xp
     votes = voting_depth(depth, stack.weight, xp)  # every view is judged against the same weights
 
@@ -544,8 +553,7 @@ def confirm_pixels(stack: Stack, depth, pairs: Pairs, sigma: float,
         stack.weight[i, v[silenced], u[silenced]] = 0  # only view i's weights: none reads them
         return len(v) - len(pending), len(v)
 
-    with Workers(threads, "da3-fuse") as workers:
-        counts = workers.map(confirm, range(len(pairs.neighbours)))
+    counts = (workers or Workers(1)).map(confirm, range(len(pairs.neighbours)))
     confirmed_total, voting_total = (sum(c) for c in zip(*counts, strict=True)) if counts else (0, 0)
     return confirmed_total / max(voting_total, 1)
 

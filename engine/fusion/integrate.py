@@ -119,15 +119,19 @@ def outside_region(grid: Grid, points: np.ndarray) -> np.ndarray:
 
 def allocate_blocks(grid: Grid, views: list[View], coarse: np.ndarray, options: TSDFOptions,
                     pockets: Pockets | None = None) -> np.ndarray:
-    """Sorted keys of the blocks within truncation of an observed surface point.
+    """Sorted keys of the blocks within truncation of an observed surface point (the views'
+    blocks found on ``options.threads`` threads).
 
     Object mode also allocates the solid blocks that touch free ones, so that the cut at the
     floor and any surface the points missed are meshed at full resolution; deeper solid blocks
     keep their coarse value.
     """
     marked = np.zeros(int(np.prod(grid.blocks)), bool)
-    for view in views:
-        marked[surface_block_keys(grid, view, (-grid.truncation, 0.0, grid.truncation))] = True
+    band = (-grid.truncation, 0.0, grid.truncation)
+    with Workers(options.threads, "da3-fuse") as workers:
+        keys = workers.map(lambda view: surface_block_keys(grid, view, band), views)
+    for view_keys in keys:
+        marked[view_keys] = True
     if grid.object_mode:
         solid = (coarse < 0).reshape(tuple(grid.blocks))
         free = np.pad(~solid, 1, constant_values=True)  # beyond the grid is free: a cut object

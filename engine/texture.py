@@ -47,7 +47,7 @@ MIN_SIZE, MAX_SIZE = 512, 2048  # 4096 and above on request: they take 4x and 16
 # gave 1-4x the texels asked for (a 32-view file wanted 1108 and got 2048: 3.4x the bake's
 # work). Blender, glTF and GPUs take any size; 128 keeps block compression and mipmaps even.
 SIZE_STEP = 128
-SIZE_SAMPLES = 20_000  # surface points whose best view sets the automatic size
+SIZE_SAMPLES = 20_000  # triangles whose best view sets the automatic size
 PADDING = 2  # texels of gutter on each side of a chart: bilinear filtering and two mip levels
 NORMAL_SMOOTHING = 3  # rounds of averaging polygon normals with their neighbours before grouping
 # A view whose ray meets the surface at more than ~84 degrees sees it smeared over a pixel.
@@ -121,7 +121,7 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
         # the views' scores need no UVs: the threads work them out while this one unwraps
         best = BestViews(triangles, pred, voxel, workers)
         atlas = Charts.of_mesh(mesh)
-        size = size or automatic_size(mesh, atlas, pred, voxel)
+        size = size or automatic_size(atlas, triangles, best, pred)
         uv = atlas.packed(size)
         report(0.1, "unwrapping")
         texels, triangle, bary = rasterize(uv[corners] * size, size, workers)
@@ -148,24 +148,15 @@ def atlas_png(size: int, texels: np.ndarray, rgb: np.ndarray) -> bytes:
     return png_bytes(pixels[::-1])  # PNG rows run top-down
 
 
-def automatic_size(mesh: Polygons, atlas: Charts, pred: Prediction, voxel: float) -> int:
+def automatic_size(atlas: Charts, triangles: Triangles, best: BestViews, pred: Prediction) -> int:
     """The smallest multiple of ``SIZE_STEP`` whose atlas holds the mesh's charts (``atlas``) at
     ``OVERSAMPLING`` texels (per side) per pixel its best view has of the surface, at the
-    median of sampled surface points (``MIN_SIZE`` to ``MAX_SIZE``): finer would only enlarge
-    the photos' blur."""
-    normals = atlas.normals
-    area = np.linalg.norm(normals, axis=1)
+    median of ``SIZE_SAMPLES`` triangles drawn by area (``MIN_SIZE`` to ``MAX_SIZE``): finer
+    would only enlarge the photos' blur. The views' scores (``best``) hold those pixels."""
     rng = np.random.default_rng(0)
+    area = triangles.areas.astype(np.float64)
     chosen = rng.choice(len(area), min(SIZE_SAMPLES, len(area)), p=area / area.sum(), replace=True)
-    corners = mesh.loop_start[chosen]  # a polygon's first corner stands for it
-    points = mesh.vertices[mesh.corner_vert[corners]].astype(np.float32)
-    unit = (normals[chosen] / area[chosen, None]).astype(np.float32)
-    best = np.zeros(len(chosen))
-    w2c = pred.world_to_camera()
-    for i, eye in enumerate(camera_centres(w2c)):
-        heights = np.einsum("kx,kx->k", unit, eye - points)
-        index, pixels_per_area = seen_by_view(points, heights, pred, i, w2c[i], voxel)[:2]
-        np.maximum.at(best, index, pixels_per_area)
+    best = best.sharpest(chosen)
     if not best.any():
         return MIN_SIZE
     # pixels (per unit of length) of the photos the texture is sampled from: k times the
@@ -183,7 +174,6 @@ class Charts:
     """A mesh cut into charts of connected polygons facing one axis direction, each projected
     flat along its axis; :meth:`packed` gives the UVs at one common texel density."""
 
-    normals: np.ndarray  # (P,3) each polygon's normal, as long as its area (polygon_normals)
     flat: np.ndarray  # (L,2) each corner projected along its chart's axis (the mesh's units)
     corner_chart: np.ndarray  # (L,) the chart of each corner
     low: np.ndarray  # (C,2) float64 each chart's lowest flat coordinates
@@ -197,7 +187,7 @@ class Charts:
         corner_polygon = mesh.corner_polygon()
         kept_axes = np.array([[1, 2], [2, 0], [0, 1]])[axis[corner_polygon]]  # the two other axes
         flat = np.take_along_axis(mesh.vertices[mesh.corner_vert], kept_axes, axis=1)
-        return cls(normals, flat, chart[corner_polygon], *chart_bounds(flat, mesh.loop_start, chart))
+        return cls(flat, chart[corner_polygon], *chart_bounds(flat, mesh.loop_start, chart))
 
     def atlas_side(self, density: float, padding: int = PADDING) -> float:
         """The side of the square atlas that holds the charts at ``density`` texels per unit,
@@ -457,20 +447,15 @@ def _by_height(tri: np.ndarray) -> list[np.ndarray]:
     return corners
 
 
-def triangle_normals(positions: np.ndarray) -> np.ndarray:
-    """(K,3) unit normals of triangles given as (K,3,3) corner positions."""
-    n = np.cross(positions[:, 1] - positions[:, 0], positions[:, 2] - positions[:, 0])
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
-
-
 # --- 3. the views -> texel colours ---------------------------------------------------------------
 
 @dataclass
 class Triangles:
-    """The surface's triangles as the views see them: unit normals, centres, planes, and the
-    vertices at their corners."""
+    """The surface's triangles as the views see them: unit normals, areas, centres, planes, and
+    the vertices at their corners."""
 
     normals: np.ndarray  # (T,3) unit
+    areas: np.ndarray  # (T,)
     centres: np.ndarray  # (T,3)
     planes: np.ndarray  # (T,) normal . centre: normal . (eye - point) = normal . eye - plane
     corners: np.ndarray  # (T,3,3) corner positions
@@ -483,8 +468,10 @@ class Triangles:
         corners = vertices[triangle_vertices]
         # summed by hand: numpy reduces over an axis of three 2.5x slower
         centres = (corners[:, 0] + corners[:, 1] + corners[:, 2]) / np.float32(3)
-        normals = triangle_normals(corners)
-        return cls(normals, centres, np.einsum("tx,tx->t", normals, centres), corners,
+        cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        twice_area = np.linalg.norm(cross, axis=1)
+        normals = cross / np.maximum(twice_area, 1e-30)[:, None]
+        return cls(normals, twice_area / 2, centres, np.einsum("tx,tx->t", normals, centres), corners,
                    np.ascontiguousarray(triangle_vertices.T), np.ascontiguousarray(vertices.T))
 
     def heights(self, eye: np.ndarray, chosen=slice(None)) -> np.ndarray:
@@ -595,15 +582,25 @@ class BestViews:
                                               self.pred, i, self.w2c[i], self.voxel)[:2]
         self.scores[i, facing[index]] = np.maximum(pixels_per_area, 2 * STAND_IN)
 
+    def sharpest(self, chosen: np.ndarray) -> np.ndarray:
+        """The most pixels per unit of area any view has of each ``chosen`` triangle's centre,
+        0 where none sees it."""
+        self._wait()
+        most = self.scores[:, chosen].max(axis=0)
+        return np.where(most > STAND_IN, most, 0)
+
     def result(self) -> np.ndarray:
         """(T, VIEWS_PER_TRIANGLE) each triangle's best views, in no order (blend_views sums
         them); a view whose depth test fails at the centre only stands in when there are not
         enough others (part of a large triangle may still be in view); -1 for none."""
-        for scored in self._scored:
-            scored.result()  # raises what the thread raised
+        self._wait()
         count = min(VIEWS_PER_TRIANGLE, self.pred.num_views)
         best = np.argpartition(-self.scores, count - 1, axis=0)[:count].T  # not a whole sort
         return np.where(np.take_along_axis(self.scores.T, best, axis=1) > 0, best, -1)
+
+    def _wait(self) -> None:
+        for scored in self._scored:
+            scored.result()  # raises what the thread raised
 
 
 STAND_IN = 1e-6

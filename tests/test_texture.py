@@ -14,6 +14,7 @@ import pytest
 from engine import texture
 from engine.core.options import BuildOptions
 from engine.core.prediction import Prediction, save_prediction
+from engine.core.threads import Workers
 
 sys.path.insert(0, str(Path(__file__).parent))
 import scenes  # noqa: E402
@@ -176,7 +177,10 @@ def test_the_automatic_size_gives_two_texels_per_photo_pixel_and_no_more():
                       extrinsics=np.eye(4)[None, :3], image=np.zeros((1, width, width, 3), np.uint8))
     pixels = focal * side / distance
     assert pixels == 480
-    size = texture.automatic_size(mesh, texture.Charts.of_mesh(mesh), pred, voxel=0.01)
+    triangles = texture.Triangles.of_mesh(mesh.vertices, mesh.corner_vert[mesh.fan_triangles()])
+    with Workers(1) as workers:
+        best = texture.BestViews(triangles, pred, 0.01, workers)
+        size = texture.automatic_size(texture.Charts.of_mesh(mesh), triangles, best, pred)
     assert size == 1152
     uv = texture.Charts.of_mesh(mesh).packed(size)
     texels_across = np.ptp(uv[:, 0]) * size

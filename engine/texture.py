@@ -567,7 +567,7 @@ class BestViews:
     waits for them."""
 
     def __init__(self, triangles: Triangles, pred: Prediction, voxel: float, workers: Workers):
-        self.triangles, self.pred, self.voxel = triangles, pred, voxel
+        self.triangles, self.pred, self.voxel, self.workers = triangles, pred, voxel, workers
         self.w2c = pred.world_to_camera()
         self.scores = np.zeros((pred.num_views, len(triangles.planes)), dtype=np.float32)
         self._scored = [workers.submit(self._score, i, eye)
@@ -595,8 +595,16 @@ class BestViews:
         enough others (part of a large triangle may still be in view); -1 for none."""
         self._wait()
         count = min(VIEWS_PER_TRIANGLE, self.pred.num_views)
-        best = np.argpartition(-self.scores, count - 1, axis=0)[:count].T  # not a whole sort
-        return np.where(np.take_along_axis(self.scores.T, best, axis=1) > 0, best, -1)
+
+        def best_of(start: int) -> np.ndarray:
+            scores = self.scores[:, start:start + PICK_CHUNK]
+            best = np.argpartition(-scores, count - 1, axis=0)[:count]  # not a whole sort
+            return np.where(np.take_along_axis(scores, best, axis=0) > 0, best, -1).T
+
+        # each triangle's views are partitioned on their own, so the chunks give what one
+        # partition of the whole would (0.1-0.2 s on one thread for 280 k triangles)
+        chunks = self.workers.map(best_of, range(0, self.scores.shape[1], PICK_CHUNK))
+        return np.concatenate(chunks) if chunks else np.zeros((0, count), np.int64)
 
     def _wait(self) -> None:
         for scored in self._scored:
@@ -604,6 +612,7 @@ class BestViews:
 
 
 STAND_IN = 1e-6
+PICK_CHUNK = 16384  # triangles whose best views one step of BestViews.result picks
 
 
 def facing_triangles(triangles: Triangles, heights: np.ndarray, pred: Prediction, i: int,

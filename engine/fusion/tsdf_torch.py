@@ -363,10 +363,9 @@ class TorchIntegrator:
         acc["tsdf"].index_add_(0, blocks, wt * torch.clamp(sdf / trunc, max=1.0))
         acc["weight"].index_add_(0, blocks, wt)
         if "color" in maps:
-            b, j = torch.nonzero((wt > 0) & (sdf.abs() < trunc), as_tuple=True)
-            rows, wn = blocks[b], wt[b, j]
-            acc["color"][rows, j] += wn[:, None] * maps["color"][pix[b, j]].float()
-            acc["color_weight"][rows, j] += wn
+            wn = torch.where(sdf.abs() < trunc, wt, zero)
+            acc["color"].index_add_(0, blocks, wn[..., None] * maps["color"][pix].float())
+            acc["color_weight"].index_add_(0, blocks, wn)
 
 
 # --------------------------------------------------------------------------------------------

@@ -139,15 +139,18 @@ def extract_surface(grid: Grid, keys: np.ndarray, values: np.ndarray, coarse: np
     ``cube_filter(centres, normals) -> bool mask`` may veto sign-changing cubes (world centres,
     normals along the value gradient). Returns world vertices (V,3) and faces (F,3) wound
     towards positive values. The chunks of ``chunk_blocks`` blocks are marched on the
-    ``workers``' threads; they stay the same for any number of threads, and so does the mesh.
+    ``workers``' threads, at least one chunk each: the triangles come in the blocks' order
+    however the blocks are cut, so the mesh is the same for any number of threads.
     """
+    workers = workers or Workers(1)
     mesh_keys = meshing_blocks(grid, keys)
+    step = max(1, min(chunk_blocks, -(-len(mesh_keys) // workers.count)))
 
     def march(start: int):
-        chunk = mesh_keys[start:start + chunk_blocks]
+        chunk = mesh_keys[start:start + step]
         return march_blocks(grid, chunk, padded_blocks(grid, keys, values, coarse, chunk), cube_filter)
 
-    corners = (workers or Workers(1)).map(march, range(0, len(mesh_keys), chunk_blocks))
+    corners = workers.map(march, range(0, len(mesh_keys), step))
     if not corners or sum(len(c[0]) for c in corners) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
     edge, along, from_upper = (np.concatenate(c) for c in zip(*corners, strict=True))

@@ -141,6 +141,7 @@ class Samples:
     raw: Any  # (M,) raw depth
     basis: Any  # (M,G*G) bilinear weights of the control points at the pixel
     weight: Any  # (M,)
+    starts: list  # view i's samples are rows starts[i]:starts[i + 1] (host integers)
 
     def depth(self, stack: Stack):
         return self.raw * stack.xp.einsum("mk,mk->m", self.basis, stack.scale[self.view])
@@ -266,18 +267,28 @@ def normals_at(stack: Stack, view, v, u):
     _, h, w = stack.raw.shape
     raw = stack.raw.reshape(-1)
     fx, fy, cx, cy = stack.lens(view)
+    # each neighbour's column (row) and its ray slope once; a pixel's point is
+    # [x_slope * d, y_slope * d, d]: index 0 the one before, 1 the pixel's own, 2 the one after
+    cols = (xp.maximum(u - 1, 0), u, xp.minimum(u + 1, w - 1))
+    rows = (xp.maximum(v - 1, 0), v, xp.minimum(v + 1, h - 1))
+    x_slope = [cameras.pixel_slope(col, fx, cx, xp) for col in cols]
+    y_slope = [cameras.pixel_slope(row, fy, cy, xp) for row in rows]
+    row_starts = [(view * h + row) * w for row in rows]
 
-    def point(row, col):
-        d = xp.asarray(raw[(view * h + row) * w + col], dtype=xp.float64)
-        return xp.stack(cameras.camera_points(d, cameras.pixel_slope(col, fx, cx, xp),
-                                              cameras.pixel_slope(row, fy, cy, xp)))
+    def point(row: int, col: int) -> list:
+        d = xp.asarray(raw[row_starts[row] + cols[col]], dtype=xp.float64)
+        return cameras.camera_points(d, x_slope[col], y_slope[row])
 
-    along = (point(v, xp.minimum(u + 1, w - 1)) - point(v, xp.maximum(u - 1, 0))) * ((u > 0) & (u < w - 1))
-    down = (point(xp.minimum(v + 1, h - 1), u) - point(xp.maximum(v - 1, 0), u)) * ((v > 0) & (v < h - 1))
+    def difference(a: list, b: list, inside) -> list:  # zero on the border
+        return [(p - q) * inside for p, q in zip(a, b, strict=True)]
+
+    along = difference(point(1, 2), point(1, 0), (u > 0) & (u < w - 1))
+    down = difference(point(2, 1), point(0, 1), (v > 0) & (v < h - 1))
     n = xp.stack([along[1] * down[2] - along[2] * down[1], along[2] * down[0] - along[0] * down[2],
                   along[0] * down[1] - along[1] * down[0]])
     n /= xp.maximum(xp.sqrt(xp.einsum("im,im->m", n, n)), 1e-12)
-    return n * -xp.sign(xp.einsum("im,im->m", n, point(v, u)) + 1e-30)  # towards the camera
+    centre = xp.stack(point(1, 1))
+    return n * -xp.sign(xp.einsum("im,im->m", n, centre) + 1e-30)  # towards the camera
 
 
 @dataclass
@@ -352,8 +363,9 @@ def sample_views(stack: Stack, rng, region: tuple | None, workers: Workers | Non
             v, u = v[pick], u[pick]
         parts.append((xp.full(len(v), i), v, u))
     view, v, u = (xp.concatenate(a) for a in zip(*parts, strict=True))
+    starts = np.concatenate([[0], np.cumsum([len(part[0]) for part in parts])]).tolist()
     return Samples(view, stack.rays(view, v, u).T, xp.asarray(stack.raw[view, v, u], dtype=xp.float64),
-                   stack.basis(v, u), xp.asarray(stack.weight[view, v, u], dtype=xp.float64))
+                   stack.basis(v, u), xp.asarray(stack.weight[view, v, u], dtype=xp.float64), starts)
 
 
 def pick_neighbours(stack: Stack, samples: Samples, workers: Workers | None = None) -> list[np.ndarray]:
@@ -485,35 +497,45 @@ def view_steps(stack: Stack, samples: Samples, pairs: Pairs, sigma: float):
     target = stack.rays(other, m.v, m.u) * m.there
     r = xp.einsum("im,im->m", normal, m.cam - target)
     along = xp.einsum("im,im->m", normal, pairs.direction[:, m.keep])  # d point / d depth
-    J = (along * samples.raw[idx])[:, None] * samples.basis[idx]
-    depth = samples.raw[idx] * xp.einsum("mk,mk->m", samples.basis[idx], stack.scale[owner])
+    slope = along * samples.raw[idx]  # d r / d scale = slope * the sample's basis
+    depth = samples.depth(stack)[idx]
     w = samples.weight[idx] * stack.weight.reshape(-1)[m.flat] * tukey(r / (sigma * depth), xp)
     steps = xp.zeros((len(stack.K), GRID * GRID))
     # pairs are sorted by view: its rows are ends[i]:ends[i + 1] (one copy to the host)
     ends = to_numpy(xp.searchsorted(owner, xp.arange(len(stack.K) + 1))).tolist()
     solved = [i for i in range(len(stack.K)) if ends[i + 1] - ends[i] >= 12]
     if solved:
-        lhs, rhs = normal_equations(stack, J, r, w, depth, sigma, [ends[i:i + 2] for i in solved],
-                                    solved, owner)
+        lhs, rhs = normal_equations(stack, samples, idx, slope, r, w, depth, sigma,
+                                    [ends[i:i + 2] for i in solved], solved, owner)
         steps[solved] = -solve_positive_definite(lhs, rhs)  # one batch: no syncs
     return steps, m.rel
 
 
-def normal_equations(stack: Stack, J, r, w, depth, sigma: float, spans: list, views: list, owner):
+def normal_equations(stack: Stack, samples: Samples, idx, slope, r, w, depth, sigma: float,
+                     spans: list, views: list, owner):
     """(lhs, rhs) of each of ``views``' damped, weighted least squares for its step (lhs @ step
-    = -rhs), its rows of J, r, w at ``spans`` (owner: the view of each row). Each view's
-    residuals are scaled to world units by its median depth; the prior pulls the correction
-    towards none."""
+    = -rhs), its rows (matched pairs, at ``spans``: idx their samples, owner their views) with
+    the Jacobian slope * the sample's basis, residuals r and weights w. Each view's residuals
+    are scaled to world units by its median depth; the prior pulls the correction towards
+    none. A sample has a row for each neighbour that sees it, all with its basis: their
+    weights are summed per sample first, so each view's products run over its samples, not
+    its pairs (and no (rows, 16) Jacobian is gathered)."""
     xp = stack.xp
     noise = xp.ones(len(stack.K))  # views left out (too few rows) have no system to weigh
     noise[views] = sigma * xp.stack([xp.median(depth[a:b]) for a, b in spans])
-    Jw = J * (w / (noise ** 2)[owner])[:, None]
+    q = slope * (w / (noise ** 2)[owner])
+    count = len(samples.raw)
+    curvature = xp.bincount(idx, q * slope, minlength=count)  # per sample
+    pull = xp.bincount(idx, q * r, minlength=count)
+    own = [samples.starts[i:i + 2] for i in views]  # each view's samples
     prior = xp.full(GRID * GRID, 1 / PRIOR_SCALE ** 2)
     # einsum's own loops, not a matrix product: numpy hands those to OpenBLAS, whose threads
     # stall such small products on a busy machine (the fit took 2.8-3.5 s instead of 2.0-2.3 s
     # with a bake running beside it on 2 cores; the same steps either way)
-    lhs = xp.stack([xp.einsum("mi,mj->ij", Jw[a:b], J[a:b]) for a, b in spans]) + xp.diag(prior)
-    rhs = (xp.stack([xp.einsum("mi,m->i", Jw[a:b], r[a:b]) for a, b in spans])
+    basis = samples.basis
+    lhs = xp.stack([xp.einsum("mi,mj->ij", basis[a:b] * curvature[a:b, None], basis[a:b])
+                    for a, b in own]) + xp.diag(prior)
+    rhs = (xp.stack([xp.einsum("mi,m->i", basis[a:b], pull[a:b]) for a, b in own])
            + prior * (stack.scale[views] - 1))
     return lhs, rhs
 

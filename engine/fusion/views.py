@@ -28,15 +28,18 @@ def prepare_views(pred: Prediction, options: TSDFOptions, weigh=None) -> list[Vi
     """Per-view depth, weight and colour; raises ValueError when no pixel can vote."""
     w2c = pred.world_to_camera()
     weights = (weigh or view_weights)(pred, options)
-    views = []
-    for i in range(pred.num_views):
+
+    def view(i: int) -> View:
         depth = np.asarray(pred.depth[i], dtype=np.float32)
         valid = np.isfinite(depth) & (depth > 0)
         weight = weights[i]
         free = np.where(valid, np.maximum(weight, options.free_space_weight), 0).astype(np.float32)
         color = pred.image[i] if pred.image is not None else None
-        views.append(View(np.where(valid, depth, 0).astype(np.float32), weight, free, color,
-                          pred.intrinsics[i], w2c[i, :3, :3], w2c[i, :3, 3]))
+        return View(np.where(valid, depth, 0).astype(np.float32), weight, free, color,
+                    pred.intrinsics[i], w2c[i, :3, :3], w2c[i, :3, 3])
+
+    with Workers(options.threads, "da3-fuse") as workers:
+        views = workers.map(view, range(pred.num_views))
     if not any(np.any(v.weight > 0) for v in views):
         raise ValueError("no pixel of any view is confident enough to fuse")
     return views
@@ -46,14 +49,14 @@ def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:
     """(N,H,W) weight of each pixel's surface vote: confidence ramp x surface angle, 0 below
     DA3's confidence floor, on sky and where there is no depth."""
     confident, _ = geometry.confident_pixels(pred, options.confidence_percentile, options.mask_sky)
-    conf_weight = confidence_weights(pred.conf)
+    ramp = confidence_ramp(pred.conf)
     out = np.empty(pred.depth.shape, np.float32)
 
     def weigh(i: int) -> None:  # each view writes its own slice
         depth = np.asarray(pred.depth[i], dtype=np.float32)
         weight = confident[i].astype(np.float32)
-        if conf_weight is not None:
-            weight *= conf_weight[i]
+        if ramp is not None:
+            weight *= confidence_weights(pred.conf[i], *ramp)
         out[i] = weight * surface_angle_weights(depth, pred.intrinsics[i])
 
     with Workers(options.threads, "da3-fuse") as workers:
@@ -61,15 +64,22 @@ def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:
     return out
 
 
-def confidence_weights(conf: np.ndarray | None) -> np.ndarray | None:
-    """Map DA3's confidence (>= 1, unbounded) to [0,1]: from 0 at P5 to 1 from P75.
+def confidence_ramp(conf: np.ndarray | None) -> tuple[float, float] | None:
+    """The confidence of every view's pixels at the ramp's two percentiles (None without
+    confidence)."""
+    if conf is None:
+        return None
+    low, high = np.percentile(conf, [RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE])
+    return float(low), float(high)
+
+
+def confidence_weights(conf: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map DA3's confidence (>= 1, unbounded) to [0,1]: from 0 at ``low`` to 1 from ``high``
+    (:func:`confidence_ramp`: P5 and P75).
 
     A ramp on top of the floor (:func:`engine.core.geometry.confident_pixels`), so that views of
     middling confidence still help where nothing better saw the surface.
     """
-    if conf is None:
-        return None
-    low, high = (float(p) for p in np.percentile(conf, [RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE]))
     ramp = np.clip((conf - low) / max(high - low, 1e-6), 0, 1)
     return np.where(conf >= high, 1, ramp).astype(np.float32)  # flat confidence: all count
 

@@ -155,14 +155,16 @@ def fused_surface(build, progress) -> tuple[FusedMesh, tuple, Fit, Future | None
                        "enough of them; try fusion='REMESH', a larger voxel_size, or more overlapping photos")
     fused.colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
     fused.vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
-    edges = geometry.triangle_edges(fused.faces)
-    fit = Fit(closed=is_closed(edges), area=projected_area(fused.vertices, fused.faces),
-              voxel=fused.voxel_size * geo.scale,
+    border = fused.stats.get("border_edges")  # counted by the fusion's clean-up, if it ran
+    edges = geometry.triangle_edges(fused.faces) if border is None else None
+    fit = Fit(closed=is_closed(edges) if border is None else border == 0,
+              area=projected_area(fused.vertices, fused.faces), voxel=fused.voxel_size * geo.scale,
               detail=fused.stats.get("first_pass_voxel", fused.voxel_size) * geo.scale)
     bake = (start_bake(build, Polygons.from_triangles(fused.vertices, fused.faces), fused.colors,
                        fit.voxel)
             if kept_as_it_is(fit, build.options.max_faces, len(fused.faces)) else None)
-    return fused, edges, fit, bake
+    # Blender's edges, found while the bake (if it started) unwraps on the other thread
+    return fused, geometry.triangle_edges(fused.faces) if edges is None else edges, fit, bake
 
 
 def tsdf_surface(build, data) -> tuple[bpy.types.Object, Fit, Future | None]:
@@ -213,6 +215,7 @@ def fused_by_worker(build) -> FusedMesh | None:
                             voxel_size=float(made.get("voxel_size", 0.0)),
                             truncation=float(made.get("truncation", 0.0)),
                             stats={"fused_in": "worker", "consistency": made.get("consistency"),
+                                   "border_edges": made.get("border_edges"),
                                    "first_pass_voxel": float(made.get("first_pass_voxel", 0.0))
                                    or float(made.get("voxel_size", 0.0))})
 

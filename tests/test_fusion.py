@@ -151,6 +151,15 @@ def test_room_is_accurate_complete_and_in_few_pieces(room_results):
     assert tsdf.components <= 5 < 20 < remesh.components, (tsdf, remesh)
 
 
+def test_the_fusion_counts_the_border_edges_it_leaves(mug_tsdf, room_results):
+    """The clean-up's count of border edges (what tells the importer a surface is closed, so
+    that Blender's remesher may take it) is what the faces have: none on the closed mug, the
+    rims of the room's openings."""
+    mug, room = mug_tsdf[0], room_results[0]
+    assert mug.stats["border_edges"] == scenes.boundary_edges(mug.faces) == 0
+    assert room.stats["border_edges"] == scenes.boundary_edges(room.faces) > 0
+
+
 def test_room_keeps_no_inside_out_sheets(room_results):
     """Behind walls whose depth the views disagree on, no second sheet faces away."""
     _, tsdf, _ = room_results

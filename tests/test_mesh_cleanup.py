@@ -127,4 +127,5 @@ def test_torch_path_cleans_alike(worker_python, tmp_path):
     np.testing.assert_allclose(got["v_torch"], got["v_numpy"], rtol=0, atol=1e-12)
     boundary, non_manifold = open_and_non_manifold(got["v_torch"], got["f_torch"])
     assert non_manifold == boundary > 24  # only the large hole's rim is left
+    assert got["border"].tolist() == [boundary, boundary]  # and both paths say so
     assert not np.allclose(got["v_torch"], noisy)  # and it was smoothed

@@ -54,7 +54,7 @@ def clean_both(source: str, device: str) -> dict:
                                         mesh_cleanup.SMOOTH_ITERATIONS, unseen, UNSEEN_PASSES,
                                         device=device)
     return {"v_numpy": ours[0], "f_numpy": ours[1], "v_torch": theirs[0], "f_torch": theirs[1],
-            "holes": np.array([ours[2], theirs[2]])}
+            "holes": np.array([ours[2], theirs[2]]), "border": np.array([ours[3], theirs[3]])}
 
 
 UNSEEN_PASSES = 10

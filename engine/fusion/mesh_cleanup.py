@@ -33,22 +33,26 @@ MAX_HOLE_EDGES = 24
 
 def clean_surface(vertices, faces, max_hole_edges: int = MAX_HOLE_EDGES,
                   iterations: int = SMOOTH_ITERATIONS, unseen=None, unseen_iterations: int = 0,
-                  threads: int = 1, xp=np) -> tuple[Any, Any, int]:
+                  threads: int = 1, xp=np) -> tuple[Any, Any, int, int | None]:
     """:func:`fill_small_holes`, then :func:`taubin_smooth` (the ``unseen`` vertices
-    ``unseen_iterations`` passes more, on up to ``threads`` threads): the vertices, the faces
-    and the number of holes closed. The mesh's edges are sorted out once for both (0.15 s of
-    the room's 960k triangles), the fans' edges merged in. ``xp``: the namespace of the
+    ``unseen_iterations`` passes more, on up to ``threads`` threads): the vertices, the faces,
+    the number of holes closed and of the border edges left (None when nothing was done, so
+    the edges were never sorted out). The mesh's edges are sorted out once for all of it (0.15
+    s of the room's 960k triangles), the fans' edges merged in. ``xp``: the namespace of the
     arrays."""
     n = len(vertices)
-    if not len(faces) or (max_hole_edges < 3 and iterations <= 0 and unseen_iterations <= 0):
-        return vertices, faces, 0
+    if not len(faces):
+        return vertices, faces, 0, 0
+    if max_hole_edges < 3 and iterations <= 0 and unseen_iterations <= 0:
+        return vertices, faces, 0, None
     edges = face_edges(faces, n, xp)
     filled, holes = fill_small_holes(faces, n, max_hole_edges, edges)
     if holes:
         edges = edges.merged(face_edges(filled[len(faces):], n, xp))
+    border = int((edges.count == 1).sum())
     return (taubin_smooth(vertices, filled, iterations, edges, xp, unseen, unseen_iterations,
                           threads),
-            filled, holes)
+            filled, holes, border)
 
 
 @dataclass

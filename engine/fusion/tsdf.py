@@ -60,7 +60,7 @@ class Stages:
     extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
     # (vertices, faces, max_hole_edges, iterations, unseen, unseen_iterations, threads)
-    # -> v, f, holes
+    # -> v, f, holes, border edges (None: not counted)
     clean_surface: Callable
 
 
@@ -210,7 +210,7 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
         raise ValueError("object mode found no closed part where most views look (photos that "
                          "circle one object); for a scene, turn object mode off")
     clock.lap("pieces")
-    vertices, faces, holes = stages.clean_surface(vertices, faces, options.max_hole_edges,
+    vertices, faces, holes, border = stages.clean_surface(vertices, faces, options.max_hole_edges,
                                                   options.smooth_iterations, unseen,
                                                   options.unseen_smooth_iterations, options.threads)
     clock.lap("clean")
@@ -219,7 +219,7 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
                  volume_mb=len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20,
                  grid_shape=tuple(int(b) * BLOCK for b in grid.blocks),
                  floor=None if grid.floor is None else grid.floor.tolist(),
-                 origin=grid.origin.tolist(), holes_closed=holes,
+                 origin=grid.origin.tolist(), holes_closed=holes, border_edges=border,
                  timings=clock.laps, **extra_stats)  # JSON-ready for the worker
     return FusedMesh(vertices.astype(np.float32), faces.astype(np.int32), colors,
                      grid.voxel_size, grid.truncation, stats)

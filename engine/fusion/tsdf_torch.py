@@ -81,13 +81,13 @@ def make_consistent(views: list[View], region, device) -> dict:
 
 def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int, iterations: int,
                   unseen: np.ndarray | None = None, unseen_iterations: int = 0, *,
-                  device) -> tuple[np.ndarray, np.ndarray, int]:
+                  device) -> tuple[np.ndarray, np.ndarray, int, int | None]:
     """engine.fusion.mesh_cleanup.clean_surface on ``device``: the mesh goes there and back once."""
     xp = TorchArrays(device)
-    vertices, faces, holes = mesh_cleanup.clean_surface(
+    vertices, faces, holes, border = mesh_cleanup.clean_surface(
         xp.asarray(vertices), xp.asarray(faces), max_hole_edges, iterations, xp=xp,
         unseen=None if unseen is None else xp.asarray(unseen), unseen_iterations=unseen_iterations)
-    return vertices.cpu().numpy(), faces.cpu().numpy(), holes
+    return vertices.cpu().numpy(), faces.cpu().numpy(), holes, border
 
 
 # --------------------------------------------------------------------------------------------

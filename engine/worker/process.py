@@ -709,6 +709,7 @@ def fuse(run: JobInProgress, pred) -> None:
     pred.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
                                       "truncation": mesh.truncation, "device": mesh.stats["device"],
                                       "first_pass_voxel": mesh.stats["first_pass_voxel"],
+                                      "border_edges": mesh.stats["border_edges"],
                                       "consistency": mesh.stats["consistency"]})
     run.timings["fuse"] = round(time.monotonic() - start, 3)
 

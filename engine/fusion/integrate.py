@@ -227,42 +227,40 @@ def visible_blocks(grid: Grid, coords: np.ndarray, view: View) -> np.ndarray:
 def integrate_view(grid: Grid, volume: Volume, view: View, chunk_voxels: int,
                    workers: Workers | None = None) -> None:
     """Projective TSDF update of the visible blocks, ``chunk_voxels`` voxels at a time; the
-    chunks are runs of whole blocks, so the ``workers`` never write the same voxel."""
+    chunks are whole blocks, so the ``workers`` never write the same voxel."""
     workers = workers or Workers(1)
     sel = visible_blocks(grid, volume.coords, view)
     # camera axes; no ``@``: see cameras.rotated
     local = cameras.rotated(local_offsets() * grid.voxel_size, view.R).astype(np.float32).T
     maps = padded_maps(view)
-    # at most a share of the blocks per chunk, so every thread has some
-    step = max(1, min(chunk_voxels // BLOCK_VOXELS, -(-len(sel) // workers.count)))
+    # CHUNKS_PER_THREAD chunks or more per thread: some chunks of a view hold more of its
+    # surface than others, and the threads even out the work
+    step = max(1, min(chunk_voxels // BLOCK_VOXELS, -(-len(sel) // (CHUNKS_PER_THREAD * workers.count))))
 
-    def update(run: tuple[int, int]) -> None:
-        blocks = slice(*run)
+    def update(start: int) -> None:
+        blocks = chunk_blocks(sel[start:start + step])
         base = (cameras.rotated(grid.origin + volume.coords[blocks] * BLOCK * grid.voxel_size, view.R)
                 + view.t).astype(np.float32).T
         cam = [base[a, :, None] + local[a] for a in range(3)]  # x, y, z (c,512)
         update_chunk(volume, blocks, cam, view, maps, grid.truncation)
 
-    workers.map(update, block_runs(sel, step))
+    workers.map(update, range(0, len(sel), step))
 
 
-# Blocks a view cannot see that lie between ones it can are updated with them (their voxels
-# fall outside its image and get no vote), so that a chunk is a run of consecutive blocks,
-# updated in place: gathering and scattering the blocks of a chunk took a third of the update.
-RUN_GAP = 2
+CHUNKS_PER_THREAD = 4
+# A chunk whose blocks span at most this many times their number is updated as one run of
+# consecutive blocks, in place, the unseen ones between included (their voxels fall outside
+# the view's image and get no vote): gathering and scattering the blocks of a chunk took a
+# third of its update. A view's blocks are mostly consecutive on a walk through a scene; in a
+# room seen a part at a time they are scattered, and are gathered as before.
+RUN_SPAN = 1.1
 
 
-def block_runs(sel: np.ndarray, step: int) -> list[tuple[int, int]]:
-    """(start, stop) runs of consecutive blocks, each at most ``step`` long, that cover the
-    sorted block indices ``sel``, bridging gaps of up to ``RUN_GAP`` blocks."""
-    if not len(sel):
-        return []
-    breaks = np.flatnonzero(np.diff(sel) > RUN_GAP + 1)
-    runs = []
-    for first, last in zip(sel[np.r_[0, breaks + 1]].tolist(), sel[np.r_[breaks, len(sel) - 1]].tolist(),
-                           strict=True):
-        runs += [(start, min(start + step, last + 1)) for start in range(first, last + 1, step)]
-    return runs
+def chunk_blocks(chunk: np.ndarray) -> slice | np.ndarray:
+    """The blocks to update for ``chunk`` (sorted block indices): a slice over their span when
+    it is short enough (``RUN_SPAN``), else the indices themselves."""
+    span = int(chunk[-1]) - int(chunk[0]) + 1
+    return slice(int(chunk[0]), int(chunk[-1]) + 1) if span <= RUN_SPAN * len(chunk) else chunk
 
 
 def padded_maps(view: View) -> dict:
@@ -275,9 +273,9 @@ def padded_maps(view: View) -> dict:
     return maps
 
 
-def update_chunk(volume: Volume, blocks: slice, cam: np.ndarray, view: View, maps: dict,
-                 trunc: float) -> None:
-    """Votes of one view for a run of whole blocks at once (dense rows beat scattered voxels).
+def update_chunk(volume: Volume, blocks: slice | np.ndarray, cam: np.ndarray, view: View,
+                 maps: dict, trunc: float) -> None:
+    """Votes of one view for whole blocks at once (dense rows beat scattered voxels).
 
     The projection is ``engine.core.cameras.image_positions`` with the division taken once
     (x and y share it), in float32 like the voxels; tsdf_torch's mirrors it."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import bmesh
@@ -20,9 +19,8 @@ from ..engine.core.options import BACKGROUND_THREADS, fusion_settings
 from ..engine.core.prediction import PredictionError
 from ..engine.fusion.base import FusedMesh, TSDFOptions
 from ..engine.fusion.tsdf import fuse_tsdf
-from ..engine.texture import Polygons
 from .meshes import mesh_from_arrays
-from .texture import add_texture, start_bake
+from .texture import add_texture
 
 
 @dataclass
@@ -66,9 +64,8 @@ def remesh_input(build, progress) -> tuple[geometry.GridMesh, float] | Skipped:
     return joined, voxel
 
 
-def remesh_surface(build, data) -> tuple[bpy.types.Object, Fit, None]:
-    """Voxel-remesh the joined per-view surfaces in place (Blender's remesher, OpenVDB); its
-    texture is baked once the remesher made the mesh."""
+def remesh_surface(build, data) -> tuple[bpy.types.Object, Fit]:
+    """Voxel-remesh the joined per-view surfaces in place (Blender's remesher, OpenVDB)."""
     joined, voxel = data
     mesh = mesh_from_arrays(f"{build.name} surface", joined.vertices, joined.triangles,
                             joined.colors)
@@ -78,7 +75,7 @@ def remesh_surface(build, data) -> tuple[bpy.types.Object, Fit, None]:
     remove_small_islands(mesh, max(MIN_ISLAND_FACES, int(MIN_ISLAND_SHARE * len(mesh.polygons))))
     mesh.materials.append(build.material)
     obj["da3_voxel_size"] = voxel
-    return obj, Fit(closed=True, area=0.0, voxel=voxel, remeshed=True), None
+    return obj, Fit(closed=True, area=0.0, voxel=voxel, remeshed=True)
 
 
 def voxel_remesh(context, obj: bpy.types.Object, voxel_size: float) -> None:
@@ -134,11 +131,10 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0].removeprefix("Error: ")
 
 
-def fused_surface(build, progress) -> tuple[FusedMesh, tuple, Fit, Future | None] | Skipped:
+def fused_surface(build, progress) -> tuple[FusedMesh, tuple | None, Fit] | Skipped:
     """One signed-distance volume of every view (``engine.fusion.tsdf``), meshed, in the result's
-    frame, with its edges, what the face budget needs to know of it, and its texture's bake
-    when the face budget will leave the mesh as it is (started on the importer's other thread
-    while this one and Blender's main thread build the mesh; else None).
+    frame, with its edges when they were needed here (else Blender finds them) and what the
+    face budget needs to know of it.
 
     Fusion works in the prediction's own frame and units; the mesh is moved into the result's
     frame afterwards. It applies DA3's confidence floor itself (``TSDFOptions``: the
@@ -156,19 +152,17 @@ def fused_surface(build, progress) -> tuple[FusedMesh, tuple, Fit, Future | None
     fused.colors = None if fused.colors is None else geometry.linear_from_srgb(fused.colors)
     fused.vertices = geometry.points_to_blender(fused.vertices, pred, geo.scale)
     border = fused.stats.get("border_edges")  # counted by the fusion's clean-up, if it ran
+    # else from the edges, which Blender then takes as they are; with the count, Blender finds
+    # them itself: 0.02-0.03 s of its main thread against 0.09 s of numpy's sorting here
     edges = geometry.triangle_edges(fused.faces) if border is None else None
     fit = Fit(closed=is_closed(edges) if border is None else border == 0,
               area=projected_area(fused.vertices, fused.faces), voxel=fused.voxel_size * geo.scale,
               detail=fused.stats.get("first_pass_voxel", fused.voxel_size) * geo.scale)
-    bake = (start_bake(build, Polygons.from_triangles(fused.vertices, fused.faces), fused.colors,
-                       fit.voxel)
-            if kept_as_it_is(fit, build.options.max_faces, len(fused.faces)) else None)
-    # Blender's edges, found while the bake (if it started) unwraps on the other thread
-    return fused, geometry.triangle_edges(fused.faces) if edges is None else edges, fit, bake
+    return fused, edges, fit
 
 
-def tsdf_surface(build, data) -> tuple[bpy.types.Object, Fit, Future | None]:
-    fused, edges, fit, bake = data
+def tsdf_surface(build, data) -> tuple[bpy.types.Object, Fit]:
+    fused, edges, fit = data
     mesh = mesh_from_arrays(f"{build.name} surface", fused.vertices, fused.faces, fused.colors, edges)
     mesh.materials.append(build.material)
     obj = build.add_object(mesh.name, mesh, "surface")
@@ -179,7 +173,7 @@ def tsdf_surface(build, data) -> tuple[bpy.types.Object, Fit, Future | None]:
         # engine.fusion.consistency made them agree
         obj["da3_views_disagree"] = (f"{100 * agreement['disagreement_before']:.2f}% -> "
                                      f"{100 * agreement['disagreement_after']:.2f}%")
-    return obj, fit, bake
+    return obj, fit
 
 
 def is_closed(edges: tuple[np.ndarray, np.ndarray]) -> bool:
@@ -250,7 +244,7 @@ def create_surface(build, data):
     if isinstance(data, Skipped):
         build.note(data.note)
         return
-    obj, fit, bake = SURFACE_MAKERS[build.options.fusion][1](build, data)
+    obj, fit = SURFACE_MAKERS[build.options.fusion][1](build, data)
     budget = build.options.max_faces
     yield f"bringing the surface to at most {budget:,} faces" if budget else None
     yield from fit_face_budget(build.context, obj, fit, budget)
@@ -259,7 +253,7 @@ def create_surface(build, data):
     obj["da3_faces"] = len(obj.data.polygons)
     if build.options.texture:
         yield "baking a texture from the photos"
-        yield from add_texture(build, obj, bake)
+        yield from add_texture(build, obj)
 
 
 def fit_face_budget(context, obj: bpy.types.Object, fit: Fit, budget: int):
@@ -271,7 +265,7 @@ def fit_face_budget(context, obj: bpy.types.Object, fit: Fit, budget: int):
     walls seen from one side) never does: the remesher turns an open sheet into a closed,
     two-walled shell, doubling every wall. Whatever is still over the budget is decimated.
     """
-    if kept_as_it_is(fit, budget, len(obj.data.polygons)):
+    if not budget:
         return
     voxel = remesh_voxel(fit, budget, len(obj.data.polygons))
     if voxel:
@@ -287,11 +281,6 @@ def fit_face_budget(context, obj: bpy.types.Object, fit: Fit, budget: int):
         triangles = len(mesh.loops) - 2 * len(mesh.polygons)
         decimate(context, obj, budget / triangles)
         yield
-
-
-def kept_as_it_is(fit: Fit, budget: int, faces: int) -> bool:
-    """``fit_face_budget`` leaves a surface of ``faces`` faces as it is."""
-    return not budget or (not remesh_voxel(fit, budget, faces) and faces <= budget)
 
 
 def remesh_voxel(fit: Fit, budget: int, faces: int) -> float:

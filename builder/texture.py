@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from concurrent.futures import Future
 
 import bpy
 import numpy as np
@@ -21,21 +20,9 @@ from .meshes import COLOR_ATTRIBUTE
 UV_MAP = "UVMap"  # Blender's own default name: exporters and baking pick it up as it is
 
 
-def start_bake(build, polygons: Polygons, colors: np.ndarray | None, voxel: float) -> Future | None:
-    """The bake of a mesh that will reach Blender as it is, begun on the importer's threads
-    before it does (``polygons`` in Blender's frame, ``colors`` its (V,4) linear vertex
-    colours, ``voxel`` in Blender's units: what :func:`add_texture` would read back from it);
-    None when no texture is to be baked."""
-    if not build.options.texture or build.prediction.image is None or not len(polygons.loop_start):
-        return None
-    return build.background("texture", bake_in_prediction_frame, polygons, build,
-                            voxel / build.geo.scale, colors)
-
-
-def add_texture(build, obj: bpy.types.Object, started: Future | None = None):
-    """Steps: bake the photos into a texture on ``obj``'s final mesh (or take the bake
-    :func:`start_bake` ``started`` on that very mesh); yields a Future while the threads work.
-    Without images (DA3's mini_npz layout) the surface keeps its vertex colours."""
+def add_texture(build, obj: bpy.types.Object):
+    """Steps: bake the photos into a texture on ``obj``'s final mesh; yields a Future while the
+    threads work. Without images (DA3's mini_npz layout) the surface keeps its vertex colours."""
     pred = build.prediction
     if pred.image is None:
         build.note("no texture: the file holds no images (DA3's mini_npz export); vertex colours kept")
@@ -43,9 +30,9 @@ def add_texture(build, obj: bpy.types.Object, started: Future | None = None):
     mesh = obj.data
     if not len(mesh.polygons):
         return
-    job = started or build.background("texture", bake_in_prediction_frame, read_polygons(mesh), build,
-                                      obj.get("da3_voxel_size", 0.0) / build.geo.scale,
-                                      read_point_colors(mesh))
+    polygons, colors = read_polygons(mesh), read_point_colors(mesh)
+    voxel = obj.get("da3_voxel_size", 0.0) / build.geo.scale
+    job = build.background("texture", bake_in_prediction_frame, polygons, build, voxel, colors)
     yield job
     try:
         baked = job.result()

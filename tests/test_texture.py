@@ -382,35 +382,6 @@ def test_the_texture_is_uv_mapped_packed_and_survives_a_save(addon, blender, par
     assert image.packed_file is not None and pixels.reshape(-1, 4)[:, :3].std() > 0.05
 
 
-def test_a_bake_begun_before_the_surface_reached_blender_is_the_bake_of_that_surface(
-        addon, blender, parts, monkeypatch):
-    """A scene's fused surface that the face budget leaves as it is starts its bake on the
-    importer's other thread while Blender builds it: the packed texture and the UVs are what
-    a bake of the mesh read back from Blender gives, to the byte."""
-    _, degraded = parts
-    started = []
-    start_bake = addon.builder.surface.start_bake
-    monkeypatch.setattr(addon.builder.surface, "start_bake",  # watched, not replaced
-                        lambda *args: started.append(start_bake(*args)) or started[-1])
-    options = BuildOptions(object_mode=False, output_points=False, output_cameras=False,
-                           texture_size=1024)
-    collection = addon.api.import_prediction(degraded.prediction, options, name="early")
-    assert len(started) == 1 and started[0] is not None  # it did start before Blender had the mesh
-    surface = next(o for o in collection.objects if o.get("da3_role") == "surface")
-    mesh, scale = surface.data, collection["da3_scale"]
-    polygons = addon.builder.texture.read_polygons(mesh)
-    polygons.vertices = addon.engine.core.geometry.points_from_blender(
-        polygons.vertices, degraded.prediction, scale)
-    again = addon.engine.texture.bake_texture(
-        polygons, degraded.prediction, surface["da3_voxel_size"] / scale,
-        addon.builder.texture.read_point_colors(mesh), 1024)
-    (image,) = [n.image for n in mesh.materials[0].node_tree.nodes if n.type == "TEX_IMAGE"]
-    uv = np.empty(2 * len(mesh.loops), np.float32)
-    mesh.uv_layers.active.uv.foreach_get("vector", uv)
-    assert image.packed_file.data == again.png
-    assert np.array_equal(uv, again.uv.reshape(-1))
-
-
 def test_vertex_colours_remain_an_option_and_files_without_images_keep_them(addon, parts, tmp_path):
     _, degraded = parts
     options = BuildOptions(object_mode=True, output_points=False, output_cameras=False, texture=False)

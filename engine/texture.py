@@ -148,20 +148,20 @@ def atlas_png(size: int, texels: np.ndarray, rgb: np.ndarray) -> bytes:
     return png_bytes(pixels[::-1])  # PNG rows run top-down
 
 
-def automatic_size(atlas: Charts, triangles: Triangles, best: BestViews, pred: Prediction) -> int:
+def automatic_size(atlas: Charts, triangles: Triangles, views: BestViews, pred: Prediction) -> int:
     """The smallest multiple of ``SIZE_STEP`` whose atlas holds the mesh's charts (``atlas``) at
     ``OVERSAMPLING`` texels (per side) per pixel its best view has of the surface, at the
     median of ``SIZE_SAMPLES`` triangles drawn by area (``MIN_SIZE`` to ``MAX_SIZE``): finer
-    would only enlarge the photos' blur. The views' scores (``best``) hold those pixels."""
+    would only enlarge the photos' blur. The views' scores (``views``) hold those pixels."""
     rng = np.random.default_rng(0)
     area = triangles.areas.astype(np.float64)
     chosen = rng.choice(len(area), min(SIZE_SAMPLES, len(area)), p=area / area.sum(), replace=True)
-    best = best.sharpest(chosen)
-    if not best.any():
+    sharpest = views.sharpest(chosen)
+    if not sharpest.any():
         return MIN_SIZE
     # pixels (per unit of length) of the photos the texture is sampled from: k times the
     # depth map's per side
-    pixels = np.sqrt(float(np.median(best[best > 0]))) * pred.photo_factor
+    pixels = np.sqrt(float(np.median(sharpest[sharpest > 0]))) * pred.photo_factor
     side = atlas.atlas_side(OVERSAMPLING * pixels)
     size = SIZE_STEP * int(np.ceil(side / SIZE_STEP))
     return int(np.clip(size, MIN_SIZE, MAX_SIZE))

@@ -74,11 +74,6 @@ class Polygons:
     loop_start: np.ndarray  # (P,)
     loop_total: np.ndarray  # (P,)
 
-    @classmethod
-    def from_triangles(cls, vertices: np.ndarray, triangles: np.ndarray) -> Polygons:
-        count = len(triangles)
-        return cls(vertices, triangles.reshape(-1), 3 * np.arange(count), np.full(count, 3))
-
     def corner_polygon(self) -> np.ndarray:
         """(L,) the polygon each corner belongs to."""
         return np.repeat(np.arange(len(self.loop_start)), self.loop_total)

@@ -26,6 +26,9 @@ class TSDFOptions:
         median depth (object mode: the object's distance) when that is more: DA3's depth
         error is relative (2-3% of the depth), and a band narrower than the disagreement
         between views tears the surface.
+    denoise_radius: each view's depth is averaged over this many pixels either side, along rows
+        and columns, among the neighbours of about the same depth (0: as DA3 gave it; see
+        ``engine.fusion.views.denoised_depth``).
     confidence_percentile: DA3's exporter rule, the one definition that points and REMESH
         use (``geometry.confident_pixels``): pixels under clamp(1.05, P_pct, P90) of the
         confidence cast no surface vote; those above are weighed by confidence. They still
@@ -75,6 +78,7 @@ class TSDFOptions:
     truncation: float = 0.0
     truncation_voxels: float = 4.0
     truncation_depth: float = 0.03
+    denoise_radius: int = 2
     confidence_percentile: float = 5.0
     mask_sky: bool = True
     object_mode: bool = False
@@ -98,6 +102,8 @@ class TSDFOptions:
             raise ValueError("voxel_size and truncation must be 0 (automatic) or positive")
         if self.max_faces < 0:
             raise ValueError("max_faces must be 0 (no limit) or positive")
+        if self.denoise_radius < 0:
+            raise ValueError("denoise_radius must be 0 (none) or positive")
         if self.resolution < 16:
             raise ValueError("resolution must be at least 16 voxels")
         if not 0 <= self.confidence_percentile <= 100:

@@ -182,8 +182,9 @@ def make_consistent(views: list, region: tuple | None = None, threads: int = 1, 
     """Correct ``views`` (``engine.fusion.base.View``, changed in place: depth, weight) so that
     they agree where they are fused (``region``: world (low, high) corners); returns the
     report (median and 90th percentile of the disagreement before and after, relative to
-    depth, and the share of voting pixels another view confirms). ``xp``: the array namespace
-    the work is done in (``engine.core.arrays``; the views stay numpy arrays); ``views_at_once``:
+    depth; the robust sigma after, never under DA3's noise floor ``MIN_SIGMA``; and the share
+    of voting pixels another view confirms). ``xp``: the array namespace the work is done in
+    (``engine.core.arrays``; the views stay numpy arrays); ``views_at_once``:
     how many views one look-up step sees points in; ``threads``: numpy threads every step
     shares its views (or pairs of views) among (neither changes the answers)."""
     stack = Stack.of(views, xp, views_at_once)
@@ -203,7 +204,7 @@ def make_consistent(views: list, region: tuple | None = None, threads: int = 1, 
         view.depth, view.weight = depth[i], weight[i]
     return {"disagreement_before": before["median"], "disagreement_after": after["median"],
             "disagreement_p90_before": before["p90"], "disagreement_p90_after": after["p90"],
-            "confirmed_share": confirmed}
+            "sigma_after": after["sigma"], "confirmed_share": confirmed}
 
 
 # --------------------------------------------------------------------------------------------

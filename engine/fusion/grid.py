@@ -46,8 +46,12 @@ def plan_grid(views: list[View], options: TSDFOptions) -> Grid:
 def measured_truncation(grid: Grid, agreement: dict, options: TSDFOptions) -> float:
     """A band as wide as the views' measured disagreement allows, once they agree (a narrow
     band keeps thin parts and edges; one narrower than the disagreement tears the surface),
-    never wider than the guess made without the measure."""
-    noise = TRUNCATION_SIGMAS * 1.4826 * agreement["disagreement_after"] * grid.depth
+    never wider than the guess made without the measure. The sigma has DA3's noise floor under
+    it: views made smooth (``engine.fusion.views.denoised_depth``) agree more closely than their
+    depth is true, and in object mode the band also decides how far behind a seen surface an
+    unseen one lies (a seat's underside, that cameras above never see: with exact depth the
+    band narrowed to 4 voxels made the chair's seat half as thick, F@1% 0.84 against 0.997)."""
+    noise = TRUNCATION_SIGMAS * agreement["sigma_after"] * grid.depth
     return float(min(grid.truncation, max(options.truncation_voxels * grid.voxel_size, noise)))
 
 

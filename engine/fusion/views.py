@@ -1,12 +1,15 @@
 """The views ready to integrate: each pixel's depth and the weights of its votes; and the
 geometry between pixels and world points (back-projection, projection).
 
-Pixels under DA3's confidence floor (its exporter's rule, shared with the other modes) cast no
-surface vote; the others are weighted by confidence and down-weighted at depth discontinuities
-and grazing angles. Every pixel with a depth still votes for the free space in front of it.
+Each view's depth is first rid of its pixel noise, edges kept (:func:`denoised_depth`). Pixels
+under DA3's confidence floor (its exporter's rule, shared with the other modes) cast no surface
+vote; the others are weighted by confidence and down-weighted at depth discontinuities and
+grazing angles. Every pixel with a depth still votes for the free space in front of it.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -22,10 +25,18 @@ GRAZING_COS, FULL_COS = 0.05, 0.25
 # Above DA3's confidence floor, a pixel's surface vote ramps from nothing at this percentile of
 # the confidence to full weight at the upper one.
 RAMP_LOW_PERCENTILE, RAMP_HIGH_PERCENTILE = 5.0, 75.0
+# Denoising averages a pixel with the neighbours whose depth lies within this many sigmas of the
+# view's own pixel noise (measured: :func:`pixel_noise`) of its own: at DA3-like noise (0.5% of
+# the depth) a band of 2%, well under the jump at an object's outline, so edges and thin parts
+# keep their own depth; on a smooth depth map next to nothing changes.
+DENOISE_SIGMAS = 4.0
 
 
 def prepare_views(pred: Prediction, options: TSDFOptions, weigh=None) -> list[View]:
-    """Per-view depth, weight and colour; raises ValueError when no pixel can vote."""
+    """Per-view depth (denoised: ``options.denoise_radius``), weight and colour; raises
+    ValueError when no pixel can vote."""
+    if options.denoise_radius:
+        pred = replace(pred, depth=denoised_views(pred.depth, options.denoise_radius, options.threads))
     w2c = pred.world_to_camera()
     weights = (weigh or view_weights)(pred, options)
 
@@ -43,6 +54,66 @@ def prepare_views(pred: Prediction, options: TSDFOptions, weigh=None) -> list[Vi
     if not any(np.any(v.weight > 0) for v in views):
         raise ValueError("no pixel of any view is confident enough to fuse")
     return views
+
+
+def denoised_views(depth: np.ndarray, radius: int, threads: int = 1) -> np.ndarray:
+    """(N,H,W) float32: :func:`denoised_depth` of every view, the views shared among ``threads``."""
+    out = np.empty(depth.shape, np.float32)
+
+    def denoise(i: int) -> None:  # each view writes its own slice
+        out[i] = denoised_depth(depth[i], radius)
+
+    with Workers(threads, "da3-fuse") as workers:
+        workers.map(denoise, range(len(depth)))
+    return out
+
+
+def denoised_depth(depth: np.ndarray, radius: int, band: float | None = None) -> np.ndarray:
+    """(H,W) float32 ``depth`` averaged along each row and then down each column with the pairs
+    of pixels ``k`` <= ``radius`` either side whose depths both lie within ``band`` (relative;
+    default ``DENOISE_SIGMAS`` times the map's :func:`pixel_noise`) of the pixel's (no depth: 0
+    or not finite, stays as it is and joins no average).
+
+    The voxels sample each view at one pixel, so a pixel's noise went into the surface as it
+    was: on bench_fusion's chair with the hard errors (0.5% pixel noise; three draws of them),
+    F@1% 0.55-0.68 and normal consistency 0.77-0.81; 0.90-0.94 and 0.83-0.87 with this at
+    radius 2. Pairs, not single neighbours: a
+    sloping or curved surface keeps its depth where one side of the pair runs over an outline
+    or off the image (a one-sided average would pull it along the slope); across an outline
+    nothing is mixed, so the legs of a chair keep their width.
+    """
+    out = np.asarray(depth, dtype=np.float32)
+    valid = np.isfinite(out) & (out > 0)
+    out = np.where(valid, out, 0).astype(np.float32)
+    band = DENOISE_SIGMAS * pixel_noise(out, valid) if band is None else band
+    for axis in (1, 0):  # along the rows, then down the columns
+        total, count = out.copy(), valid.astype(np.float32)
+        tolerance = np.float32(band) * out
+        for k in range(1, radius + 1):
+            centre, before, after = (tuple(slice(a, b) if n == axis else slice(None) for n in range(2))
+                                     for a, b in ((k, -k), (0, -2 * k), (2 * k, None)))
+            here = out[centre]
+            alike = (valid[centre] & valid[before] & valid[after]
+                     & (np.abs(out[before] - here) < tolerance[centre])
+                     & (np.abs(out[after] - here) < tolerance[centre]))
+            total[centre] += np.where(alike, out[before] + out[after], 0)
+            count[centre] += 2 * alike
+        out = np.where(valid, total / np.maximum(count, 1), 0).astype(np.float32)
+    return np.where(valid, out, depth).astype(np.float32)
+
+
+def pixel_noise(depth: np.ndarray, valid: np.ndarray) -> float:
+    """The robust sigma of ``depth``'s noise from pixel to pixel, relative to depth: from the
+    second differences along the rows (a sloping surface has none; pixel noise of sigma gives
+    them sigma * sqrt(6); outlines are too few to move the median), on every fourth row
+    (tens of thousands of pixels are plenty for a median). 0 without three pixels of depth in
+    a row."""
+    depth, valid = depth[::4], valid[::4]
+    ok = valid[:, :-2] & valid[:, 1:-1] & valid[:, 2:]
+    if not ok.any():
+        return 0.0
+    second = (depth[:, :-2] - 2 * depth[:, 1:-1] + depth[:, 2:])[ok] / depth[:, 1:-1][ok]
+    return float(1.4826 * np.median(np.abs(second)) / np.sqrt(6))
 
 
 def view_weights(pred: Prediction, options: TSDFOptions) -> np.ndarray:

@@ -1,22 +1,23 @@
 """TSDF fusion against the REMESH route: quality on scenes of known geometry, speed and memory.
 
     .venv/bin/python benchmarks/bench_fusion.py [--views 30 --width 504 --height 378
-                                                 --resolution 256 --scenes mug room --hard]
+                                                 --resolution 256 --scenes mug room terrain --hard]
     .venv/bin/python benchmarks/bench_fusion.py --stages --scenes parts --renders /tmp/renders
 
 Each scene is rendered with Cycles (tests/scenes.py; cached under .cache/bench-fusion/) and
 degraded like a DA3 prediction (--no-sky: exact, but with the background at DA3's sky
 confidence and no sky mask, as files in DA3's own layout have; --hard: scenes.HARD, larger
-depth and pose errors, like issue 12's held-out scenes). Every scene but the room is an
-object, fused in object mode ('parts', 'parts_table', 'parts_floor': an object in four
-separate parts on nothing, a table or a textured floor; 'thin': a chair with thin legs and
-slats on nothing). Printed per scene: accuracy and completeness (mean distance, % of the
-object's size), precision, recall and F-score at 1% of that size, normal consistency (mean
-|cos| of face and true normals), the recall of the thin parts alone ('-': none), boundary
-edges, connected pieces and faces for REMESH (the importer's own per-view
-surfaces + Blender's voxel remesher) and TSDF (numpy; and torch in the worker environment when
-one is found, see --worker-python); then seconds per stage, peak traced memory (tracemalloc, a
-second run) and peak resident memory of the process.
+depth and pose errors, like issue 12's held-out scenes). Every scene but the room and the
+terrain (a drone's two strips over hills, houses, a water tower and trees) is an object, fused
+in object mode ('parts', 'parts_table', 'parts_floor': an object in four separate parts on
+nothing, a table or a textured floor; 'thin': a chair with thin legs and slats on nothing).
+Printed per scene: accuracy and completeness (mean distance, % of the object's size),
+precision, recall and F-score at 1% of that size, normal consistency (mean |cos| of face and
+true normals), the recall of the thin parts alone ('-': none), boundary edges, connected
+pieces and faces for REMESH (the importer's own per-view surfaces + Blender's voxel remesher)
+and TSDF (numpy; and torch in the worker environment when one is found, see --worker-python);
+then seconds per stage, peak traced memory (tracemalloc, a second run) and peak resident
+memory of the process.
 
 With --stages --renders DIR, pictures of the old default, the new default and (objects) the new
 default after the voxel remesher are written to DIR/<scene>-old-default.png, -new-default.png and
@@ -74,7 +75,7 @@ def main() -> None:
         pred = degraded.prediction
         print(f"\n== {name}{' (hard)' if args.hard else ''}: {pred.num_views} views "
               f"{pred.width}x{pred.height}, F-score at {0.01 * scene.size:.3f} (1% of {scene.size:.2f})")
-        options = TSDFOptions(resolution=args.resolution, object_mode=name != "room")
+        options = TSDFOptions(resolution=args.resolution, object_mode=name not in scenes.SURROUNDINGS)
         if args.stages:
             meshes = print_stages(scene, degraded, options)
             if args.renders:
@@ -185,7 +186,7 @@ def parse_args():
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--scenes", nargs="+", default=["mug", "room"],
-                        choices=["mug", "room", *scenes.OBJECT_SCENES])
+                        choices=["mug", "room", "terrain", *scenes.OBJECT_SCENES])
     degradation = parser.add_mutually_exclusive_group()
     degradation.add_argument("--no-sky", action="store_true",
                              help="exact depth and poses, background at DA3's sky confidence (1.0) "

@@ -68,7 +68,7 @@ def measure(api, scene, degraded, budget: int, renders: Path | None, texture_siz
     if photos is not None:
         pred.photos = np.delete(photos.image, HELD_OUT, axis=0)
     judge = judge or scene
-    options = BuildOptions(object_mode=scene.name != "room", output_points=False,
+    options = BuildOptions(object_mode=scene.name not in scenes.SURROUNDINGS, output_points=False,
                            output_cameras=False, max_faces=budget, texture_size=texture_size)
     timings: dict = {}
     start = time.perf_counter()

@@ -238,6 +238,81 @@ def thin_shapes(z0=0.0, leg=0.02, slat=0.02):
             *slats]
 
 
+
+def terrain_height(x, y):
+    """The ground's height at (x, y): two hills, a hollow and gentle waves over it."""
+    def bump(cx, cy, height, width):
+        return height * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width ** 2))
+
+    return (bump(1.5, 1.0, 0.9, 1.1) + bump(-2.2, -1.4, 0.6, 0.9) + bump(-0.6, 2.0, -0.4, 0.7)
+            + 0.08 * np.sin(1.3 * x) * np.cos(0.9 * y))
+
+
+def terrain_gradient(x, y, h=1e-4):
+    return ((terrain_height(x + h, y) - terrain_height(x - h, y)) / (2 * h),
+            (terrain_height(x, y + h) - terrain_height(x, y - h)) / (2 * h))
+
+
+def ground(half=6.0, cells=120, color=(0.35, 0.45, 0.25)):
+    """The terrain as a height field ``half`` either side of the origin, checkered like fields
+    seen from the air; sampled on its analytic surface."""
+    axis = np.linspace(-half, half, cells + 1)
+    gx, gy = np.meshgrid(axis, axis, indexing="ij")
+    verts = np.c_[gx.ravel(), gy.ravel(), terrain_height(gx, gy).ravel()]
+    at = np.arange(len(verts)).reshape(cells + 1, cells + 1)
+    faces = np.stack([at[:-1, :-1], at[1:, :-1], at[1:, 1:], at[:-1, 1:]], axis=-1).reshape(-1, 4)
+
+    def sample(n, rng):  # uniform over the area: rejection on the slope's area element
+        x, y = rng.uniform(-half, half, (2, 4 * n))
+        fx, fy = terrain_gradient(x, y)
+        stretch = np.sqrt(1 + fx ** 2 + fy ** 2)
+        keep = rng.uniform(0, stretch.max(), len(x)) < stretch
+        x, y = x[keep][:n], y[keep][:n]
+        return np.c_[x, y, terrain_height(x, y)]
+
+    def normal(p):
+        fx, fy = terrain_gradient(p[:, 0], p[:, 1])
+        return unit(np.c_[-fx, -fy, np.ones(len(p))])
+
+    return Shape("ground", verts, [tuple(f) for f in faces.tolist()], color, sample,
+                 lambda p: p[:, 2] < terrain_height(p[:, 0], p[:, 1]), True, normal=normal)
+
+
+def terrain_shapes():
+    """A drone's view: the ground, three houses sunk into it where they stand, a water tower
+    and two trees."""
+    def house(x, y, sx, sy, height):
+        base = terrain_height(np.array([x - sx, x + sx, x, x]), np.array([y, y, y - sy, y + sy])).min()
+        return box((x - sx, y - sy, base - 0.3), (x + sx, y + sy, base + height), color=(0.75, 0.7, 0.65))
+
+    def tree(x, y, crown):
+        base = float(terrain_height(x, y))
+        return [cylinder(0.08, 1.0, centre=(x, y), z0=base - 0.1, segments=24, color=(0.35, 0.25, 0.15)),
+                sphere((x, y, base + 0.9 + crown * 0.8), crown, color=(0.15, 0.4, 0.15), segments=32)]
+
+    tower_base = float(terrain_height(-1.0, -0.2))
+    return [ground(), house(0.8, -1.6, 0.6, 0.4, 0.8), house(-2.4, 1.2, 0.5, 0.7, 0.6),
+            house(2.6, 2.3, 0.45, 0.45, 1.1),
+            cylinder(0.35, 1.6, centre=(-1.0, -0.2), z0=tower_base - 0.2, color=(0.6, 0.6, 0.7)),
+            *tree(1.9, -0.2, 0.45), *tree(-0.3, 1.2, 0.35)]
+
+
+def drone_cameras(n, altitude=5.0, pitch_deg=55.0):
+    """A drone flying two strips across the terrain, out along y = -1.6 and back along
+    y = 1.6, looking ahead and down."""
+    out = []
+    per_strip = max(n // 2, 1)
+    for i in range(n):
+        strip, k = divmod(i, per_strip)
+        heading = 1.0 if strip % 2 == 0 else -1.0
+        x = heading * (-3.0 + 6.0 * k / max(per_strip - 1, 1))
+        eye = np.array([x, -1.6 if strip % 2 == 0 else 1.6, altitude])
+        pitch = math.radians(pitch_deg)
+        ahead = np.array([heading * math.cos(pitch), 0.0, -math.sin(pitch)])
+        out.append(look_at(eye, eye + ahead))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # scenes
 
@@ -338,6 +413,9 @@ class ObjectScene(NamedTuple):
     per_area: float | None = None
 
 
+# Scenes fused whole, in scene mode (every other scene is an object, fused in object mode).
+SURROUNDINGS = ("room", "terrain")
+
 OBJECT_SCENES = {
     "parts": ObjectScene(parts_shapes, lambda: [], 0.0),  # nothing under it: no floor in view
     "parts_table": ObjectScene(parts_shapes, table, 0.6),
@@ -364,7 +442,8 @@ class Layout:
 
 
 def scene_layout(name: str, views=0) -> Layout:
-    """The shapes, cameras and judged region of 'mug', 'room' or one of ``OBJECT_SCENES``."""
+    """The shapes, cameras and judged region of 'mug', 'room', 'terrain' or one of
+    ``OBJECT_SCENES``."""
     if name in OBJECT_SCENES:
         obj = OBJECT_SCENES[name]
         parts = obj.make(obj.z0)
@@ -382,6 +461,11 @@ def scene_layout(name: str, views=0) -> Layout:
         # is as rough as 5-8% of the object's height
         region = (low - [0.1, 0.1, -0.08], high + 0.1)
         return Layout(shapes, shapes[:2], cams, 45, float(np.linalg.norm(high - low)), region)
+    if name == "terrain":
+        shapes = terrain_shapes()
+        low, high = np.array([-4.5, -4.5, -0.6]), np.array([4.5, 4.5, 2.2])  # where the flight looks
+        return Layout(shapes, shapes, drone_cameras(views or 16), 60,
+                      float(np.linalg.norm(high - low)), (low, high), 2000.0)
     shapes = room_shapes()
     low, high = np.array([-2, -1.5, 0]), np.array([2, 1.5, 2.5])
     return Layout(shapes, shapes, room_cameras(views or 36), 90, float(np.linalg.norm(high - low)),
@@ -389,14 +473,14 @@ def scene_layout(name: str, views=0) -> Layout:
 
 
 def render_scene(name: str, width=0, height=0, samples=4, views=0) -> Scene:
-    """Render one of the scenes ('mug', 'room' or one of ``OBJECT_SCENES``) with Cycles; the
-    caller caches it.
+    """Render one of the scenes ('mug', 'room', 'terrain' or one of ``OBJECT_SCENES``) with
+    Cycles; the caller caches it.
 
-    ``views``: 0 for the scene's own count (24 around the mug, 36 in the room, 16 around the
-    other objects); ``width``, ``height``: 0 for 128x96 (192x144 for the thin parts of the
-    other objects).
+    ``views``: 0 for the scene's own count (24 around the mug, 36 in the room, 16 over the
+    terrain and around the other objects); ``width``, ``height``: 0 for 128x96 (192x144 for
+    the thin parts of the other objects).
     """
-    small = name in ("mug", "room")
+    small = name in ("mug", "room", "terrain")
     width, height = width or (128 if small else 192), height or (96 if small else 144)
     layout = scene_layout(name, views)
     fx = (width / 2) / math.tan(math.radians(layout.fov) / 2)

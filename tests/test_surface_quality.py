@@ -35,12 +35,12 @@ def scene_of(name: str, hard: bool):
 
 def quality(name: str, hard: bool, **options) -> tuple[scenes.Quality, FusedMesh]:
     scene, degraded = scene_of(name, hard)
-    settings = TSDFOptions(resolution=RESOLUTION, object_mode=name != "room", **options)
+    settings = TSDFOptions(resolution=RESOLUTION, object_mode=name not in scenes.SURROUNDINGS, **options)
     mesh = fuse_tsdf(degraded.prediction, settings)
     return scenes.evaluate(mesh.vertices, mesh.faces, scene, degraded.to_scene), mesh
 
 
-@pytest.mark.parametrize("name", ["parts", "room"])
+@pytest.mark.parametrize("name", ["parts", "room", "terrain"])
 def test_views_made_to_agree_give_a_smoother_truer_surface(name):
     old, _ = quality(name, True, **OLD_DEFAULT)
     new, mesh = quality(name, True)
@@ -86,6 +86,18 @@ def test_a_chair_under_pixel_noise_comes_out_true_once_denoised():
     print(f"as given {noisy}\ndenoised {denoised}")
     assert denoised.fscore > noisy.fscore + 0.1, (noisy, denoised)
     assert denoised.normal > noisy.normal + 0.03, (noisy, denoised)
+
+
+def test_a_drone_flight_over_terrain_meets_the_bar():
+    """Issue 12's terrain (a drone's 16 views: F@1% 0.84, normal consistency 0.69, holes all
+    over the ground): hills, a hollow, houses, a water tower and trees seen in two strips, with
+    the hard errors. Bar: F@1% and normal consistency at least 0.9 (0.96 and 0.97 today)."""
+    result, mesh = quality("terrain", True)
+    print(result, mesh.stats["consistency"])
+    assert result.fscore >= 0.93 and result.normal >= 0.93, result
+    # the ground and the two trees' crowns: their trunks, 16 cm across, are two of the tests'
+    # 8 cm voxels and do not survive the hard errors
+    assert result.components <= 3, result
 
 
 def test_consistency_alone_brings_the_views_together():

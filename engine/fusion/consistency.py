@@ -190,8 +190,8 @@ def make_consistent(views: list, region: tuple | None = None, threads: int = 1, 
     voting pixels another view confirms; and the rounds of the fit it took). ``xp``: the array
     namespace the work is done in (``engine.core.arrays``; the views stay numpy arrays);
     ``views_at_once``: how many views one look-up step sees points in; ``threads``: numpy
-    threads every step
-    shares its views (or pairs of views) among (neither changes the answers)."""
+    threads every step shares its views (or pairs of views) among (neither changes the
+    answers)."""
     stack = Stack.of(views, xp, views_at_once)
     with Workers(threads, "da3-fuse") as workers:
         samples = sample_views(stack, np.random.default_rng(seed), region, workers)

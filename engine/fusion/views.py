@@ -81,10 +81,10 @@ def denoised_depth(depth: np.ndarray, radius: int, band: float | None = None) ->
     The voxels sample each view at one pixel, so a pixel's noise went into the surface as it
     was: on bench_fusion's chair with the hard errors (0.5% pixel noise; three draws of them),
     F@1% 0.55-0.68 and normal consistency 0.77-0.81; 0.90-0.94 and 0.83-0.87 with this at
-    radius 2. Pairs, not single neighbours: a
-    sloping or curved surface keeps its depth where one side of the pair runs over an outline
-    or off the image (a one-sided average would pull it along the slope); across an outline
-    nothing is mixed, so the legs of a chair keep their width.
+    radius 2. Pairs, not single neighbours: a sloping or curved surface keeps its depth where
+    one side of the pair runs over an outline or off the image (a one-sided average would pull
+    it along the slope); across an outline nothing is mixed, so the legs of a chair keep their
+    width.
     """
     out = np.asarray(depth, dtype=np.float32)
     valid = np.isfinite(out) & (out > 0)

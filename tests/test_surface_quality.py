@@ -160,15 +160,49 @@ def test_the_space_under_a_chair_seat_stays_open(hard):
 
 def test_the_surface_no_view_saw_comes_out_smooth():
     """The underside of a chair's seat: where the votes behind its seen top ran out, voxel by
-    voxel, it came out as rough as sandpaper. The passes for a surface no view saw smooth it
-    (normal consistency against the true chair 0.74 -> 0.80 at the tests' renders) and cost no
-    accuracy (F@1% 0.879 -> 0.877); the four-part object, 0.90 -> 0.93."""
-    for name, gain in (("thin", 0.03), ("parts", 0.01)):
+    voxel, it came out as rough as sandpaper. The passes for a surface no view saw smooth it:
+    normal consistency against the true chair 0.76 -> 0.86 at the tests' renders since the
+    pocket walls are drawn taut (0.74 -> 0.80 with Taubin's passes alone), the four-part object
+    0.90 -> 0.93. At these coarse voxels the taut underside costs the chair a little accuracy
+    (F@1% 0.874 -> 0.863, against 0.872 with Taubin's passes); at bench_fusion's 504x378 it
+    gains some (0.978 -> 0.979 exact, 0.925 -> 0.927 hard errors)."""
+    for name, gain in (("thin", 0.05), ("parts", 0.01)):
         rough, _ = quality(name, False, unseen_smooth_iterations=0)
         smooth, _ = quality(name, False)
         print(f"{name}\nwithout: {rough}\nwith:    {smooth}")
         assert smooth.normal > rough.normal + gain, (rough, smooth)
-        assert smooth.fscore > rough.fscore - 0.01, (rough, smooth)
+        assert smooth.fscore > rough.fscore - 0.015, (rough, smooth)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_an_underside_no_view_saw_comes_out_flat_where_it_was(hard):
+    """Where the votes behind a chair's seen seat ran out and the open space under it began, the
+    seat's underside came out in terraces a voxel high, and Taubin's passes, which keep shapes a
+    few edges wide, kept them. Drawn taut between the surfaces round it (the passes for what no
+    view saw, without their mu steps, where an open pocket meets the solid), it comes out flat,
+    and where it was. Judged on the mesh's points whose nearest true surface faces down (the
+    underside, about a third of the chair): their normals against the truth's, and their offset
+    from it along the true normal."""
+    def underside(**options) -> tuple[float, float]:
+        """Normal consistency, and the median offset along the true normal in voxels."""
+        _, mesh = quality("thin", hard, **options)
+        scene, degraded = scene_of("thin", hard)
+        v = mesh.vertices @ degraded.to_scene[:3, :3].T + degraded.to_scene[:3, 3]
+        points, faces = scenes.sample_faces(v, mesh.faces, 40000, np.random.default_rng(0))
+        distance, nearest = scenes.nearest_distances(scene.surface, points, return_index=True)
+        under = (scene.normals[nearest, 2] < -0.9) & (distance < 0.01 * scene.size)
+        normal = scene.normals[nearest[under]]
+        cos = np.abs(np.sum(scenes.face_normals(v, mesh.faces)[faces[under]] * normal, axis=1))
+        offset = np.sum((points[under] - scene.surface[nearest[under]]) * normal, axis=1)
+        voxel = mesh.voxel_size * np.linalg.norm(degraded.to_scene[:3, 0])
+        return float(cos.mean()), float(np.median(offset) / voxel)
+
+    rough, was = underside(unseen_smooth_iterations=0)
+    taut, now = underside()
+    print(f"underside normal consistency {rough:.3f} -> {taut:.3f}; "
+          f"median offset {was:+.2f} -> {now:+.2f} voxels")
+    assert taut > rough + 0.15  # 0.72 -> 0.97 (milder) and 0.72 -> 0.94 (hard) today
+    assert abs(now - was) < 0.3  # 0.03 voxels today
 
 
 def test_a_chair_seat_is_no_table_to_cut():

@@ -49,9 +49,10 @@ def consistency_both(source: str, device: str) -> dict:
 def clean_both(source: str, device: str) -> dict:
     mesh = np.load(source)
     v, f, unseen = mesh["v"], mesh["f"], mesh["unseen"]
-    ours = mesh_cleanup.clean_surface(v, f, unseen=unseen, unseen_iterations=UNSEEN_PASSES)
+    taut = unseen & (v[:, 0] < 0)  # half of them drawn taut, half smoothed as before
+    ours = mesh_cleanup.clean_surface(v, f, unseen=unseen, taut=taut, unseen_iterations=UNSEEN_PASSES)
     theirs = fusion_torch.clean_surface(v, f, mesh_cleanup.MAX_HOLE_EDGES,
-                                        mesh_cleanup.SMOOTH_ITERATIONS, unseen, UNSEEN_PASSES,
+                                        mesh_cleanup.SMOOTH_ITERATIONS, unseen, taut, UNSEEN_PASSES,
                                         device=device)
     return {"v_numpy": ours[0], "f_numpy": ours[1], "v_torch": theirs[0], "f_torch": theirs[1],
             "holes": np.array([ours[2], theirs[2]]), "border": np.array([ours[3], theirs[3]])}

@@ -46,9 +46,10 @@ class TSDFOptions:
     max_hole_edges: border loops up to this many edges are closed (0: none); see
         ``engine.fusion.mesh_cleanup``.
     unseen_smooth_iterations: object mode: passes more for the surface no view saw (the
-        underside of a seat: where the votes behind the seen top ran out, voxel-rough); on
-        the chair of bench_fusion 30 raise its normal consistency 0.85 -> 0.90 (exact depth)
-        and 0.83 -> 0.87 (milder errors), the F-score unchanged or better.
+        underside of a seat: where the votes behind the seen top ran out, voxel-rough), drawn
+        taut where an open pocket meets the solid (``engine.fusion.mesh_cleanup``); on the
+        chair of bench_fusion 30 raise its normal consistency 0.85 -> 0.93 (exact depth),
+        the F-score unchanged or better.
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying

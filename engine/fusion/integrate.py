@@ -309,8 +309,9 @@ def update_chunk(volume: Volume, blocks: slice | np.ndarray, cam: np.ndarray, vi
 
 
 def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions,
-                 pockets: Pockets | None = None) -> np.ndarray:
-    """(M,512) signed values in [-1,1]; NaN where unknown (scene mode).
+                 pockets: Pockets | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(M,512) signed values in [-1,1], NaN where unknown (scene mode); and the voxels an open
+    pocket reached ((M,512) bool; None without one).
 
     Object mode: too little evidence means nobody could see in, so solid, unless an open pocket
     reaches it (``pockets``); below the floor cut and on the grid's outer layer is free, which
@@ -320,13 +321,15 @@ def voxel_values(grid: Grid, volume: Volume, options: TSDFOptions,
     values = volume.tsdf / np.maximum(volume.weight, np.float32(1e-12))
     if not grid.object_mode:
         values[~observed | outside_box(grid, volume.coords)] = np.nan
-        return values
+        return values, None
     values[~observed] = -1.0
+    reached = None
     if pockets is not None and pockets.opened.any():
         # a voxel with any vote for solid stops a pocket: a thin leg few views saw stays
-        values[pocket_voxels(pockets, volume.keys, ~observed & (volume.tsdf >= 0))] = 1.0
+        reached = pocket_voxels(pockets, volume.keys, ~observed & (volume.tsdf >= 0))
+        values[reached] = 1.0
     values[forced_free(grid, volume.coords)] = 1.0
-    return values
+    return values, reached
 
 
 def outside_box(grid: Grid, coords: np.ndarray) -> np.ndarray:

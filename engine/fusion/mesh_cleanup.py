@@ -32,10 +32,12 @@ MAX_HOLE_EDGES = 24
 
 
 def clean_surface(vertices, faces, max_hole_edges: int = MAX_HOLE_EDGES,
-                  iterations: int = SMOOTH_ITERATIONS, unseen=None, unseen_iterations: int = 0,
-                  threads: int = 1, xp=np) -> tuple[Any, Any, int, int | None]:
+                  iterations: int = SMOOTH_ITERATIONS, unseen=None, taut=None,
+                  unseen_iterations: int = 0, threads: int = 1, xp=np
+                  ) -> tuple[Any, Any, int, int | None]:
     """:func:`fill_small_holes`, then :func:`taubin_smooth` (the ``unseen`` vertices
-    ``unseen_iterations`` passes more, on up to ``threads`` threads): the vertices, the faces,
+    ``unseen_iterations`` passes more, the ``taut`` ones among them drawn taut, on up to
+    ``threads`` threads): the vertices, the faces,
     the number of holes closed and of the border edges left (None when nothing was done, so
     the edges were never sorted out). The mesh's edges are sorted out once for all of it (0.15
     s of the room's 960k triangles), the fans' edges merged in. ``xp``: the namespace of the
@@ -51,7 +53,7 @@ def clean_surface(vertices, faces, max_hole_edges: int = MAX_HOLE_EDGES,
         edges = edges.merged(face_edges(filled[len(faces):], n, xp))
     border = int((edges.count == 1).sum())
     return (taubin_smooth(vertices, filled, iterations, edges, xp, unseen, unseen_iterations,
-                          threads),
+                          threads, taut),
             filled, holes, border)
 
 
@@ -111,12 +113,15 @@ def face_edges(faces, num_vertices: int, xp=np) -> Edges:
 
 def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
                   edges: Edges | None = None, xp=np, unseen=None, unseen_iterations: int = 0,
-                  threads: int = 1):
+                  threads: int = 1, taut=None):
     """Vertices moved by ``iterations`` lambda|mu passes of the umbrella operator (every
     neighbour weighs the same); border vertices stay. ``edges``: :func:`face_edges` of
     ``faces`` when known. Then the ``unseen`` ones ((V,) bool: a surface no view saw, such
     as the underside of a seat, whose grain is the voxels' votes running out, not detail)
-    ``unseen_iterations`` passes more, their neighbours held. The three coordinates never mix,
+    ``unseen_iterations`` passes more, their neighbours held. The ``taut`` ones ((V,) bool,
+    unseen too: where an open pocket meets the solid) skip the passes' mu steps, so they are
+    drawn taut between what is round them: there the votes ran out in terraces a voxel high
+    and a few edges apart, which Taubin's passes keep as shape. The three coordinates never mix,
     so each is smoothed through every pass on its own thread (numpy; ``threads`` at most 3)."""
     unseen_iterations = unseen_iterations if unseen is not None else 0
     if not len(faces) or (iterations <= 0 and unseen_iterations <= 0):
@@ -132,7 +137,7 @@ def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
     # nothing for a fixed one (step and free 0), so every vertex goes through the same sums
     step = xp.asarray(free / xp.maximum(degree, 1), dtype=dtype)
     free = xp.asarray(free, dtype=dtype)
-    some = (ChosenVertices.of(neighbour, bounds, step, free, xp.nonzero(unseen)[0], xp)
+    some = (ChosenVertices.of(neighbour, bounds, step, free, xp.nonzero(unseen)[0], taut, xp)
             if unseen_iterations > 0 else None)
 
     def smooth(column) -> None:
@@ -161,12 +166,14 @@ class ChosenVertices:
     starts: Any  # (C,) where each list begins in ``their``
     step: Any  # (C,) as taubin_smooth's, 0 for a vertex without neighbours
     free: Any  # (C,)
+    mu: Any  # (C,) each vertex's mu step: MU, or 0 for one drawn taut
     xp: Any = np
 
     @classmethod
-    def of(cls, neighbour, bounds, step, free, chosen, xp=np) -> ChosenVertices | None:
-        """The ``chosen`` (indices) vertices' lists out of :func:`neighbour_lists`; None when
-        they have no neighbour."""
+    def of(cls, neighbour, bounds, step, free, chosen, taut=None, xp=np) -> ChosenVertices | None:
+        """The ``chosen`` (indices) vertices' lists out of :func:`neighbour_lists`, the
+        ``taut`` ((V,) bool or None) of them to be drawn taut; None when they have no
+        neighbour."""
         if not len(chosen):
             return None
         counts = bounds[chosen + 1] - bounds[chosen]
@@ -178,14 +185,17 @@ class ChosenVertices:
             return None
         starts = xp.concatenate([xp.zeros(1, dtype=ends.dtype), ends[:-1]])
         nonempty = counts > 0  # reduceat reads past an empty list: such a vertex is fixed anyway
+        mu = xp.full(len(chosen), MU, dtype=step.dtype)
+        if taut is not None:
+            mu = mu * xp.asarray(~xp.take(taut, chosen), dtype=step.dtype)
         return cls(chosen, their, xp.minimum(starts, len(their) - 1),
-                   xp.take(step, chosen) * nonempty, xp.take(free, chosen) * nonempty, xp)
+                   xp.take(step, chosen) * nonempty, xp.take(free, chosen) * nonempty, mu, xp)
 
     def smooth(self, column, iterations: int) -> None:
         """``iterations`` lambda|mu passes of one coordinate that move only these vertices,
-        in place."""
+        in place (mu per vertex)."""
         xp = self.xp
-        for factor in (LAMBDA, MU) * iterations:
+        for factor in (LAMBDA, self.mu) * iterations:
             total = xp.add.reduceat(xp.take(column, self.their), self.starts)
             here = xp.take(column, self.index)
             column[self.index] = here + factor * (self.step * total - self.free * here)

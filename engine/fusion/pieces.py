@@ -29,12 +29,29 @@ def unseen_vertices(grid: Grid, volume: Volume, vertices: np.ndarray, solid_weig
     """(V,) object mode: vertices between voxels of which one at least had too little evidence
     to count as observed (``solid_weight``): a surface no view saw, which meshing placed where
     the votes behind a seen one ran out or an open pocket began (the underside of a seat)."""
+    return beside_voxels(grid, volume, vertices, volume.weight < solid_weight, unallocated=True)
+
+
+def pocket_wall_vertices(grid: Grid, volume: Volume, vertices: np.ndarray,
+                         reached: np.ndarray | None) -> np.ndarray | None:
+    """(V,) object mode: vertices beside a voxel that an open pocket reached (``reached``,
+    (M,512) bool, or None for no pocket): where the pocket meets the solid (a seat's
+    underside)."""
+    if reached is None:
+        return None
+    return beside_voxels(grid, volume, vertices, reached, unallocated=False)
+
+
+def beside_voxels(grid: Grid, volume: Volume, vertices: np.ndarray, voxels: np.ndarray,
+                  unallocated: bool) -> np.ndarray:
+    """(V,) vertices of which one at least of the 8 voxels around is among ``voxels`` ((M,512)
+    bool), a voxel in a block not allocated counting as ``unallocated``."""
     corner = np.floor((vertices - grid.origin) / grid.voxel_size).astype(np.int64)
-    unseen = np.zeros(len(vertices), bool)
-    for offset in np.ndindex(2, 2, 2):  # the 8 voxels around each vertex
+    beside = np.zeros(len(vertices), bool)
+    for offset in np.ndindex(2, 2, 2):
         pos, flat, found = voxel_rows(grid, volume, corner + offset)
-        unseen |= np.where(found, volume.weight[pos, flat], 0) < solid_weight
-    return unseen
+        beside |= np.where(found, voxels[pos, flat], unallocated)
+    return beside
 
 
 def voxel_rows(grid: Grid, volume: Volume, index: np.ndarray):

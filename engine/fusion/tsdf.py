@@ -39,7 +39,7 @@ from .integrate import (
     voxel_values,
 )
 from .mesh_cleanup import clean_surface
-from .pieces import clean_mesh, face_components, unseen_vertices, vertex_colors
+from .pieces import clean_mesh, face_components, pocket_wall_vertices, unseen_vertices, vertex_colors
 from .pockets import find_pockets
 from .tets import mesh_volume
 from .views import prepare_views, view_weights
@@ -59,7 +59,7 @@ class Stages:
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
-    # (vertices, faces, max_hole_edges, iterations, unseen, unseen_iterations, threads)
+    # (vertices, faces, max_hole_edges, iterations, unseen, taut, unseen_iterations, threads)
     # -> v, f, holes, border edges (None: not counted)
     clean_surface: Callable
 
@@ -194,24 +194,26 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
     volume = stages.integrate(grid, keys, views, options,
                               lambda f, m: report(0.05 + 0.75 * f, m))
     clock.lap("integrate")
-    values = voxel_values(grid, volume, options, pockets)
+    values, reached = voxel_values(grid, volume, options, pockets)
     report(0.85, "meshing")
     vertices, faces = stages.extract(grid, volume.keys, values, coarse,
                                      None if grid.object_mode else views, options.threads)
     clock.lap("mesh")
     colors = vertex_colors(grid, volume, vertices)
-    unseen = (unseen_vertices(grid, volume, vertices, options.solid_weight)
-              if grid.object_mode and options.unseen_smooth_iterations > 0 else None)
+    unseen = taut = None
+    if grid.object_mode and options.unseen_smooth_iterations > 0:
+        unseen = unseen_vertices(grid, volume, vertices, options.solid_weight)
+        taut = pocket_wall_vertices(grid, volume, vertices, reached)
     region = (lambda points: looked_at(points, views, options.crop_box)) if grid.object_mode else None
     meshed = len(faces)
-    vertices, faces, (colors, unseen) = clean_mesh(vertices, faces, (colors, unseen), options,
-                                                   stages.components, region)
+    vertices, faces, (colors, unseen, taut) = clean_mesh(vertices, faces, (colors, unseen, taut),
+                                                         options, stages.components, region)
     if grid.object_mode and meshed and not len(faces):
         raise ValueError("object mode found no closed part where most views look (photos that "
                          "circle one object); for a scene, turn object mode off")
     clock.lap("pieces")
     vertices, faces, holes, border = stages.clean_surface(vertices, faces, options.max_hole_edges,
-                                                  options.smooth_iterations, unseen,
+                                                  options.smooth_iterations, unseen, taut,
                                                   options.unseen_smooth_iterations, options.threads)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")

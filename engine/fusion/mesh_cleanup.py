@@ -37,11 +37,10 @@ def clean_surface(vertices, faces, max_hole_edges: int = MAX_HOLE_EDGES,
                   ) -> tuple[Any, Any, int, int | None]:
     """:func:`fill_small_holes`, then :func:`taubin_smooth` (the ``unseen`` vertices
     ``unseen_iterations`` passes more, the ``taut`` ones among them drawn taut, on up to
-    ``threads`` threads): the vertices, the faces,
-    the number of holes closed and of the border edges left (None when nothing was done, so
-    the edges were never sorted out). The mesh's edges are sorted out once for all of it (0.15
-    s of the room's 960k triangles), the fans' edges merged in. ``xp``: the namespace of the
-    arrays."""
+    ``threads`` threads): the vertices, the faces, the number of holes closed and of the
+    border edges left (None when nothing was done, so the edges were never sorted out). The
+    mesh's edges are sorted out once for all of it (0.15 s of the room's 960k triangles), the
+    fans' edges merged in. ``xp``: the namespace of the arrays."""
     n = len(vertices)
     if not len(faces):
         return vertices, faces, 0, 0
@@ -121,8 +120,9 @@ def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
     ``unseen_iterations`` passes more, their neighbours held. The ``taut`` ones ((V,) bool,
     unseen too: where an open pocket meets the solid) skip the passes' mu steps, so they are
     drawn taut between what is round them: there the votes ran out in terraces a voxel high
-    and a few edges apart, which Taubin's passes keep as shape. The three coordinates never mix,
-    so each is smoothed through every pass on its own thread (numpy; ``threads`` at most 3)."""
+    and a few edges apart, which Taubin's passes keep as shape. The three coordinates never
+    mix, so each is smoothed through every pass on its own thread (numpy; ``threads`` at most
+    3)."""
     unseen_iterations = unseen_iterations if unseen is not None else 0
     if not len(faces) or (iterations <= 0 and unseen_iterations <= 0):
         return vertices

@@ -201,7 +201,8 @@ def test_an_underside_no_view_saw_comes_out_flat_where_it_was(hard):
     taut, now = underside()
     print(f"underside normal consistency {rough:.3f} -> {taut:.3f}; "
           f"median offset {was:+.2f} -> {now:+.2f} voxels")
-    assert taut > rough + 0.15  # 0.72 -> 0.97 (milder) and 0.72 -> 0.94 (hard) today
+    # 0.72 -> 0.97 (milder) and 0.72 -> 0.94 (hard) today; Taubin's passes alone: 0.85 and 0.83
+    assert taut > rough + 0.2
     assert abs(now - was) < 0.3  # 0.03 voxels today
 
 

@@ -99,9 +99,11 @@ def main() -> None:
 MIN_ISLAND_FACES = 64  # builder/surface.py: what the importer drops after the remesher
 # Each stage of the surface alone on top of the old default, then all of them (the new default).
 OLD_DEFAULT = dict(denoise_radius=0, consistent_views=False, smooth_iterations=0,
-                   unseen_smooth_iterations=0, max_hole_edges=0, max_faces=0)
+                   unseen_smooth_iterations=0, normal_filter_iterations=0, max_hole_edges=0,
+                   max_faces=0)
 CLEAN = dict(smooth_iterations=TSDFOptions.smooth_iterations,
              unseen_smooth_iterations=TSDFOptions.unseen_smooth_iterations,
+             normal_filter_iterations=TSDFOptions.normal_filter_iterations,
              max_hole_edges=TSDFOptions.max_hole_edges)
 STAGES = {
     "old default": {},

@@ -53,7 +53,7 @@ def clean_both(source: str, device: str) -> dict:
     ours = mesh_cleanup.clean_surface(v, f, unseen=unseen, taut=taut, unseen_iterations=UNSEEN_PASSES)
     theirs = fusion_torch.clean_surface(v, f, mesh_cleanup.MAX_HOLE_EDGES,
                                         mesh_cleanup.SMOOTH_ITERATIONS, unseen, taut, UNSEEN_PASSES,
-                                        device=device)
+                                        mesh_cleanup.NORMAL_FILTER_ITERATIONS, device=device)
     return {"v_numpy": ours[0], "f_numpy": ours[1], "v_torch": theirs[0], "f_torch": theirs[1],
             "holes": np.array([ours[2], theirs[2]]), "border": np.array([ours[3], theirs[3]])}
 

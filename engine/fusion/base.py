@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .mesh_cleanup import MAX_HOLE_EDGES, SMOOTH_ITERATIONS, UNSEEN_SMOOTH_ITERATIONS
+from .mesh_cleanup import (
+    MAX_HOLE_EDGES,
+    NORMAL_FILTER_ITERATIONS,
+    SMOOTH_ITERATIONS,
+    UNSEEN_SMOOTH_ITERATIONS,
+)
 
 BLOCK = 8  # voxels per block side
 BLOCK_VOXELS = BLOCK ** 3
@@ -50,6 +55,12 @@ class TSDFOptions:
         taut where an open pocket meets the solid (``engine.fusion.mesh_cleanup``); on the
         chair of bench_fusion 30 raise its normal consistency 0.85 -> 0.93 (exact depth),
         the F-score unchanged or better.
+    normal_filter_iterations: passes of a bilateral filter of the face normals, which the
+        vertices then follow (0: none; ``engine.fusion.mesh_cleanup.filter_normals``): the
+        lumps a voxel or more wide that Taubin's passes keep, edges kept. On bench_fusion's
+        seven scenes (hard errors) 30 raise the normal consistency by 0.006-0.03 (the chair
+        0.862 -> 0.889, exact depth 0.928 -> 0.943), F@1% within 0.003; 0.3 s for 280k
+        triangles on this 2-core machine.
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying
@@ -87,6 +98,7 @@ class TSDFOptions:
     max_faces: int = 0
     smooth_iterations: int = SMOOTH_ITERATIONS
     unseen_smooth_iterations: int = UNSEEN_SMOOTH_ITERATIONS
+    normal_filter_iterations: int = NORMAL_FILTER_ITERATIONS
     max_hole_edges: int = MAX_HOLE_EDGES
     crop_box: np.ndarray | None = None
     min_weight: float = 0.01

@@ -59,7 +59,8 @@ class Stages:
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
-    # (vertices, faces, max_hole_edges, iterations, unseen, taut, unseen_iterations, threads)
+    # (vertices, faces, max_hole_edges, iterations, unseen, taut, unseen_iterations, threads,
+    #  normal_iterations)
     # -> v, f, holes, border edges (None: not counted)
     clean_surface: Callable
 
@@ -214,7 +215,8 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
     clock.lap("pieces")
     vertices, faces, holes, border = stages.clean_surface(vertices, faces, options.max_hole_edges,
                                                   options.smooth_iterations, unseen, taut,
-                                                  options.unseen_smooth_iterations, options.threads)
+                                                  options.unseen_smooth_iterations, options.threads,
+                                                  options.normal_filter_iterations)
     clock.lap("clean")
     report(1.0, f"{len(faces)} triangles")
     stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,

@@ -69,7 +69,7 @@ def torch_stages(device) -> Stages:
                  integrate=TorchIntegrator(device),
                  extract=lambda *args: TorchMesher(device)(*args[:5]),  # (no threads: one device)
                  components=lambda faces, n: face_components(faces, n, device),
-                 clean_surface=lambda *args: clean_surface(*args[:7], device=device))
+                 clean_surface=lambda *args: clean_surface(*args[:7], *args[8:], device=device))
 
 
 def make_consistent(views: list[View], region, device) -> dict:
@@ -81,13 +81,15 @@ def make_consistent(views: list[View], region, device) -> dict:
 
 def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int, iterations: int,
                   unseen: np.ndarray | None = None, taut: np.ndarray | None = None,
-                  unseen_iterations: int = 0, *, device) -> tuple[np.ndarray, np.ndarray, int, int | None]:
+                  unseen_iterations: int = 0, normal_iterations: int = 0, *, device
+                  ) -> tuple[np.ndarray, np.ndarray, int, int | None]:
     """engine.fusion.mesh_cleanup.clean_surface on ``device``: the mesh goes there and back once."""
     xp = TorchArrays(device)
     vertices, faces, holes, border = mesh_cleanup.clean_surface(
         xp.asarray(vertices), xp.asarray(faces), max_hole_edges, iterations, xp=xp,
         unseen=None if unseen is None else xp.asarray(unseen),
-        taut=None if taut is None else xp.asarray(taut), unseen_iterations=unseen_iterations)
+        taut=None if taut is None else xp.asarray(taut), unseen_iterations=unseen_iterations,
+        normal_iterations=normal_iterations)
     return vertices.cpu().numpy(), faces.cpu().numpy(), holes, border
 
 
@@ -103,7 +105,7 @@ class TorchArrays:
     else does, so that a numpy name torch means otherwise (sort, any, median) cannot slip in.
     """
 
-    PASSTHROUGH = ("abs", "floor", "sqrt", "sign", "where", "einsum", "diff", "diag", "take",
+    PASSTHROUGH = ("abs", "exp", "floor", "sqrt", "sign", "where", "einsum", "diff", "diag", "take",
                    "searchsorted", "empty_like", "linalg", "float32", "float64", "int32", "int64")
 
     def __init__(self, device):

@@ -179,13 +179,18 @@ def test_normal_filter_holds_borders_and_keeps_a_sphere_round():
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_smoothing_on_threads_moves_every_vertex_alike(threads):
-    """Each coordinate is smoothed on its own thread: the result is one thread's, to the bit."""
+    """Each coordinate is smoothed on its own thread, the normals filtered by ranges: the
+    result is one thread's, to the bit."""
     v, f = sphere(5)
     noisy = v * (1 + np.random.default_rng(0).normal(0, 0.01, (len(v), 1)))
     unseen = v[:, 2] < -0.3
     alone = mesh_cleanup.taubin_smooth(noisy, f, unseen=unseen, unseen_iterations=30)
     threaded = mesh_cleanup.taubin_smooth(noisy, f, unseen=unseen, unseen_iterations=30,
                                           threads=threads)
+    assert not np.array_equal(alone, noisy) and np.array_equal(threaded, alone)
+    # the normal filter shares its passes by ranges of faces and of vertices
+    alone = mesh_cleanup.filter_normals(noisy, f)
+    threaded = mesh_cleanup.filter_normals(noisy, f, threads=threads)
     assert not np.array_equal(alone, noisy) and np.array_equal(threaded, alone)
 
 

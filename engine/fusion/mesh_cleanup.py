@@ -73,7 +73,8 @@ def clean_surface(vertices, faces, max_hole_edges: int = MAX_HOLE_EDGES,
     border = int((edges.count == 1).sum())
     vertices = taubin_smooth(vertices, filled, iterations, edges, xp, unseen, unseen_iterations,
                              threads, taut)
-    return filter_normals(vertices, filled, normal_iterations, edges, xp), filled, holes, border
+    return (filter_normals(vertices, filled, normal_iterations, edges, xp, threads),
+            filled, holes, border)
 
 
 @dataclass
@@ -177,37 +178,55 @@ def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
 
 
 def filter_normals(vertices, faces, iterations: int = NORMAL_FILTER_ITERATIONS,
-                   edges: Edges | None = None, xp=np):
+                   edges: Edges | None = None, xp=np, threads: int = 1):
     """Vertices moved so that the faces take their normals after ``iterations`` passes of a
     bilateral filter: each face's normal becomes the mean of its own and its three edge
     neighbours', weighed by area and by exp(-|difference|^2 / (2 NORMAL_SIGMA^2)); then
     ``VERTEX_FIT_ITERATIONS`` passes move each vertex by the mean over its faces of the normal
     times its distance to the face's plane through its centroid. Border vertices stay. The
     arithmetic runs in float32 (the same normal consistency as float64 on the chair, in half
-    the time); ``edges``: :func:`face_edges` of ``faces`` when known."""
+    the time); each pass is shared among up to ``threads`` threads by ranges of faces and of
+    vertices (numpy), with the same result for any number. ``edges``: :func:`face_edges` of
+    ``faces`` when known."""
     if iterations <= 0 or not len(faces):
         return vertices
-    n = len(vertices)
-    edges = edges if edges is not None else face_edges(faces, n, xp)
+    edges = edges if edges is not None else face_edges(faces, len(vertices), xp)
     corners = [xp.asarray(faces[:, k], dtype=xp.int64) for k in range(3)]
     x = [xp.array(vertices[:, k], dtype=xp.float32) for k in range(3)]  # moved in place
     normal, area = face_normals(x, corners, xp)
     across = face_neighbours(corners, edges, xp)
     their_area = [xp.take(area, j) for j in across]
     scale = -0.5 / NORMAL_SIGMA ** 2
-    for _ in range(iterations):
-        total = [area * c for c in normal]
+
+    def filter_span(span: slice, normal, filtered) -> None:
+        mine = [c[span] for c in normal]
+        total = [area[span] * c for c in mine]
         for j, weight_area in zip(across, their_area, strict=True):
-            theirs = [xp.take(c, j) for c in normal]
-            weight = xp.exp(sum((t - c) ** 2 for t, c in zip(theirs, normal, strict=True)) * scale)
-            weight *= weight_area
+            theirs = [xp.take(c, j[span]) for c in normal]
+            weight = xp.exp(sum((t - c) ** 2 for t, c in zip(theirs, mine, strict=True)) * scale)
+            weight *= weight_area[span]
             for k in range(3):
                 total[k] += weight * theirs[k]
         length = xp.sqrt(sum(c * c for c in total))
-        normal = [c / length for c in total]
-    start = xp.stack(x, axis=1)
-    shift = xp.asarray(fitted_vertices(x, corners, normal, edges, xp) - start, dtype=vertices.dtype)
-    return vertices + shift  # a held vertex keeps its precision, not float32's
+        for k in range(3):
+            filtered[k][span] = total[k] / length
+
+    with Workers(threads if xp is np else 1, "da3-normals") as workers:
+        face_spans = spans(len(faces), workers.count)
+        for _ in range(iterations):
+            filtered = [xp.empty_like(c) for c in normal]
+            workers.map(filter_span, face_spans, [normal] * len(face_spans),
+                        [filtered] * len(face_spans))
+            normal = filtered
+        start = xp.stack(x, axis=1)
+        fitted = fitted_vertices(x, corners, normal, edges, xp, workers)
+    return vertices + xp.asarray(fitted - start, dtype=vertices.dtype)  # held: not float32'd
+
+
+def spans(total: int, count: int) -> list[slice]:
+    """``total`` items in ``count`` slices as even as can be."""
+    bounds = [total * i // count for i in range(count + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def face_normals(x, corners, xp=np):
@@ -241,34 +260,49 @@ def face_neighbours(corners, edges: Edges, xp=np):
             for e in at]
 
 
-def fitted_vertices(x, corners, normal, edges: Edges, xp=np):
+def fitted_vertices(x, corners, normal, edges: Edges, xp=np, workers: Workers | None = None):
     """The vertices ([x, y, z] of (V,)) after ``VERTEX_FIT_ITERATIONS`` passes toward the
     faces' ``normal`` (Sun et al. 2007), border vertices held, as a (V,3) array. A vertex sums
     over its corners in one pass over corners sorted by vertex (np.add.reduceat), as
-    :func:`taubin_smooth` sums over neighbours."""
+    :func:`taubin_smooth` sums over neighbours; each pass's faces and vertices are shared among
+    the ``workers`` by ranges."""
     n, num = len(x[0]), len(corners[0])
+    workers = workers or Workers(1)
     vertex = xp.concatenate(corners)
     corner_bits = max(int(3 * num - 1).bit_length(), 1)
     order = xp.sort(vertex << corner_bits | xp.arange(3 * num, dtype=xp.int64))
     order = order & ((1 << corner_bits) - 1)  # corners in vertex order
     count = xp.bincount(vertex, minlength=n)
-    bounds = xp.cumsum(count) - count
     used = xp.flatnonzero(count > 0)
-    starts = xp.take(bounds, used)
+    starts = xp.take(xp.cumsum(count) - count, used)
     held = xp.zeros(n, dtype=bool)
     held[edges.low[edges.count == 1]] = held[edges.high[edges.count == 1]] = True
     move = xp.asarray(~xp.take(held, used), dtype=xp.float32) / xp.asarray(
         xp.take(count, used), dtype=xp.float32)
-    face_of = order % num
-    corner_normal = [xp.take(c, face_of) for c in normal]
-    for _ in range(VERTEX_FIT_ITERATIONS):
-        at = [[xp.take(c, k) for c in x] for k in corners]  # (corner, coordinate)
-        height = [sum(nc * p for nc, p in zip(normal, point, strict=True)) for point in at]
+    corner_normal = [xp.take(c, order % num) for c in normal]
+    # each corner's distance below its face's plane through the face's centre, corners by slot
+    below = xp.zeros(3 * num, dtype=xp.float32)
+
+    def measure(span: slice) -> None:
+        height = [sum(nc[span] * xp.take(c, k[span]) for nc, c in zip(normal, x, strict=True))
+                  for k in corners]
         centre = (height[0] + height[1] + height[2]) / 3
-        # each corner's distance below its face's plane through the centroid, vertex order
-        below = xp.take(xp.concatenate([centre - h for h in height]), order)
         for k in range(3):
-            x[k][used] += move * xp.add.reduceat(below * corner_normal[k], starts)
+            below[k * num + span.start:k * num + span.stop] = centre - height[k]
+
+    def move_vertices(span: slice) -> None:
+        first = int(starts[span.start]) if span.start < len(used) else 3 * num
+        last = int(starts[span.stop]) if span.stop < len(used) else 3 * num
+        theirs = xp.take(below, order[first:last])
+        for k in range(3):
+            sums = xp.add.reduceat(theirs * corner_normal[k][first:last], starts[span] - first)
+            x[k][used[span]] += move[span] * sums
+
+    face_spans, vertex_spans = spans(num, workers.count), spans(len(used), workers.count)
+    vertex_spans = [s for s in vertex_spans if s.stop > s.start]  # reduceat needs a bound
+    for _ in range(VERTEX_FIT_ITERATIONS):
+        workers.map(measure, face_spans)
+        workers.map(move_vertices, vertex_spans)
     return xp.stack(x, axis=1)
 
 

@@ -196,18 +196,24 @@ def filter_normals(vertices, faces, iterations: int = NORMAL_FILTER_ITERATIONS,
     normal, area = face_normals(x, corners, xp)
     across = face_neighbours(corners, edges, xp)
     their_area = [xp.take(area, j) for j in across]
-    scale = -0.5 / NORMAL_SIGMA ** 2
+    sharpness = 1 / NORMAL_SIGMA ** 2
+    tiny = xp.asarray(1e-30, dtype=xp.float32)
 
     def filter_span(span: slice, normal, filtered) -> None:
         mine = [c[span] for c in normal]
         total = [area[span] * c for c in mine]
         for j, weight_area in zip(across, their_area, strict=True):
             theirs = [xp.take(c, j[span]) for c in normal]
-            weight = xp.exp(sum((t - c) ** 2 for t, c in zip(theirs, mine, strict=True)) * scale)
+            cos = theirs[0] * mine[0]
+            cos += theirs[1] * mine[1]
+            cos += theirs[2] * mine[2]
+            cos -= 1  # unit normals: |n_i - n_j|^2 / (2 s^2) = (1 - cos) / s^2
+            weight = xp.exp(cos * sharpness)
             weight *= weight_area[span]
             for k in range(3):
-                total[k] += weight * theirs[k]
-        length = xp.sqrt(sum(c * c for c in total))
+                theirs[k] *= weight
+                total[k] += theirs[k]
+        length = xp.maximum(xp.sqrt(sum(c * c for c in total)), tiny)  # 0: faces of no area
         for k in range(3):
             filtered[k][span] = total[k] / length
 

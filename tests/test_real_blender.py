@@ -412,8 +412,10 @@ def test_object_mode_leaves_the_space_under_a_chair_seat_open_headless(app, home
     assert under_seat.mean() < 0.01
     assert result.boundary_edges == 0 and result.fscore > 0.8, result
     # the underside no view saw is smoothed, and drawn taut where the open space under the
-    # seat meets it: 0.865 today, 0.81 with Taubin's passes there, 0.76 left voxel-rough
-    assert result.normal > 0.84, result
+    # seat meets it, and the normal filter takes out the lumps the views' pose errors leave:
+    # 0.89 today, 0.865 without the filter, 0.81 with Taubin's passes under the seat, 0.76
+    # left voxel-rough there
+    assert result.normal > 0.87, result
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -346,9 +346,11 @@ def test_a_failed_preview_keeps_the_saved_result(app, home, tmp_path):
 def test_a_file_with_photos_bakes_its_texture_from_them_headless(app, home, tmp_path):
     """``blender -b --python``: the import operator on a prediction whose file carries photos
     four times the depth maps' size (what the worker keeps of large frames; a banded sphere
-    ray-cast here) bakes the texture from them, at least twice as large as from the 128 px
-    images of the same file without them (the smallest texture), and the surface's label says
-    so."""
+    ray-cast here) bakes the texture from them, at least half as large again as from the 128 px
+    images of the same file without them (the smallest texture, 512 px), and the surface's
+    label says so. (896 px today: the atlas is sized to hold its charts at the photos' texel
+    density, and a smoother sphere is cut into fewer, larger charts; 1024 px before the
+    normal filter.)"""
     from test_texture import banded_sphere
 
     script = ("import bpy, sys\n"
@@ -367,7 +369,7 @@ def test_a_file_with_photos_bakes_its_texture_from_them_headless(app, home, tmp_
               f"(without them: {labels[1]})")
     size = {k: int(label.split(" px, ")[0]) for k, label in labels.items()}
     assert size[1] == 512 and "photos" not in labels[1]
-    assert size[4] >= 1024 and size[4] % 128 == 0 and labels[4].endswith(", 4x photos")
+    assert size[4] >= 1.5 * size[1] and size[4] % 128 == 0 and labels[4].endswith(", 4x photos")
 
 
 def test_object_mode_leaves_the_space_under_a_chair_seat_open_headless(app, home, tmp_path):

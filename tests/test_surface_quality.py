@@ -127,7 +127,9 @@ def test_thin_parts_survive_as_well_as_before(hard):
     With the hard errors at the tests' renders the legs are 1-3 pixels wide and the views' pose
     errors shift them by about as much: the old default kept 0.42 of them, fattened into a
     surface of F@1% 0.49, and the views denoised and made to agree keep 0.34 in a chair of F@1%
-    0.80 (at bench_fusion's 504x378, 0.88 and 0.79 of them, F@1% 0.65 and 0.93)."""
+    0.80 (at bench_fusion's 504x378, 0.88 and 0.79 of them, F@1% 0.65 and 0.93). With the
+    milder errors the old default kept 0.662, the new one 0.636, and 0.630 since the normal
+    filter (which trades 0.005 of them for a normal consistency 0.02 higher)."""
     old, _ = quality("thin", hard, **OLD_DEFAULT)
     new, _ = quality("thin", hard)
     print(f"old {old}\nnew {new}")
@@ -135,7 +137,7 @@ def test_thin_parts_survive_as_well_as_before(hard):
         assert new.thin_survival > old.thin_survival - 0.1, (old, new)
         assert new.fscore > old.fscore + 0.2, (old, new)
     else:
-        assert new.thin_survival > old.thin_survival - 0.03, (old, new)
+        assert new.thin_survival > old.thin_survival - 0.04, (old, new)
         assert new.fscore > old.fscore - 0.01, (old, new)
 
 

@@ -58,9 +58,9 @@ class TSDFOptions:
     normal_filter_iterations: passes of a bilateral filter of the face normals, which the
         vertices then follow (0: none; ``engine.fusion.mesh_cleanup.filter_normals``): the
         lumps a voxel or more wide that Taubin's passes keep, edges kept. On bench_fusion's
-        seven scenes (hard errors) 30 raise the normal consistency by 0.006-0.03 (the chair
-        0.862 -> 0.889, exact depth 0.928 -> 0.943), F@1% within 0.003; 0.3 s for 280k
-        triangles on this 2-core machine.
+        seven scenes (hard errors) 30 raise the normal consistency by 0.004-0.032 (the chair
+        0.862 -> 0.885, exact depth 0.928 -> 0.942), F@1% within 0.003; 0.5 s for 280k
+        triangles on one thread of this 2-core machine, 0.4 s on two.
     crop_box: (2,3) world min/max corners; restricts fusion to this box (object mode closes
         the surface at its faces).
     free_space_weight: every pixel with a depth, however unconfident (background, flying

@@ -151,8 +151,7 @@ def taubin_smooth(vertices, faces, iterations: int = SMOOTH_ITERATIONS,
     edges = edges if edges is not None else face_edges(faces, n, xp)
     neighbour, bounds = neighbour_lists(edges, n)
     degree = xp.asarray(xp.diff(bounds), dtype=xp.float64)
-    free = degree > 0
-    free[edges.low[edges.count == 1]] = free[edges.high[edges.count == 1]] = False
+    free = (degree > 0) & ~border_vertices(edges, n)
     dtype = vertices.dtype if vertices.dtype in (xp.float32, xp.float64) else xp.float64
     # each pass moves a vertex by factor * (step * (sum of its neighbours) - free * itself):
     # nothing for a fixed one (step and free 0), so every vertex goes through the same sums
@@ -272,19 +271,11 @@ def fitted_vertices(x, corners, normal, edges: Edges, xp=np, workers: Workers | 
     over its corners in one pass over corners sorted by vertex (np.add.reduceat), as
     :func:`taubin_smooth` sums over neighbours; each pass's faces and vertices are shared among
     the ``workers`` by ranges."""
-    n, num = len(x[0]), len(corners[0])
+    num = len(corners[0])
     workers = workers or Workers(1)
-    vertex = xp.concatenate(corners)
-    corner_bits = max(int(3 * num - 1).bit_length(), 1)
-    order = xp.sort(vertex << corner_bits | xp.arange(3 * num, dtype=xp.int64))
-    order = order & ((1 << corner_bits) - 1)  # corners in vertex order
-    count = xp.bincount(vertex, minlength=n)
-    used = xp.flatnonzero(count > 0)
-    starts = xp.take(xp.cumsum(count) - count, used)
-    held = xp.zeros(n, dtype=bool)
-    held[edges.low[edges.count == 1]] = held[edges.high[edges.count == 1]] = True
-    move = xp.asarray(~xp.take(held, used), dtype=xp.float32) / xp.asarray(
-        xp.take(count, used), dtype=xp.float32)
+    order, used, starts, count = corners_by_vertex(corners, len(x[0]), xp)
+    move = xp.asarray(~xp.take(border_vertices(edges, len(x[0])), used), dtype=xp.float32)
+    move /= xp.asarray(count, dtype=xp.float32)
     corner_normal = [xp.take(c, order % num) for c in normal]
     # each corner's distance below its face's plane through the face's centre, corners by slot
     below = xp.zeros(3 * num, dtype=xp.float32)
@@ -310,6 +301,26 @@ def fitted_vertices(x, corners, normal, edges: Edges, xp=np, workers: Workers | 
         workers.map(measure, face_spans)
         workers.map(move_vertices, vertex_spans)
     return xp.stack(x, axis=1)
+
+
+def corners_by_vertex(corners, num_vertices: int, xp=np):
+    """The faces' corners (slot k of face f is k * F + f) sorted by their vertex, the vertices
+    that have corners, where each one's run begins, and how long it is: one sort of packed keys,
+    as :func:`face_edges` sorts edges."""
+    vertex = xp.concatenate(corners)
+    corner_bits = max(int(len(vertex) - 1).bit_length(), 1)
+    order = xp.sort(vertex << corner_bits | xp.arange(len(vertex), dtype=xp.int64))
+    count = xp.bincount(vertex, minlength=num_vertices)
+    used = xp.flatnonzero(count > 0)
+    starts = xp.take(xp.cumsum(count) - count, used)
+    return order & ((1 << corner_bits) - 1), used, starts, xp.take(count, used)
+
+
+def border_vertices(edges: Edges, num_vertices: int):
+    """(V,) bool: the vertices on an edge only one face has."""
+    border = edges.xp.zeros(num_vertices, dtype=bool)
+    border[edges.low[edges.count == 1]] = border[edges.high[edges.count == 1]] = True
+    return border
 
 
 @dataclass

@@ -81,7 +81,8 @@ def make_consistent(views: list[View], region, device) -> dict:
 
 def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int, iterations: int,
                   unseen: np.ndarray | None = None, taut: np.ndarray | None = None,
-                  unseen_iterations: int = 0, normal_iterations: int = 0, *, device
+                  unseen_iterations: int = 0,
+                  normal_iterations: int = mesh_cleanup.NORMAL_FILTER_ITERATIONS, *, device
                   ) -> tuple[np.ndarray, np.ndarray, int, int | None]:
     """engine.fusion.mesh_cleanup.clean_surface on ``device``: the mesh goes there and back once."""
     xp = TorchArrays(device)

@@ -92,3 +92,9 @@ class Workers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def spans(total: int, count: int) -> list[slice]:
+    """``total`` items in ``count`` slices as even as can be."""
+    bounds = [total * i // count for i in range(count + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]

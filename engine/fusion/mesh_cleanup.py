@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..core.arrays import to_numpy
-from ..core.threads import Workers
+from ..core.threads import Workers, spans
 
 SMOOTH_ITERATIONS = 4
 UNSEEN_SMOOTH_ITERATIONS = 30  # see engine.fusion.base.TSDFOptions
@@ -226,12 +226,6 @@ def filter_normals(vertices, faces, iterations: int = NORMAL_FILTER_ITERATIONS,
         start = xp.stack(x, axis=1)
         fitted = fitted_vertices(x, corners, normal, edges, xp, workers)
     return vertices + xp.asarray(fitted - start, dtype=vertices.dtype)  # held: not float32'd
-
-
-def spans(total: int, count: int) -> list[slice]:
-    """``total`` items in ``count`` slices as even as can be."""
-    bounds = [total * i // count for i in range(count + 1)]
-    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def face_normals(x, corners, xp=np):

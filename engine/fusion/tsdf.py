@@ -39,6 +39,7 @@ from .integrate import (
     voxel_values,
 )
 from .mesh_cleanup import clean_surface
+from .outlines import align_outlines
 from .pieces import clean_mesh, face_components, pocket_wall_vertices, unseen_vertices, vertex_colors
 from .pockets import find_pockets
 from .tets import mesh_volume
@@ -102,7 +103,7 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("plan")
     agreement = None
     if options.consistent_views:
-        agreement = stages.make_consistent(views, grid.box, options.threads)
+        agreement = agree_views(views, grid, options, stages)
         clock.lap("consistency")
         # planned again on the corrected views: a floor found before would sit where the
         # floor was, and cut too little of it where the correction moved it
@@ -129,6 +130,29 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     mesh.stats["first_pass_voxel"] = planned
     mesh.stats["probe_faces"] = probed
     return mesh
+
+
+def agree_views(views: list, grid, options: TSDFOptions, stages: Stages) -> dict:
+    """The views' depth corrected so that they agree (``engine.fusion.consistency``); in object
+    mode, each cycle of ``options.outline_cycles`` first corrects their depth, then moves their
+    cameras until the object's outlines agree (``engine.fusion.outlines``: the depth must be
+    right for that, or a view's depth error reads as a pose error), and puts the depth back as
+    it was: the correction was fitted to the old cameras, and is fitted again to the new ones.
+    Returns the consistency report, with the outlines' report when they were aligned."""
+    cycles = options.outline_cycles if grid.object_mode else 0
+    outlines = None
+    for _ in range(cycles):
+        given = [(view.depth, view.weight) for view in views]  # make_consistent replaces them
+        stages.make_consistent(views, grid.box, options.threads)
+        moved = align_outlines(views, grid.box, options.threads)
+        outlines = outlines or moved  # the first cycle's "before"
+        outlines["outline_px_after"] = moved["outline_px_after"]
+        for view, (depth, weight) in zip(views, given, strict=True):
+            view.depth, view.weight = depth, weight
+    agreement = stages.make_consistent(views, grid.box, options.threads)
+    if outlines:
+        agreement["outlines"] = outlines
+    return agreement
 
 
 # The probe: the whole fusion at PROBE_SCALE times the voxel, whose faces times PROBE_SCALE**2

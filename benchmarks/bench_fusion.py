@@ -100,7 +100,7 @@ MIN_ISLAND_FACES = 64  # builder/surface.py: what the importer drops after the r
 # Each stage of the surface alone on top of the old default, then all of them (the new default).
 OLD_DEFAULT = dict(denoise_radius=0, consistent_views=False, smooth_iterations=0,
                    unseen_smooth_iterations=0, normal_filter_iterations=0, max_hole_edges=0,
-                   max_faces=0)
+                   max_faces=0, outline_cycles=0)
 CLEAN = dict(smooth_iterations=TSDFOptions.smooth_iterations,
              unseen_smooth_iterations=TSDFOptions.unseen_smooth_iterations,
              normal_filter_iterations=TSDFOptions.normal_filter_iterations,
@@ -109,10 +109,11 @@ STAGES = {
     "old default": {},
     "+denoised depth": dict(denoise_radius=TSDFOptions.denoise_radius),
     "+consistency": dict(consistent_views=True),
+    "+outlines": dict(consistent_views=True, outline_cycles=TSDFOptions.outline_cycles),
     "+clean": CLEAN,
     "+face budget": dict(max_faces=BuildOptions.max_faces),
-    "new default": dict(denoise_radius=TSDFOptions.denoise_radius, consistent_views=True, **CLEAN,
-                        max_faces=BuildOptions.max_faces),
+    "new default": dict(denoise_radius=TSDFOptions.denoise_radius, consistent_views=True,
+                        outline_cycles=TSDFOptions.outline_cycles, **CLEAN, max_faces=BuildOptions.max_faces),
 }
 
 

@@ -8,8 +8,8 @@ with the texture and with vertex colours, and what the bake costs.
 Each scene is rendered with Cycles at 504x378 from 30 views (tests/scenes.py; cached under
 .cache/bench-fusion/ like bench_fusion.py's) and degraded like a DA3 prediction (--hard:
 scenes.HARD). View 5 is left out; the rest is imported with default options at each face budget
-(object mode for objects), then the surface is rendered from view 5 by Blender's Workbench
-engine (flat light) with its texture and with its vertex colours. Printed per scene and budget:
+(object mode for objects), then the surface is rendered from view 5's true pose by Blender's
+Workbench engine (flat light) with its texture and with its vertex colours. Printed per scene and budget:
 the mean |difference| (0-255) from the left-out photo over the object's pixels, the texture's
 size and the share of it that came from the photos, the surface's faces, and the seconds of the
 bake (on the importer's thread) and of the whole import. --texture-size compares fixed sizes with
@@ -75,7 +75,8 @@ def measure(api, scene, degraded, budget: int, renders: Path | None, texture_siz
     collection = api.import_prediction(pred, options, name=scene.name, timings=timings)
     whole = time.perf_counter() - start
     surface = next(o for o in collection.objects if o.get("da3_role") == "surface")
-    pictures = scenes.left_out_renders(collection, judge, degraded, HELD_OUT)
+    # from where the left-out photo truly was taken: its pose in the file is off like the others
+    pictures = scenes.left_out_renders(collection, judge, scenes.with_true_poses(scene, degraded), HELD_OUT)
     photo, depth = judge.image[HELD_OUT], judge.depth[HELD_OUT]
     errors = {kind: scenes.photo_error(picture, photo, depth) for kind, picture in pictures.items()}
     sharp = {kind: scenes.sharpness(picture[..., :3] * 255, picture[..., 3] > 0.99, photo, depth)

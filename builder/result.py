@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 from ..engine.core import geometry
 from ..engine.core.options import BACKGROUND_THREADS, BuildOptions
@@ -39,6 +40,9 @@ class Build:
     # background(stage, fn, *args) -> Future: fn(*args, progress=...) on the importer's threads
     # (numpy only); a part's create step yields the Future to wait for it
     background: Callable[..., Future] | None = None
+    # how far the fusion moved each view's camera centre ((N,3), the prediction's frame; None:
+    # not at all): the surface lies where those cameras put it (engine.fusion.outlines)
+    camera_moves: np.ndarray | None = None
 
     @cached_property
     def far(self) -> float:

@@ -168,6 +168,7 @@ def tsdf_surface(build, data) -> tuple[bpy.types.Object, Fit]:
     obj = build.add_object(mesh.name, mesh, "surface")
     obj["da3_voxel_size"] = fit.voxel
     obj["da3_fused_in"] = fused.stats.get("fused_in", "blender")
+    build.camera_moves = fused.stats.get("camera_moves")  # the texture is baked from these cameras
     agreement = fused.stats.get("consistency")
     if agreement:  # median distance between overlapping views, % of depth: before -> after
         # engine.fusion.consistency made them agree
@@ -209,6 +210,8 @@ def fused_by_worker(build) -> FusedMesh | None:
                             voxel_size=float(made.get("voxel_size", 0.0)),
                             truncation=float(made.get("truncation", 0.0)),
                             stats={"fused_in": "worker", "consistency": made.get("consistency"),
+                                   "camera_moves": None if made.get("camera_moves") is None
+                                   else np.asarray(made["camera_moves"], dtype=np.float64),
                                    "border_edges": made.get("border_edges"),
                                    "first_pass_voxel": float(made.get("first_pass_voxel", 0.0))
                                    or float(made.get("voxel_size", 0.0))})

@@ -13,6 +13,7 @@ import bpy
 import numpy as np
 
 from ..engine.core import geometry
+from ..engine.fusion.outlines import moved_extrinsics
 from ..engine.texture import Baked, Polygons, bake_texture
 from .materials import texture_material
 from .meshes import COLOR_ATTRIBUTE
@@ -54,10 +55,12 @@ def add_texture(build, obj: bpy.types.Object):
 def bake_in_prediction_frame(polygons: Polygons, build, voxel: float, colors, progress) -> Baked:
     """``engine.texture.bake_texture`` on the mesh moved back into the prediction's frame, where
     the views' cameras and depth maps are (runs on the importer's thread)."""
+    pred = build.prediction
     polygons = dataclasses.replace(polygons, vertices=geometry.points_from_blender(
-        polygons.vertices, build.prediction, build.geo.scale))
-    return bake_texture(polygons, build.prediction, voxel, colors, build.options.texture_size,
-                        progress)
+        polygons.vertices, pred, build.geo.scale))
+    if build.camera_moves is not None:  # the cameras the surface was fused with
+        pred = dataclasses.replace(pred, extrinsics=moved_extrinsics(pred.extrinsics, build.camera_moves))
+    return bake_texture(polygons, pred, voxel, colors, build.options.texture_size, progress)
 
 
 def read_polygons(mesh: bpy.types.Mesh) -> Polygons:

@@ -719,6 +719,16 @@ def degrade(scene: Scene, seed=0, depth_error=0.025, pose_deg=0.2, pose_frac=0.0
     return Degraded(pred, scale, to_scene)
 
 
+def with_true_poses(scene: Scene, degraded: Degraded) -> Degraded:
+    """``degraded`` with every view's pose as it truly was, in the prediction's frame (view 0's
+    camera, ``degraded.scale``): where a left-out photo was really taken from."""
+    R0, t0 = scene.w2c[0, :, :3], scene.w2c[0, :, 3]
+    R = scene.w2c[:, :, :3] @ R0.T
+    t = degraded.scale * (scene.w2c[:, :, 3] - np.einsum("nij,j->ni", R, t0))
+    pred = dataclasses.replace(degraded.prediction, extrinsics=np.concatenate([R, t[:, :, None]], axis=2))
+    return dataclasses.replace(degraded, prediction=pred)
+
+
 def small_rotation(rng, degrees):
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)

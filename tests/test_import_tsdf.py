@@ -3,6 +3,7 @@ on the true surface (scene rendered with Cycles, degraded like DA3: see tests/sc
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -160,18 +161,17 @@ def test_the_operator_fuses_with_tsdf_by_default(blender, mug, tmp_path):
 def with_worker_fusion(pred, options: BuildOptions):
     """The prediction as the worker writes it after fusing (engine.worker.process.fuse)."""
     import copy
-    import json
 
     from engine.core.options import fusion_settings
     from engine.fusion.base import TSDFOptions
     from engine.fusion.tsdf import fuse_tsdf
+    from engine.worker.process import fusion_record
 
     settings = fusion_settings(options)
     mesh = fuse_tsdf(pred, TSDFOptions(**settings))
     out = copy.copy(pred)
     out.fused_vertices, out.fused_faces, out.fused_colors = mesh.vertices, mesh.faces, mesh.colors
-    out.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
-                                     "truncation": mesh.truncation, "device": "numpy"})
+    out.fused_settings = fusion_record(settings, mesh)
     return out, mesh
 
 
@@ -180,6 +180,8 @@ def test_the_importer_reuses_the_workers_fusion_when_settings_match(addon, blend
     options = BuildOptions(object_mode=True, output_points=False, output_cameras=False,
                            max_faces=0)
     pred, mesh = with_worker_fusion(mug[1].prediction, options)
+    # object mode moved the cameras until the outlines agreed: the texture needs those moves
+    assert np.array(json.loads(pred.fused_settings)["camera_moves"]).shape == (pred.num_views, 3)
     path = save_prediction(pred, tmp_path / "fused.npz")
     reused = surface_of(addon.api.import_prediction(path, options, name="reused"))
     assert reused["da3_fused_in"] == "worker"

@@ -63,11 +63,19 @@ def align_outlines(views: list, region: tuple, threads: int = 1, seed: int = 0) 
             shift = without_rigid_motion(shift + STEP * steps, centres, across)
     moves = []
     for view, move in zip(views, shift, strict=True):
-        view.t = view.t - view.R @ move
+        view.t = moved_extrinsics(np.c_[view.R, view.t], move)[:, 3]
         moves.append(pixels_at_object(view, move, region))
     # "after": as the last round found them (one more look would cost a round)
     return {"outline_px_before": before, "outline_px_after": after,
             "median_move_px": float(np.median(moves)) if moves else 0.0}
+
+
+def moved_extrinsics(extrinsics: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """World-to-camera ``extrinsics`` ((...,3,4) or (...,4,4)) of cameras whose centres moved by
+    ``moves`` ((...,3), world): what each view sees moves with it, t' = t - R move."""
+    out = np.array(extrinsics, dtype=np.float64)
+    out[..., :3, 3] -= np.einsum("...ij,...j->...i", out[..., :3, :3], moves)
+    return out
 
 
 def without_rigid_motion(shift: np.ndarray, centres: np.ndarray, across: np.ndarray) -> np.ndarray:

@@ -101,9 +101,9 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("weigh")
     grid = plan_grid(views, options)
     clock.lap("plan")
-    agreement = None
+    agreement = moves = None
     if options.consistent_views:
-        agreement = agree_views(views, grid, options, stages)
+        agreement, moves = agree_views(views, grid, options, stages)
         clock.lap("consistency")
         # planned again on the corrected views: a floor found before would sit where the
         # floor was, and cut too little of it where the correction moved it
@@ -127,32 +127,36 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
         mesh = fuse_on_grid(views, coarser(grid, voxel, options), options, stages, after_probe,
                             clock, first_pass_faces=len(mesh.faces))
     mesh.stats["consistency"] = agreement
+    mesh.stats["camera_moves"] = moves  # the texture is baked from the cameras the surface was fused with
     mesh.stats["first_pass_voxel"] = planned
     mesh.stats["probe_faces"] = probed
     return mesh
 
 
-def agree_views(views: list, grid, options: TSDFOptions, stages: Stages) -> dict:
+def agree_views(views: list, grid, options: TSDFOptions, stages: Stages) -> tuple[dict, np.ndarray | None]:
     """The views' depth corrected so that they agree (``engine.fusion.consistency``); in object
     mode, each cycle of ``options.outline_cycles`` first corrects their depth, then moves their
     cameras until the object's outlines agree (``engine.fusion.outlines``: the depth must be
     right for that, or a view's depth error reads as a pose error), and puts the depth back as
     it was: the correction was fitted to the old cameras, and is fitted again to the new ones.
-    Returns the consistency report, with the outlines' report when they were aligned."""
+    Returns the consistency report (with the outlines' report when they were aligned) and how
+    far each view's camera centre moved ((N,3), world; None when none did)."""
     cycles = options.outline_cycles if grid.object_mode else 0
+    given = [view.t for view in views]
     outlines = None
     for _ in range(cycles):
-        given = [(view.depth, view.weight) for view in views]  # make_consistent replaces them
+        depth = [(view.depth, view.weight) for view in views]  # make_consistent replaces them
         stages.make_consistent(views, grid.box, options.threads)
         moved = align_outlines(views, grid.box, options.threads)
         outlines = outlines or moved  # the first cycle's "before"
         outlines["outline_px_after"] = moved["outline_px_after"]
-        for view, (depth, weight) in zip(views, given, strict=True):
-            view.depth, view.weight = depth, weight
+        for view, (d, w) in zip(views, depth, strict=True):
+            view.depth, view.weight = d, w
     agreement = stages.make_consistent(views, grid.box, options.threads)
-    if outlines:
-        agreement["outlines"] = outlines
-    return agreement
+    if not outlines:
+        return agreement, None
+    agreement["outlines"] = outlines
+    return agreement, np.stack([view.R.T @ (t - view.t) for view, t in zip(views, given, strict=True)])
 
 
 # The probe: the whole fusion at PROBE_SCALE times the voxel, whose faces times PROBE_SCALE**2

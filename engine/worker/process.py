@@ -41,6 +41,7 @@ The ``done`` event also carries ``timings`` (seconds per step), ``peak_gpu_mib``
 from __future__ import annotations
 
 import gc
+import json
 import os
 import queue
 import signal
@@ -686,8 +687,6 @@ def fuse(run: JobInProgress, pred) -> None:
     """Fuse the views into one TSDF surface here (torch on the GPU when there is one) and keep
     it in the prediction, so Blender only builds the mesh. A scene with nothing to fuse is a
     warning: the importer still builds points and cameras."""
-    import json
-
     from ..fusion.base import TSDFOptions
     from ..fusion.tsdf_torch import fuse_tsdf
 
@@ -706,12 +705,21 @@ def fuse(run: JobInProgress, pred) -> None:
         run.emitter.send("warning", message=f"no fused surface: {one_line(str(exc))}")
         return
     pred.fused_vertices, pred.fused_faces, pred.fused_colors = mesh.vertices, mesh.faces, mesh.colors
-    pred.fused_settings = json.dumps({**settings, "voxel_size": mesh.voxel_size,
-                                      "truncation": mesh.truncation, "device": mesh.stats["device"],
-                                      "first_pass_voxel": mesh.stats["first_pass_voxel"],
-                                      "border_edges": mesh.stats["border_edges"],
-                                      "consistency": mesh.stats["consistency"]})
+    pred.fused_settings = fusion_record(settings, mesh)
     run.timings["fuse"] = round(time.monotonic() - start, 3)
+
+
+def fusion_record(settings: dict, mesh) -> str:
+    """The JSON a fused surface is stored with (``Prediction.fused_settings``): what it was
+    asked (``settings``), what it measured, and the camera moves its texture needs
+    (``builder.surface.fused_by_worker`` reads it)."""
+    moves = mesh.stats.get("camera_moves")
+    return json.dumps({**settings, "voxel_size": mesh.voxel_size, "truncation": mesh.truncation,
+                       "device": mesh.stats.get("device", "numpy"),
+                       "first_pass_voxel": mesh.stats["first_pass_voxel"],
+                       "border_edges": mesh.stats["border_edges"],
+                       "consistency": mesh.stats["consistency"],
+                       "camera_moves": None if moves is None else moves.tolist()})
 
 
 def start_writing(run: JobInProgress, batch, pool: ThreadPoolExecutor) -> None:

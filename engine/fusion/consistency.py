@@ -183,7 +183,7 @@ class Pairs:
 
 
 def make_consistent(views: list, region: tuple | None = None, threads: int = 1, seed: int = 0,
-                    xp=np, views_at_once: int = 1) -> dict:
+                    xp=np, views_at_once: int = 1, confirm: bool = True) -> dict:
     """Correct ``views`` (``engine.fusion.base.View``, changed in place: depth, weight) so that
     they agree where they are fused (``region``: world (low, high) corners); returns the
     report (median and 90th percentile of the disagreement before and after, relative to
@@ -192,7 +192,7 @@ def make_consistent(views: list, region: tuple | None = None, threads: int = 1, 
     namespace the work is done in (``engine.core.arrays``; the views stay numpy arrays);
     ``views_at_once``: how many views one look-up step sees points in; ``threads``: numpy
     threads every step shares its views (or pairs of views) among (neither changes the
-    answers)."""
+    answers); without ``confirm`` no pixel is silenced (a fit whose weights are put back)."""
     stack = Stack.of(views, xp, views_at_once)
     with Workers(threads, "da3-fuse") as workers:
         samples = sample_views(stack, np.random.default_rng(seed), region, workers)
@@ -208,7 +208,7 @@ def make_consistent(views: list, region: tuple | None = None, threads: int = 1, 
                 break
         after = disagreement(stack, samples, pairs, workers)
         depth = corrected_depth(stack)
-        confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region, workers)
+        confirmed = confirm_pixels(stack, depth, pairs, after["sigma"], region, workers) if confirm else None
     depth, weight = to_numpy(depth), to_numpy(stack.weight)
     for i, view in enumerate(views):
         view.depth, view.weight = depth[i], weight[i]

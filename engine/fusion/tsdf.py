@@ -56,7 +56,7 @@ class Stages:
     so planning and allocation stay shared and the two paths give the same mesh."""
 
     weigh: Callable  # (pred, options) -> (N,H,W) float32 surface-vote weights
-    make_consistent: Callable  # (views, region, threads) -> report; corrects the views' depth, weight
+    make_consistent: Callable  # (views, region, threads, confirm=True) -> report; corrects depth, weight
     integrate: Callable  # (grid, keys, views, options, progress) -> Volume
     extract: Callable  # (grid, keys, values, coarse, views | None, threads) -> vertices, faces
     components: Callable  # (faces, num_vertices) -> face labels 0..k-1
@@ -146,7 +146,7 @@ def agree_views(views: list, grid, options: TSDFOptions, stages: Stages) -> tupl
     outlines = None
     for _ in range(cycles):
         depth = [(view.depth, view.weight) for view in views]  # make_consistent replaces them
-        stages.make_consistent(views, grid.box, options.threads)
+        stages.make_consistent(views, grid.box, options.threads, confirm=False)
         moved = align_outlines(views, grid.box, options.threads)
         outlines = outlines or moved  # the first cycle's "before"
         outlines["outline_px_after"] = moved["outline_px_after"]

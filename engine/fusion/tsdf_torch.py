@@ -65,18 +65,19 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
 
 def torch_stages(device) -> Stages:
     return Stages(weigh=lambda pred, options: view_weights(pred, options, device),
-                 make_consistent=lambda views, region, _threads: make_consistent(views, region, device),
+                 make_consistent=lambda views, region, _threads, confirm=True: make_consistent(
+                     views, region, device, confirm),
                  integrate=TorchIntegrator(device),
                  extract=lambda *args: TorchMesher(device)(*args[:5]),  # (no threads: one device)
                  components=lambda faces, n: face_components(faces, n, device),
                  clean_surface=lambda *args: clean_surface(*args[:7], *args[8:], device=device))
 
 
-def make_consistent(views: list[View], region, device) -> dict:
+def make_consistent(views: list[View], region, device, confirm: bool = True) -> dict:
     """engine.fusion.consistency.make_consistent on ``device`` (the views go there and back once)."""
     xp = TorchArrays(device)
     at_once = 1 if xp.device.type == "cpu" else VIEWS_AT_ONCE  # a CPU pays for arithmetic
-    return consistency.make_consistent(views, region, xp=xp, views_at_once=at_once)
+    return consistency.make_consistent(views, region, xp=xp, views_at_once=at_once, confirm=confirm)
 
 
 def clean_surface(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int, iterations: int,

@@ -11,7 +11,8 @@ confidence-weighted point-to-plane least squares, every view against the others 
 pin them down. Fitting their positions moved them 2.6x further from the truth while the views
 agreed better (a view sliding along its axis trades against its depth scale), and turning
 them let views of a thin part slide past each other (a chair's legs: 43% of their surface
-kept without the fit, 12% with turns alone, 40% with the depth correction alone). Then every
+kept without the fit, 12% with turns alone, 40% with the depth correction alone); in object
+mode ``engine.fusion.outlines`` moves them sideways instead, which outlines do pin down. Then every
 pixel is checked against the corrected neighbours: one that lies where other views see
 through (a flying pixel) and that no view confirms loses its surface vote; the others keep
 their weight.

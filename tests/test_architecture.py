@@ -98,8 +98,8 @@ def test_blender_side_never_imports_the_worker(path):
 
 
 # engine/fusion's modules in the order of docs/architecture.md: each imports only those before it
-FUSION_ORDER = ("mesh_cleanup", "consistency", "base", "views", "floor", "grid", "pockets", "integrate",
-                "tets", "pieces", "tsdf", "tsdf_torch")
+FUSION_ORDER = ("mesh_cleanup", "consistency", "outlines", "base", "views", "floor", "grid", "pockets",
+                "integrate", "tets", "pieces", "tsdf", "tsdf_torch")
 
 
 def test_fusion_stages_import_one_way():

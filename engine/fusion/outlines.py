@@ -17,7 +17,7 @@ and would move the surface away from the points and cameras that keep DA3's pose
 
 Measured on bench_fusion's chair under the hard errors (scenes.HARD: 0.5 degrees, 1% of the
 scene), three error draws: its legs and slats kept 0.78 / 0.94 / 0.65 -> 0.95 / 0.98 / 0.99,
-F@1% 0.924 / 0.939 / 0.899 -> 0.960 / 0.972 / 0.976; with exact depth and those poses 0.60 ->
+F@1% 0.924 / 0.939 / 0.899 -> 0.961 / 0.966 / 0.980; with exact depth and those poses 0.60 ->
 0.99 of them. A view's outline is its pixels whose depth lands inside the fused region; a
 distance map outside it, capped at ``CAP`` pixels, gives each point its distance and the
 direction that shortens it.
@@ -37,6 +37,7 @@ POINTS_PER_VIEW = 1000  # samples of each view's object; plenty for two unknowns
 ROUNDS = 6  # 10 measured alike (the chair, three error draws: F@1% within 0.008)
 STEP = 0.5  # Jacobi half steps: both views of a pair move, each half the way
 CAP = 12  # pixels: a point further outside an outline than this is another error (a flying pixel)
+PARTNERS = 16  # views held against each outline (30 views: 16 of the 29 others)
 HUBER = 3.0  # pixels: residuals beyond weigh less, so a few far points do not steer a view
 
 
@@ -108,8 +109,9 @@ class Outline:
     @classmethod
     def of(cls, mask: np.ndarray) -> Outline:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if not len(rows):
-            return cls(np.zeros((0, 0), np.float32), (None, None), 0, 0)
+        if not len(rows):  # the object is out of this view: no point falls near its outline
+            nothing = np.zeros((0, 0), np.float32)
+            return cls(nothing, (nothing, nothing), 0, 0)
         top, left = max(rows[0] - CAP, 0), max(cols[0] - CAP, 0)
         crop = mask[top:rows[-1] + CAP + 1, left:cols[-1] + CAP + 1]
         distance = outside_distance(crop)
@@ -167,7 +169,7 @@ def normal_equations(views, outlines, points, owner, shift, across, workers: Wor
 
     def system(j: int) -> tuple:
         lhs, rhs = np.zeros((count, 2, 2)), np.zeros((count, 2))
-        others = owner != j
+        others = np.isin(owner, partners(j, count))
         r, source, world_slope = outside_of(views[j], outlines[j], points[others] - shift[j],
                                             owner[others])
         weight = 1.0 / np.maximum(1.0, r / HUBER)
@@ -191,6 +193,16 @@ def normal_equations(views, outlines, points, owner, shift, across, workers: Wor
             rhs += part_rhs
         total, n = total + part_total, n + part_n
     return lhs, rhs, total / max(n, 1)
+
+
+def partners(j: int, count: int) -> np.ndarray:
+    """The views whose points are held against view j's outline: every other one, or
+    ``PARTNERS`` of them spread evenly round the sequence (a video's frames in order, a
+    photo set in any): each round's work grows with the views, not with their square."""
+    if count - 1 <= PARTNERS:
+        return np.delete(np.arange(count), j)
+    offsets = np.unique(np.round(np.linspace(1, count - 1, PARTNERS)).astype(np.int64))
+    return (j + offsets) % count
 
 
 def outside_of(view, outline: Outline, points, source):

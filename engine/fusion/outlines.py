@@ -31,6 +31,7 @@ import numpy as np
 
 from ..core import cameras
 from ..core.threads import Workers, spans
+from .consistency import in_region
 
 OUTLINE_CYCLES = 2  # see engine.fusion.base.TSDFOptions
 POINTS_PER_VIEW = 1000  # samples of each view's object; plenty for two unknowns a view
@@ -124,11 +125,7 @@ def object_pixels(view, region: tuple) -> np.ndarray:
     object (the background lies beyond the region, however confident DA3 was of it)."""
     x, y = cameras.pixel_ray_factors(cameras.lens(view.K), *view.depth.shape)
     world = cameras.world_points(view.depth, x[None, :], y[:, None], view.R, view.t)
-    low, high = region
-    inside = view.depth > 0
-    for k in range(3):
-        inside &= (world[k] >= low[k]) & (world[k] <= high[k])
-    return inside
+    return (view.depth > 0) & in_region(world, region)
 
 
 def outside_distance(mask: np.ndarray) -> np.ndarray:
@@ -186,12 +183,7 @@ def normal_equations(views, outlines, points, owner, shift, across, workers: Wor
     # summed in the views' order, whichever thread made each: the same moves for any count
     parts = [part for chunk in workers.map(lambda span: [system(j) for j in range(span.start, span.stop)],
                                            spans(count, workers.count)) for part in chunk]
-    lhs, rhs, total, n = parts[0][0].copy(), parts[0][1].copy(), 0.0, 0
-    for index, (part_lhs, part_rhs, part_total, part_n) in enumerate(parts):
-        if index:
-            lhs += part_lhs
-            rhs += part_rhs
-        total, n = total + part_total, n + part_n
+    lhs, rhs, total, n = (sum(column) for column in zip(*parts, strict=True))
     return lhs, rhs, total / max(n, 1)
 
 
@@ -221,8 +213,7 @@ def outside_of(view, outline: Outline, points, source):
     col, row, r = col[out], row[out], r[out]
     x, y, z = (c[seen][out] for c in cam)
     d_row, d_col = outline.slope[0][row, col], outline.slope[1][row, col]
-    # d distance / d camera-frame point, through the projection (x, y relative to the crop's
-    # centre line do not matter: only the slopes of u and v do), then into the world frame
+    # d distance / d camera-frame point, through the projection, then into the world frame
     d_cam = np.stack([d_col * fx / z, d_row * fy / z, -(d_col * fx * x + d_row * fy * y) / z ** 2], 1)
     return r.astype(np.float64), source[seen][out], d_cam @ view.R
 

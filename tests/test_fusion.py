@@ -18,7 +18,7 @@ import pytest
 from engine.core.prediction import Prediction, save_prediction
 from engine.fusion.base import TSDFOptions
 from engine.fusion.pieces import count_components, edge_face_counts
-from engine.fusion.tsdf import fuse_tsdf
+from engine.fusion.tsdf import BUDGET_AIM, fuse_tsdf
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 import scenes  # noqa: E402
@@ -188,6 +188,26 @@ def test_memory_budget_coarsens_the_voxels(mug):
     mesh = fuse_tsdf(degraded.prediction, TSDFOptions(object_mode=True, memory_mb=4))
     assert mesh.stats["volume_mb"] <= 4
     assert scenes.boundary_edges(mesh.faces) == 0
+
+
+def test_a_probe_kept_as_the_mesh_is_cleaned_like_a_full_pass(mug):
+    """The probe at twice the voxel counts its faces before smoothing (smoothing adds none);
+    when its mesh fits the budget closely enough to be kept, it is smoothed then."""
+    scene, degraded = mug
+    options = TSDFOptions(resolution=MUG_RESOLUTION, object_mode=True, max_faces=10**7)
+    probed = fuse_tsdf(degraded.prediction, options).stats["probe_faces"]
+    budget = int(probed / (BUDGET_AIM * 0.95))  # the probe lands at 0.95 of the aim: it is kept
+    kept = fuse_tsdf(degraded.prediction, dataclasses.replace(options, max_faces=budget))
+    rough = fuse_tsdf(degraded.prediction, dataclasses.replace(
+        options, max_faces=budget, smooth_iterations=0, unseen_smooth_iterations=0,
+        normal_filter_iterations=0))
+    assert len(kept.faces) == len(rough.faces) == probed  # the probe's mesh, not another pass
+    assert np.array_equal(kept.faces, rough.faces)
+    smoothed, as_meshed = (scenes.evaluate(m.vertices, m.faces, scene, degraded.to_scene)
+                           for m in (kept, rough))
+    print(f"smoothed {smoothed}\nas meshed {as_meshed}")
+    assert smoothed.normal > as_meshed.normal + 0.01, (smoothed, as_meshed)
+    assert smoothed.boundary_edges == 0
 
 
 def test_options_refuse_nonsense():

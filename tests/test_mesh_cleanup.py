@@ -194,6 +194,23 @@ def test_smoothing_on_threads_moves_every_vertex_alike(threads):
     assert not np.array_equal(alone, noisy) and np.array_equal(threaded, alone)
 
 
+def test_holes_closed_first_and_smoothed_later_give_the_same_mesh():
+    """The fusion's probe closes the holes to count its faces and smooths only the mesh it
+    keeps (engine.fusion.tsdf.Rough): the two calls give one call's mesh, to the bit."""
+    v, f = sphere(5)
+    noisy = v * (1 + np.random.default_rng(0).normal(0, 0.01, (len(v), 1)))
+    holed = np.delete(f, np.nonzero(v[f].mean(axis=1)[:, 2] > 0.99)[0], axis=0)
+    unseen = v[:, 2] < -0.3
+    taut = v[:, 2] < -0.8
+    once = mesh_cleanup.clean_surface(noisy, holed, 24, 4, unseen, taut, 30, 2, 10)
+    v1, f1, holes, border = mesh_cleanup.clean_surface(noisy, holed, 24, 0, unseen, taut, 0, 2, 0)
+    assert holes == 1 and np.array_equal(v1, noisy) and len(f1) > len(holed)
+    v2, f2, more, border2 = mesh_cleanup.clean_surface(v1, f1, 0, 4, unseen, taut, 30, 2, 10)
+    assert more == 0 and np.array_equal(f2, f1) and np.array_equal(f2, once[1])
+    assert np.array_equal(v2, once[0]) and not np.array_equal(v2, noisy)
+    assert border == border2 == once[3] == 0
+
+
 def test_torch_path_cleans_alike(worker_python, tmp_path):
     """clean_surface on torch (the worker's GPU path) closes the same holes and moves the
     vertices as numpy does (to float32 noise: the normal filter's last passes run in float32

@@ -181,17 +181,18 @@ def probe(views: list[View], grid: Grid, options: TSDFOptions, stages: Stages, r
         return None, grid.voxel_size, 0
     voxel = grid.voxel_size * PROBE_SCALE
     try:
-        mesh = fuse_on_grid(views, coarser(grid, voxel, options), options, stages,
-                            lambda f, m: report(PROBE_SHARE * f, "sizing the surface to the face budget"),
-                            clock)
+        # counted before its surface is smoothed: smoothing moves vertices, never adds a face
+        rough = rough_on_grid(views, coarser(grid, voxel, options), options, stages,
+                              lambda f, m: report(PROBE_SHARE * f, "sizing the surface to the face budget"),
+                              clock)
     except ValueError:  # nothing closed at that size (object mode): the planned pass decides
         return None, grid.voxel_size, 0
-    faces = len(mesh.faces)
+    faces = len(rough.faces)
     aim = BUDGET_AIM * options.max_faces
     if faces * PROBE_SCALE ** 2 <= aim:
         return None, grid.voxel_size, faces
     if PROBE_FITS * aim <= faces <= options.max_faces:
-        return mesh, voxel, faces
+        return rough.smoothed(clock), voxel, faces
     return None, voxel * math.sqrt(faces / aim), faces
 
 
@@ -214,6 +215,15 @@ def fit_truncation(grid: Grid, agreement: dict | None, options: TSDFOptions) -> 
 def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: Stages,
                  report: Progress, clock: _Clock, **extra_stats) -> FusedMesh:
     """Allocate, integrate, mesh and clean the views on ``grid``."""
+    return rough_on_grid(views, grid, options, stages, report, clock, smooth=True,
+                         **extra_stats).smoothed(clock)
+
+
+def rough_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: Stages,
+                  report: Progress, clock: _Clock, smooth: bool = False, **extra_stats) -> Rough:
+    """Allocate, integrate and mesh the views on ``grid``, keep the pieces that belong and close
+    the small holes; smooth the surface too with ``smooth`` (else :meth:`Rough.smoothed` does,
+    when the mesh is wanted: the probe only counts its faces)."""
     coarse_tsdf, coarse_weight = integrate_coarse(grid, views)
     pockets = find_pockets(pocket_cell_states(grid, views, options)) if grid.object_mode else None
     coarse = coarse_values(grid, coarse_tsdf, coarse_weight, options, pockets)
@@ -241,20 +251,58 @@ def fuse_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: St
         raise ValueError("object mode found no closed part where most views look (photos that "
                          "circle one object); for a scene, turn object mode off")
     clock.lap("pieces")
-    vertices, faces, holes, border = stages.clean_surface(vertices, faces, options.max_hole_edges,
-                                                  options.smooth_iterations, unseen, taut,
-                                                  options.unseen_smooth_iterations, options.threads,
-                                                  options.normal_filter_iterations)
+    rough = Rough(vertices, faces, colors, unseen, taut, grid, options, stages, holes=0)
+    rough.clean(holes=True, smooth=smooth)
     clock.lap("clean")
-    report(1.0, f"{len(faces)} triangles")
-    stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
-                 volume_mb=len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20,
-                 grid_shape=tuple(int(b) * BLOCK for b in grid.blocks),
-                 floor=None if grid.floor is None else grid.floor.tolist(),
-                 origin=grid.origin.tolist(), holes_closed=holes, border_edges=border,
-                 timings=clock.laps, **extra_stats)  # JSON-ready for the worker
-    return FusedMesh(vertices.astype(np.float32), faces.astype(np.int32), colors,
-                     grid.voxel_size, grid.truncation, stats)
+    report(1.0, f"{len(rough.faces)} triangles")
+    rough.stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
+                       volume_mb=len(keys) * BLOCK_VOXELS * BYTES_PER_VOXEL / 2**20,
+                       grid_shape=tuple(int(b) * BLOCK for b in grid.blocks),
+                       floor=None if grid.floor is None else grid.floor.tolist(),
+                       origin=grid.origin.tolist(), holes_closed=rough.holes,
+                       timings=clock.laps, **extra_stats)  # JSON-ready for the worker
+    return rough
+
+
+@dataclass
+class Rough:
+    """A fused mesh whose faces are final (pieces kept, small holes closed) and whose surface
+    may still need its clean-up's smoothing (``stages.clean_surface``)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray | None
+    unseen: np.ndarray | None  # object mode: the vertices no view saw, smoothed more
+    taut: np.ndarray | None  # and those of them drawn taut
+    grid: Grid
+    options: TSDFOptions
+    stages: Stages
+    holes: int  # small holes closed
+    border: int | None = None  # border edges left (None: not counted)
+    is_smooth: bool = False
+    stats: dict | None = None
+
+    def clean(self, holes: bool, smooth: bool) -> None:
+        """``stages.clean_surface`` with its hole filling, its smoothing or both (one call: the
+        mesh's edges are sorted out once)."""
+        o = self.options
+        self.vertices, self.faces, closed, border = self.stages.clean_surface(
+            self.vertices, self.faces, o.max_hole_edges if holes else 0,
+            o.smooth_iterations if smooth else 0, self.unseen, self.taut,
+            o.unseen_smooth_iterations if smooth else 0, o.threads,
+            o.normal_filter_iterations if smooth else 0)
+        self.holes += closed
+        self.border = self.border if border is None else border  # None: nothing was done
+        self.is_smooth = self.is_smooth or smooth
+
+    def smoothed(self, clock: _Clock) -> FusedMesh:
+        """The mesh, its surface smoothed."""
+        if not self.is_smooth:
+            self.clean(holes=False, smooth=True)
+            clock.lap("clean")
+        return FusedMesh(self.vertices.astype(np.float32), self.faces.astype(np.int32), self.colors,
+                         self.grid.voxel_size, self.grid.truncation,
+                         {**self.stats, "border_edges": self.border})
 
 
 class _Clock:

@@ -99,7 +99,7 @@ def bench_remesh(api, pkg, pred, report: Report):
     options = BuildOptions(output_points=False, output_cameras=False)
     coll = api.import_prediction(pred, options, name="bench surface", timings=timings)
     surface = next(o for o in coll.all_objects if o["da3_role"] == "surface")
-    report.add("surface: join + voxel remesh", timings["surface"], None,
+    report.add("surface: fusion + Blender mesh", timings["surface"], None,
                f"voxel {surface['da3_voxel_size']:.4f}, {len(surface.data.polygons):,} faces")
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from ..engine.core.threads import lower_thread_priority
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
 from .meshes import flat, grid_mesh, set_colors, set_vertices
-from .surface import create_surface, surface_arrays
+from .surface import create_surface, start_surface, surface_arrays
 from .tracking import NewDataGuard
 
 
@@ -43,6 +43,8 @@ class Build:
     # how far the fusion moved each view's camera centre ((N,3), the prediction's frame; None:
     # not at all): the surface lies where those cameras put it (engine.fusion.outlines)
     camera_moves: np.ndarray | None = None
+    # each part's work started before the filter (Part.start), by stage
+    started: dict[str, Future] = field(default_factory=dict)
 
     @cached_property
     def far(self) -> float:
@@ -85,7 +87,7 @@ class StagedImport:
         self._pool = ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="da3-import",
                                         initializer=lower_thread_priority)
         self._guard = NewDataGuard(context.scene).__enter__()
-        self._steps = self._run(self._pool.submit(self._prepare, source),
+        self._steps = self._run(self._pool.submit(self._read, source),
                                 name or (lambda pred: default_name(source, pred)))
 
     def step(self, wait: bool = False) -> bool:
@@ -128,19 +130,28 @@ class StagedImport:
 
     # --- the threads (numpy only) ---
 
-    def _prepare(self, source):
+    def _read(self, source) -> Prediction:
         with _timed(self.timings, "read"):
-            pred = read_prediction(source)
+            return read_prediction(source)
+
+    def _filter(self, pred: Prediction) -> geometry.Scene:
         self._check()
         with _timed(self.timings, "filter"):
             geo = geometry.prepare(pred, self.options, self.crop)
         if geo.num_points == 0:
             raise PredictionError("no pixel survives the filters (confidence, sky, edges, crop): "
                                   "lower the confidence percentile or check the crop object")
-        return pred, geo
+        return geo
+
+    def _start(self, part: Part, pred: Prediction):
+        self._check()
+        with _timed(self.timings, part.stage):
+            return part.start(pred, self.options, self.crop, self._progress)
 
     def _compute(self, part: Part, build: Build):
         self._check()
+        if part.stage in build.started:  # its seconds are the part's too: counted once, there
+            wait([build.started[part.stage]])
         with _timed(self.timings, part.stage):
             return part.compute(build, self._progress)
 
@@ -160,14 +171,19 @@ class StagedImport:
 
     # --- the main thread ---
 
-    def _run(self, prepared, name):
-        pred, geo = yield from self._result(prepared)
+    def _run(self, read, name):
+        pred = yield from self._result(read)
+        parts = [part for part in _PARTS if getattr(self.options, part.wanted)]
+        # queued before the filter: a part's compute, which may wait for its start, comes later
+        started = {part.stage: self._pool.submit(self._start, part, pred)
+                   for part in parts if part.start}
+        geo = yield from self._result(self._pool.submit(self._filter, pred))
         name = name(pred) if callable(name) else name
         build = Build(self.context, pred, self.options, name, geo,
                       _new_collection(self.context, name, pred, geo), color_material(name), self.crop,
-                      background=lambda stage, fn, *args: self._pool.submit(self._later, stage, fn, *args))
+                      background=lambda stage, fn, *args: self._pool.submit(self._later, stage, fn, *args),
+                      started=started)
         self.collection = build.collection
-        parts = [part for part in _PARTS if getattr(self.options, part.wanted)]
         # all computations start now, BACKGROUND_THREADS at a time
         futures = [self._pool.submit(self._compute, part, build) if part.compute else None
                    for part in parts]
@@ -299,20 +315,24 @@ class Part:
     """One part of the result: ``compute(build, progress)`` runs on a thread (numpy only, may be
     None), ``create(build, data)`` on the main thread, yielding between pieces of Blender work
     (None, the label of the piece that follows when it is not what ``label`` says, or a Future
-    from ``build.background`` to wait for)."""
+    from ``build.background`` to wait for). ``start(prediction, options, crop, progress)``, when
+    given, runs on a thread as soon as the file is read, beside the filter, for work that needs
+    none of it (None when it cannot do without); ``compute`` finds its Future in
+    ``build.started``."""
 
     wanted: str  # the BuildOptions flag that asks for it
     stage: str  # its key in the timings
     label: str  # what the user reads while it is made
     compute: Callable | None
     create: Callable
+    start: Callable | None = None
 
 
 _PARTS = (
     Part("output_points", "points", "building the points", points_arrays, add_points),
     Part("output_view_meshes", "view_meshes", "building the view meshes", view_grids, add_view_meshes),
     Part("output_surface", "surface", "fusing the views into one surface", surface_arrays,
-         create_surface),
+         create_surface, start_surface),
     Part("output_cameras", "cameras", "adding the cameras", None, add_cameras),
 )
 

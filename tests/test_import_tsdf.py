@@ -3,8 +3,10 @@ on the true surface (scene rendered with Cycles, degraded like DA3: see tests/sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +196,37 @@ def test_the_importer_reuses_the_workers_fusion_when_settings_match(addon, blend
                          max_faces=0)
     again = surface_of(addon.api.import_prediction(path, other, name="again"))
     assert again["da3_fused_in"] == "blender"
+
+
+def test_the_fusion_starts_beside_the_filter_and_fuses_alike(addon, monkeypatch):
+    """The fusion needs nothing of the filter (no voxel size or crop box in the result's units):
+    it begins as soon as the file is read, and its surface is the one a fusion begun after the
+    filter makes."""
+    from synthetic_scenes import make_prediction
+
+    pred, _ = make_prediction(n_views=4, width=96, height=72, focal=90.0)
+    options = BuildOptions(fusion="TSDF", output_points=False, output_cameras=False, texture=False)
+    surface, geometry_module, result = addon.builder.surface, addon.engine.core.geometry, addon.builder.result
+    fusing, filtered_alone = threading.Event(), []
+    fuse, prepare = surface.fuse_tsdf, geometry_module.prepare
+
+    def fuse_and_say_so(*args, **kwargs):
+        fusing.set()
+        return fuse(*args, **kwargs)
+
+    def filter_once_the_fusion_runs(*args, **kwargs):  # never, if the fusion waits for the filter
+        filtered_alone.append(not fusing.wait(timeout=20))
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(surface, "fuse_tsdf", fuse_and_say_so)
+    monkeypatch.setattr(geometry_module, "prepare", filter_once_the_fusion_runs)
+    early = surface_of(addon.api.import_prediction(pred, options, name="early"))
+    assert filtered_alone == [False], "the fusion had not begun when the filter ended"
+    late_parts = tuple(dataclasses.replace(part, start=None) for part in result._PARTS)
+    monkeypatch.setattr(result, "_PARTS", late_parts)
+    late = surface_of(addon.api.import_prediction(pred, options, name="late"))
+    assert len(early.data.vertices) > 100
+    assert np.array_equal(mesh_arrays(early.data)[0], mesh_arrays(late.data)[0])
 
 
 # --- the face budget (max_faces) on small synthetic predictions --------------------------------

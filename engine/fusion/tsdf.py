@@ -103,7 +103,7 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     clock.lap("plan")
     agreement = moves = None
     if options.consistent_views:
-        agreement, moves = agree_views(views, grid, options, stages)
+        agreement, moves = agree_views(views, grid, options, stages, report)
         clock.lap("consistency")
         # planned again on the corrected views: a floor found before would sit where the
         # floor was, and cut too little of it where the correction moved it
@@ -133,18 +133,22 @@ def fuse_tsdf(pred: Prediction, options: TSDFOptions | None = None,
     return mesh
 
 
-def agree_views(views: list, grid, options: TSDFOptions, stages: Stages) -> tuple[dict, np.ndarray | None]:
+def agree_views(views: list, grid, options: TSDFOptions, stages: Stages,
+                report: Progress | None = None) -> tuple[dict, np.ndarray | None]:
     """The views' depth corrected so that they agree (``engine.fusion.consistency``); in object
     mode, each cycle of ``options.outline_cycles`` first corrects their depth, then moves their
     cameras until the object's outlines agree (``engine.fusion.outlines``: the depth must be
     right for that, or a view's depth error reads as a pose error), and puts the depth back as
     it was: the correction was fitted to the old cameras, and is fitted again to the new ones.
     Returns the consistency report (with the outlines' report when they were aligned) and how
-    far each view's camera centre moved ((N,3), world; None when none did)."""
+    far each view's camera centre moved ((N,3), world; None when none did). ``report`` hears
+    of each fit before it starts (a cancelled import stops there)."""
+    report = report or (lambda fraction, message: None)
     cycles = options.outline_cycles if grid.object_mode else 0
     given = [view.t for view in views]
     outlines = None
-    for _ in range(cycles):
+    for cycle in range(cycles):
+        report(0.0, f"moving the cameras until the outlines agree ({cycle + 1} of {cycles})")
         depth = [(view.depth, view.weight) for view in views]  # make_consistent replaces them
         stages.make_consistent(views, grid.box, options.threads, confirm=False)
         moved = align_outlines(views, grid.box, options.threads)
@@ -152,6 +156,7 @@ def agree_views(views: list, grid, options: TSDFOptions, stages: Stages) -> tupl
         outlines["outline_px_after"] = moved["outline_px_after"]
         for view, (d, w) in zip(views, depth, strict=True):
             view.depth, view.weight = d, w
+    report(0.0, "making the views agree")
     agreement = stages.make_consistent(views, grid.box, options.threads)
     if not outlines:
         return agreement, None

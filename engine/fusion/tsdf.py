@@ -257,7 +257,7 @@ def rough_on_grid(views: list[View], grid: Grid, options: TSDFOptions, stages: S
                          "circle one object); for a scene, turn object mode off")
     clock.lap("pieces")
     rough = Rough(vertices, faces, colors, unseen, taut, grid, options, stages, holes=0)
-    rough.clean(holes=True, smooth=smooth)
+    rough.clean(fill=True, smooth=smooth)
     clock.lap("clean")
     report(1.0, f"{len(rough.faces)} triangles")
     rough.stats = dict(blocks=len(keys), voxels=len(keys) * BLOCK_VOXELS,
@@ -287,12 +287,12 @@ class Rough:
     is_smooth: bool = False
     stats: dict | None = None
 
-    def clean(self, holes: bool, smooth: bool) -> None:
-        """``stages.clean_surface`` with its hole filling, its smoothing or both (one call: the
+    def clean(self, fill: bool, smooth: bool) -> None:
+        """``stages.clean_surface`` filling the small holes, smoothing, or both (one call: the
         mesh's edges are sorted out once)."""
         o = self.options
         self.vertices, self.faces, closed, border = self.stages.clean_surface(
-            self.vertices, self.faces, o.max_hole_edges if holes else 0,
+            self.vertices, self.faces, o.max_hole_edges if fill else 0,
             o.smooth_iterations if smooth else 0, self.unseen, self.taut,
             o.unseen_smooth_iterations if smooth else 0, o.threads,
             o.normal_filter_iterations if smooth else 0)
@@ -303,7 +303,7 @@ class Rough:
     def smoothed(self, clock: _Clock) -> FusedMesh:
         """The mesh, its surface smoothed."""
         if not self.is_smooth:
-            self.clean(holes=False, smooth=True)
+            self.clean(fill=False, smooth=True)
             clock.lap("clean")
         return FusedMesh(self.vertices.astype(np.float32), self.faces.astype(np.int32), self.colors,
                          self.grid.voxel_size, self.grid.truncation,

@@ -368,6 +368,33 @@ def test_a_serving_worker_keeps_the_model_between_jobs(server, small_weights, fo
     assert worker.proc.stdout.read() == ""
 
 
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_idle_serving_worker_gives_a_jobs_memory_back(server, small_weights, tmp_path):
+    """A second after its job the worker releases what the job left: Python's garbage, torch's
+    cache and the C heap's free pages (glibc keeps those: 0.61 GB stayed resident after three
+    640x480 views on the CPU, 0.40 GB with them given back)."""
+    photos = [media.write(tmp_path / "photos" / f"view{i}.jpg", media.scene(480, 640, seed=i))
+              for i in range(3)]
+    worker = server()
+    job, _ = job_file(tmp_path, photos, small_weights, process_res=504)  # DA3's default
+    assert final(worker.run(job))["event"] == "done"
+    at_done = resident_mib(worker.proc.pid)
+    deadline, idle = time.monotonic() + 15, at_done
+    while time.monotonic() < deadline and idle > 0.85 * at_done:
+        time.sleep(0.5)
+        idle = resident_mib(worker.proc.pid)
+    print(f"resident: {at_done:.0f} MiB at the end of the job, {idle:.0f} MiB idle")
+    assert idle < 0.85 * at_done, (at_done, idle)
+    assert final(worker.run(job))["model_reused"] is True  # still serving, the model kept
+
+
 def test_a_serving_worker_measures_memory_once_per_model_and_size(server, small_weights, tmp_path):
     """Above 16 views the first job probes the memory; the next one of that size reuses it."""
     views = [media.write(tmp_path / "views" / f"v{i}.png", media.scene(32, 48, seed=i))

@@ -261,13 +261,28 @@ class ModelCache:
 
 
 def release_memory() -> None:
-    """Collect what a job or a model left and hand torch's cached GPU blocks back: an idle
-    worker then holds only its weights, and Blender (Cycles, the viewport) gets the rest."""
+    """Collect what a job or a model left, hand torch's cached GPU blocks back and the C heap's
+    free pages to the system: an idle worker then holds only its weights, and Blender (Cycles,
+    the viewport) gets the rest."""
     gc.collect()
     if "torch" in sys.modules:
         from .model import free_device_memory
 
         free_device_memory()
+    trim_host_heap()
+
+
+def trim_host_heap() -> None:
+    """Give the pages of freed arrays back to the system. glibc keeps them for reuse: a warm
+    worker idled at 0.73-1.0 GB after da3-small's 16-64 view CPU jobs, 0.40-0.43 GB after
+    ``malloc_trim``. Other C libraries (musl) and systems have no such call: nothing to do."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def model_key(folder: Path, preset, device) -> tuple:

@@ -274,7 +274,7 @@ def release_memory() -> None:
 
 def trim_host_heap() -> None:
     """Give the pages of freed arrays back to the system. glibc keeps them for reuse: a warm
-    worker idled at 0.73-1.0 GB after da3-small's 16-64 view CPU jobs, 0.40-0.43 GB after
+    worker idled at 0.6-0.9 GB after da3-small's 3-64 view CPU jobs, 0.40-0.43 GB after
     ``malloc_trim``. Other C libraries (musl) and systems have no such call: nothing to do."""
     if not sys.platform.startswith("linux"):
         return

@@ -92,6 +92,9 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
                        help="surface detail; 0 = automatic")
     group.add_argument("--confidence-percentile", type=float, default=_DEFAULTS.confidence_percentile,
                        metavar="P", help="drop the least confident pixels (0-100)")
+    group.add_argument("--max-points", type=int, default=_DEFAULTS.max_points, metavar="N",
+                       help=f"the point cloud thinned evenly to at most N points; 0 = every kept pixel "
+                       f"(default {_DEFAULTS.max_points})")
     group.add_argument("--max-faces", type=int, default=_DEFAULTS.max_faces, metavar="N",
                        help=f"face budget of the surface; 0 = no limit (default {_DEFAULTS.max_faces})")
     group.add_argument("--texture-size", type=int, default=_DEFAULTS.texture_size, metavar="N",

@@ -57,6 +57,10 @@ class BuildOptionProps:
 
     output_points: BoolProperty(name="Points", default=_DEFAULTS.output_points,
                                 description="A coloured point cloud of all views")
+    max_points: IntProperty(
+        name="Max Points", default=_DEFAULTS.max_points, min=0, soft_max=20_000_000,
+        description="Thin the point cloud evenly to at most this many points (a lighter viewport "
+        "and .blend); 0: every kept pixel")
     output_view_meshes: BoolProperty(name="View Meshes", default=_DEFAULTS.output_view_meshes,
                                      description="One triangulated surface per view")
     output_surface: BoolProperty(name="Surface", default=_DEFAULTS.output_surface,

@@ -260,14 +260,16 @@ def _new_collection(context, name: str, pred: Prediction, geo: geometry.Scene):
 # --- the parts: numpy on a thread, then Blender data on the main thread -------------------------
 
 def points_arrays(build: Build, progress) -> tuple:
-    """Positions, colours (as foreach_set takes them) and display radius of the kept pixels."""
-    points, colors = geometry.kept_points(build.geo)
-    return flat(points), None if colors is None else flat(colors), geometry.point_radius(build.geo)
+    """Positions, colours (as foreach_set takes them) and display radius of the kept pixels
+    (thinned to the point budget)."""
+    points, colors = geometry.kept_points(build.geo, build.options.max_points)
+    radius = geometry.point_radius(build.geo, len(points))
+    return flat(points), None if colors is None else flat(colors), radius
 
 
 def add_points(build: Build, arrays):
-    """Every kept pixel as a coloured, renderable point (vertices shown through Geometry Nodes).
-    Positions and colours in two steps: each is a large allocation inside Blender."""
+    """The kept pixels (up to the point budget) as coloured, renderable points (vertices shown
+    through Geometry Nodes). Positions and colours in two steps: each is a large allocation inside Blender."""
     points, colors, radius = arrays
     mesh = bpy.data.meshes.new(f"{build.name} points")
     set_vertices(mesh, points.reshape(-1, 3))

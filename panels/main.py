@@ -198,6 +198,9 @@ def draw_build_options(layout, settings) -> None:
     column = layout.column(heading="Build", align=True)
     for name in ("output_points", "output_view_meshes", "output_surface", "output_cameras"):
         column.prop(settings, name)
+    row = layout.row()
+    row.active = settings.output_points
+    row.prop(settings, "max_points")
     layout.prop(settings, "fusion")
     layout.label(text=FUSION_HINTS[settings.fusion], icon="INFO")
     if settings.fusion == "TSDF":

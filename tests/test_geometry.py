@@ -71,6 +71,29 @@ def test_backprojection_lands_on_the_surfaces_from_every_view():
     assert distance_to_scene(world).max() < 1e-4
 
 
+def test_the_point_budget_keeps_an_even_share_of_every_view():
+    pred, _ = make_prediction(n_views=4, width=96, height=72)
+    geo = g.prepare(pred, BuildOptions())
+    every, every_colour = g.kept_points(geo)
+    budget = len(every) // 3
+    points, colors = g.kept_points(geo, budget)
+    assert len(points) == len(colors) == budget
+    # which view and which image row each kept point came from, told by its position alone
+    rows = {tuple(p): (i, y) for i, y, x in np.argwhere(geo.valid) for p in [geo.points[i, y, x]]}
+    picked = np.array([rows[tuple(p)] for p in points])
+    kept = np.argwhere(geo.valid)[:, :2]
+    for i in range(4):  # each view keeps its share, and so does each half of its image
+        assert np.sum(picked[:, 0] == i) == pytest.approx(np.sum(kept[:, 0] == i) / 3, abs=2)
+        top = (picked[:, 0] == i) & (picked[:, 1] < 36)
+        assert np.sum(top) == pytest.approx(np.sum((kept[:, 0] == i) & (kept[:, 1] < 36)) / 3, abs=2)
+    # a colour goes with its point, and a budget over the count keeps everything
+    first = {tuple(p): c for p, c in zip(every, every_colour, strict=True)}
+    assert all(np.array_equal(first[tuple(p)], c) for p, c in zip(points, colors, strict=True))
+    assert np.array_equal(g.kept_points(geo, len(every))[0], every)
+    # thinned to a third, neighbouring points lie sqrt(3) times as far apart
+    assert g.point_radius(geo, budget) == pytest.approx(g.point_radius(geo) * np.sqrt(len(every) / budget))
+
+
 def test_camera_centres_match_the_poses():
     pred, poses = make_prediction(n_views=3, depth_scale=0.4)
     geo = g.prepare(pred, BuildOptions())

@@ -226,6 +226,22 @@ def test_points_render_as_coloured_points(blender, addon):
     assert 0 < radius[0] < 0.05
 
 
+def test_the_point_budget_thins_the_rendered_points(blender, addon):
+    pred, _ = make_prediction(n_views=2)
+    every = addon.api.import_prediction(pred, BuildOptions(output_surface=False, max_points=0))
+    thinned = addon.api.import_prediction(pred, BuildOptions(output_surface=False, max_points=2000))
+    (all_points,), (points,) = by_role(every, "points"), by_role(thinned, "points")
+    assert len(all_points.data.vertices) > 4000
+    count, _, _, radius = rendered_points(blender, points)
+    assert count == len(points.data.vertices) == 2000
+    # the thinned points are some of all of them, and drawn larger to cover the gaps
+    mine = {tuple(np.round(p, 5)) for p in vertices_of(all_points)}
+    assert all(tuple(np.round(p, 5)) in mine for p in vertices_of(points))
+    full_radius = rendered_points(blender, all_points)[3][0]
+    ratio = np.sqrt(len(all_points.data.vertices) / 2000)
+    assert radius[0] == pytest.approx(full_radius * ratio, rel=1e-4)
+
+
 def rendered_points(blender, obj):
     """(count, attribute names, material, radii) of the point cloud the renderer gets from
     ``obj``: Object.evaluated_geometry on 4.3+, the depsgraph's instances on 4.2."""

@@ -271,11 +271,11 @@ def test_the_drop_dialog_draws_the_operators_settings(blender, addon):
 
     panels = import_module(f"{addon.__name__}.panels.main")
     op = SimpleNamespace(bl_rna=blender.ops.da3.reconstruct.get_rna_type(), frame_sampling="FPS",
-                         fusion="TSDF", texture=True)
+                         fusion="TSDF", texture=True, output_points=True)
     calls = []
     panels.draw_run_settings(Recorder(calls, blender), op, blender.context)
     drawn = [c[1] for c in calls if c[0] in ("prop", "prop_search")]
-    assert {"source", "model", "process_res", "fps", "device", "output_surface",
+    assert {"source", "model", "process_res", "fps", "device", "output_surface", "max_points",
             "object_mode", "texture", "texture_size"} <= set(drawn)
 
 

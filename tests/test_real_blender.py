@@ -278,6 +278,7 @@ def test_file_import_keeps_the_ui_responsive_and_esc_cancels(app, home, tmp_path
     names = data["objects"]
     assert "walk32 points" in names and "walk32 surface" in names, names
     assert sum(name.startswith("walk32 view ") for name in names) == 32, names
+    assert data["point_counts"] == [BuildOptions().max_points]  # 3.6 M kept pixels, thinned
     ui = data["ui"]
     ba.report(f"Blender {app.label}, File > Import of 32 views 504x378: {data['import_s']:.1f} s to "
               f"the result; longest UI gap {ui['longest_gap_s'] * 1000:.0f} ms "

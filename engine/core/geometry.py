@@ -419,10 +419,14 @@ def pixel_spacings(scene: Scene) -> np.ndarray:
     return np.array([np.median(g[b]) if b.any() else 0.0 for g, b in zip(gaps, both, strict=True)])
 
 
-def point_radius(scene: Scene) -> float:
-    """Display radius of the points: a little over half the spacing of neighbouring pixels."""
+def point_radius(scene: Scene, shown: int = 0) -> float:
+    """Display radius of the points: a little over half the spacing of neighbouring pixels,
+    or of neighbouring shown points when only ``shown`` of the kept pixels are (thinned evenly,
+    they lie sqrt(kept / shown) times as far apart)."""
     spacings = pixel_spacings(scene)
     spacing = float(np.median(spacings[spacings > 0])) if np.any(spacings > 0) else 0.0
+    if 0 < shown < scene.num_points:
+        spacing *= float(np.sqrt(scene.num_points / shown))
     return 0.6 * spacing if spacing > 0 else 0.005
 
 
@@ -443,9 +447,14 @@ def triangle_edges(triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --- what the builder asks for ---------------------------------------------------------------
 
-def kept_points(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:
-    """(P,3) positions and (P,4) colours (or None) of every kept pixel of every view."""
+def kept_points(scene: Scene, max_points: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(P,3) positions and (P,4) colours (or None) of every kept pixel of every view, or, over
+    ``max_points`` (0: no limit), of that many of them spread evenly: every k-th kept pixel in
+    image order, k fractional, so each view and each part of it keeps the same share."""
     keep = scene.valid.ravel()  # a flat mask indexes several times faster than a 3-D one
+    if 0 < max_points < scene.num_points:
+        kept = np.flatnonzero(keep)
+        keep = kept[np.arange(max_points, dtype=np.int64) * len(kept) // max_points]
     points = scene.points.reshape(-1, 3)[keep]
     colors = linear_colors(scene.image.reshape(-1, 3)[keep]) if scene.image is not None else None
     return points, colors

@@ -149,6 +149,9 @@ def window_count(total: int, video_fps: float, max_frames: int, fps: float) -> i
 @dataclass
 class BuildOptions(_Named):
     output_points: bool = True
+    # the point cloud's budget: above it the kept pixels are thinned evenly (DA3's GLB export
+    # keeps 1 M too); 0: every kept pixel
+    max_points: int = 1_000_000
     output_view_meshes: bool = False
     output_surface: bool = True
     output_cameras: bool = True
@@ -171,6 +174,8 @@ class BuildOptions(_Named):
             raise ValueError("confidence_percentile must be between 0 and 100")
         if self.max_faces < 0:
             raise ValueError(f"max_faces must be 0 (no limit) or a number of faces, not {self.max_faces}")
+        if self.max_points < 0:
+            raise ValueError(f"max_points must be 0 (no limit) or a number of points, not {self.max_points}")
         if self.texture_size and not MIN_TEXTURE_SIZE <= self.texture_size <= MAX_TEXTURE_SIZE:
             raise ValueError(f"texture_size must be 0 (automatic) or {MIN_TEXTURE_SIZE}-{MAX_TEXTURE_SIZE} "
                              f"texels, not {self.texture_size}")

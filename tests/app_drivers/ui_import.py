@@ -104,6 +104,7 @@ def script():
     result["import_s"] = time.perf_counter() - started
     result["ui"] = meter.stop()
     result["objects"] = steps.da3_objects()
+    result["point_counts"] = [len(o.data.vertices) for o in bpy.data.objects if o.get("da3_role") == "points"]
     log(f"imported in {result['import_s']:.1f} s, longest UI gap "
         f"{result['ui']['longest_gap_s'] * 1000:.0f} ms: {result['objects']}")
     yield 3.0  # the first draws of 3.6M points under software OpenGL take a while

@@ -60,6 +60,7 @@ def test_render_writes_a_preview(blender, cli, small_weights, tmp_path):
     (["x.mp4", "-o", "o.blend", "--frames", "3", "--fps", "2"], "not allowed with"),
     (["x.mp4", "-o", "o.blend", "--mask-sky", "maybe"], "expected on or off"),
     (["x.mp4", "-o", "o.blend", "--confidence-percentile", "120"], "between 0 and 100"),
+    (["x.mp4", "-o", "o.blend", "--max-points", "-1"], "max_points must be 0 (no limit)"),
     (["x.mp4", "-o", "o.blend", "--motion", "--fps", "2"], "exclude each other"),
     (["x.mp4", "-o", "o.blend", "--fusion", "MARCHING"], "invalid choice"),
     (["x.mp4", "-o", "o.blend", "--resolution", "7"], "processing resolution must be between 14 and 2016"),
@@ -109,10 +110,15 @@ def test_frame_sampling_reaches_the_request(cli, extra, sampling, frames, fps):
     assert request.options.fusion == "TSDF"
 
 
+def test_the_point_budget_reaches_the_request(cli):
+    request = cli.request_from(cli.make_parser().parse_args(["v.mp4", "-o", "o.blend", "--max-points", "0"]))
+    assert request.options.max_points == 0
+
+
 def test_help_lists_the_build_options(cli, capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--output-points", "--voxel-size", "--confidence-percentile", "--render"):
+    for option in ("--output-points", "--voxel-size", "--max-points", "--confidence-percentile", "--render"):
         assert option in text
 
 

@@ -16,6 +16,8 @@ shift
 steps=${*:-fusion worker-small worker-large worker-giant chunking worker-base steps}
 limit=${DA3_STEP_LIMIT_S:-150}
 views=${DA3_VIEWS:-1 8 32 100}  # of each worker step
+frames=${DA3_FRAMES:-300 1000}  # of the chunking step
+device=${DA3_DEVICE:-cuda}  # cpu: a quick check that every step still runs (small DA3_VIEWS, DA3_FRAMES)
 python=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
@@ -45,15 +47,15 @@ run_step() {
 for step in $steps; do
     case $step in
         fusion)
-            run_step fusion $python benchmarks/bench_fusion_speed.py --device cuda --repeat 3 ;;
+            run_step fusion $python benchmarks/bench_fusion_speed.py --device $device --repeat 3 ;;
         worker-*)
-            run_step "$step" $python benchmarks/bench_worker.py --device cuda --models "da3-${step#worker-}" \
+            run_step "$step" $python benchmarks/bench_worker.py --device $device --models "da3-${step#worker-}" \
                 --views $views --weights-dir /tmp/da3-weights --json "$out/$step.json" ;;
         steps)
-            run_step steps $python benchmarks/bench_worker_steps.py --device cuda --views 100 --repeat 5 ;;
+            run_step steps $python benchmarks/bench_worker_steps.py --device $device --views 100 --repeat 5 ;;
         chunking)
             run_step chunking $python benchmarks/bench_chunking.py model --model da3-large \
-                --device cuda --frames 300 1000 --chunk 0 --overlap 60 --probes 8 32 ;;
+                --device $device --frames $frames --chunk 0 --overlap 60 --probes 8 32 ;;
         *) echo "unknown step $step" ;;
     esac
 done

@@ -6,10 +6,12 @@ The input is a synthetic prediction of the default size (32 views of 504x378: a 
 ray-cast from a moving camera, so every view has real discontinuities), saved like DA3 saves it.
 Printed: seconds and vertices/s per stage (read, filter, triangulate, build, remesh, cameras)
 and the whole import with default options, blocking and stepped as the UI steps it (its
-longest step: the longest the UI waits for our Blender work); the mesh build against per-element bmesh and
-``from_pydata`` on the same triangles; and the GLB route: DA3's own ``export_to_glb`` (run in the
-worker environment when trimesh is importable there, see --da3-python) and Blender's glTF import
-of its file, plus the glTF import of a GLB holding exactly our kept points (written with numpy).
+longest step: the longest the UI waits for our Blender work); the mesh build against per-element
+bmesh and ``from_pydata`` on the same triangles; the glTF import of a GLB holding exactly our
+kept points (written with numpy); and last, ``--repeat`` times each, alternating, our whole
+import with default options against the manual route (DA3's own ``export_to_glb``, run in the
+worker environment when trimesh is importable there, see --da3-python; Blender's glTF import of
+its file; Geometry Nodes volume meshing), with the ratio of their medians.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +112,6 @@ def bench_whole_import(api, path, report: Report):
     GLB route gives, so the like-for-like comparison)."""
     from da3_reconstruct.engine.core.options import BuildOptions
 
-    seconds = []
     for label, options in (("whole import, default options", BuildOptions()),
                            ("whole import, default, no texture", BuildOptions(texture=False)),
                            ("whole import, points + cameras", BuildOptions(output_surface=False))):
@@ -118,8 +120,7 @@ def bench_whole_import(api, path, report: Report):
         points = next(o for o in coll.all_objects if o["da3_role"] == "points")
         report.add(label, t, len(points.data.vertices),
                    ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-        seconds.append(t)
-    return points, seconds[0]
+    return points
 
 
 def bench_stepped_import(api, path, report: Report, tick: float = 0.02):
@@ -220,33 +221,71 @@ print(time.perf_counter() - start)
 """
 
 
-def bench_da3_glb(args, path, report: Report, ours: float) -> None:
+def bench_routes(args, api, path, report: Report) -> None:
+    """Our whole import with default options against the manual route, ``args.repeat`` times
+    each, alternating (a busy machine then slows both alike); printed: every run and the
+    medians' ratio. Each run's objects are removed after it, so every run starts alike."""
+    from da3_reconstruct.engine.core.options import BuildOptions
+
+    if not args.da3_python or not Path(args.da3_python).exists():
+        print("  (the manual route skipped: no --da3-python)")
+        return
+    ours, manual = [], []
+    for run in range(args.repeat):
+        with new_data_removed():
+            _, t = timed(api.import_prediction, path, BuildOptions(), name=f"route run {run + 1}")
+        ours.append(t)
+        report.add(f"ours, default options (run {run + 1})", t)
+        with new_data_removed():
+            steps = manual_route(args, path)
+        if steps is None:
+            return
+        manual.append(sum(seconds for _, seconds, _ in steps))
+        for label, seconds, note in steps:
+            report.add(f"  {label}", seconds, None, note)
+        report.add(f"manual route (run {run + 1})", manual[-1])
+    ratios = " / ".join(f"{a / b:.2f}" for a, b in zip(ours, manual, strict=True))
+    report.add(f"ours, median of {len(ours)}", float(np.median(ours)), None,
+               f"{np.median(ours) / np.median(manual):.2f} x the manual route's median "
+               f"{np.median(manual):.2f} s (each run: {ratios} x)")
+
+
+def manual_route(args, path) -> list[tuple[str, float, str]] | None:
     """The manual route this extension replaces, step by step: DA3's own exporter in its own
     environment, Blender's glTF importer on its file, then Geometry Nodes volume meshing of the
     imported points (Points to Volume -> Volume to Mesh, voxel = longest side / 256 like our
-    fused surface); its total against ``ours`` (our whole import with default options)."""
-    if not args.da3_python or not Path(args.da3_python).exists():
-        print("  (DA3's exporter skipped: no --da3-python)")
-        return
+    fused surface). (label, seconds, note) per step; None when DA3's exporter cannot run."""
     cmd = [args.da3_python, "-c", DA3_EXPORT, str(path), str(TMP / "da3glb"), args.da3_path]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  (DA3's exporter failed: {done.stderr.strip().splitlines()[-1]}; it needs trimesh: "
               "see --da3-path)")
-        return
+        return None
     export = float(done.stdout.strip().splitlines()[-1])
-    report.add("DA3 export_to_glb (1M-point cap)", export)
     before = set(bpy.data.objects)
     _, load = timed(bpy.ops.import_scene.gltf, filepath=str(TMP / "da3glb" / "scene.glb"))
     cloud = max((o for o in set(bpy.data.objects) - before if o.type == "MESH"),
                 key=lambda o: len(o.data.vertices))
-    report.add("  + Blender glTF import of it", load, len(cloud.data.vertices),
-               "(its points + camera wireframes)")
+    points = len(cloud.data.vertices)
     faces, mesh = timed(volume_mesh, cloud, 256)
-    report.add("  + Geometry Nodes volume meshing", mesh, None, f"{faces:,} faces")
-    manual = export + load + mesh
-    report.add("manual route, total", manual, None,
-               f"ours (default options) {ours:.2f} s = {ours / manual:.2f} x the manual route")
+    return [("DA3 export_to_glb (1M-point cap)", export, ""),
+            ("+ Blender glTF import of it", load, f"{points:,} points + camera wireframes"),
+            ("+ Geometry Nodes volume meshing", mesh, f"{faces:,} faces")]
+
+
+@contextmanager
+def new_data_removed():
+    """Whatever objects, collections, meshes, images, materials and node groups the block adds
+    are removed after it."""
+    kinds = ("objects", "collections", "meshes", "images", "materials", "node_groups", "cameras")
+    before = {kind: set(getattr(bpy.data, kind)) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind in kinds:
+            added = [item for item in getattr(bpy.data, kind) if item not in before[kind]]
+            if added:
+                bpy.data.batch_remove(added)
 
 
 def volume_mesh(obj, resolution: int) -> int:
@@ -334,6 +373,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=378)
     parser.add_argument("--baseline-views", type=int, default=4,
                         help="views used for the bmesh / from_pydata comparison")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of our import and of the manual route, alternating, for the comparison")
     parser.add_argument("--da3-python", default=str(REPO / ".worker-env" / "bin" / "python"),
                         help="a Python with depth_anything_3 (and trimesh) for DA3's GLB export")
     parser.add_argument("--da3-path", default=str(REPO / ".cache" / "bench-site"),
@@ -353,10 +394,10 @@ def main() -> None:
     pred, _, grids = bench_stages(pkg, path, report)
     bench_remesh(api, pkg, pred, report)
     bench_baselines(pkg, grids[: args.baseline_views], report)
-    points, ours = bench_whole_import(api, path, report)
+    points = bench_whole_import(api, path, report)
     bench_stepped_import(api, path, report)
-    bench_da3_glb(args, path, report, ours)
     bench_gltf_of_our_points(points, report)
+    bench_routes(args, api, path, report)
 
 
 if __name__ == "__main__":

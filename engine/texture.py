@@ -115,7 +115,7 @@ def bake_texture(mesh: Polygons, pred: Prediction, voxel: float, colors: np.ndar
     with Workers(BACKGROUND_THREADS, "da3-bake") as workers:
         # the views' scores need no UVs: the threads work them out while this one unwraps
         best = BestViews(triangles, pred, voxel, workers)
-        atlas = Charts.of_mesh(mesh)
+        atlas = Charts.of_mesh(mesh, corners)
         size = size or automatic_size(atlas, triangles, best, pred)
         uv = atlas.packed(size)
         report(0.1, "unwrapping")
@@ -175,8 +175,9 @@ class Charts:
     high: np.ndarray  # (C,2) and highest
 
     @classmethod
-    def of_mesh(cls, mesh: Polygons) -> Charts:
-        pairs, normals = polygon_pairs(mesh), polygon_normals(mesh)
+    def of_mesh(cls, mesh: Polygons, fans: np.ndarray | None = None) -> Charts:
+        """The charts of ``mesh`` (``fans``: its :meth:`Polygons.fan_triangles`, if at hand)."""
+        pairs, normals = polygon_pairs(mesh), polygon_normals(mesh, fans)
         direction, chart = charts(pairs, smoothed_normals(pairs, normals, NORMAL_SMOOTHING))
         axis = direction // 2
         corner_polygon = mesh.corner_polygon()
@@ -208,14 +209,22 @@ def chart_bounds(flat: np.ndarray, loop_start: np.ndarray, chart: np.ndarray):
             np.maximum.reduceat(high[order], starts).astype(np.float64))
 
 
-def polygon_normals(mesh: Polygons) -> np.ndarray:
-    """(P,3) area-weighted normals (Newell's method: exact for any planar polygon)."""
-    a = mesh.vertices[mesh.corner_vert].astype(np.float64)
-    b = a[mesh.next_corner()]
-    cross = np.cross(a, b)
-    polygon = mesh.corner_polygon()
+def polygon_normals(mesh: Polygons, fans: np.ndarray | None = None) -> np.ndarray:
+    """(P,3) float32 area-weighted normals: the sum over each polygon's fan triangles (``fans``:
+    :meth:`Polygons.fan_triangles`, computed when not given), exact for any planar polygon.
+    From edge vectors, so float32 loses nothing to the vertices' distance from the origin (a
+    product of positions, as Newell's method takes, needed float64 and 2.6x the corners' memory)."""
+    fans = mesh.fan_triangles() if fans is None else fans
+    points = mesh.vertices.astype(np.float32, copy=False)
+    a, b, c = (points[mesh.corner_vert[fans[:, k]]] for k in range(3))
+    u, v = (b - a).T, (c - a).T
+    cross = np.stack([u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]],
+                     axis=1)
+    if len(fans) == len(mesh.loop_start):  # all triangles (fans run in polygon order): one each
+        return cross / np.float32(2)
+    polygon = np.repeat(np.arange(len(mesh.loop_start)), mesh.loop_total - 2)
     return np.stack([np.bincount(polygon, cross[:, k], len(mesh.loop_start)) for k in range(3)],
-                    axis=1) / 2
+                    axis=1).astype(np.float32) / np.float32(2)
 
 
 def polygon_pairs(mesh: Polygons) -> np.ndarray:

@@ -120,6 +120,28 @@ def test_rasterize_finds_every_texel_centre_inside_a_triangle_once():
     assert np.allclose(np.einsum("kc,kcx->kx", bary, tris[triangle]), centres[texels], atol=1e-4)
 
 
+def test_polygon_normals_are_the_area_times_the_unit_normal_far_from_the_origin():
+    """A triangle, a square and a regular pentagon in tilted planes 10 km from the origin (float32
+    positions): each normal is its area (known in closed form) along its plane's normal."""
+    rng = np.random.default_rng(3)
+    vertices, corners, starts, totals, expected = [], [], [], [], []
+    for sides, radius in ((3, 1.0), (4, 2.0), (5, 0.5)):
+        axes = np.linalg.qr(rng.normal(size=(3, 3)))[0]  # a random plane: its normal is axes[:, 2]
+        angles = 2 * np.pi * np.arange(sides) / sides
+        flat = radius * np.stack([np.cos(angles), np.sin(angles), np.zeros(sides)], axis=1)
+        starts.append(len(corners))
+        corners.extend(range(len(vertices), len(vertices) + sides))
+        vertices.extend(1e4 + flat @ axes.T)
+        totals.append(sides)
+        area = 0.5 * sides * radius ** 2 * np.sin(2 * np.pi / sides)
+        expected.append(area * axes[:, 2])
+    mesh = texture.Polygons(np.array(vertices, np.float32), np.array(corners), np.array(starts),
+                            np.array(totals))
+    assert np.allclose(texture.polygon_normals(mesh), expected, atol=2e-3)
+    triangle = texture.Polygons(mesh.vertices, mesh.corner_vert[:3], np.array([0]), np.array([3]))
+    assert np.allclose(texture.polygon_normals(triangle), expected[:1], atol=2e-3)
+
+
 def test_charts_merged_in_rounds_are_the_connected_sets_of_their_directions():
     """``charts`` relabels only around the small charts it merges; its charts must be exactly
     the connected same-direction sets a labelling from scratch finds."""

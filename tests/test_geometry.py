@@ -94,6 +94,15 @@ def test_the_point_budget_keeps_an_even_share_of_every_view():
     assert g.point_radius(geo, budget) == pytest.approx(g.point_radius(geo) * np.sqrt(len(every) / budget))
 
 
+def test_kept_pixels_found_view_by_view_are_every_kth_of_all():
+    valid = np.random.default_rng(1).random((7, 30, 40)) < 0.6
+    every = np.flatnonzero(valid)
+    for budget in (1, 999, len(every) - 1):
+        assert np.array_equal(g.kept_pixels(valid, budget), every[np.arange(budget) * len(every) // budget])
+    for budget in (0, len(every), len(every) + 5):
+        assert np.array_equal(g.kept_pixels(valid, budget), every)
+
+
 def test_camera_centres_match_the_poses():
     pred, poses = make_prediction(n_views=3, depth_scale=0.4)
     geo = g.prepare(pred, BuildOptions())

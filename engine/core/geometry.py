@@ -66,10 +66,10 @@ class Scene:
 
 def confidence_threshold(conf: np.ndarray, considered: np.ndarray, percentile: float) -> float:
     """DA3's exporter rule: min(max(1.05, P_pct), P90) of the confidence of ``considered`` pixels."""
-    values = conf[considered]
+    values = conf[considered]  # a copy already: partitioned in place, not copied again
     if values.size == 0:
         return CONF_FLOOR
-    low, high = np.percentile(values, [percentile, CONF_CEILING_PERCENTILE])
+    low, high = np.percentile(values, [percentile, CONF_CEILING_PERCENTILE], overwrite_input=True)
     return float(min(max(CONF_FLOOR, low), high))
 
 

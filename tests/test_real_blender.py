@@ -313,6 +313,15 @@ def roles_in(app, home, blend: Path) -> list[str]:
     return ast.literal_eval(line[len("ROLES "):])
 
 
+def point_counts_in(app, home, blend: Path) -> list[int]:
+    """The vertex count of every point cloud in a saved file, read back by Blender itself."""
+    result = app.run(["-b", str(blend), "--python-expr",
+                      "import bpy; print('POINTS', [len(o.data.vertices) for o in bpy.data.objects "
+                      "if o.get('da3_role') == 'points'])"], ba.base_env(home))
+    line = next(line for line in result.output.splitlines() if line.startswith("POINTS"))
+    return ast.literal_eval(line[len("POINTS "):])
+
+
 def test_headless_command_writes_a_blend_and_a_preview(app, home, tmp_path):
     out, png = tmp_path / "walk.blend", tmp_path / "walk.png"
     result = headless(app, home, str(VIDEO), "-o", str(out), "--frames", "4", "--render", str(png))
@@ -326,10 +335,11 @@ def test_headless_command_writes_a_blend_and_a_preview(app, home, tmp_path):
 def test_headless_command_without_a_preview(app, home, tmp_path):
     out = tmp_path / "photos.blend"
     result = headless(app, home, str(VIDEO), "-o", str(out), "--frames", "3", "--fusion", "REMESH",
-                      "--output-view-meshes", "on")
+                      "--output-view-meshes", "on", "--max-points", "5000")
     assert result.returncode == 0, result.output[-3000:]
     roles = roles_in(app, home, out)
     assert roles.count("camera") == 3 and roles.count("view_mesh") == 3 and "points" in roles
+    assert point_counts_in(app, home, out) == [5000]  # three frames keep far more pixels
     assert not list(tmp_path.glob("*.png"))
 
 

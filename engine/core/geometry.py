@@ -122,7 +122,12 @@ def confident_pixels(pred: Prediction, percentile: float,
 def valid_mask(pred: Prediction, options: BuildOptions) -> tuple[np.ndarray, float | None]:
     """Pixels to keep (depth > 0, not sky, confident, not flying) and the confidence threshold."""
     valid, threshold = confident_pixels(pred, options.confidence_percentile, options.mask_sky)
-    valid &= ~edge_mask(pred.depth)
+
+    def drop_flying(i: int) -> None:  # view by view: temporaries of one view's size, not all views'
+        valid[i] &= ~edge_mask(pred.depth[i])
+
+    with Workers(BACKGROUND_THREADS, "da3-read") as workers:
+        workers.map(drop_flying, range(pred.num_views))
     return valid, threshold
 
 

@@ -137,8 +137,8 @@ def relative_scale(depth: np.ndarray, valid: np.ndarray, is_metric: bool) -> flo
     """Metres per depth unit: 1 for metric output, else what brings the median depth to 2 m."""
     if is_metric:
         return 1.0
-    kept = depth[valid]
-    median = float(np.median(kept)) if kept.size else 0.0
+    kept = depth[valid]  # a copy already: partitioned in place
+    median = float(np.median(kept, overwrite_input=True)) if kept.size else 0.0
     return RELATIVE_MEDIAN_DEPTH / median if median > 0 else 1.0
 
 

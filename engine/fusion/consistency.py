@@ -328,22 +328,37 @@ def look_up(stack: Stack, cam, view) -> LookUp:
     return LookUp(u, v, z, (view * h + v) * w + u, inside)
 
 
-def voting_depth(depth, weight, xp=np):
-    """(N,H,W) ``depth`` where a pixel votes for a surface, 0 elsewhere."""
-    return xp.where(weight > 0, depth, 0)
+@dataclass
+class Votes:
+    """The depth each pixel votes for a surface at: its ``depth`` where it is ``voting``, none
+    (0) elsewhere, read pixel by pixel (a map of it would be made whole, a float per pixel:
+    0.23 GB for 300 views of 504x378, faulted in at ~245 MB/s on the 2-core VM)."""
+
+    depth: Any  # (N*H*W,) the views' depth, flattened
+    voting: Any  # (N*H*W,) bool: the pixel's weight was above 0 when the votes were taken
+
+    @classmethod
+    def of(cls, depth, weight) -> Votes:
+        """The votes of ``depth`` (N,H,W) as ``weight`` (N,H,W) stands now (later changes to it
+        are not seen)."""
+        return cls(depth.reshape(-1), (weight > 0).reshape(-1))
+
+    def at(self, flat, inside, xp=np):
+        """The depth voted for at the pixels ``flat`` (indices into (N*H*W,)); 0 where none is,
+        or where not ``inside``."""
+        return xp.where(inside & self.voting[flat], self.depth[flat], 0)
 
 
-def seen_depth(stack: Stack, votes, points, views: np.ndarray):
+def seen_depth(stack: Stack, votes: Votes, points, views: np.ndarray):
     """The depth of world ``points`` (three coordinate arrays of n points) in each of ``views``
-    (host indices), and the depth each votes for at the pixel they fall on (``votes``:
-    :func:`voting_depth`; 0 where no pixel of the view votes for them): (len(views), n) arrays,
-    in the points' precision."""
+    (host indices), and the depth each votes for at the pixel they fall on (0 where no pixel
+    of the view votes for them): (len(views), n) arrays, in the points' precision."""
     xp = stack.xp
     rows = xp.asarray(np.asarray(views, np.int64)[:, None])
     pose = xp.asarray(stack.poses[:, :, rows], dtype=points.dtype)  # (3,4,g,1): [R | t] of each row
     cam = cameras.transform(pose[:, :3], pose[:, 3], points)
     seen = look_up(stack, cam, rows)
-    there = xp.asarray(xp.where(seen.inside, votes.reshape(-1)[seen.flat], 0), dtype=seen.z.dtype)
+    there = xp.asarray(votes.at(seen.flat, seen.inside, xp), dtype=seen.z.dtype)
     return seen.z, there
 
 
@@ -387,7 +402,7 @@ def pick_neighbours(stack: Stack, samples: Samples, workers: Workers | None = No
     xp = stack.xp
     n = len(stack.K)
     points = samples.world(stack).T
-    votes = voting_depth(stack.raw, stack.weight, xp)
+    votes = Votes.of(stack.raw, stack.weight)
     per_view = xp.maximum(xp.bincount(samples.view, minlength=n), 1)
 
     def shares(views: np.ndarray) -> list:  # the share of each view's samples each of views sees alike
@@ -571,7 +586,7 @@ def confirm_pixels(stack: Stack, depth, pairs: Pairs, sigma: float,
     weighting those down by 0.3 cost 0.04 of recall (unchecked ones as well: 0.13). Returns
     the share of those pixels confirmed. Views are judged on the ``workers``' threads."""
     xp = stack.xp
-    votes = voting_depth(depth, stack.weight, xp)  # every view is judged against the same weights
+    votes = Votes.of(depth, stack.weight)  # every view is judged against the same weights
 
     def confirm(i: int) -> tuple[int, int]:  # view i's pixels: confirmed, voting
         neighbours = pairs.neighbours[i]
@@ -592,7 +607,7 @@ def confirm_pixels(stack: Stack, depth, pairs: Pairs, sigma: float,
     return confirmed_total / max(voting_total, 1)
 
 
-def unconfirmed(stack: Stack, votes, points, neighbours: np.ndarray, sigma: float):
+def unconfirmed(stack: Stack, votes: Votes, points, neighbours: np.ndarray, sigma: float):
     """Which of ``points`` ((3,n) world) no neighbour confirms (indices), and how many
     neighbours see through each of them. Once one neighbour confirms a pixel, the others need
     not look (the answer stays the same): the neighbours come best first, and on the room

@@ -1,5 +1,6 @@
 """What holds up Blender's UI, measured: the longest gap of a 0.05 s timer while Blender idles,
-redraws one part of its window twice a second, or runs numpy work on a thread as an import
+redraws one part of its window twice a second, draws a new object (with the viewport's
+anti-aliasing samples and without), or runs numpy work on a thread as an import
 does (sorting, small array operations, gathers, loading a prediction file), or on as many
 threads as an import runs, at their lowered priority. Used by
 benchmarks/bench_ui_gaps.py. Args: RESULT.json NPZ."""
@@ -57,20 +58,33 @@ def as_import_thread(kind, stop):
     busy(kind, stop)
 
 
+def new_object():
+    """What an import's each new result object asks of the viewport."""
+    mesh = bpy.data.meshes.new("da3 gaps probe")
+    mesh.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    bpy.context.scene.collection.objects.link(bpy.data.objects.new(mesh.name, mesh))
+
+
 def phase(name, kind=None, redraw=False, seconds=6.0, threads=1, like_import=False):
-    """``seconds`` of one load (``threads`` threads' work, a redraw every 0.5 s) under the
-    timer; ``like_import``: the threads lower their priority as an import's do."""
+    """``seconds`` of one load (``threads`` threads' work, a redraw every 0.5 s, or
+    ``redraw="new object"``: one object added at the start) under the timer; ``like_import``:
+    the threads lower their priority as an import's do."""
     stop = threading.Event()
     target = as_import_thread if like_import else busy
     workers = [threading.Thread(target=target, args=(kind, stop), daemon=True)
                for _ in range(threads if kind else 0)]
     meter = steps.TickMeter(label=lambda: name)
     meter.start()
+    draws_before = len(steps.viewport_draws)
     for thread in workers:
         thread.start()
+    if redraw == "new object":
+        new_object()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if redraw == "status_text":
+        if redraw == "new object":
+            pass
+        elif redraw == "status_text":
             bpy.context.workspace.status_text_set(f"DA3 import: step {time.monotonic():.2f}")
         elif redraw:
             tag("all" if redraw is True else redraw)
@@ -80,7 +94,7 @@ def phase(name, kind=None, redraw=False, seconds=6.0, threads=1, like_import=Fal
         thread.join()
     r = meter.stop()
     result[name] = {"longest_ms": round(r["longest_gap_s"] * 1000), "over_0_1": r["gaps_over_0_1_s"],
-                    "ticks": r["ticks"]}
+                    "ticks": r["ticks"], "viewport_draws": len(steps.viewport_draws) - draws_before}
     steps.log(f"{name}: {result[name]}")
 
 
@@ -99,6 +113,17 @@ def script():
     yield from steps.open_da3_sidebar()
     for part in ("statusbar", "sidebar", "viewport", "all"):
         yield from phase(f"redraw: {part}", redraw=part)
+    # a new object is drawn once per anti-aliasing sample (Preferences > Viewport), each draw
+    # a stall here; the same with the samples off, the preference then put back
+    system = bpy.context.preferences.system
+    samples = system.viewport_aa
+    yield from phase(f"new object, AA {samples}", redraw="new object", seconds=3.0)
+    system.viewport_aa = "OFF"
+    yield 1.0
+    try:
+        yield from phase("new object, AA OFF", redraw="new object", seconds=3.0)
+    finally:
+        system.viewport_aa = samples
 
 
 steps.run(script)

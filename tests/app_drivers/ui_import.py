@@ -37,6 +37,24 @@ def open_browser_and_confirm(label: str):
     yield 0.5
 
 
+def timed_steps(durations: list):
+    """Record how long each step of the real StagedImport holds Blender's main thread
+    ((seconds, what it was doing)): the part of a UI gap that is our own work, the rest being
+    Blender's (its redraws). Returns what puts the method back."""
+    staged_import = steps.extension_module("builder.result").StagedImport
+    original = staged_import.step
+
+    def step(self, wait=False):
+        label, began = self.label, time.perf_counter()
+        try:
+            return original(self, wait)
+        finally:
+            durations.append((time.perf_counter() - began, label))
+
+    staged_import.step = step
+    return lambda: setattr(staged_import, "step", original)
+
+
 def find_import(found: list) -> bool:
     import gc
 
@@ -96,6 +114,8 @@ def script():
     yield 1.0
     staged = []  # the import in progress, found once it exists: what the UI waits on
     meter = steps.TickMeter(label=lambda: staged[0].label if staged else "before the import")
+    durations: list = []
+    untimed = timed_steps(durations)
     meter.start()
     started = time.perf_counter()
     steps.xdotool("key", "Return")  # the file browser's Import button
@@ -103,6 +123,10 @@ def script():
     yield from until(imported, 120, "the prediction to be imported", interval=0.05)
     result["import_s"] = time.perf_counter() - started
     result["ui"] = meter.stop()
+    untimed()
+    longest, label = max(durations)
+    result["our_steps"] = {"steps": len(durations), "longest_s": longest, "longest_label": label,
+                           "over_0_1_s": sum(seconds > 0.1 for seconds, _ in durations)}
     result["objects"] = steps.da3_objects()
     result["point_counts"] = [len(o.data.vertices) for o in bpy.data.objects if o.get("da3_role") == "points"]
     log(f"imported in {result['import_s']:.1f} s, longest UI gap "

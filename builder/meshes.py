@@ -72,13 +72,22 @@ def set_edges(mesh: bpy.types.Mesh, edges: np.ndarray, corner_edges: list[np.nda
     mesh.attributes[".corner_edge"].data.foreach_set("value", corner)
 
 
+def add_color_attribute(mesh: bpy.types.Mesh) -> None:
+    """The per-vertex ``COLOR_ATTRIBUTE``, not yet filled. Alone, as a step of its own for a
+    large point cloud: Blender 4.3 takes 46-89 ms to make one of a million points (5.2: 1-8)."""
+    mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+
+
 def set_colors(mesh: bpy.types.Mesh, colors: np.ndarray | None, count: int) -> None:
-    """Per-vertex linear RGBA in ``COLOR_ATTRIBUTE`` (grey when there is no image to colour from)."""
+    """Per-vertex linear RGBA in ``COLOR_ATTRIBUTE`` (grey when there is no image to colour
+    from), which is added first unless :func:`add_color_attribute` did."""
     if colors is None:
         colors = np.broadcast_to(np.array(NEUTRAL_GREY, dtype=np.float32), (count, 4))
-    attribute = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+    if COLOR_ATTRIBUTE not in mesh.color_attributes:
+        add_color_attribute(mesh)
+    # Looked up by name: references taken before another attribute was added go stale.
+    attribute = mesh.color_attributes[COLOR_ATTRIBUTE]
     attribute.data.foreach_set("color", flat(colors, np.float32))
-    # Look the attribute up again: references taken before another attribute was added go stale.
     mesh.color_attributes.active_color = mesh.color_attributes[COLOR_ATTRIBUTE]
     mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
 

@@ -20,7 +20,7 @@ from ..engine.core.prediction import Prediction, PredictionError, load_predictio
 from ..engine.core.threads import lower_thread_priority
 from .cameras import add_camera_track, add_view_cameras, set_render_resolution
 from .materials import color_material, points_node_group
-from .meshes import flat, grid_mesh, set_colors, set_vertices
+from .meshes import add_color_attribute, flat, grid_mesh, set_colors, set_vertices
 from .surface import create_surface, start_surface, surface_arrays
 from .tracking import NewDataGuard
 
@@ -269,10 +269,13 @@ def points_arrays(build: Build, progress) -> tuple:
 
 def add_points(build: Build, arrays):
     """The kept pixels (up to the point budget) as coloured, renderable points (vertices shown
-    through Geometry Nodes). Positions and colours in two steps: each is a large allocation inside Blender."""
+    through Geometry Nodes). The positions, the colour attribute and its colours in three
+    steps: each is a large allocation inside Blender."""
     points, colors, radius = arrays
     mesh = bpy.data.meshes.new(f"{build.name} points")
     set_vertices(mesh, points.reshape(-1, 3))
+    yield
+    add_color_attribute(mesh)
     yield
     set_colors(mesh, None if colors is None else colors.reshape(-1, 4), len(mesh.vertices))
     mesh.update()

@@ -1,6 +1,7 @@
 """What holds up Blender's UI, in the real applications: the longest gap of a 0.05 s timer while
 Blender idles, while a thread does an import's kinds of numpy work, while one part of the
-window is redrawn twice a second, and after a new object (drawn once per anti-aliasing sample).
+window is redrawn twice a second, and after a new object (drawn once per anti-aliasing sample);
+then what one draw of the viewport costs with an import's result in the scene, part by part.
 
     .venv/bin/python benchmarks/bench_ui_gaps.py
 
@@ -53,6 +54,9 @@ def main() -> None:
                     print(f"  {phase:<22} {figures['longest_ms']:5d} ms   {figures['over_0_1']:3d} of "
                           f"{figures['ticks']:3d} gaps over 0.1 s, {figures['viewport_draws']:3d} "
                           "viewport draws")
+            print(f"One draw of the 3D viewport with {npz.name}'s import (default options) in the scene:")
+            for what, seconds in data["draw_s"].items():
+                print(f"  {what:<22} {seconds:6.3f} s")
     finally:
         shutil.rmtree(root, ignore_errors=True)  # extension installs and a 32-view file
 

@@ -124,6 +124,31 @@ def script():
         yield from phase("new object, AA OFF", redraw="new object", seconds=3.0)
     finally:
         system.viewport_aa = samples
+    result["draw_s"] = result_draw_seconds()
+
+
+def draw_seconds(iterations: int = 3) -> float:
+    """One draw of the 3D viewport, as Blender's own redraw timer measures it."""
+    with steps.override():
+        started = time.perf_counter()
+        bpy.ops.wm.redraw_timer(type="DRAW", iterations=iterations)
+    return (time.perf_counter() - started) / iterations
+
+
+def result_draw_seconds() -> dict:
+    """What one viewport draw costs with this file's import in the scene, each kind of object
+    alone and all of them (each is drawn once per anti-aliasing sample after a change)."""
+    api = steps.extension_module("api")
+    options = steps.extension_module("engine.core.options").BuildOptions()
+    seconds = {"nothing of it": draw_seconds()}
+    objects = list(api.import_prediction(NPZ, options, context=bpy.context).all_objects)
+    seconds["all of it"] = draw_seconds()
+    for role in sorted({o["da3_role"] for o in objects}):
+        for obj in objects:
+            obj.hide_viewport = obj["da3_role"] != role
+        seconds[f"its {role} alone"] = draw_seconds()
+    steps.log(f"one viewport draw: {seconds}")
+    return seconds
 
 
 steps.run(script)

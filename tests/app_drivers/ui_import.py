@@ -136,7 +136,11 @@ def script():
     result["point_counts"] = [len(o.data.vertices) for o in bpy.data.objects if o.get("da3_role") == "points"]
     log(f"imported in {result['import_s']:.1f} s, longest UI gap "
         f"{result['ui']['longest_gap_s'] * 1000:.0f} ms: {result['objects']}")
-    yield 3.0  # the first draws of 3.6M points under software OpenGL take a while
+    # the result's first draws: once per anti-aliasing sample, each slow in software OpenGL
+    after = steps.TickMeter(label=lambda: "after the import")
+    after.start()
+    yield 3.0
+    result["ui_after"] = after.stop()
     yield from panel_result_labels()
     # a second import of the same file, cancelled with Esc while it is fusing
     bpy.data.batch_remove([bpy.data.collections[NAME], *bpy.data.objects])

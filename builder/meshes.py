@@ -74,7 +74,8 @@ def set_edges(mesh: bpy.types.Mesh, edges: np.ndarray, corner_edges: list[np.nda
 
 def add_color_attribute(mesh: bpy.types.Mesh) -> None:
     """The per-vertex ``COLOR_ATTRIBUTE``, not yet filled. Alone, as a step of its own for a
-    large point cloud: Blender 4.3 takes 46-89 ms to make one of a million points (5.2: 1-8)."""
+    large point cloud: Blender 4.3 took 42-92 ms to make one of a million points (5.2: 1-8 ms;
+    ``blender -b`` on a 2-core VM)."""
     mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
 
 

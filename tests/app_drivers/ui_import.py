@@ -129,9 +129,9 @@ def script():
     result["our_steps"] = {"steps": len(durations), "longest_s": longest, "its_cpu_s": cpu,
                            "longest_label": label, "longest_cpu_s": max(d[1] for d in durations),
                            "over_0_1_s": sum(d[0] > 0.1 for d in durations),
-                           "over_0_05_s": [(round(seconds * 1000), round(cpu * 1000), label, i)
-                                           for i, (seconds, cpu, label) in enumerate(durations)
-                                           if seconds > 0.05]}
+                           "over_0_05_s": [(round(wall * 1000), round(used * 1000), what, i)
+                                           for i, (wall, used, what) in enumerate(durations)
+                                           if wall > 0.05]}
     result["objects"] = steps.da3_objects()
     result["point_counts"] = [len(o.data.vertices) for o in bpy.data.objects if o.get("da3_role") == "points"]
     log(f"imported in {result['import_s']:.1f} s, longest UI gap "

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import bpy
@@ -18,7 +17,7 @@ from ..engine.core import geometry
 from ..engine.core.options import BACKGROUND_THREADS, BuildOptions
 from ..engine.core.prediction import Prediction, PredictionError, load_prediction, validate
 from ..engine.core.threads import lower_thread_priority
-from .cameras import add_camera_track, add_view_cameras, set_render_resolution
+from .cameras import add_camera_track, add_view_cameras, frame_pngs, set_render_resolution
 from .materials import color_material, points_node_group
 from .meshes import add_color_attribute, flat, grid_mesh, set_colors, set_vertices
 from .surface import create_surface, start_surface, surface_arrays
@@ -45,11 +44,6 @@ class Build:
     camera_moves: np.ndarray | None = None
     # each part's work started before the filter (Part.start), by stage
     started: dict[str, Future] = field(default_factory=dict)
-
-    @cached_property
-    def far(self) -> float:
-        """The farthest kept depth, in scene units (for the cameras' clip distance)."""
-        return float(self.prediction.depth[self.geo.valid].max()) * self.geo.scale
 
     def note(self, line: str) -> None:
         """Record something the user should know (a part left out) on the collection."""
@@ -201,6 +195,7 @@ class StagedImport:
                 elif isinstance(more, Future):  # or wait for work it gave the threads
                     yield from self._done(more)  # (the step reads its result, or its error)
                 yield
+            yield  # what a part did after its last yield was one step; the next part's first is another
         # Linked last: until now nothing was drawn or evaluated, so no step waited on a redraw.
         self.context.scene.collection.children.link(build.collection)
 
@@ -306,12 +301,20 @@ def add_view_meshes(build: Build, grids):
                    "try a lower confidence_percentile")
 
 
-def add_cameras(build: Build, _data):
+def camera_inputs(build: Build, progress) -> tuple:
+    """What the cameras need from numpy: each frame as PNG bytes (None without images) and the
+    farthest kept depth in scene units (their clip distance)."""
+    far = float(build.prediction.depth[build.geo.valid].max()) * build.geo.scale
+    return frame_pngs(build.prediction), far
+
+
+def add_cameras(build: Build, inputs):
+    pngs, far = inputs
     pred = build.prediction
     set_render_resolution(build.context.scene, pred.width, pred.height)
-    add_view_cameras(build)
+    yield from add_view_cameras(build, pngs, far)
     if pred.is_video and pred.num_views > 1:
-        add_camera_track(build)
+        add_camera_track(build, far)
     yield
 
 
@@ -338,7 +341,7 @@ _PARTS = (
     Part("output_view_meshes", "view_meshes", "building the view meshes", view_grids, add_view_meshes),
     Part("output_surface", "surface", "fusing the views into one surface", surface_arrays,
          create_surface, start_surface),
-    Part("output_cameras", "cameras", "adding the cameras", None, add_cameras),
+    Part("output_cameras", "cameras", "adding the cameras", camera_inputs, add_cameras),
 )
 
 

@@ -44,6 +44,7 @@ def add_texture(build, obj: bpy.types.Object):
         build.note(f"no texture: {exc} (vertex colours kept)")
         return
     set_uvs(mesh, baked.uv)
+    yield  # the UVs and the image: each is a large allocation inside Blender, a step of its own
     image = packed_image(f"{build.name} texture", baked)
     mesh.materials.clear()
     mesh.materials.append(texture_material(f"{build.name} surface", image))

@@ -515,6 +515,26 @@ def test_stepping_without_waiting_builds_the_same_result(blender, addon, everyth
     assert staged.collection.name == "stepped"
 
 
+def test_a_long_videos_cameras_come_a_few_per_step(blender, addon):
+    """A 300-frame video's 300 cameras were made in one step of the main thread (1.5 s of PNG
+    encoding there): now the frames are encoded on the threads and the cameras come at most
+    CAMERAS_PER_STEP a step, each still with its own frame."""
+    per_step = addon.builder.cameras.CAMERAS_PER_STEP
+    pred, _ = make_prediction(n_views=2 * per_step + 5, width=32, height=24, video=True)
+    staged = addon.api.start_import(pred, BuildOptions(output_points=False, output_surface=False),
+                                    name="long video")
+    made = [0]
+    while not staged.step(wait=True):
+        made.append(len(by_role(staged.collection, "camera")) if staged.collection else 0)
+    cameras = by_role(staged.collection, "camera")
+    assert len(cameras) == pred.num_views
+    assert max(np.diff(made)) <= per_step and len(set(made)) > 3  # several steps made them
+    for cam in cameras[::7]:
+        image = cam.data.background_images[0].image
+        pixels = np.array(image.pixels[:]).reshape(pred.height, pred.width, 4)
+        assert np.allclose(pixels[::-1, :, :3] * 255, pred.image[cam["da3_view_index"]], atol=1)
+
+
 def test_cancel_mid_import_leaves_nothing(blender, addon, everything):
     pred, _ = make_prediction(n_views=3)
     before = counts(blender)
